@@ -1,0 +1,169 @@
+//! The `kco` command line: argument definitions and dispatch to the library.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::schema;
+use crate::simulator::{self, NodeState, Simulator};
+
+/// KCO watches GraphQL-serving pods (Mina daemons by default) and acts on their state.
+#[derive(Debug, Parser)]
+#[command(name = "kco", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive list.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// Log format: JSON lines for machines, or compact text for people.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a Mina node simulator: GraphQL servers that answer like Mina daemons,
+    /// with a control API to change their state and inject faults.
+    Simulate(SimulateArgs),
+    /// Work with GraphQL schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Convert an introspection result (JSON) into SDL, names and types only.
+    Import {
+        /// The introspection JSON file, or `-` for standard input.
+        file: PathBuf,
+        /// Where to write the SDL (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address of the control API (HTTP, JSON).
+    #[arg(long, env = "KCO_SIM_CONTROL", default_value = "127.0.0.1:8090")]
+    pub control: SocketAddr,
+    /// Start a simulated node at this address (repeatable, or comma-separated).
+    #[arg(long = "node", value_delimiter = ',')]
+    pub nodes: Vec<SocketAddr>,
+    /// Also start this many nodes at consecutive loopback addresses from --first-ip.
+    #[arg(long, default_value_t = 0)]
+    pub count: u32,
+    /// First address for --count nodes.
+    #[arg(long, default_value_t = Ipv4Addr::new(127, 0, 0, 2))]
+    pub first_ip: Ipv4Addr,
+    /// Port for --count nodes (Mina's GraphQL port by default).
+    #[arg(long, default_value_t = 3085)]
+    pub port: u16,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = crate::logging::init(&cli.log_level, cli.log_format == LogFormat::Json) {
+        eprintln!("kco: {e}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Schema(SchemaCommand::Import { file, output }) => schema_import(&file, output.as_deref()),
+        Command::Simulate(args) => run_async(simulate(args)),
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kco: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kco: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schema_import(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let read = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let json = match read {
+        Ok(json) => json,
+        Err(e) => {
+            eprintln!("kco: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let imported = match schema::import_introspection(&json) {
+        Ok(imported) => imported,
+        Err(e) => {
+            eprintln!("kco: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &imported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let written = match output {
+        Some(path) => std::fs::write(path, &imported.sdl).map_err(|e| (path.display().to_string(), e)),
+        None => {
+            print!("{}", imported.sdl);
+            Ok(())
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((path, e)) => {
+            eprintln!("kco: cannot write {path}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let sim = Simulator::start(args.control).await?;
+    let mut addrs = args.nodes;
+    let first = u32::from(args.first_ip);
+    for i in 0..args.count {
+        let ip = first
+            .checked_add(i)
+            .map(Ipv4Addr::from)
+            .ok_or_else(|| anyhow::anyhow!("--count {} from --first-ip {} overflows", args.count, args.first_ip))?;
+        addrs.push(SocketAddr::new(IpAddr::V4(ip), args.port));
+    }
+    for addr in &addrs {
+        sim.add_node(*addr, NodeState::default()).await?;
+    }
+    println!(
+        "Mina simulator: control API at http://{} ; {} node(s){}",
+        sim.control_addr(),
+        addrs.len(),
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" (GraphQL at http://{}/graphql ...)", addrs[0])
+        }
+    );
+    simulator::wait_for_shutdown_signal().await;
+    sim.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! KCO library: every behaviour of the `kco` binary lives here, so that tests
+//! reach it without spawning the binary.
+
+pub mod cli;
+pub mod logging;
+pub mod schema;
+pub mod simulator;
+pub mod tls;

@@ -1,0 +1,257 @@
+//! The simulated daemon's GraphQL schema: the monitoring subset of Mina's schema,
+//! with Mina's exact type names, field names and nullability (checked against the
+//! embedded Mina schema by `tests/schema.rs`).
+
+use async_graphql::{EmptyMutation, EmptySubscription, Object, SimpleObject};
+
+use super::node::{NodeState, SyncStatus};
+
+/// What a query is answered from: a node's state at the moment of the request.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub host: String,
+    pub port: u16,
+    pub state: NodeState,
+    pub uptime_secs: i32,
+}
+
+/// The schema type served by every simulated node.
+pub type MinaSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// Builds the schema; it is stateless, the node's view comes with each request.
+pub fn schema() -> MinaSchema {
+    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription)
+        .limit_depth(32)
+        .limit_complexity(10_000)
+        .finish()
+}
+
+/// Mina's numeric and hash scalars travel as JSON strings.
+macro_rules! string_scalar {
+    ($($name:ident),* $(,)?) => {$(
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+        async_graphql::scalar!($name);
+    )*};
+}
+
+string_scalar!(UInt32, GlobalSlotSinceHardFork, BlockTime, StateHash, Length, Epoch, Slot, Globalslot);
+
+/// Mina's slots per epoch and slot duration, for the consensus-time fields.
+const SLOTS_PER_EPOCH: u32 = 7140;
+const SLOT_MILLIS: u64 = 180_000;
+const GENESIS_MILLIS: u64 = 1_615_939_200_000;
+
+#[derive(SimpleObject)]
+#[graphql(name = "Peer")]
+pub struct Peer {
+    host: String,
+    libp2p_port: i32,
+    peer_id: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "AddrsAndPorts")]
+pub struct AddrsAndPorts {
+    external_ip: String,
+    bind_ip: String,
+    peer: Option<Peer>,
+    libp2p_port: i32,
+    client_port: i32,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "ConsensusTime")]
+pub struct ConsensusTime {
+    epoch: UInt32,
+    slot: UInt32,
+    global_slot: GlobalSlotSinceHardFork,
+    start_time: BlockTime,
+    end_time: BlockTime,
+}
+
+impl ConsensusTime {
+    fn at_global_slot(global_slot: u32) -> Self {
+        let start = GENESIS_MILLIS + u64::from(global_slot) * SLOT_MILLIS;
+        Self {
+            epoch: UInt32((global_slot / SLOTS_PER_EPOCH).to_string()),
+            slot: UInt32((global_slot % SLOTS_PER_EPOCH).to_string()),
+            global_slot: GlobalSlotSinceHardFork(global_slot.to_string()),
+            start_time: BlockTime(start.to_string()),
+            end_time: BlockTime((start + SLOT_MILLIS).to_string()),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "DaemonStatus")]
+pub struct DaemonStatus {
+    num_accounts: Option<i32>,
+    blockchain_length: Option<i32>,
+    highest_block_length_received: i32,
+    highest_unvalidated_block_length_received: i32,
+    uptime_secs: i32,
+    ledger_merkle_root: Option<String>,
+    state_hash: Option<String>,
+    chain_id: String,
+    commit_id: String,
+    conf_dir: String,
+    peers: Vec<Peer>,
+    user_commands_sent: i32,
+    snark_worker: Option<String>,
+    snark_work_fee: i32,
+    sync_status: SyncStatus,
+    catchup_status: Option<Vec<String>>,
+    block_production_keys: Vec<String>,
+    coinbase_receiver: Option<String>,
+    consensus_time_best_tip: Option<ConsensusTime>,
+    global_slot_since_genesis_best_tip: Option<i32>,
+    consensus_time_now: ConsensusTime,
+    consensus_mechanism: String,
+    addrs_and_ports: AddrsAndPorts,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "ConsensusState")]
+pub struct ConsensusState {
+    blockchain_length: Length,
+    block_height: Length,
+    epoch: Epoch,
+    slot: Slot,
+    slot_since_genesis: Globalslot,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "BlockchainState")]
+pub struct BlockchainState {
+    date: BlockTime,
+    utc_date: BlockTime,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "ProtocolState")]
+pub struct ProtocolState {
+    previous_state_hash: StateHash,
+    blockchain_state: BlockchainState,
+    consensus_state: ConsensusState,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Block")]
+pub struct Block {
+    state_hash: StateHash,
+    protocol_state: ProtocolState,
+}
+
+/// A deterministic, Mina-looking state hash for a block height.
+pub fn state_hash(height: u32) -> String {
+    format!("3NK{:0>49}", format!("{:x}", u64::from(height).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// Global slot of a block: the simulator produces one block every other slot.
+fn slot_of(height: u32) -> u32 {
+    height.saturating_mul(2)
+}
+
+fn to_int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn peer(view: &NodeView, index: u32) -> Peer {
+    Peer {
+        host: format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff),
+        libp2p_port: 8302,
+        peer_id: format!("12D3KooWSim{}x{}x{index}", view.host.replace('.', ""), view.port),
+    }
+}
+
+fn block(height: u32) -> Block {
+    let slot = slot_of(height);
+    let time = BlockTime((GENESIS_MILLIS + u64::from(slot) * SLOT_MILLIS).to_string());
+    Block {
+        state_hash: StateHash(state_hash(height)),
+        protocol_state: ProtocolState {
+            previous_state_hash: StateHash(state_hash(height.saturating_sub(1))),
+            blockchain_state: BlockchainState {
+                date: time.clone(),
+                utc_date: time,
+            },
+            consensus_state: ConsensusState {
+                blockchain_length: Length(height.to_string()),
+                block_height: Length(height.to_string()),
+                epoch: Epoch((slot / SLOTS_PER_EPOCH).to_string()),
+                slot: Slot((slot % SLOTS_PER_EPOCH).to_string()),
+                slot_since_genesis: Globalslot(slot.to_string()),
+            },
+        },
+    }
+}
+
+/// Mina's root query type (named `query` in its schema).
+pub struct Query;
+
+#[Object(name = "query")]
+impl Query {
+    async fn sync_status(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<SyncStatus> {
+        Ok(ctx.data::<NodeView>()?.state.sync_status)
+    }
+
+    async fn version(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(Some(ctx.data::<NodeView>()?.state.version.clone()))
+    }
+
+    async fn daemon_status(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<DaemonStatus> {
+        let view = ctx.data::<NodeView>()?;
+        let s = &view.state;
+        let peers = (0..s.peer_count).map(|i| peer(view, i)).collect();
+        let best_slot = slot_of(s.blockchain_length);
+        let now_slot = slot_of(s.highest_block_length_received.max(s.blockchain_length));
+        Ok(DaemonStatus {
+            num_accounts: Some(230_000),
+            blockchain_length: Some(to_int(s.blockchain_length)),
+            highest_block_length_received: to_int(s.highest_block_length_received),
+            highest_unvalidated_block_length_received: to_int(s.highest_unvalidated_block_length_received),
+            uptime_secs: view.uptime_secs,
+            ledger_merkle_root: Some("jx7buQVWFLsXTtzRgSxbYcT8EYLS8KCZbLrfDcJxMtyy4thw2Ee".to_owned()),
+            state_hash: Some(state_hash(s.blockchain_length)),
+            chain_id: s.chain_id.clone(),
+            commit_id: "0000000000000000000000000000000000000000".to_owned(),
+            conf_dir: "/root/.mina-config".to_owned(),
+            peers,
+            user_commands_sent: 0,
+            snark_worker: None,
+            snark_work_fee: 0,
+            sync_status: s.sync_status,
+            catchup_status: None,
+            block_production_keys: Vec::new(),
+            coinbase_receiver: None,
+            consensus_time_best_tip: Some(ConsensusTime::at_global_slot(best_slot)),
+            global_slot_since_genesis_best_tip: Some(to_int(best_slot)),
+            consensus_time_now: ConsensusTime::at_global_slot(now_slot),
+            consensus_mechanism: "proof_of_stake".to_owned(),
+            addrs_and_ports: AddrsAndPorts {
+                external_ip: view.host.clone(),
+                bind_ip: "0.0.0.0".to_owned(),
+                peer: Some(peer(view, u32::MAX)),
+                libp2p_port: 8302,
+                client_port: i32::from(view.port),
+            },
+        })
+    }
+
+    /// The newest blocks of the best chain, oldest first.
+    async fn best_chain(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+        max_length: Option<i32>,
+    ) -> async_graphql::Result<Option<Vec<Block>>> {
+        let height = ctx.data::<NodeView>()?.state.blockchain_length;
+        let wanted = u32::try_from(max_length.unwrap_or(10).clamp(0, 290)).unwrap_or(0);
+        let first = height.saturating_sub(wanted.saturating_sub(1)).max(1);
+        if wanted == 0 || height == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        Ok(Some((first..=height).map(block).collect()))
+    }
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the tools KCO's tests and demo need into a cache, once:
+#   kube-apiserver, kubectl (Kubernetes), etcd, helm  -> $KCO_CACHE_DIR/tools/<versions>/bin
+#   the mina-sdk wheel's GraphQL introspection file  -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
+# Everything is built from source through the Go module proxy and PyPI; nothing
+# else is downloaded. A tool that is already in the cache and runs is left alone.
+# Prints the tools directory on the last line of stdout.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root="${KCO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kco}"
+key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_mina-sdk-${MINA_SDK_VERSION}"
+tools="$cache_root/tools/$key"
+bin="$tools/bin"
+mkdir -p "$bin" "$tools/mina-sdk"
+
+say() { echo "[tools] $*" >&2; }
+die() { echo "[tools] error: $*" >&2; exit 1; }
+
+command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver, etcd, kubectl and helm); see README.md"
+command -v python3 >/dev/null || die "python3 is not installed (needed to fetch the mina-sdk schema); see README.md"
+
+# go.sum is committed and complete: -mod=readonly refuses anything it does not pin,
+# so the checksum database (not reachable from every build machine) is not needed.
+export GOFLAGS="-mod=readonly -trimpath -buildvcs=false" GOSUMDB=off CGO_ENABLED=0
+# Go's module and build caches live beside the tools, so that deleting
+# $KCO_CACHE_DIR removes everything this script made. The build cache (GBs) is
+# dropped once every tool is built.
+export GOMODCACHE="$cache_root/go/mod" GOCACHE="$cache_root/go/build"
+
+k8s_ldflags() {
+  local v="${KUBERNETES_VERSION#v}" major minor
+  major="${v%%.*}"; minor="${v#*.}"; minor="${minor%%.*}"
+  local f="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f="$f -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    f="$f -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$f"
+}
+
+# build NAME MODULE_DIR PACKAGE LDFLAGS
+build() {
+  local name="$1" dir="$2" pkg="$3" ldflags="$4"
+  if [ -x "$bin/$name" ] && "$bin/$name" --help >/dev/null 2>&1; then
+    say "$name: cached"
+    return
+  fi
+  say "$name: building $pkg (this takes a few minutes the first time)"
+  local start=$SECONDS
+  (cd "$here/$dir" && go build -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg") \
+    || die "building $name failed (see the Go output above)"
+  mv "$bin/$name.tmp" "$bin/$name"
+  say "$name: built in $((SECONDS - start))s"
+}
+
+build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
+build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_ldflags)"
+build kubectl kube k8s.io/kubernetes/cmd/kubectl "$(k8s_ldflags)"
+build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+
+schema="$tools/mina-sdk/graphql_schema.json"
+if [ -s "$schema" ]; then
+  say "mina-sdk $MINA_SDK_VERSION schema: cached"
+else
+  say "mina-sdk $MINA_SDK_VERSION: downloading the wheel from PyPI"
+  wheels="$(mktemp -d)"
+  trap 'rm -rf "$wheels"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" "mina-sdk==$MINA_SDK_VERSION" \
+    || die "could not download mina-sdk==$MINA_SDK_VERSION from PyPI"
+  python3 - "$wheels" "$schema" "$MINA_SDK_SHA256" <<'PY' || die "could not extract the schema from the mina-sdk wheel"
+import glob, hashlib, sys, zipfile
+wheels, out, want = sys.argv[1:]
+[whl] = glob.glob(wheels + "/mina_sdk-*.whl")
+got = hashlib.sha256(open(whl, "rb").read()).hexdigest()
+if got != want:
+    sys.exit(f"mina-sdk wheel sha256 {got} does not match the pinned {want}")
+with zipfile.ZipFile(whl) as z:
+    data = z.read("mina_sdk/schema/graphql_schema.json")
+with open(out + ".tmp", "wb") as f:
+    f.write(data)
+import os; os.replace(out + ".tmp", out)
+PY
+fi
+
+rm -rf "$GOCACHE"
+say "tools ready in $tools ($(du -sh "$tools" | cut -f1))"
+echo "$tools"
