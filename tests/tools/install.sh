@@ -5,7 +5,15 @@
 # Everything is built from source through the Go module proxy and PyPI; nothing
 # else is downloaded. A tool that is already in the cache and runs is left alone.
 # Prints the tools directory on the last line of stdout.
+#
+#   install.sh            everything
+#   install.sh mina-sdk   only the mina-sdk schema (what the schema drift test needs)
+#
+# KCO_CACHE_DIR (default ~/.cache/kco) moves the whole cache; KCO_TOOLS_DIR names
+# the tools directory itself.
 set -euo pipefail
+what="${1:-all}"
+case "$what" in all|mina-sdk) ;; *) echo "usage: $0 [all|mina-sdk]" >&2; exit 2;; esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -13,7 +21,7 @@ source "$here/versions.env"
 
 cache_root="${KCO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kco}"
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_mina-sdk-${MINA_SDK_VERSION}"
-tools="$cache_root/tools/$key"
+tools="${KCO_TOOLS_DIR:-$cache_root/tools/$key}"
 bin="$tools/bin"
 mkdir -p "$bin" "$tools/mina-sdk"
 
@@ -57,10 +65,13 @@ build() {
   say "$name: built in $((SECONDS - start))s"
 }
 
+if [ "$what" = all ]; then
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_ldflags)"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$(k8s_ldflags)"
 build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+rm -rf "$GOCACHE"
+fi
 
 schema="$tools/mina-sdk/graphql_schema.json"
 if [ -s "$schema" ]; then
@@ -86,6 +97,5 @@ import os; os.replace(out + ".tmp", out)
 PY
 fi
 
-rm -rf "$GOCACHE"
 say "tools ready in $tools ($(du -sh "$tools" | cut -f1))"
 echo "$tools"

@@ -1,0 +1,50 @@
+//! Support code shared by KCO's integration tests: the tools the project builds,
+//! a real local control plane (etcd + kube-apiserver) and fixtures on top of it.
+//!
+//! Each test binary that needs a control plane shares one ([`ControlPlane::shared`])
+//! and isolates itself by namespace ([`ControlPlane::namespace`]).
+
+#![allow(dead_code, unused_imports)]
+
+pub mod controlplane;
+pub mod fixtures;
+pub mod pki;
+pub mod process;
+pub mod tools;
+
+pub use controlplane::{ControlPlane, User};
+pub use tools::Tools;
+
+/// Errors of the harness; each names what failed and, for a process, its last log lines.
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Tools(String),
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited during start-up ({status}); its last log lines:\n{log}")]
+    Died { name: String, status: String, log: String },
+    #[error("{what} not ready after {seconds}s; last error: {last}\n{name} log tail:\n{log}")]
+    Timeout {
+        what: String,
+        seconds: u64,
+        last: String,
+        name: String,
+        log: String,
+    },
+    #[error("certificate generation failed: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("kube client set-up failed: {0}")]
+    Kube(String),
+}
+
+pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let action = action.into();
+    move |source| HarnessError::Io { action, source }
+}
