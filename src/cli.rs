@@ -78,13 +78,18 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(2);
     }
     match cli.command {
-        Command::Schema(SchemaCommand::Import { file, output }) => schema_import(&file, output.as_deref()),
+        Command::Schema(SchemaCommand::Import { file, output }) => {
+            schema_import(&file, output.as_deref())
+        }
         Command::Simulate(args) => run_async(simulate(args)),
     }
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kco: cannot start the async runtime: {e}");
@@ -124,7 +129,9 @@ fn schema_import(file: &std::path::Path, output: Option<&std::path::Path>) -> Ex
         eprintln!("warning: {warning}");
     }
     let written = match output {
-        Some(path) => std::fs::write(path, &imported.sdl).map_err(|e| (path.display().to_string(), e)),
+        Some(path) => {
+            std::fs::write(path, &imported.sdl).map_err(|e| (path.display().to_string(), e))
+        }
         None => {
             print!("{}", imported.sdl);
             Ok(())
@@ -144,10 +151,13 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut addrs = args.nodes;
     let first = u32::from(args.first_ip);
     for i in 0..args.count {
-        let ip = first
-            .checked_add(i)
-            .map(Ipv4Addr::from)
-            .ok_or_else(|| anyhow::anyhow!("--count {} from --first-ip {} overflows", args.count, args.first_ip))?;
+        let ip = first.checked_add(i).map(Ipv4Addr::from).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--count {} from --first-ip {} overflows",
+                args.count,
+                args.first_ip
+            )
+        })?;
         addrs.push(SocketAddr::new(IpAddr::V4(ip), args.port));
     }
     for addr in &addrs {

@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `level` is a tracing filter (`info`,
 /// `kco=debug,kube=warn`, ...); an invalid filter is reported, not ignored.
 pub fn init(level: &str, json: bool) -> Result<(), String> {
-    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid LOG_LEVEL {level:?}: {e}"))?;
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| format!("invalid LOG_LEVEL {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,6 +1,8 @@
 //! The test bed is real: a kube-apiserver backed by etcd, RBAC enforced,
 //! CRDs served, pods whose IPs reach simulated Mina nodes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::net::SocketAddr;
@@ -18,9 +20,15 @@ const DAEMON_STATUS: &str = "query { daemonStatus { syncStatus blockchainLength 
 #[tokio::test]
 async fn apiserver_is_the_pinned_version_and_ready() {
     let cp = ControlPlane::shared();
-    eprintln!("control plane started in {:.1}s at {}", cp.startup.as_secs_f64(), cp.url);
+    eprintln!(
+        "control plane started in {:.1}s at {}",
+        cp.startup.as_secs_f64(),
+        cp.url
+    );
     let version = cp.admin().await.apiserver_version().await.unwrap();
-    let versions = std::fs::read_to_string(support::controlplane::repo_path("tests/tools/versions.env")).unwrap();
+    let versions =
+        std::fs::read_to_string(support::controlplane::repo_path("tests/tools/versions.env"))
+            .unwrap();
     assert!(
         versions.contains(&format!("KUBERNETES_VERSION={}", version.git_version)),
         "apiserver reports {} which is not the pinned version",
@@ -35,7 +43,9 @@ async fn a_ready_pod_ip_reaches_its_simulated_node() {
     let ns = cp.namespace("sim").await;
     let http = fixtures::http_client();
 
-    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let control = format!("http://{}", sim.control_addr());
     let ip = fixtures::loopback_ip();
     let node: SocketAddr = (ip, MINA_GRAPHQL_PORT).into();
@@ -46,20 +56,36 @@ async fn a_ready_pod_ip_reaches_its_simulated_node() {
         .send()
         .await
         .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap_or_default());
+    assert_eq!(
+        created.status(),
+        201,
+        "{}",
+        created.text().await.unwrap_or_default()
+    );
 
     let pod = fixtures::mina_pod("mina-0", json!({"app": "mina"}));
     fixtures::create_running_pod(&client, &ns, &pod, ip).await;
 
     // Discover the pod the way KCO will: by label, Ready, its IP and named port.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let found = pods.list(&ListParams::default().labels("app=mina")).await.unwrap();
+    let found = pods
+        .list(&ListParams::default().labels("app=mina"))
+        .await
+        .unwrap();
     assert_eq!(found.items.len(), 1);
     let status = found.items[0].status.clone().unwrap();
-    let ready = status.conditions.unwrap_or_default().into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     assert!(ready, "pod should be Ready");
     let pod_ip = status.pod_ip.unwrap();
-    let port = found.items[0].spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0].container_port;
+    let port = found.items[0].spec.as_ref().unwrap().containers[0]
+        .ports
+        .as_ref()
+        .unwrap()[0]
+        .container_port;
     let url = format!("http://{pod_ip}:{port}/graphql");
 
     let (code, body) = fixtures::graphql(&http, &url, DAEMON_STATUS).await.unwrap();
@@ -90,9 +116,21 @@ async fn a_ready_pod_ip_reaches_its_simulated_node() {
         .await
         .unwrap();
     assert_eq!(faulted.status(), 200);
-    let answer = http.post(&url).json(&json!({"query": DAEMON_STATUS})).send().await.unwrap();
+    let answer = http
+        .post(&url)
+        .json(&json!({"query": DAEMON_STATUS}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 500);
-    let info: serde_json::Value = http.get(format!("{control}/nodes/{node}")).send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = http
+        .get(format!("{control}/nodes/{node}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["requests"], 3, "the node counts every request: {info}");
 }
 
@@ -108,13 +146,22 @@ async fn rbac_forbids_until_a_rolebinding_allows() {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
         other => panic!("alice should be forbidden before any binding, got {other:?}"),
     }
-    let denied = cp.kubectl(&alice).unwrap().args(["get", "pods", "-n", &ns]).output().unwrap();
+    let denied = cp
+        .kubectl(&alice)
+        .unwrap()
+        .args(["get", "pods", "-n", &ns])
+        .output()
+        .unwrap();
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("Forbidden"), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Forbidden"),
+        "{denied:?}"
+    );
 
     let admin = cp.admin().await;
     let role: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &rbac("Role"));
-    let binding: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &rbac("RoleBinding"));
+    let binding: Api<DynamicObject> =
+        Api::namespaced_with(admin.clone(), &ns, &rbac("RoleBinding"));
     role.create(&PostParams::default(), &object(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
@@ -133,18 +180,29 @@ async fn rbac_forbids_until_a_rolebinding_allows() {
                 assert!(list.items.is_empty());
                 break;
             }
-            Err(e) if Instant::now() > deadline => panic!("alice still cannot list pods after the binding: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                panic!("alice still cannot list pods after the binding: {e}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let allowed = cp.kubectl(&alice).unwrap().args(["get", "pods", "-n", &ns]).output().unwrap();
+    let allowed = cp
+        .kubectl(&alice)
+        .unwrap()
+        .args(["get", "pods", "-n", &ns])
+        .output()
+        .unwrap();
     assert!(allowed.status.success(), "{allowed:?}");
 
     // The binding is namespaced: other namespaces stay closed, and so do writes.
     let elsewhere: Api<Pod> = Api::namespaced(cp.client(&alice).await.unwrap(), &other);
-    assert!(matches!(elsewhere.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 403));
+    assert!(
+        matches!(elsewhere.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 403)
+    );
     let pod = fixtures::mina_pod("not-allowed", json!({}));
-    assert!(matches!(alice_pods.create(&PostParams::default(), &pod).await, Err(kube::Error::Api(s)) if s.code == 403));
+    assert!(
+        matches!(alice_pods.create(&PostParams::default(), &pod).await, Err(kube::Error::Api(s)) if s.code == 403)
+    );
 }
 
 #[tokio::test]
@@ -153,18 +211,30 @@ async fn a_crd_is_established_and_serves_objects() {
     let ns = cp.namespace("crd").await;
     let crd = cp.dir.join("widgets-crd.yaml");
     std::fs::write(&crd, WIDGET_CRD).unwrap();
-    let applied = cp.kubectl(&User::Admin).unwrap().args(["apply", "-f"]).arg(&crd).output().unwrap();
+    let applied = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["apply", "-f"])
+        .arg(&crd)
+        .output()
+        .unwrap();
     assert!(applied.status.success(), "{applied:?}");
     let established = cp
         .kubectl(&User::Admin)
         .unwrap()
-        .args(["wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.test.kco.local"])
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/widgets.test.kco.local",
+        ])
         .output()
         .unwrap();
     assert!(established.status.success(), "{established:?}");
 
     let gvk = GroupVersionKind::gvk("test.kco.local", "v1", "Widget");
-    let widgets: Api<DynamicObject> = Api::namespaced_with(cp.admin().await, &ns, &ApiResource::from_gvk(&gvk));
+    let widgets: Api<DynamicObject> =
+        Api::namespaced_with(cp.admin().await, &ns, &ApiResource::from_gvk(&gvk));
     // Discovery in the apiserver can lag the Established condition by a moment.
     let widget = object(json!({"apiVersion": "test.kco.local/v1", "kind": "Widget",
                                "metadata": {"name": "w1"}, "spec": {"size": 3}}));
@@ -186,8 +256,16 @@ async fn a_crd_is_established_and_serves_objects() {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 422, "{status:?}"),
         other => panic!("a string size should be refused, got {other:?}"),
     }
-    let listed = cp.kubectl(&User::Admin).unwrap().args(["get", "widgets", "-n", &ns, "-o", "name"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "widget.test.kco.local/w1");
+    let listed = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["get", "widgets", "-n", &ns, "-o", "name"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        "widget.test.kco.local/w1"
+    );
 }
 
 #[tokio::test]
@@ -199,11 +277,18 @@ async fn a_control_plane_of_its_own_cleans_up_when_dropped() {
     drop(cp);
     assert!(!dir.exists(), "{} should be removed", dir.display());
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "apiserver still listening");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "apiserver still listening"
+    );
 }
 
 fn rbac(kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "rbac.authorization.k8s.io",
+        "v1",
+        kind,
+    ))
 }
 
 fn object(value: serde_json::Value) -> DynamicObject {

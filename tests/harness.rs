@@ -1,6 +1,8 @@
 //! The harness itself: it reports what went wrong instead of hanging, and its
 //! processes cannot outlive the test process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -52,7 +54,10 @@ fn a_port_in_use_is_reported_with_the_process_log() {
                 log: process.log_tail(30),
             };
         }
-        assert!(Instant::now() < deadline, "etcd should fail on a port in use");
+        assert!(
+            Instant::now() < deadline,
+            "etcd should fail on a port in use"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let text = err.to_string();
@@ -78,8 +83,14 @@ fn a_process_dies_with_its_lifeline_and_its_directory_goes() {
     sleeper.sever_lifeline();
     let deadline = Instant::now() + Duration::from_secs(15);
     while sleeper.exited().is_none() || scratch.exists() {
-        assert!(sleeper.exited().is_some() || Instant::now() < deadline, "the watchdog did not stop the process");
-        assert!(Instant::now() < deadline, "the watchdog did not remove the process's directory");
+        assert!(
+            sleeper.exited().is_some() || Instant::now() < deadline,
+            "the watchdog did not stop the process"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the watchdog did not remove the process's directory"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -52,7 +52,10 @@ impl fmt::Display for ImportWarning {
                  (a list with no item type); completed as {completed_as}"
             ),
             Self::DuplicateType { name } => {
-                write!(f, "type {name} is defined more than once; the first definition is kept")
+                write!(
+                    f,
+                    "type {name} is defined more than once; the first definition is kept"
+                )
             }
         }
     }
@@ -65,7 +68,9 @@ pub enum ImportError {
     #[error("the input is not valid JSON: {0}")]
     Json(#[source] serde_json::Error),
     /// JSON, but without a `__schema` object where an introspection result has one.
-    #[error("no `__schema` object found: expected an introspection result shaped {{\"data\": {{\"__schema\": ...}}}} or {{\"__schema\": ...}}")]
+    #[error(
+        "no `__schema` object found: expected an introspection result shaped {{\"data\": {{\"__schema\": ...}}}} or {{\"__schema\": ...}}"
+    )]
     NoSchema,
     /// A `__schema` object whose contents do not have the introspection shape.
     #[error("the `__schema` object is not an introspection result: {0}")]
@@ -119,7 +124,11 @@ pub fn import_introspection(json: &str) -> Result<Imported, ImportError> {
             repair(&mut field.ty, &location, &mut warnings);
             strip_inputs(&mut field.args, &location, &mut warnings);
         }
-        strip_inputs(ty.input_fields.as_deref_mut().unwrap_or_default(), &owner, &mut warnings);
+        strip_inputs(
+            ty.input_fields.as_deref_mut().unwrap_or_default(),
+            &owner,
+            &mut warnings,
+        );
         for value in ty.enum_values.iter_mut().flatten() {
             value.description = None;
             value.is_deprecated = false;
@@ -132,7 +141,8 @@ pub fn import_introspection(json: &str) -> Result<Imported, ImportError> {
         strip_inputs(&mut directive.args, &location, &mut warnings);
     }
 
-    let schema = cynic_introspection::Schema::try_from(introspected).map_err(ImportError::Schema)?;
+    let schema =
+        cynic_introspection::Schema::try_from(introspected).map_err(ImportError::Schema)?;
     Ok(Imported {
         sdl: schema.to_sdl(),
         warnings,

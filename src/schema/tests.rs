@@ -40,9 +40,23 @@ fn import_strips_text_and_repairs_quirks() {
     let sdl = &imported.sdl;
     assert!(sdl.contains("daemonStatus: DaemonStatus!"), "{sdl}");
     assert!(sdl.contains("events(first: Int): [[String]!]!"), "{sdl}");
-    assert!(sdl.contains("enum SyncStatus {\n  SYNCED\n  OFFLINE\n}"), "{sdl}");
-    for text in ["root", "The daemon", "Sync status", "how many", "gone", "again", "@deprecated"] {
-        assert!(!sdl.contains(text), "description text {text:?} leaked into {sdl}");
+    assert!(
+        sdl.contains("enum SyncStatus {\n  SYNCED\n  OFFLINE\n}"),
+        "{sdl}"
+    );
+    for text in [
+        "root",
+        "The daemon",
+        "Sync status",
+        "how many",
+        "gone",
+        "again",
+        "@deprecated",
+    ] {
+        assert!(
+            !sdl.contains(text),
+            "description text {text:?} leaked into {sdl}"
+        );
     }
     assert_eq!(
         imported.warnings,
@@ -69,9 +83,18 @@ fn accepts_a_bare_schema_object() {
 
 #[test]
 fn bad_input_gets_a_clear_error() {
-    assert!(matches!(import_introspection("{not json"), Err(ImportError::Json(_))));
-    assert!(matches!(import_introspection("{\"data\": {}}"), Err(ImportError::NoSchema)));
-    assert!(matches!(import_introspection("[1, 2]"), Err(ImportError::NoSchema)));
+    assert!(matches!(
+        import_introspection("{not json"),
+        Err(ImportError::Json(_))
+    ));
+    assert!(matches!(
+        import_introspection("{\"data\": {}}"),
+        Err(ImportError::NoSchema)
+    ));
+    assert!(matches!(
+        import_introspection("[1, 2]"),
+        Err(ImportError::NoSchema)
+    ));
     let err = import_introspection("{\"__schema\": {\"types\": 3}}").unwrap_err();
     assert!(matches!(err, ImportError::Shape(_)), "{err}");
 }
@@ -80,5 +103,8 @@ fn bad_input_gets_a_clear_error() {
 fn embedded_mina_schema_has_the_monitoring_fields() {
     assert!(MINA_SDL.contains("type DaemonStatus {"));
     assert!(MINA_SDL.contains("syncStatus: SyncStatus!"));
-    assert!(!MINA_SDL.contains("\"\"\""), "descriptions must not be embedded");
+    assert!(
+        !MINA_SDL.contains("\"\"\""),
+        "descriptions must not be embedded"
+    );
 }

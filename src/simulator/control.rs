@@ -34,8 +34,14 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/nodes", get(list).post(create))
         .route("/nodes/{address}", get(show).delete(remove))
         .route("/nodes/{address}/state", patch(patch_state))
-        .route("/nodes/{address}/faults", put(set_faults).delete(clear_faults))
-        .route("/nodes/{address}/requests", axum::routing::delete(reset_requests))
+        .route(
+            "/nodes/{address}/faults",
+            put(set_faults).delete(clear_faults),
+        )
+        .route(
+            "/nodes/{address}/requests",
+            axum::routing::delete(reset_requests),
+        )
         .with_state(inner)
 }
 
@@ -53,19 +59,30 @@ impl From<SimulatorError> for Failure {
         let status = match e {
             SimulatorError::NotFound(_) => StatusCode::NOT_FOUND,
             SimulatorError::Exists(_) => StatusCode::CONFLICT,
-            SimulatorError::Bind { .. } | SimulatorError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            SimulatorError::Bind { .. } | SimulatorError::Invalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
         };
         Failure(status, e.to_string())
     }
 }
 
 fn address(raw: &str) -> Result<SocketAddr, Failure> {
-    raw.parse()
-        .map_err(|_| Failure(StatusCode::BAD_REQUEST, format!("{raw:?} is not an address like 127.0.0.2:3085")))
+    raw.parse().map_err(|_| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("{raw:?} is not an address like 127.0.0.2:3085"),
+        )
+    })
 }
 
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(bytes).map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -77,7 +94,13 @@ struct Create {
 }
 
 async fn list(State(inner): State<Arc<Inner>>) -> Response {
-    let nodes: Vec<_> = inner.nodes.lock().await.values().map(|n| n.info()).collect();
+    let nodes: Vec<_> = inner
+        .nodes
+        .lock()
+        .await
+        .values()
+        .map(|n| n.info())
+        .collect();
     Json(nodes).into_response()
 }
 
@@ -90,11 +113,17 @@ async fn create(State(inner): State<Arc<Inner>>, bytes: Bytes) -> Result<Respons
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-async fn show(State(inner): State<Arc<Inner>>, Path(raw): Path<String>) -> Result<Response, Failure> {
+async fn show(
+    State(inner): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+) -> Result<Response, Failure> {
     Ok(Json(inner.node(address(&raw)?).await?.info()).into_response())
 }
 
-async fn remove(State(inner): State<Arc<Inner>>, Path(raw): Path<String>) -> Result<Response, Failure> {
+async fn remove(
+    State(inner): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+) -> Result<Response, Failure> {
     inner.remove_node(address(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -119,11 +148,17 @@ async fn set_faults(
     Ok(Json(inner.set_faults(addr, faults).await?).into_response())
 }
 
-async fn clear_faults(State(inner): State<Arc<Inner>>, Path(raw): Path<String>) -> Result<Response, Failure> {
+async fn clear_faults(
+    State(inner): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+) -> Result<Response, Failure> {
     Ok(Json(inner.set_faults(address(&raw)?, Faults::default()).await?).into_response())
 }
 
-async fn reset_requests(State(inner): State<Arc<Inner>>, Path(raw): Path<String>) -> Result<Response, Failure> {
+async fn reset_requests(
+    State(inner): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+) -> Result<Response, Failure> {
     let previous = inner.reset_requests(address(&raw)?).await?;
     Ok(Json(serde_json::json!({ "requests": previous })).into_response())
 }

@@ -36,7 +36,16 @@ macro_rules! string_scalar {
     )*};
 }
 
-string_scalar!(UInt32, GlobalSlotSinceHardFork, BlockTime, StateHash, Length, Epoch, Slot, Globalslot);
+string_scalar!(
+    UInt32,
+    GlobalSlotSinceHardFork,
+    BlockTime,
+    StateHash,
+    Length,
+    Epoch,
+    Slot,
+    Globalslot
+);
 
 /// Mina's slots per epoch and slot duration, for the consensus-time fields.
 const SLOTS_PER_EPOCH: u32 = 7140;
@@ -47,6 +56,7 @@ const GENESIS_MILLIS: u64 = 1_615_939_200_000;
 #[graphql(name = "Peer")]
 pub struct Peer {
     host: String,
+    #[graphql(name = "libp2pPort")]
     libp2p_port: i32,
     peer_id: String,
 }
@@ -57,6 +67,7 @@ pub struct AddrsAndPorts {
     external_ip: String,
     bind_ip: String,
     peer: Option<Peer>,
+    #[graphql(name = "libp2pPort")]
     libp2p_port: i32,
     client_port: i32,
 }
@@ -146,7 +157,13 @@ pub struct Block {
 
 /// A deterministic, Mina-looking state hash for a block height.
 pub fn state_hash(height: u32) -> String {
-    format!("3NK{:0>49}", format!("{:x}", u64::from(height).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    format!(
+        "3NK{:0>49}",
+        format!(
+            "{:x}",
+            u64::from(height).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        )
+    )
 }
 
 /// Global slot of a block: the simulator produces one block every other slot.
@@ -160,9 +177,18 @@ fn to_int(n: u32) -> i32 {
 
 fn peer(view: &NodeView, index: u32) -> Peer {
     Peer {
-        host: format!("10.{}.{}.{}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff),
+        host: format!(
+            "10.{}.{}.{}",
+            (index >> 16) & 0xff,
+            (index >> 8) & 0xff,
+            index & 0xff
+        ),
         libp2p_port: 8302,
-        peer_id: format!("12D3KooWSim{}x{}x{index}", view.host.replace('.', ""), view.port),
+        peer_id: format!(
+            "12D3KooWSim{}x{}x{index}",
+            view.host.replace('.', ""),
+            view.port
+        ),
     }
 }
 
@@ -193,15 +219,24 @@ pub struct Query;
 
 #[Object(name = "query")]
 impl Query {
-    async fn sync_status(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<SyncStatus> {
+    async fn sync_status(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+    ) -> async_graphql::Result<SyncStatus> {
         Ok(ctx.data::<NodeView>()?.state.sync_status)
     }
 
-    async fn version(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<Option<String>> {
+    async fn version(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+    ) -> async_graphql::Result<Option<String>> {
         Ok(Some(ctx.data::<NodeView>()?.state.version.clone()))
     }
 
-    async fn daemon_status(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<DaemonStatus> {
+    async fn daemon_status(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+    ) -> async_graphql::Result<DaemonStatus> {
         let view = ctx.data::<NodeView>()?;
         let s = &view.state;
         let peers = (0..s.peer_count).map(|i| peer(view, i)).collect();
@@ -211,9 +246,13 @@ impl Query {
             num_accounts: Some(230_000),
             blockchain_length: Some(to_int(s.blockchain_length)),
             highest_block_length_received: to_int(s.highest_block_length_received),
-            highest_unvalidated_block_length_received: to_int(s.highest_unvalidated_block_length_received),
+            highest_unvalidated_block_length_received: to_int(
+                s.highest_unvalidated_block_length_received,
+            ),
             uptime_secs: view.uptime_secs,
-            ledger_merkle_root: Some("jx7buQVWFLsXTtzRgSxbYcT8EYLS8KCZbLrfDcJxMtyy4thw2Ee".to_owned()),
+            ledger_merkle_root: Some(
+                "jx7buQVWFLsXTtzRgSxbYcT8EYLS8KCZbLrfDcJxMtyy4thw2Ee".to_owned(),
+            ),
             state_hash: Some(state_hash(s.blockchain_length)),
             chain_id: s.chain_id.clone(),
             commit_id: "0000000000000000000000000000000000000000".to_owned(),

@@ -92,10 +92,16 @@ impl Simulator {
     pub async fn start(control: SocketAddr) -> Result<Self, SimulatorError> {
         let listener = TcpListener::bind(control)
             .await
-            .map_err(|source| SimulatorError::Bind { addr: control, source })?;
+            .map_err(|source| SimulatorError::Bind {
+                addr: control,
+                source,
+            })?;
         let control_addr = listener
             .local_addr()
-            .map_err(|source| SimulatorError::Bind { addr: control, source })?;
+            .map_err(|source| SimulatorError::Bind {
+                addr: control,
+                source,
+            })?;
         let inner = Arc::new(Inner {
             nodes: tokio::sync::Mutex::new(BTreeMap::new()),
             schema: graphql::schema(),
@@ -112,7 +118,10 @@ impl Simulator {
             }
         });
         tracing::info!(control = %control_addr, "Mina simulator control API listening");
-        Ok(Self { inner, control_addr })
+        Ok(Self {
+            inner,
+            control_addr,
+        })
     }
 
     /// Where the control API listens.
@@ -121,7 +130,11 @@ impl Simulator {
     }
 
     /// Starts a node at `addr` (port 0 picks a free port) and returns it.
-    pub async fn add_node(&self, addr: SocketAddr, state: NodeState) -> Result<NodeInfo, SimulatorError> {
+    pub async fn add_node(
+        &self,
+        addr: SocketAddr,
+        state: NodeState,
+    ) -> Result<NodeInfo, SimulatorError> {
         self.inner.add_node(addr, state).await
     }
 
@@ -131,12 +144,20 @@ impl Simulator {
     }
 
     /// Changes part of a node's state.
-    pub async fn patch_state(&self, addr: SocketAddr, patch: StatePatch) -> Result<NodeInfo, SimulatorError> {
+    pub async fn patch_state(
+        &self,
+        addr: SocketAddr,
+        patch: StatePatch,
+    ) -> Result<NodeInfo, SimulatorError> {
         self.inner.patch_state(addr, patch).await
     }
 
     /// Replaces a node's faults.
-    pub async fn set_faults(&self, addr: SocketAddr, faults: Faults) -> Result<NodeInfo, SimulatorError> {
+    pub async fn set_faults(
+        &self,
+        addr: SocketAddr,
+        faults: Faults,
+    ) -> Result<NodeInfo, SimulatorError> {
         self.inner.set_faults(addr, faults).await
     }
 
@@ -147,7 +168,13 @@ impl Simulator {
 
     /// Every node, by address.
     pub async fn nodes(&self) -> Vec<NodeInfo> {
-        self.inner.nodes.lock().await.values().map(|n| n.info()).collect()
+        self.inner
+            .nodes
+            .lock()
+            .await
+            .values()
+            .map(|n| n.info())
+            .collect()
     }
 
     /// Stops the control API and every node.
@@ -172,7 +199,11 @@ impl Inner {
             .ok_or(SimulatorError::NotFound(addr))
     }
 
-    async fn add_node(&self, addr: SocketAddr, state: NodeState) -> Result<NodeInfo, SimulatorError> {
+    async fn add_node(
+        &self,
+        addr: SocketAddr,
+        state: NodeState,
+    ) -> Result<NodeInfo, SimulatorError> {
         state.check().map_err(SimulatorError::Invalid)?;
         let mut nodes = self.nodes.lock().await;
         if nodes.contains_key(&addr) {
@@ -181,7 +212,9 @@ impl Inner {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| SimulatorError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| SimulatorError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SimulatorError::Bind { addr, source })?;
         let node = Arc::new(Node {
             addr,
             state: Mutex::new((state, Instant::now())),
@@ -195,26 +228,40 @@ impl Inner {
     }
 
     async fn remove_node(&self, addr: SocketAddr) -> Result<(), SimulatorError> {
-        let node = self.nodes.lock().await.remove(&addr).ok_or(SimulatorError::NotFound(addr))?;
+        let node = self
+            .nodes
+            .lock()
+            .await
+            .remove(&addr)
+            .ok_or(SimulatorError::NotFound(addr))?;
         node.cancel.cancel();
         Ok(())
     }
 
-    async fn patch_state(&self, addr: SocketAddr, patch: StatePatch) -> Result<NodeInfo, SimulatorError> {
+    async fn patch_state(
+        &self,
+        addr: SocketAddr,
+        patch: StatePatch,
+    ) -> Result<NodeInfo, SimulatorError> {
         let node = self.node(addr).await?;
         {
             let mut guard = node.state.lock().unwrap_or_else(|p| p.into_inner());
             let (state, since) = &mut *guard;
             // Carry the uptime that has accrued so that a patch does not reset it.
             let mut current = state.clone();
-            current.uptime_secs = u32::try_from(current.uptime_after(since.elapsed().as_secs())).unwrap_or(0);
+            current.uptime_secs =
+                u32::try_from(current.uptime_after(since.elapsed().as_secs())).unwrap_or(0);
             *state = current.patched(patch).map_err(SimulatorError::Invalid)?;
             *since = Instant::now();
         }
         Ok(node.info())
     }
 
-    async fn set_faults(&self, addr: SocketAddr, faults: Faults) -> Result<NodeInfo, SimulatorError> {
+    async fn set_faults(
+        &self,
+        addr: SocketAddr,
+        faults: Faults,
+    ) -> Result<NodeInfo, SimulatorError> {
         faults.check().map_err(SimulatorError::Invalid)?;
         let node = self.node(addr).await?;
         node.faults.send_replace(faults);

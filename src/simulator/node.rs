@@ -91,7 +91,10 @@ impl NodeState {
     /// Checks the invariants the control API enforces.
     pub fn check(&self) -> Result<(), String> {
         if self.peer_count > MAX_PEERS {
-            return Err(format!("peerCount {} is above the maximum {MAX_PEERS}", self.peer_count));
+            return Err(format!(
+                "peerCount {} is above the maximum {MAX_PEERS}",
+                self.peer_count
+            ));
         }
         Ok(())
     }
@@ -135,10 +138,15 @@ impl Faults {
         if let Some(status) = self.http_status
             && !(400..=599).contains(&status)
         {
-            return Err(format!("httpStatus {status} is not an error status (400-599)"));
+            return Err(format!(
+                "httpStatus {status} is not an error status (400-599)"
+            ));
         }
         if self.latency_ms > MAX_LATENCY_MS {
-            return Err(format!("latencyMs {} is above the maximum {MAX_LATENCY_MS}", self.latency_ms));
+            return Err(format!(
+                "latencyMs {} is above the maximum {MAX_LATENCY_MS}",
+                self.latency_ms
+            ));
         }
         if self.partial_data && self.graphql_error.is_none() {
             return Err("partialData needs graphqlError".to_owned());
@@ -150,7 +158,10 @@ impl Faults {
             self.reset,
         ];
         if answers.iter().filter(|on| **on).count() > 1 {
-            return Err("at most one of httpStatus, malformedJson, bodyBytes and reset can be set".to_owned());
+            return Err(
+                "at most one of httpStatus, malformedJson, bodyBytes and reset can be set"
+                    .to_owned(),
+            );
         }
         Ok(())
     }
@@ -201,7 +212,10 @@ mod tests {
         assert_eq!(next.sync_status, SyncStatus::Catchup);
         assert_eq!(next.blockchain_length, 7);
         assert_eq!(next.peer_count, state.peer_count);
-        assert_eq!(next.highest_block_length_received, state.highest_block_length_received);
+        assert_eq!(
+            next.highest_block_length_received,
+            state.highest_block_length_received
+        );
     }
 
     #[test]
@@ -213,7 +227,12 @@ mod tests {
             peer_count: Some(MAX_PEERS + 1),
             ..Default::default()
         };
-        assert!(NodeState::default().patched(too_many).unwrap_err().contains("peerCount"));
+        assert!(
+            NodeState::default()
+                .patched(too_many)
+                .unwrap_err()
+                .contains("peerCount")
+        );
     }
 
     #[test]

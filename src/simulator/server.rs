@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use futures::StreamExt;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,7 +39,9 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
         node: node.clone(),
         schema,
     };
-    let router = Router::new().route("/graphql", post(graphql)).with_state(ctx);
+    let router = Router::new()
+        .route("/graphql", post(graphql))
+        .with_state(ctx);
     loop {
         let accepted = tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -54,11 +56,21 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
                 continue;
             }
         };
-        tokio::spawn(connection(stream, router.clone(), node.cancel.clone(), node.addr));
+        tokio::spawn(connection(
+            stream,
+            router.clone(),
+            node.cancel.clone(),
+            node.addr,
+        ));
     }
 }
 
-async fn connection(stream: TcpStream, router: Router, cancel: CancellationToken, addr: SocketAddr) {
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    cancel: CancellationToken,
+    addr: SocketAddr,
+) {
     // A second handle on the socket, to set SO_LINGER=0 (an RST on close) when a
     // reset fault fires while hyper owns the stream.
     let Some((stream, handle)) = split_handle(stream) else {
@@ -124,10 +136,14 @@ async fn graphql(
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, format!("simulated HTTP {code}\n")).into_response()
         }
-        Answer::MalformedJson => json_response(Body::from(r#"{"data": {"daemonStatus": {"syncStatus": "SYN"#)),
+        Answer::MalformedJson => json_response(Body::from(
+            r#"{"data": {"daemonStatus": {"syncStatus": "SYN"#,
+        )),
         Answer::Sized(bytes) => json_response(sized_body(bytes)),
         Answer::Normal => execute(&ctx, &body, None).await,
-        Answer::GraphqlError { message, partial } => execute(&ctx, &body, Some((message, partial))).await,
+        Answer::GraphqlError { message, partial } => {
+            execute(&ctx, &body, Some((message, partial))).await
+        }
     }
 }
 
@@ -135,7 +151,11 @@ async fn execute(ctx: &NodeCtx, body: &[u8], error: Option<(String, bool)>) -> R
     let request: async_graphql::Request = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("request body is not a GraphQL request: {e}\n")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("request body is not a GraphQL request: {e}\n"),
+            )
+                .into_response();
         }
     };
     let view = ctx.node.view();
@@ -144,19 +164,26 @@ async fn execute(ctx: &NodeCtx, body: &[u8], error: Option<(String, bool)>) -> R
         if !partial {
             response.data = async_graphql::Value::Null;
         }
-        response.errors.push(async_graphql::ServerError::new(message, None));
+        response
+            .errors
+            .push(async_graphql::ServerError::new(message, None));
     }
     match serde_json::to_vec(&response) {
         Ok(bytes) => json_response(Body::from(bytes)),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
 fn json_response(body: Body) -> Response {
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -177,11 +204,12 @@ fn sized_body(bytes: u64) -> Body {
             padding -= n as u64;
             Some(bytes::Bytes::from(vec![b'x'; n]))
         })))
-        .chain(futures::stream::iter(std::iter::once(bytes::Bytes::from_static(TAIL))))
+        .chain(futures::stream::iter(std::iter::once(
+            bytes::Bytes::from_static(TAIL),
+        )))
         .map(Ok::<_, std::convert::Infallible>);
     Body::from_stream(chunks)
 }
-
 
 impl Node {
     /// The node's state as a query sees it now.

@@ -75,7 +75,9 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                runtime.block_on(ControlPlane::start()).map_err(|e| e.to_string())
+                runtime
+                    .block_on(ControlPlane::start())
+                    .map_err(|e| e.to_string())
             })
             .join()
             .unwrap_or_else(|_| Err("control plane start-up panicked".to_owned()))
@@ -93,7 +95,10 @@ impl ControlPlane {
         let mut attempt = 1;
         loop {
             match Self::start_once(&tools).await {
-                Err(e) if attempt < START_ATTEMPTS && e.to_string().contains("address already in use") => {
+                Err(e)
+                    if attempt < START_ATTEMPTS
+                        && e.to_string().contains("address already in use") =>
+                {
                     attempt += 1;
                 }
                 other => return other,
@@ -216,7 +221,9 @@ impl ControlPlane {
                     });
                 }
             }
-            let request = http::Request::get("/readyz").body(Vec::new()).map_err(|e| HarnessError::Kube(e.to_string()))?;
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| HarnessError::Kube(e.to_string()))?;
             match tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await {
                 Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
                 Ok(Ok(body)) => last = body,
@@ -268,10 +275,12 @@ impl ControlPlane {
     /// A client acting as `user`, built from that user's kubeconfig file.
     pub async fn client(&self, user: &User) -> Result<kube::Client> {
         let path = self.kubeconfig(user)?;
-        let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| HarnessError::Kube(e.to_string()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| HarnessError::Kube(e.to_string()))?;
+        let kubeconfig =
+            Kubeconfig::read_from(&path).map_err(|e| HarnessError::Kube(e.to_string()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| HarnessError::Kube(e.to_string()))?;
         kube::Client::try_from(config).map_err(|e| HarnessError::Kube(e.to_string()))
     }
 
@@ -313,7 +322,10 @@ impl ControlPlane {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.dir)
             .arg(format!("--kubeconfig={}", self.kubeconfig(user)?.display()))
-            .arg(format!("--cache-dir={}", self.dir.join("kubectl-cache").display()));
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ));
         Ok(command)
     }
 
@@ -337,7 +349,10 @@ pub fn wait_for_port(process: &mut Supervised, port: u16, timeout: Duration) -> 
                 log: process.log_tail(30),
             });
         }
-        match std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) {
+        match std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_millis(200),
+        ) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
                 return Err(HarnessError::Timeout {

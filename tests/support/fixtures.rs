@@ -41,7 +41,12 @@ pub fn mina_pod(name: &str, labels: serde_json::Value) -> Pod {
 }
 
 /// Creates `pod` in `namespace` and marks it Running and Ready at `ip`, as a kubelet would.
-pub async fn create_running_pod(client: &kube::Client, namespace: &str, pod: &Pod, ip: Ipv4Addr) -> Pod {
+pub async fn create_running_pod(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &Pod,
+    ip: Ipv4Addr,
+) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let created = match pods.create(&PostParams::default(), pod).await {
         Ok(p) => p,
@@ -52,7 +57,13 @@ pub async fn create_running_pod(client: &kube::Client, namespace: &str, pod: &Po
 }
 
 /// Sets a pod's status: Running at `ip`, Ready or not.
-pub async fn set_pod_ready(client: &kube::Client, namespace: &str, name: &str, ip: Ipv4Addr, ready: bool) -> Pod {
+pub async fn set_pod_ready(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    ready: bool,
+) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let flag = if ready { "True" } else { "False" };
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -83,7 +94,11 @@ pub async fn set_pod_ready(client: &kube::Client, namespace: &str, name: &str, i
 
 /// Posts a GraphQL query to `url`; returns the HTTP status and the body as JSON
 /// (or `Err` with the transport error or the raw body that is not JSON).
-pub async fn graphql(http: &reqwest::Client, url: &str, query: &str) -> Result<(u16, serde_json::Value), String> {
+pub async fn graphql(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+) -> Result<(u16, serde_json::Value), String> {
     let response = http
         .post(url)
         .json(&json!({ "query": query }))
@@ -94,7 +109,12 @@ pub async fn graphql(http: &reqwest::Client, url: &str, query: &str) -> Result<(
     let body = response.bytes().await.map_err(|e| format!("{e:?}"))?;
     serde_json::from_slice(&body)
         .map(|v| (status, v))
-        .map_err(|_| format!("status {status}, body not JSON: {}", String::from_utf8_lossy(&body)))
+        .map_err(|_| {
+            format!(
+                "status {status}, body not JSON: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })
 }
 
 /// An HTTP client for tests (rustls, no proxies from the environment).

@@ -29,7 +29,11 @@ pub enum HarnessError {
         source: std::io::Error,
     },
     #[error("{name} exited during start-up ({status}); its last log lines:\n{log}")]
-    Died { name: String, status: String, log: String },
+    Died {
+        name: String,
+        status: String,
+        log: String,
+    },
     #[error("{what} not ready after {seconds}s; last error: {last}\n{name} log tail:\n{log}")]
     Timeout {
         what: String,

@@ -41,7 +41,13 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `program args...`, its output appended to `log`. `cleanup`, if given,
     /// is removed once the process has exited.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path, cleanup: Option<&Path>) -> Result<Self> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        cleanup: Option<&Path>,
+    ) -> Result<Self> {
         let out = File::create(log).map_err(io(format!("create {}", log.display())))?;
         let err = out.try_clone().map_err(io("duplicate a log handle"))?;
         let mut command = Command::new("sh");
@@ -54,8 +60,13 @@ impl Supervised {
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
-            .env("KCO_WATCHDOG_CLEANUP", cleanup.map(Path::as_os_str).unwrap_or_default());
-        let mut watchdog = command.spawn().map_err(io(format!("start {name} ({})", program.display())))?;
+            .env(
+                "KCO_WATCHDOG_CLEANUP",
+                cleanup.map(Path::as_os_str).unwrap_or_default(),
+            );
+        let mut watchdog = command
+            .spawn()
+            .map_err(io(format!("start {name} ({})", program.display())))?;
         let lifeline = watchdog.stdin.take();
         Ok(Self {
             name: name.to_owned(),
@@ -107,7 +118,10 @@ impl Drop for Supervised {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("find a free port"))?;
-    Ok(listener.local_addr().map_err(io("find a free port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("find a free port"))?
+        .port())
 }
 
 impl Supervised {

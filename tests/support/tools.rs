@@ -18,7 +18,8 @@ fn repo_root() -> PathBuf {
 
 fn versions() -> Result<HashMap<String, String>> {
     let path = repo_root().join("tests/tools/versions.env");
-    let text = std::fs::read_to_string(&path).map_err(super::io(format!("read {}", path.display())))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(super::io(format!("read {}", path.display())))?;
     Ok(text
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
@@ -53,7 +54,9 @@ impl Tools {
                 let cache = std::env::var_os("XDG_CACHE_HOME")
                     .map(PathBuf::from)
                     .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-                    .ok_or_else(|| HarnessError::Tools("neither KCO_CACHE_DIR nor HOME is set".into()))?;
+                    .ok_or_else(|| {
+                        HarnessError::Tools("neither KCO_CACHE_DIR nor HOME is set".into())
+                    })?;
                 cache.join("kco")
             }
         };
