@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# KCO's one entry point for building, testing and trying it.
+#
+#   ./build.sh test    build what is missing, then fmt check, clippy and every test
+#   ./build.sh demo    a local control plane with simulated Mina pods (Ctrl-C stops it)
+#   ./build.sh tools   only build the local control plane tools into the cache
+#   ./build.sh build   build the kco binary (release)
+#
+# Tools (kube-apiserver, etcd, kubectl, helm) are built from source once and kept in
+# $KCO_CACHE_DIR (default ~/.cache/kco); delete that directory to rebuild them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "build.sh: $*" >&2; exit 1; }
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 is not installed: $2 (see README.md, 'What you need')"
+}
+
+tools() {
+  need go "Go builds the local Kubernetes control plane"
+  need python3 "python3 fetches the Mina schema package"
+  step "local control plane tools (cached in ${KCO_CACHE_DIR:-~/.cache/kco})"
+  KCO_TOOLS_DIR="$(bash tests/tools/install.sh all | tail -n 1)"
+  export KCO_TOOLS_DIR
+}
+
+rust() {
+  need cargo "Rust builds KCO"
+}
+
+case "${1:-}" in
+  tools)
+    tools
+    ;;
+  test)
+    rust
+    tools
+    step "cargo fmt --check"
+    cargo fmt --all -- --check
+    step "cargo clippy"
+    cargo clippy --locked --all-targets -- -D warnings
+    step "cargo test"
+    start=$SECONDS
+    cargo test --locked --all-targets
+    step "all tests passed in $((SECONDS - start))s"
+    ;;
+  demo)
+    rust
+    tools
+    step "building the demo"
+    cargo build --locked --bin kco --example demo
+    step "starting the demo"
+    exec target/debug/examples/demo
+    ;;
+  build)
+    rust
+    cargo build --locked --release --bin kco
+    echo "target/release/kco"
+    ;;
+  *)
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
