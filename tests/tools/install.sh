@@ -28,7 +28,6 @@ mkdir -p "$bin" "$tools/mina-sdk"
 say() { echo "[tools] $*" >&2; }
 die() { echo "[tools] error: $*" >&2; exit 1; }
 
-command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver, etcd, kubectl and helm); see README.md"
 command -v python3 >/dev/null || die "python3 is not installed (needed to fetch the mina-sdk schema); see README.md"
 
 # go.sum is committed and complete: -mod=readonly refuses anything it does not pin,
@@ -66,6 +65,7 @@ build() {
 }
 
 if [ "$what" = all ]; then
+command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver, etcd, kubectl and helm); see README.md"
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_ldflags)"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$(k8s_ldflags)"
