@@ -123,14 +123,7 @@ async fn a_ready_pod_ip_reaches_its_simulated_node() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 500);
-    let info: serde_json::Value = http
-        .get(format!("{control}/nodes/{node}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = fixtures::get_json(&http, &format!("{control}/nodes/{node}")).await;
     assert_eq!(info["requests"], 3, "the node counts every request: {info}");
 }
 

@@ -85,6 +85,12 @@ impl Bed {
         assert_eq!(status, 200, "{body}");
     }
 
+    /// The node's raw HTTP answer to the status query.
+    async fn raw(&self, addr: SocketAddr) -> reqwest::Response {
+        let query = json!({"query": STATUS});
+        self.http.post(url(addr)).json(&query).send().await.unwrap()
+    }
+
     async fn query(&self, addr: SocketAddr) -> Result<(u16, Value), String> {
         fixtures::graphql(&self.http, &url(addr), STATUS).await
     }
@@ -209,13 +215,7 @@ async fn answer_faults_break_the_answer_the_way_they_say() {
     let addr = bed.add(json!({})).await;
 
     bed.faults(addr, json!({"httpStatus": 503})).await;
-    let response = bed
-        .http
-        .post(url(addr))
-        .json(&json!({"query": STATUS}))
-        .send()
-        .await
-        .unwrap();
+    let response = bed.raw(addr).await;
     assert_eq!(response.status(), 503);
 
     bed.faults(addr, json!({"graphqlError": "node is restarting"}))
@@ -239,13 +239,7 @@ async fn answer_faults_break_the_answer_the_way_they_say() {
     assert!(err.contains("body not JSON"), "{err}");
 
     bed.faults(addr, json!({"bodyBytes": 3_000_000})).await;
-    let response = bed
-        .http
-        .post(url(addr))
-        .json(&json!({"query": STATUS}))
-        .send()
-        .await
-        .unwrap();
+    let response = bed.raw(addr).await;
     let body = response.bytes().await.unwrap();
     assert_eq!(body.len(), 3_000_000);
     let parsed: Value = serde_json::from_slice(&body).unwrap();
@@ -443,14 +437,7 @@ fn the_kco_simulate_command_serves_until_terminated() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let body = runtime.block_on(async {
         let http = fixtures::http_client();
-        let nodes: Value = http
-            .get(format!("http://127.0.0.1:{control}/nodes"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let nodes = fixtures::get_json(&http, &format!("http://127.0.0.1:{control}/nodes")).await;
         assert_eq!(nodes.as_array().unwrap().len(), 3);
         fixtures::graphql(&http, &format!("http://{node}:3085/graphql"), STATUS)
             .await

@@ -21,25 +21,41 @@ const NODES: u32 = 3;
 async fn main() -> anyhow::Result<()> {
     kco::tls::install_crypto_provider();
     println!("Starting etcd and kube-apiserver on loopback...");
-    let cp = ControlPlane::start().await.context("the local control plane did not start")?;
-    println!("Control plane ready in {:.1}s at {}", cp.startup.as_secs_f64(), cp.url);
+    let cp = ControlPlane::start()
+        .await
+        .context("the local control plane did not start")?;
+    println!(
+        "Control plane ready in {:.1}s at {}",
+        cp.startup.as_secs_f64(),
+        cp.url
+    );
 
     let control: SocketAddr = std::env::var("KCO_SIM_CONTROL")
         .unwrap_or_else(|_| "127.0.0.1:8090".to_owned())
         .parse()
         .context("KCO_SIM_CONTROL must be an address like 127.0.0.1:8090")?;
-    let sim = Simulator::start(control).await.context("the Mina simulator did not start")?;
+    let sim = Simulator::start(control)
+        .await
+        .context("the Mina simulator did not start")?;
 
     let client = cp.admin().await;
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
     let ns = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
-    namespaces.create(&Default::default(), &ns).await.context("create the demo namespace")?;
+    namespaces
+        .create(&Default::default(), &ns)
+        .await
+        .context("create the demo namespace")?;
 
     let mut first = None;
     for i in 0..NODES {
         let ip = fixtures::loopback_ip();
         let state = NodeState {
-            sync_status: if i == NODES - 1 { SyncStatus::Catchup } else { SyncStatus::Synced },
+            sync_status: if i == NODES - 1 {
+                SyncStatus::Catchup
+            } else {
+                SyncStatus::Synced
+            },
             blockchain_length: 1000 - 7 * i,
             ..Default::default()
         };

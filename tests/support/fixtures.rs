@@ -117,6 +117,18 @@ pub async fn graphql(
         })
 }
 
+/// GETs `url` and returns its JSON body; panics (failing the test) otherwise.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let response = match http.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    match response.json().await {
+        Ok(v) => v,
+        Err(e) => panic!("GET {url}: body is not JSON: {e}"),
+    }
+}
+
 /// An HTTP client for tests (rustls, no proxies from the environment).
 pub fn http_client() -> reqwest::Client {
     kco::tls::install_crypto_provider();
