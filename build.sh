@@ -5,6 +5,7 @@
 #   ./build.sh demo    a local control plane with simulated Mina pods (Ctrl-C stops it)
 #   ./build.sh tools   only build the local control plane tools into the cache
 #   ./build.sh build   build the kco binary (release)
+#   ./build.sh crds    regenerate crds/ from the Rust types
 #
 # Tools (kube-apiserver, etcd, kubectl, helm) are built from source once and kept in
 # $KCO_CACHE_DIR (default ~/.cache/kco); delete that directory to rebuild them.
@@ -54,13 +55,19 @@ case "${1:-}" in
     step "starting the demo"
     exec target/debug/examples/demo
     ;;
+  crds)
+    rust
+    rm -f crds/*.yaml
+    cargo run --locked --quiet --bin kco -- crds --out-dir crds
+    ls crds
+    ;;
   build)
     rust
     cargo build --locked --release --bin kco
     echo "target/release/kco"
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -38,6 +38,12 @@ pub enum Command {
     /// Work with GraphQL schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Print the CustomResourceDefinitions as YAML (`kco crds | kubectl apply -f -`).
+    Crds {
+        /// Write one file per CRD into this directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +88,27 @@ pub fn run(cli: Cli) -> ExitCode {
             schema_import(&file, output.as_deref())
         }
         Command::Simulate(args) => run_async(simulate(args)),
+        Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+    }
+}
+
+fn print_crds(out_dir: Option<&std::path::Path>) -> ExitCode {
+    let result = match out_dir {
+        None => crate::crds::render().map(|yaml| print!("{yaml}")),
+        Some(dir) => crate::crds::files().and_then(|files| {
+            files.into_iter().try_for_each(|(name, yaml)| {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kco: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! reach it without spawning the binary.
 
 pub mod cli;
+pub mod crds;
 pub mod logging;
 pub mod schema;
 pub mod simulator;
+pub mod targetapp;
 pub mod tls;
