@@ -8,3 +8,4 @@ pub mod schema;
 pub mod simulator;
 pub mod targetapp;
 pub mod tls;
+pub mod triggers;

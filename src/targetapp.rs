@@ -252,6 +252,46 @@ pub enum ConditionKind {
     Absent,
 }
 
+impl ConditionKind {
+    /// The name used in manifests (`greaterThan`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Equals => "equals",
+            Self::NotEquals => "notEquals",
+            Self::In => "in",
+            Self::NotIn => "notIn",
+            Self::GreaterThan => "greaterThan",
+            Self::GreaterThanOrEqual => "greaterThanOrEqual",
+            Self::LessThan => "lessThan",
+            Self::LessThanOrEqual => "lessThanOrEqual",
+            Self::Contains => "contains",
+            Self::Matches => "matches",
+            Self::Changed => "changed",
+            Self::Unchanged => "unchanged",
+            Self::Exists => "exists",
+            Self::Absent => "absent",
+        }
+    }
+
+    /// Every condition, for exhaustive tests and documentation.
+    pub const ALL: [ConditionKind; 14] = [
+        Self::Equals,
+        Self::NotEquals,
+        Self::In,
+        Self::NotIn,
+        Self::GreaterThan,
+        Self::GreaterThanOrEqual,
+        Self::LessThan,
+        Self::LessThanOrEqual,
+        Self::Contains,
+        Self::Matches,
+        Self::Changed,
+        Self::Unchanged,
+        Self::Exists,
+        Self::Absent,
+    ];
+}
+
 /// What KCO last observed of a TargetApp.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,99 @@
+//! When a rule fires for a target: edge-triggered, after `for`, outside `cooldown`.
+//!
+//! A rule fires when its condition becomes true and has held for `for`; then not
+//! again until the condition has been false in between. A firing that falls inside
+//! the cooldown of the previous one is held back (not forgotten): if the condition
+//! still holds when the cooldown ends, the rule fires then. `changed` makes every
+//! change a new edge.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// What one rule knows about one target between polls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FiringState {
+    /// Since when the condition has held continuously.
+    since: Option<Timestamp>,
+    /// Whether the rule already fired during this stretch of truth.
+    fired: bool,
+    /// The last firing, here or (after a hand-off) as recorded in status.
+    last_fired: Option<Timestamp>,
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The condition does not hold.
+    Idle,
+    /// It holds, but not yet for `for`.
+    Pending { remaining: Duration },
+    /// It holds and fired already; waiting for it to become false.
+    Fired,
+    /// It would fire, but the last firing is too recent.
+    Cooldown { remaining: Duration },
+    /// Fire now.
+    Fire,
+}
+
+impl FiringState {
+    /// A state that knows of an earlier firing (from status, after a restart or hand-off).
+    pub fn with_last_fired(last_fired: Option<Timestamp>) -> Self {
+        Self {
+            last_fired,
+            ..Self::default()
+        }
+    }
+
+    /// When the rule last fired for this target.
+    pub fn last_fired(&self) -> Option<Timestamp> {
+        self.last_fired
+    }
+
+    /// Advances the state with one evaluation. `new_edge` marks an observation that
+    /// starts a new stretch even if the previous one also held (`changed`).
+    pub fn step(
+        &mut self,
+        holds: bool,
+        new_edge: bool,
+        now: Timestamp,
+        hold_for: Duration,
+        cooldown: Duration,
+    ) -> Decision {
+        if !holds {
+            self.since = None;
+            self.fired = false;
+            return Decision::Idle;
+        }
+        if new_edge {
+            self.since = Some(now);
+            self.fired = false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if self.fired {
+            return Decision::Fired;
+        }
+        let held = elapsed(since, now);
+        if held < hold_for {
+            return Decision::Pending {
+                remaining: hold_for - held,
+            };
+        }
+        if let Some(last) = self.last_fired {
+            let gone = elapsed(last, now);
+            if gone < cooldown {
+                return Decision::Cooldown {
+                    remaining: cooldown - gone,
+                };
+            }
+        }
+        self.fired = true;
+        self.last_fired = Some(now);
+        Decision::Fire
+    }
+}
+
+/// Time from `from` to `to`, zero if the clock went backwards.
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}
