@@ -2,8 +2,10 @@
 //! reach it without spawning the binary.
 
 pub mod cli;
+pub mod config;
 pub mod crds;
 pub mod logging;
+pub mod monitor;
 pub mod schema;
 pub mod simulator;
 pub mod targetapp;

@@ -19,9 +19,6 @@ pub const DEFAULT_STATE_QUERY: &str = "query { daemonStatus { syncStatus blockch
 /// Mina's GraphQL port.
 pub const DEFAULT_PORT: i32 = 3085;
 
-/// Seconds between polls when a TargetApp does not say.
-pub const DEFAULT_POLLING_INTERVAL: u32 = 30;
-
 /// The cooldown of a rule that does not name one.
 pub const DEFAULT_COOLDOWN: &str = "5m";
 
@@ -67,10 +64,11 @@ pub struct TargetAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
 
-    /// Seconds between polls of each target (at least 1, and at least the tenant's minimum).
-    #[serde(default = "default_polling_interval")]
+    /// Seconds between polls of each target (at least 1, and at least the tenant's
+    /// minimum). Defaults to the operator's DEFAULT_POLLING_INTERVAL (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub polling_interval: u32,
+    pub polling_interval: Option<u32>,
 
     /// Seconds one poll may take. Defaults to the operator's GRAPHQL_TIMEOUT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,10 +108,6 @@ fn default_graphql_endpoint() -> String {
 
 fn default_port() -> IntOrString {
     IntOrString::Int(DEFAULT_PORT)
-}
-
-fn default_polling_interval() -> u32 {
-    DEFAULT_POLLING_INTERVAL
 }
 
 fn default_state_query() -> String {

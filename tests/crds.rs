@@ -109,7 +109,10 @@ async fn the_apiserver_accepts_targetapps_and_applies_the_defaults() {
     assert_eq!(spec["graphqlEndpoint"], "/graphql");
     assert_eq!(spec["port"], 3085);
     assert_eq!(spec["scheme"], "http");
-    assert_eq!(spec["pollingInterval"], 30);
+    assert!(
+        spec.get("pollingInterval").is_none(),
+        "the operator's DEFAULT_POLLING_INTERVAL applies"
+    );
     assert_eq!(spec["stateQuery"], DEFAULT_STATE_QUERY);
     assert_eq!(spec["schema"], json!({"mina": {}}));
     assert_eq!(spec["dryRun"], false);
@@ -122,7 +125,7 @@ async fn the_apiserver_accepts_targetapps_and_applies_the_defaults() {
         spec["actions"][0]["trigger"]["value"], "OFFLINE",
         "values must not be pruned"
     );
-    assert_eq!(created.spec.polling_interval, 30);
+    assert_eq!(created.spec.polling_interval, None);
 
     // The schema refuses what it can: an unknown condition, an interval below 1, a bad duration.
     for (patch, what) in [

@@ -1,0 +1,221 @@
+//! The operator's configuration: every setting is an environment variable and a
+//! `kco run` flag. Invalid configuration stops start-up with a message naming the
+//! setting.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// `kco run` flags; each also reads the environment variable named beside it.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Seconds one GraphQL poll may take (unless a TargetApp sets timeoutSeconds).
+    #[arg(long, env = "GRAPHQL_TIMEOUT", default_value_t = 10)]
+    pub graphql_timeout: u64,
+    /// Retries of a failed poll within one polling interval (0 = no retry).
+    #[arg(long, env = "GRAPHQL_MAX_RETRIES", default_value_t = 2)]
+    pub graphql_max_retries: u32,
+    /// Largest GraphQL response body read, in bytes; a larger one fails the poll.
+    #[arg(long, env = "GRAPHQL_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
+    pub graphql_max_response_bytes: u64,
+    /// Seconds between polls for TargetApps that do not set pollingInterval.
+    #[arg(long, env = "DEFAULT_POLLING_INTERVAL", default_value_t = 30)]
+    pub default_polling_interval: u32,
+    /// Seconds one action may take unless the action sets its own timeout.
+    #[arg(long, env = "ACTION_EXECUTION_TIMEOUT", default_value_t = 30)]
+    pub action_execution_timeout: u64,
+    /// Port of the admin server: /healthz, /readyz, /metrics, /stats.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+    /// Address the admin server binds to.
+    #[arg(long, env = "ADMIN_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub admin_bind_address: IpAddr,
+    /// Kubeconfig file to use instead of the in-cluster configuration or $KUBECONFIG.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's name, in Events, status and leases (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+/// Validated settings, built once at start-up and shared read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub graphql_timeout: Duration,
+    pub graphql_max_retries: u32,
+    pub max_response_bytes: u64,
+    pub default_polling_interval: Duration,
+    pub action_execution_timeout: Duration,
+    pub admin_address: SocketAddr,
+    pub kubeconfig: Option<PathBuf>,
+    pub instance: String,
+}
+
+/// A setting that is out of range, with the variable that sets it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}={value}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+fn check<T: ToString>(
+    setting: &'static str,
+    value: T,
+    ok: bool,
+    reason: &'static str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            setting,
+            value: value.to_string(),
+            reason,
+        })
+    }
+}
+
+impl Settings {
+    /// Checks every setting; `hostname` names the replica when POD_NAME is unset.
+    pub fn from_args(args: &RunArgs, hostname: &str) -> Result<Self, ConfigError> {
+        let a = args;
+        check(
+            "GRAPHQL_TIMEOUT",
+            a.graphql_timeout,
+            (1..=300).contains(&a.graphql_timeout),
+            "must be 1..=300 seconds",
+        )?;
+        check(
+            "GRAPHQL_MAX_RETRIES",
+            a.graphql_max_retries,
+            a.graphql_max_retries <= 10,
+            "must be 0..=10",
+        )?;
+        check(
+            "GRAPHQL_MAX_RESPONSE_BYTES",
+            a.graphql_max_response_bytes,
+            (1024..=64 * 1024 * 1024).contains(&a.graphql_max_response_bytes),
+            "must be 1 KiB..=64 MiB",
+        )?;
+        check(
+            "DEFAULT_POLLING_INTERVAL",
+            a.default_polling_interval,
+            (1..=86_400).contains(&a.default_polling_interval),
+            "must be 1..=86400 seconds",
+        )?;
+        check(
+            "ACTION_EXECUTION_TIMEOUT",
+            a.action_execution_timeout,
+            (1..=3600).contains(&a.action_execution_timeout),
+            "must be 1..=3600 seconds",
+        )?;
+        check(
+            "METRICS_PORT",
+            a.metrics_port,
+            a.metrics_port != 0,
+            "must be a port number (1-65535)",
+        )?;
+        let instance = a.instance.clone().unwrap_or_else(|| hostname.to_owned());
+        check(
+            "POD_NAME",
+            &instance,
+            is_dns_label(&instance),
+            "must be a DNS label (lower case, digits, '-')",
+        )?;
+        Ok(Self {
+            graphql_timeout: Duration::from_secs(a.graphql_timeout),
+            graphql_max_retries: a.graphql_max_retries,
+            max_response_bytes: a.graphql_max_response_bytes,
+            default_polling_interval: Duration::from_secs(u64::from(a.default_polling_interval)),
+            action_execution_timeout: Duration::from_secs(a.action_execution_timeout),
+            admin_address: SocketAddr::new(a.admin_bind_address, a.metrics_port),
+            kubeconfig: a.kubeconfig.clone(),
+            instance,
+        })
+    }
+
+    /// Settings for tests: short timeouts, admin server on a free loopback port.
+    pub fn test() -> Self {
+        Self {
+            graphql_timeout: Duration::from_secs(2),
+            graphql_max_retries: 1,
+            max_response_bytes: 1024 * 1024,
+            default_polling_interval: Duration::from_secs(1),
+            action_execution_timeout: Duration::from_secs(5),
+            admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubeconfig: None,
+            instance: "kco-test".to_owned(),
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("kco").chain(args.iter().copied())).unwrap();
+        Settings::from_args(&cli.run, "kco-7f9c-abcde")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.graphql_timeout, Duration::from_secs(10));
+        assert_eq!(s.graphql_max_retries, 2);
+        assert_eq!(s.max_response_bytes, 1024 * 1024);
+        assert_eq!(s.default_polling_interval, Duration::from_secs(30));
+        assert_eq!(s.admin_address.port(), 8080);
+        assert_eq!(s.instance, "kco-7f9c-abcde");
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (args, setting) in [
+            (&["--graphql-timeout", "0"][..], "GRAPHQL_TIMEOUT"),
+            (&["--graphql-max-retries", "50"][..], "GRAPHQL_MAX_RETRIES"),
+            (
+                &["--graphql-max-response-bytes", "10"][..],
+                "GRAPHQL_MAX_RESPONSE_BYTES",
+            ),
+            (
+                &["--default-polling-interval", "0"][..],
+                "DEFAULT_POLLING_INTERVAL",
+            ),
+            (
+                &["--action-execution-timeout", "0"][..],
+                "ACTION_EXECUTION_TIMEOUT",
+            ),
+            (&["--metrics-port", "0"][..], "METRICS_PORT"),
+            (&["--instance", "Not_A_Label"][..], "POD_NAME"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.setting, setting, "{args:?}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid configuration: {setting}="))
+            );
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Watching targets: discovering them, polling them, and turning what they
+//! answer into state changes, trigger firings, Events, status and metrics.
+
+pub mod poll;
