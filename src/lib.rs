@@ -4,7 +4,9 @@
 pub mod cli;
 pub mod config;
 pub mod crds;
+pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod schema;
 pub mod simulator;

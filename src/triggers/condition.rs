@@ -196,6 +196,10 @@ impl Condition {
                 let Some(previous) = previous else {
                     return false;
                 };
+                // A failed poll says nothing about whether a result field changed.
+                if !self.field.is_up() && (current.data.is_none() || previous.data.is_none()) {
+                    return false;
+                }
                 let before = self
                     .field
                     .resolve(previous.data, previous.up)

@@ -1,0 +1,235 @@
+//! Kubernetes Events for on-call engineers: fixed reasons, Normal or Warning, and
+//! deduplicated — publishing the same event again raises its series count instead
+//! of creating another object.
+//!
+//! kube's own `Recorder` leaves the message out of its deduplication key, so two
+//! different `StateChanged` messages would collapse into one series showing only the
+//! first; this recorder keys on the message too (see docs/adr/0003-events.md).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::metrics::Metrics;
+
+/// Why an Event was published. The names are a contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    TargetDiscovered,
+    TargetLost,
+    StateChanged,
+    PollFailed,
+    PollRecovered,
+    TriggerFired,
+    ActionSucceeded,
+    ActionFailed,
+    ActionSkipped,
+    QuotaExceeded,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TargetDiscovered => "TargetDiscovered",
+            Self::TargetLost => "TargetLost",
+            Self::StateChanged => "StateChanged",
+            Self::PollFailed => "PollFailed",
+            Self::PollRecovered => "PollRecovered",
+            Self::TriggerFired => "TriggerFired",
+            Self::ActionSucceeded => "ActionSucceeded",
+            Self::ActionFailed => "ActionFailed",
+            Self::ActionSkipped => "ActionSkipped",
+            Self::QuotaExceeded => "QuotaExceeded",
+        }
+    }
+
+    /// Warning for what may need a person: failures, firings, quota; Normal otherwise.
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Self::PollFailed | Self::TriggerFired | Self::ActionFailed | Self::QuotaExceeded
+        )
+    }
+
+    /// The `action` field of the Event: what KCO was doing.
+    fn action(self) -> &'static str {
+        match self {
+            Self::TargetDiscovered | Self::TargetLost => "Discover",
+            Self::StateChanged | Self::PollFailed | Self::PollRecovered => "Poll",
+            Self::TriggerFired => "Evaluate",
+            Self::ActionSucceeded | Self::ActionFailed | Self::ActionSkipped => "Act",
+            Self::QuotaExceeded => "Admit",
+        }
+    }
+}
+
+/// One Event to publish.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub reason: Reason,
+    pub note: String,
+    /// The object the Event is about (a TargetApp or a pod).
+    pub regarding: ObjectReference,
+    /// A second object involved (the pod for a TargetApp's Event, and the other way round).
+    pub related: Option<ObjectReference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    regarding: (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    related: Option<(Option<String>, Option<String>, Option<String>)>,
+    reason: Reason,
+    note: String,
+}
+
+/// The longest note the Events API accepts is 1 kB.
+const MAX_NOTE: usize = 1000;
+/// How long a published Event can be repeated into (kube's recorder uses 6 minutes).
+const SERIES_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Publishes Events as one reporting controller instance.
+#[derive(Clone)]
+pub struct Recorder {
+    client: kube::Client,
+    instance: String,
+    published: moka::future::Cache<Key, Event>,
+    metrics: Metrics,
+}
+
+impl Recorder {
+    pub fn new(client: kube::Client, instance: &str, metrics: Metrics) -> Self {
+        Self {
+            client,
+            instance: instance.to_owned(),
+            published: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(SERIES_TTL)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// Publishes `notice`, or raises the count of the same Event published recently.
+    pub async fn publish(&self, notice: Notice) -> Result<(), kube::Error> {
+        let note = truncate(&notice.note, MAX_NOTE);
+        let namespace = notice
+            .regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let key = Key {
+            regarding: (
+                notice.regarding.namespace.clone(),
+                notice.regarding.kind.clone(),
+                notice.regarding.name.clone(),
+                notice.regarding.uid.clone(),
+            ),
+            related: notice
+                .related
+                .as_ref()
+                .map(|r| (r.namespace.clone(), r.kind.clone(), r.name.clone())),
+            reason: notice.reason,
+            note: note.clone(),
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let now = MicroTime(Timestamp::now());
+        let kind = if notice.reason.is_warning() {
+            "Warning"
+        } else {
+            "Normal"
+        };
+        self.metrics
+            .events
+            .with_label_values(&[namespace.as_str(), notice.reason.as_str(), kind])
+            .inc();
+        if let Some(mut previous) = self.published.get(&key).await {
+            let count = previous.series.as_ref().map_or(2, |s| s.count + 1);
+            previous.series = Some(EventSeries {
+                count,
+                last_observed_time: now.clone(),
+            });
+            let name = previous.metadata.name.clone().unwrap_or_default();
+            let patch = serde_json::json!({ "series": previous.series });
+            match events
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.published.insert(key, previous).await;
+                    return Ok(());
+                }
+                // Gone (expired by the apiserver's TTL): start a new one below.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    notice.regarding.name.as_deref().unwrap_or("kco"),
+                    now.0.as_nanosecond()
+                )),
+                namespace: Some(namespace),
+                ..Default::default()
+            },
+            event_time: Some(now),
+            type_: Some(kind.to_owned()),
+            reason: Some(notice.reason.as_str().to_owned()),
+            action: Some(notice.reason.action().to_owned()),
+            note: Some(note),
+            regarding: Some(notice.regarding),
+            related: notice.related,
+            reporting_controller: Some("operator.kco.local/kco".to_owned()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
+        };
+        let created = events.create(&PostParams::default(), &event).await?;
+        self.published.insert(key, created).await;
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_what_needs_a_person() {
+        assert!(Reason::PollFailed.is_warning());
+        assert!(Reason::TriggerFired.is_warning());
+        assert!(Reason::ActionFailed.is_warning());
+        assert!(!Reason::PollRecovered.is_warning());
+        assert!(!Reason::StateChanged.is_warning());
+        assert!(!Reason::ActionSkipped.is_warning());
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(800);
+        let cut = truncate(&long, MAX_NOTE);
+        assert!(cut.len() <= MAX_NOTE);
+        assert!(cut.ends_with("..."));
+        assert_eq!(truncate("short", MAX_NOTE), "short");
+    }
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics. Names are a contract (alerts and dashboards use them);
+//! labels stay bounded: namespace, targetapp, action, result, reason — never pod
+//! IPs, URLs or error text.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric KCO exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Polls by outcome: `result` success|failure, `reason` the failure kind ("" on success).
+    pub polls: IntCounterVec,
+    pub poll_duration: HistogramVec,
+    /// How late a poll started against its schedule.
+    pub poll_lateness: HistogramVec,
+    /// Events published, by reason and type.
+    pub events: IntCounterVec,
+    pub actions: IntCounterVec,
+    pub action_duration: HistogramVec,
+    /// Internal errors by kind (apiserver writes, watches, ...).
+    pub errors: IntCounterVec,
+    /// Targets per TargetApp by state (up|down).
+    pub targets: IntGaugeVec,
+    /// Trigger firings by rule.
+    pub firings: IntCounterVec,
+}
+
+/// The label sets of per-TargetApp series, so that a deleted TargetApp's series
+/// can be removed.
+const APP: &[&str] = &["namespace", "targetapp"];
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let latency = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let targets = IntGaugeVec::new(
+            Opts::new(
+                "operator_kco_tapp_targets",
+                "Targets of a TargetApp by state (up, down).",
+            ),
+            &["namespace", "targetapp", "state"],
+        )?;
+        registry.register(Box::new(targets.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            polls: counter(
+                "operator_kco_tapp_polls_total",
+                "GraphQL polls of TargetApp targets, by result and failure reason.",
+                &["namespace", "targetapp", "result", "reason"],
+            )?,
+            poll_duration: histogram(
+                "operator_kco_tapp_poll_duration_seconds",
+                "Duration of one poll, retries included.",
+                APP,
+                latency.clone(),
+            )?,
+            poll_lateness: histogram(
+                "operator_kco_tapp_poll_lateness_seconds",
+                "How late polls start against their schedule.",
+                APP,
+                latency.clone(),
+            )?,
+            events: counter(
+                "operator_kco_events_generated_total",
+                "Kubernetes Events published (repeats included), by reason and type.",
+                &["namespace", "reason", "type"],
+            )?,
+            actions: counter(
+                "operator_kco_actions_executed_total",
+                "Actions run, by action and result.",
+                &["namespace", "targetapp", "action", "result"],
+            )?,
+            action_duration: histogram(
+                "operator_kco_action_duration_seconds",
+                "Duration of one action.",
+                &["namespace", "targetapp", "action"],
+                latency,
+            )?,
+            errors: counter(
+                "operator_kco_errors_total",
+                "Internal errors, by kind.",
+                &["kind"],
+            )?,
+            targets,
+            firings: counter(
+                "operator_kco_trigger_firings_total",
+                "Trigger firings, by rule.",
+                &["namespace", "targetapp", "rule"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Removes the series of a TargetApp that is no longer monitored here.
+    pub fn forget_targetapp(&self, namespace: &str, name: &str) {
+        let matches = |labels: &std::collections::HashMap<&str, &str>| {
+            labels.get("namespace") == Some(&namespace) && labels.get("targetapp") == Some(&name)
+        };
+        let _ = self.poll_duration.remove_label_values(&[namespace, name]);
+        let _ = self.poll_lateness.remove_label_values(&[namespace, name]);
+        for state in ["up", "down"] {
+            let _ = self.targets.remove_label_values(&[namespace, name, state]);
+        }
+        // Series with further labels: remove every one that names this TargetApp.
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if !matches(&labels) {
+                    continue;
+                }
+                let values = |names: &[&str]| {
+                    names
+                        .iter()
+                        .map(|n| labels.get(n).copied().unwrap_or(""))
+                        .collect::<Vec<_>>()
+                };
+                match family.name() {
+                    "operator_kco_tapp_polls_total" => {
+                        let _ = self.polls.remove_label_values(&values(&[
+                            "namespace",
+                            "targetapp",
+                            "result",
+                            "reason",
+                        ]));
+                    }
+                    "operator_kco_actions_executed_total" => {
+                        let _ = self.actions.remove_label_values(&values(&[
+                            "namespace",
+                            "targetapp",
+                            "action",
+                            "result",
+                        ]));
+                    }
+                    "operator_kco_action_duration_seconds" => {
+                        let _ = self.action_duration.remove_label_values(&values(&[
+                            "namespace",
+                            "targetapp",
+                            "action",
+                        ]));
+                    }
+                    "operator_kco_trigger_firings_total" => {
+                        let _ = self.firings.remove_label_values(&values(&[
+                            "namespace",
+                            "targetapp",
+                            "rule",
+                        ]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_names_are_exported() {
+        let m = Metrics::new().unwrap();
+        m.polls
+            .with_label_values(&["ns", "app", "success", ""])
+            .inc();
+        m.poll_duration
+            .with_label_values(&["ns", "app"])
+            .observe(0.1);
+        m.events
+            .with_label_values(&["ns", "StateChanged", "Normal"])
+            .inc();
+        m.actions
+            .with_label_values(&["ns", "app", "restart_pod", "success"])
+            .inc();
+        m.action_duration
+            .with_label_values(&["ns", "app", "restart_pod"])
+            .observe(1.0);
+        m.errors.with_label_values(&["status_write"]).inc();
+        let text = m.render().unwrap();
+        for name in [
+            "operator_kco_tapp_polls_total",
+            "operator_kco_tapp_poll_duration_seconds",
+            "operator_kco_events_generated_total",
+            "operator_kco_actions_executed_total",
+            "operator_kco_action_duration_seconds",
+            "operator_kco_errors_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forgotten_targetapp_leaves_no_series() {
+        let m = Metrics::new().unwrap();
+        for app in ["gone", "kept"] {
+            m.polls
+                .with_label_values(&["ns", app, "failure", "timeout"])
+                .inc();
+            m.targets.with_label_values(&["ns", app, "up"]).set(3);
+            m.firings.with_label_values(&["ns", app, "offline"]).inc();
+            m.poll_duration.with_label_values(&["ns", app]).observe(0.1);
+        }
+        m.forget_targetapp("ns", "gone");
+        let text = m.render().unwrap();
+        assert!(!text.contains("targetapp=\"gone\""), "{text}");
+        assert!(text.contains("targetapp=\"kept\""));
+    }
+}

@@ -1,0 +1,226 @@
+//! Which pods are targets, and at which URL. Pure: pods in, targets out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::targetapp::{Scheme, TargetAppSpec};
+
+/// Something polled: a pod's endpoint, or an absolute URL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    /// The pod's name; `None` for an absolute URL endpoint.
+    pub pod: Option<String>,
+    pub url: String,
+}
+
+impl Target {
+    /// The name this target goes by in status, Events and firings.
+    pub fn name(&self) -> &str {
+        self.pod.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// Whether `graphqlEndpoint` is an absolute URL (one target) rather than a path.
+pub fn is_absolute(endpoint: &str) -> bool {
+    endpoint.starts_with("http://") || endpoint.starts_with("https://")
+}
+
+/// Why a selected pod is not a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotTarget {
+    NotReady,
+    NoIp,
+    Terminating,
+    NoSuchPort(String),
+}
+
+/// The target a pod is, or why it is not one.
+pub fn target_of(pod: &Pod, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(NotTarget::Terminating);
+    }
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(NotTarget::NotReady);
+    }
+    let ip = status
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .ok_or(NotTarget::NoIp)?;
+    let port = match &spec.port {
+        IntOrString::Int(port) => *port,
+        IntOrString::String(name) => pod
+            .spec
+            .as_ref()
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port)
+            .ok_or_else(|| NotTarget::NoSuchPort(name.clone()))?,
+    };
+    let scheme = match spec.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    let path = if spec.graphql_endpoint.starts_with('/') {
+        spec.graphql_endpoint.clone()
+    } else {
+        format!("/{}", spec.graphql_endpoint)
+    };
+    Ok(Target {
+        pod: pod.metadata.name.clone(),
+        url: format!("{scheme}://{host}:{port}{path}"),
+    })
+}
+
+/// The targets among `pods` (by pod name), or the one URL target.
+pub fn targets(spec: &TargetAppSpec, pods: &BTreeMap<String, Pod>) -> BTreeMap<String, Target> {
+    if is_absolute(&spec.graphql_endpoint) {
+        let target = Target {
+            pod: None,
+            url: spec.graphql_endpoint.clone(),
+        };
+        return BTreeMap::from([(target.name().to_owned(), target)]);
+    }
+    pods.values()
+        .filter_map(|pod| target_of(pod, spec).ok())
+        .map(|t| (t.name().to_owned(), t))
+        .collect()
+}
+
+/// A label selector in the apiserver's query syntax (`app=mina,tier in (a,b),!x`).
+pub fn selector_query(selector: &LabelSelector) -> Result<String, String> {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for expr in selector.match_expressions.iter().flatten() {
+        let values = || expr.values.clone().unwrap_or_default().join(",");
+        parts.push(match expr.operator.as_str() {
+            "In" => format!("{} in ({})", expr.key, values()),
+            "NotIn" => format!("{} notin ({})", expr.key, values()),
+            "Exists" => expr.key.clone(),
+            "DoesNotExist" => format!("!{}", expr.key),
+            other => return Err(format!("unknown label selector operator {other:?}")),
+        });
+    }
+    Ok(parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> TargetAppSpec {
+        let mut base = json!({"selector": {"matchLabels": {"app": "mina"}}});
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn pod(name: &str, ready: &str, ip: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "mina", "ports": [{"name": "graphql", "containerPort": 3085},
+                                                                {"name": "metrics", "containerPort": 9100}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_ready_pods_with_an_ip_are_targets() {
+        let s = spec(json!({}));
+        assert_eq!(
+            target_of(&pod("a", "True", Some("10.0.0.5")), &s),
+            Ok(Target {
+                pod: Some("a".into()),
+                url: "http://10.0.0.5:3085/graphql".into()
+            })
+        );
+        assert_eq!(
+            target_of(&pod("a", "False", Some("10.0.0.5")), &s),
+            Err(NotTarget::NotReady)
+        );
+        assert_eq!(target_of(&pod("a", "True", None), &s), Err(NotTarget::NoIp));
+        let mut terminating = pod("a", "True", Some("10.0.0.5"));
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_eq!(target_of(&terminating, &s), Err(NotTarget::Terminating));
+    }
+
+    #[test]
+    fn ports_by_number_or_name_and_https_and_ipv6() {
+        let named = spec(json!({"port": "metrics", "scheme": "https", "graphqlEndpoint": "gql"}));
+        assert_eq!(
+            target_of(&pod("a", "True", Some("fd00::5")), &named)
+                .unwrap()
+                .url,
+            "https://[fd00::5]:9100/gql"
+        );
+        let missing = spec(json!({"port": "nope"}));
+        assert_eq!(
+            target_of(&pod("a", "True", Some("10.0.0.5")), &missing),
+            Err(NotTarget::NoSuchPort("nope".into()))
+        );
+        let number = spec(json!({"port": 8080}));
+        assert_eq!(
+            target_of(&pod("a", "True", Some("10.0.0.5")), &number)
+                .unwrap()
+                .url,
+            "http://10.0.0.5:8080/graphql"
+        );
+    }
+
+    #[test]
+    fn an_absolute_endpoint_is_the_one_target() {
+        let s = spec(json!({"graphqlEndpoint": "http://mina.ns.svc:3085/graphql"}));
+        let pods = BTreeMap::from([("a".to_owned(), pod("a", "True", Some("10.0.0.5")))]);
+        let found = targets(&s, &pods);
+        assert_eq!(found.len(), 1);
+        let t = &found["http://mina.ns.svc:3085/graphql"];
+        assert_eq!(t.pod, None);
+        assert_eq!(t.name(), "http://mina.ns.svc:3085/graphql");
+    }
+
+    #[test]
+    fn selectors_render_in_query_syntax() {
+        let selector: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"app": "mina", "net": "main"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "old", "operator": "NotIn", "values": ["x"]},
+                {"key": "role", "operator": "Exists"},
+                {"key": "canary", "operator": "DoesNotExist"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            selector_query(&selector).unwrap(),
+            "app=mina,net=main,tier in (a,b),old notin (x),role,!canary"
+        );
+        let bad: LabelSelector =
+            serde_json::from_value(json!({"matchExpressions": [{"key": "k", "operator": "Near"}]}))
+                .unwrap();
+        assert!(selector_query(&bad).is_err());
+    }
+}
