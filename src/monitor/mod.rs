@@ -3,3 +3,5 @@
 
 pub mod discovery;
 pub mod poll;
+pub mod state;
+pub mod status;

@@ -1,0 +1,252 @@
+//! What KCO knows about one target between polls, and what each new poll result
+//! means: state changes, `$up` flips and trigger firings. Pure: the caller does
+//! the I/O (Events, status, actions) for what `observe` returns.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+
+use super::discovery::Target;
+use super::poll::{PollData, PollFailure};
+use crate::triggers::{Change, Decision, FieldPath, FiringState, Observation, Rule, changes};
+
+/// One target's memory.
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    pub target: Target,
+    /// Whether the last poll succeeded (`None` before the first poll).
+    pub up: Option<bool>,
+    /// The data of the last successful poll.
+    pub last_good: Option<Value>,
+    pub last_poll: Option<Timestamp>,
+    pub last_error: Option<PollFailure>,
+    /// One firing state per rule, in rule order.
+    pub firing: Vec<FiringState>,
+}
+
+/// What one poll result meant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// `$up` turned false (or the first poll failed).
+    PollFailed(PollFailure),
+    /// `$up` turned true again.
+    PollRecovered,
+    /// A field a trigger references changed.
+    StateChanged(Change),
+    /// Rule number `rule` fired.
+    Fired { rule: usize },
+}
+
+impl TargetState {
+    /// A target not polled yet; `last_fired(rule_name)` gives firings recorded earlier
+    /// (in status, by this or another replica) so that cooldowns survive hand-offs.
+    pub fn new(
+        target: Target,
+        rules: &[Rule],
+        last_fired: impl Fn(&str) -> Option<Timestamp>,
+    ) -> Self {
+        Self {
+            target,
+            up: None,
+            last_good: None,
+            last_poll: None,
+            last_error: None,
+            firing: rules
+                .iter()
+                .map(|r| FiringState::with_last_fired(last_fired(&r.name)))
+                .collect(),
+        }
+    }
+
+    /// Takes one poll result in, returning what it meant, in order: availability,
+    /// changes, firings.
+    pub fn observe(
+        &mut self,
+        result: Result<PollData, PollFailure>,
+        rules: &[Rule],
+        fields: &BTreeSet<FieldPath>,
+        now: Timestamp,
+    ) -> Vec<Observed> {
+        let mut seen = Vec::new();
+        let previous_up = self.up;
+        let previous_data = if previous_up == Some(true) {
+            self.last_good.take()
+        } else {
+            None
+        };
+        let (data, up) = match result {
+            Ok(PollData { data, .. }) => {
+                if previous_up == Some(false) {
+                    seen.push(Observed::PollRecovered);
+                }
+                let before = previous_data.as_ref().or(self.last_good.as_ref());
+                if let Some(before) = before {
+                    seen.extend(
+                        changes(fields, before, &data)
+                            .into_iter()
+                            .map(Observed::StateChanged),
+                    );
+                }
+                self.last_error = None;
+                (Some(data), true)
+            }
+            Err(failure) => {
+                if previous_up != Some(false) {
+                    seen.push(Observed::PollFailed(failure.clone()));
+                }
+                self.last_error = Some(failure);
+                (None, false)
+            }
+        };
+        let current = Observation {
+            data: data.as_ref(),
+            up,
+        };
+        let previous = previous_up.map(|up| Observation {
+            data: previous_data.as_ref(),
+            up,
+        });
+        for (index, (rule, firing)) in rules.iter().zip(self.firing.iter_mut()).enumerate() {
+            if rule.evaluate(firing, &current, previous.as_ref(), now) == Decision::Fire {
+                seen.push(Observed::Fired { rule: index });
+            }
+        }
+        self.up = Some(up);
+        self.last_poll = Some(now);
+        if let Some(data) = data {
+            self.last_good = Some(data);
+        } else if let Some(kept) = previous_data {
+            // A failed poll keeps the last good data for diffs after recovery.
+            self.last_good = Some(kept);
+        }
+        seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::targetapp::ActionRule;
+    use crate::triggers::{compile, referenced_fields};
+
+    fn rules() -> Vec<Rule> {
+        let raw: Vec<ActionRule> = serde_json::from_value(json!([
+            {"name": "offline", "action": "restart_pod", "cooldown": "0s",
+             "trigger": {"field": "d.syncStatus", "condition": "equals", "value": "OFFLINE"}},
+            {"name": "down", "action": "webhook", "cooldown": "0s",
+             "trigger": {"field": "$up", "condition": "equals", "value": false}}
+        ]))
+        .unwrap();
+        compile(&raw).unwrap()
+    }
+
+    fn ok(sync: &str, uptime: u64) -> Result<PollData, PollFailure> {
+        Ok(PollData {
+            data: json!({"d": {"syncStatus": sync, "uptimeSecs": uptime}}),
+            errors: vec![],
+        })
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn a_poll_sequence_reports_flips_changes_and_firings() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: Some("mina-0".into()),
+            url: "http://x/graphql".into(),
+        };
+        let mut t = TargetState::new(target, &rules, |_| None);
+
+        assert_eq!(
+            t.observe(ok("SYNCED", 1), &rules, &fields, at(0)),
+            vec![],
+            "first poll: nothing to compare"
+        );
+        assert_eq!(
+            t.observe(ok("SYNCED", 2), &rules, &fields, at(1)),
+            vec![],
+            "uptime is not referenced"
+        );
+        let seen = t.observe(ok("OFFLINE", 3), &rules, &fields, at(2));
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            matches!(&seen[0], Observed::StateChanged(c) if c.old == Some(json!("SYNCED")) && c.new == Some(json!("OFFLINE")))
+        );
+        assert_eq!(seen[1], Observed::Fired { rule: 0 });
+        assert_eq!(
+            t.observe(ok("OFFLINE", 4), &rules, &fields, at(3)),
+            vec![],
+            "still OFFLINE: edge-triggered"
+        );
+
+        let timeout = PollFailure::Timeout(std::time::Duration::from_secs(1));
+        let seen = t.observe(Err(timeout.clone()), &rules, &fields, at(4));
+        assert_eq!(
+            seen,
+            vec![
+                Observed::PollFailed(timeout.clone()),
+                Observed::Fired { rule: 1 }
+            ]
+        );
+        assert_eq!(t.up, Some(false));
+        assert_eq!(
+            t.observe(Err(timeout.clone()), &rules, &fields, at(5)),
+            vec![],
+            "still down: no flood"
+        );
+
+        let seen = t.observe(ok("SYNCED", 5), &rules, &fields, at(6));
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], Observed::PollRecovered);
+        assert!(
+            matches!(&seen[1], Observed::StateChanged(c) if c.old == Some(json!("OFFLINE")) && c.new == Some(json!("SYNCED"))),
+            "changes are against the last good result: {seen:?}"
+        );
+        assert_eq!(t.last_error, None);
+    }
+
+    #[test]
+    fn the_first_poll_failing_is_reported() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: None,
+            url: "http://svc/graphql".into(),
+        };
+        let mut t = TargetState::new(target, &rules, |_| None);
+        let seen = t.observe(Err(PollFailure::Status(500)), &rules, &fields, at(0));
+        assert_eq!(seen[0], Observed::PollFailed(PollFailure::Status(500)));
+    }
+
+    #[test]
+    fn firings_recorded_earlier_keep_their_cooldown() {
+        let raw: Vec<ActionRule> = serde_json::from_value(json!([
+            {"name": "offline", "action": "restart_pod", "cooldown": "10m",
+             "trigger": {"field": "d.syncStatus", "condition": "equals", "value": "OFFLINE"}}
+        ]))
+        .unwrap();
+        let rules = compile(&raw).unwrap();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: Some("mina-0".into()),
+            url: "u".into(),
+        };
+        let mut t = TargetState::new(target, &rules, |name| (name == "offline").then(|| at(0)));
+        assert!(
+            t.observe(ok("OFFLINE", 1), &rules, &fields, at(60))
+                .is_empty(),
+            "inside the recorded cooldown"
+        );
+        assert_eq!(
+            t.observe(ok("OFFLINE", 2), &rules, &fields, at(600)),
+            vec![Observed::Fired { rule: 0 }]
+        );
+    }
+}

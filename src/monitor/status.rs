@@ -1,0 +1,325 @@
+//! A TargetApp's status from what its monitor knows, and when it is worth writing.
+//! Pure: the monitor writes what `build` returns when `should_write` says so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::state::TargetState;
+use crate::targetapp::{MAX_STATUS_TARGETS, Phase, RuleFiring, TargetAppStatus, TargetStatus};
+
+/// The most firings a status keeps (the newest).
+pub const MAX_STATUS_FIRINGS: usize = 100;
+
+/// What the status is built from.
+pub struct Inputs<'a> {
+    pub generation: Option<i64>,
+    pub suspended: bool,
+    /// Why the spec cannot be monitored, if it cannot.
+    pub invalid: Option<&'a str>,
+    /// Whether the pod list has been read at least once.
+    pub discovered: bool,
+    pub targets: &'a BTreeMap<String, TargetState>,
+    pub firings: &'a [RuleFiring],
+    pub shard: &'a str,
+    pub now: Timestamp,
+}
+
+/// The status for `inputs`; conditions keep their transition time from `previous`
+/// while their status does not change.
+pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetAppStatus {
+    let total = inputs.targets.len();
+    let up = inputs
+        .targets
+        .values()
+        .filter(|t| t.up == Some(true))
+        .count();
+    let polled = inputs.targets.values().filter(|t| t.up.is_some()).count();
+    let (phase, ready, reason, message) = if let Some(problem) = inputs.invalid {
+        (Phase::Failed, false, "InvalidSpec", problem.to_owned())
+    } else if inputs.suspended {
+        (
+            Phase::Suspended,
+            false,
+            "Suspended",
+            "spec.suspend is true: not polling".to_owned(),
+        )
+    } else if !inputs.discovered || (total > 0 && polled == 0) {
+        (
+            Phase::Initializing,
+            false,
+            "Initializing",
+            "discovering and polling targets".to_owned(),
+        )
+    } else if total == 0 {
+        (
+            Phase::Degraded,
+            false,
+            "NoTargets",
+            "no Ready pod with an IP matches the selector".to_owned(),
+        )
+    } else if up < total {
+        (
+            Phase::Degraded,
+            false,
+            "TargetsDown",
+            format!("{} of {total} targets failed their last poll", total - up),
+        )
+    } else {
+        (
+            Phase::Monitoring,
+            true,
+            "AllTargetsUp",
+            format!("all {total} targets answer"),
+        )
+    };
+
+    let mut targets: Vec<&TargetState> = inputs.targets.values().collect();
+    // Failing targets first: with many pods, the ones an on-call engineer needs stay in.
+    targets.sort_by_key(|t| (t.up == Some(true), t.target.name().to_owned()));
+    let targets = targets
+        .into_iter()
+        .take(MAX_STATUS_TARGETS)
+        .map(|t| TargetStatus {
+            pod: t.target.pod.clone(),
+            endpoint: t.target.url.clone(),
+            up: t.up == Some(true),
+            last_poll_time: t.last_poll.map(Time),
+            last_error: t.last_error.as_ref().map(ToString::to_string),
+        })
+        .collect();
+
+    let ready_status = if ready { "True" } else { "False" };
+    let transition = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == ready_status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(inputs.now));
+    let last_poll = inputs.targets.values().filter_map(|t| t.last_poll).max();
+    TargetAppStatus {
+        phase: Some(phase),
+        conditions: vec![Condition {
+            type_: "Ready".to_owned(),
+            status: ready_status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: transition,
+            observed_generation: inputs.generation,
+        }],
+        observed_generation: inputs.generation,
+        shard: Some(inputs.shard.to_owned()),
+        targets_ready: Some(format!("{up}/{total}")),
+        last_poll_time: last_poll.map(Time),
+        targets,
+        firings: inputs.firings.to_vec(),
+    }
+}
+
+/// Records a firing, replacing the previous one of the same rule and target and
+/// keeping the newest `MAX_STATUS_FIRINGS`.
+pub fn record_firing(firings: &mut Vec<RuleFiring>, firing: RuleFiring) {
+    firings.retain(|f| !(f.rule == firing.rule && f.target == firing.target));
+    firings.push(firing);
+    if firings.len() > MAX_STATUS_FIRINGS {
+        firings.sort_by_key(|f| f.time.0);
+        let excess = firings.len() - MAX_STATUS_FIRINGS;
+        firings.drain(..excess);
+    }
+}
+
+/// Whether to write `next` given what was written last: at once when anything but
+/// poll times changed, otherwise once per `refresh` so that "last poll" stays fresh
+/// without a write per poll.
+pub fn should_write(
+    written: Option<&TargetAppStatus>,
+    written_at: Option<Timestamp>,
+    next: &TargetAppStatus,
+    now: Timestamp,
+    refresh: Duration,
+) -> bool {
+    let Some(written) = written else {
+        return true;
+    };
+    if without_times(written) != without_times(next) {
+        return true;
+    }
+    let stale = written_at.is_none_or(|at| {
+        Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO) >= refresh
+    });
+    stale && written.last_poll_time != next.last_poll_time
+}
+
+fn without_times(status: &TargetAppStatus) -> TargetAppStatus {
+    let mut s = status.clone();
+    s.last_poll_time = None;
+    for t in &mut s.targets {
+        t.last_poll_time = None;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::discovery::Target;
+    use crate::monitor::poll::PollFailure;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn target(name: &str, up: Option<bool>, polled: i64) -> (String, TargetState) {
+        let mut t = TargetState::new(
+            Target {
+                pod: Some(name.into()),
+                url: format!("http://{name}/graphql"),
+            },
+            &[],
+            |_| None,
+        );
+        t.up = up;
+        t.last_poll = up.map(|_| at(polled));
+        if up == Some(false) {
+            t.last_error = Some(PollFailure::Status(500));
+        }
+        (name.to_owned(), t)
+    }
+
+    fn inputs<'a>(
+        targets: &'a BTreeMap<String, TargetState>,
+        firings: &'a [RuleFiring],
+    ) -> Inputs<'a> {
+        Inputs {
+            generation: Some(3),
+            suspended: false,
+            invalid: None,
+            discovered: true,
+            targets,
+            firings,
+            shard: "kco-0",
+            now: at(100),
+        }
+    }
+
+    #[test]
+    fn phase_follows_the_targets() {
+        let all_up: BTreeMap<_, _> =
+            [target("a", Some(true), 1), target("b", Some(true), 2)].into();
+        let s = build(&inputs(&all_up, &[]), None);
+        assert_eq!(s.phase, Some(Phase::Monitoring));
+        assert_eq!(s.targets_ready.as_deref(), Some("2/2"));
+        assert_eq!(s.last_poll_time, Some(Time(at(2))));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.conditions[0].status, "True");
+
+        let one_down: BTreeMap<_, _> =
+            [target("a", Some(true), 1), target("b", Some(false), 2)].into();
+        let s = build(&inputs(&one_down, &[]), None);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(s.targets_ready.as_deref(), Some("1/2"));
+        assert_eq!(
+            s.targets[0].pod.as_deref(),
+            Some("b"),
+            "failing targets first"
+        );
+        assert_eq!(s.targets[0].last_error.as_deref(), Some("HTTP status 500"));
+
+        let none: BTreeMap<String, TargetState> = BTreeMap::new();
+        assert_eq!(
+            build(&inputs(&none, &[]), None).conditions[0].reason,
+            "NoTargets"
+        );
+        let unpolled: BTreeMap<_, _> = [target("a", None, 0)].into();
+        assert_eq!(
+            build(&inputs(&unpolled, &[]), None).phase,
+            Some(Phase::Initializing)
+        );
+        let mut suspended = inputs(&all_up, &[]);
+        suspended.suspended = true;
+        assert_eq!(build(&suspended, None).phase, Some(Phase::Suspended));
+        let mut invalid = inputs(&all_up, &[]);
+        invalid.invalid = Some("spec.actions[0].trigger.value: needs a list");
+        let failed = build(&invalid, None);
+        assert_eq!(failed.phase, Some(Phase::Failed));
+        assert!(failed.conditions[0].message.contains("needs a list"));
+    }
+
+    #[test]
+    fn status_is_bounded_whatever_the_number_of_pods() {
+        let many: BTreeMap<_, _> = (0..500)
+            .map(|i| target(&format!("pod-{i:03}"), Some(i % 7 != 0), i))
+            .collect();
+        let s = build(&inputs(&many, &[]), None);
+        assert_eq!(s.targets.len(), MAX_STATUS_TARGETS);
+        assert!(
+            s.targets.iter().all(|t| !t.up),
+            "all kept entries are failing ones (72 fail)"
+        );
+        assert_eq!(s.targets_ready.as_deref(), Some("428/500"));
+
+        let mut firings = Vec::new();
+        for i in 0..300 {
+            record_firing(
+                &mut firings,
+                RuleFiring {
+                    rule: "r".into(),
+                    target: format!("p{i}"),
+                    time: Time(at(i)),
+                },
+            );
+        }
+        record_firing(
+            &mut firings,
+            RuleFiring {
+                rule: "r".into(),
+                target: "p299".into(),
+                time: Time(at(999)),
+            },
+        );
+        assert_eq!(firings.len(), MAX_STATUS_FIRINGS);
+        assert_eq!(firings.iter().filter(|f| f.target == "p299").count(), 1);
+        assert!(
+            firings.iter().all(|f| f.time.0 >= at(201)),
+            "the oldest are dropped"
+        );
+    }
+
+    #[test]
+    fn writes_happen_on_change_not_on_every_poll() {
+        let refresh = Duration::from_secs(60);
+        let before: BTreeMap<_, _> = [target("a", Some(true), 1)].into();
+        let first = build(&inputs(&before, &[]), None);
+        assert!(should_write(None, None, &first, at(100), refresh));
+        let later: BTreeMap<_, _> = [target("a", Some(true), 30)].into();
+        let polled_again = build(&inputs(&later, &[]), Some(&first));
+        assert_eq!(
+            polled_again.conditions, first.conditions,
+            "transition time is kept"
+        );
+        assert!(
+            !should_write(Some(&first), Some(at(100)), &polled_again, at(130), refresh),
+            "only times moved"
+        );
+        assert!(
+            should_write(Some(&first), Some(at(100)), &polled_again, at(160), refresh),
+            "refresh is due"
+        );
+        let down: BTreeMap<_, _> = [target("a", Some(false), 31)].into();
+        let mut now_down = inputs(&down, &[]);
+        now_down.now = at(131);
+        let changed = build(&now_down, Some(&first));
+        assert!(should_write(
+            Some(&first),
+            Some(at(100)),
+            &changed,
+            at(131),
+            refresh
+        ));
+        assert_ne!(
+            changed.conditions[0].last_transition_time,
+            first.conditions[0].last_transition_time
+        );
+    }
+}
