@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(firings.len(), MAX_STATUS_FIRINGS);
         assert_eq!(firings.iter().filter(|f| f.target == "p299").count(), 1);
         assert!(
-            firings.iter().all(|f| f.time.0 >= at(201)),
+            firings.iter().all(|f| f.time.0 >= at(200)),
             "the oldest are dropped"
         );
     }
