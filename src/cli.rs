@@ -32,6 +32,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: watch TargetApps, poll their targets, report and act.
+    Run(crate::config::RunArgs),
     /// Run a Mina node simulator: GraphQL servers that answer like Mina daemons,
     /// with a control API to change their state and inject faults.
     Simulate(SimulateArgs),
@@ -88,6 +90,18 @@ pub fn run(cli: Cli) -> ExitCode {
             schema_import(&file, output.as_deref())
         }
         Command::Simulate(args) => run_async(simulate(args)),
+        Command::Run(args) => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "kco".to_owned());
+            match crate::config::Settings::from_args(&args, &hostname) {
+                Ok(settings) => run_async(crate::operator::run(settings)),
+                Err(e) => {
+                    eprintln!("kco: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
     }
 }

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// This replica's name, in Events, status and leases (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+    /// Only watch TargetApps in this namespace (default: every namespace).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 /// Validated settings, built once at start-up and shared read-only.
@@ -51,6 +54,7 @@ pub struct Settings {
     pub admin_address: SocketAddr,
     pub kubeconfig: Option<PathBuf>,
     pub instance: String,
+    pub namespace: Option<String>,
 }
 
 /// A setting that is out of range, with the variable that sets it.
@@ -135,6 +139,7 @@ impl Settings {
             admin_address: SocketAddr::new(a.admin_bind_address, a.metrics_port),
             kubeconfig: a.kubeconfig.clone(),
             instance,
+            namespace: a.namespace.clone(),
         })
     }
 
@@ -149,6 +154,7 @@ impl Settings {
             admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             kubeconfig: None,
             instance: "kco-test".to_owned(),
+            namespace: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! KCO library: every behaviour of the `kco` binary lives here, so that tests
 //! reach it without spawning the binary.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crds;
@@ -8,6 +9,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod operator;
 pub mod schema;
 pub mod simulator;
 pub mod targetapp;

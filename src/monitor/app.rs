@@ -1,0 +1,493 @@
+//! The task that monitors one TargetApp: it follows the selected pods, runs one
+//! poll loop per target, turns poll results into Events and firings, and writes
+//! status when it changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::discovery::{self, Target};
+use super::state::{Observed, TargetState};
+use super::status;
+use super::target::{Report, Schedule, poll_loop};
+use super::{AppStats, Context, TargetStats};
+use crate::events::{Notice, Reason};
+use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
+use crate::triggers::{self, FieldPath, Rule};
+
+/// A running poll loop.
+struct Running {
+    url: String,
+    cancel: CancellationToken,
+}
+
+struct Monitor {
+    ctx: Arc<Context>,
+    app: Arc<TargetApp>,
+    namespace: String,
+    name: String,
+    reference: ObjectReference,
+    rules: Vec<Rule>,
+    fields: BTreeSet<FieldPath>,
+    schedule: (Duration, Duration, Arc<str>),
+    pods: BTreeMap<String, Pod>,
+    discovered: bool,
+    targets: BTreeMap<String, TargetState>,
+    loops: BTreeMap<String, Running>,
+    firings: Vec<RuleFiring>,
+    written: Option<TargetAppStatus>,
+    written_at: Option<Timestamp>,
+    reports: mpsc::Sender<Report>,
+}
+
+/// Monitors `app` until `cancel` fires; then stops every poll loop it started.
+pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationToken) {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = app.name_any();
+    let (tx, mut rx) = mpsc::channel(256);
+    let spec = &app.spec;
+    let interval = spec
+        .polling_interval
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(ctx.settings.default_polling_interval);
+    let timeout = spec
+        .timeout_seconds
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(ctx.settings.graphql_timeout);
+    let compiled = triggers::compile(&spec.actions);
+    let mut monitor = Monitor {
+        reference: app.object_ref(&()),
+        firings: app
+            .status
+            .as_ref()
+            .map(|s| s.firings.clone())
+            .unwrap_or_default(),
+        rules: compiled.clone().unwrap_or_default(),
+        fields: BTreeSet::new(),
+        schedule: (interval, timeout, Arc::from(spec.state_query.as_str())),
+        pods: BTreeMap::new(),
+        discovered: false,
+        targets: BTreeMap::new(),
+        loops: BTreeMap::new(),
+        written: app.status.clone(),
+        written_at: None,
+        reports: tx,
+        ctx,
+        namespace,
+        name,
+        app: app.clone(),
+    };
+    monitor.fields = triggers::referenced_fields(&monitor.rules);
+
+    let invalid = match (&compiled, problems(&app)) {
+        (Err(found), _) => Some(
+            found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (Ok(_), Some(problem)) => Some(problem),
+        _ => None,
+    };
+    if invalid.is_some() || app.spec.suspend {
+        monitor.discovered = true;
+        monitor.write_status(invalid.as_deref(), true).await;
+        cancel.cancelled().await;
+        return;
+    }
+
+    let mut pod_events = monitor.pod_events();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            event = pod_events.next() => match event {
+                Some(Ok(event)) => monitor.on_pod_event(event).await,
+                Some(Err(e)) => {
+                    monitor.ctx.metrics.errors.with_label_values(&["pod_watch"]).inc();
+                    tracing::warn!(namespace = %monitor.namespace, tapp = %monitor.name, error = %e, "pod watch failed; retrying");
+                }
+                None => break,
+            },
+            Some(report) = rx.recv() => monitor.on_report(report).await,
+            _ = tick.tick() => monitor.write_status(None, false).await,
+        }
+    }
+    for running in monitor.loops.values() {
+        running.cancel.cancel();
+    }
+}
+
+/// Problems that make a spec impossible to monitor, beyond the rules.
+fn problems(app: &TargetApp) -> Option<String> {
+    let spec = &app.spec;
+    if discovery::is_absolute(&spec.graphql_endpoint) {
+        return None;
+    }
+    match &spec.selector {
+        None => Some("spec.selector: required when graphqlEndpoint is a path".to_owned()),
+        Some(selector) => discovery::selector_query(selector)
+            .err()
+            .map(|e| format!("spec.selector: {e}")),
+    }
+}
+
+impl Monitor {
+    fn pod_events(
+        &self,
+    ) -> futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
+        if discovery::is_absolute(&self.app.spec.graphql_endpoint) {
+            // One fixed target: a stream that says "listed, nothing" once.
+            return futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)])
+                .chain(futures::stream::pending())
+                .boxed();
+        }
+        let selector = self
+            .app
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| discovery::selector_query(s).ok())
+            .unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        watcher(pods, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .boxed()
+    }
+
+    async fn on_pod_event(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Init => self.pods.clear(),
+            watcher::Event::InitApply(pod) => {
+                self.pods.insert(pod.name_any(), pod);
+                return;
+            }
+            watcher::Event::InitDone => self.discovered = true,
+            watcher::Event::Apply(pod) => {
+                self.pods.insert(pod.name_any(), pod);
+            }
+            watcher::Event::Delete(pod) => {
+                self.pods.remove(&pod.name_any());
+            }
+        }
+        if self.discovered {
+            self.reconcile_targets().await;
+        }
+    }
+
+    /// Starts loops for new targets, stops them for lost ones, restarts moved ones.
+    async fn reconcile_targets(&mut self) {
+        let wanted = discovery::targets(&self.app.spec, &self.pods);
+        let lost: Vec<String> = self
+            .loops
+            .iter()
+            .filter(|(name, running)| wanted.get(*name).is_none_or(|t| t.url != running.url))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in lost {
+            if let Some(running) = self.loops.remove(&name) {
+                running.cancel.cancel();
+            }
+            if let Some(state) = self.targets.remove(&name)
+                && !wanted.contains_key(&name)
+            {
+                let why = if self.pods.contains_key(&name) {
+                    "is no longer Ready"
+                } else {
+                    "is gone"
+                };
+                let note = format!("target {name} {why}; stopped polling it");
+                self.notify(Reason::TargetLost, note, Some(&state.target))
+                    .await;
+            }
+        }
+        for (name, target) in wanted {
+            if self.loops.contains_key(&name) {
+                continue;
+            }
+            let rules = &self.rules;
+            let firings = &self.firings;
+            let state = TargetState::new(target.clone(), rules, |rule| {
+                firings
+                    .iter()
+                    .find(|f| f.rule == rule && f.target == name)
+                    .map(|f| f.time.0)
+            });
+            self.targets.insert(name.clone(), state);
+            let cancel = CancellationToken::new();
+            let (interval, timeout, query) = &self.schedule;
+            tokio::spawn(poll_loop(
+                name.clone(),
+                target.url.clone(),
+                Schedule {
+                    interval: *interval,
+                    timeout: *timeout,
+                    query: query.clone(),
+                },
+                self.ctx.poller.clone(),
+                self.reports.clone(),
+                cancel.clone(),
+            ));
+            self.loops.insert(
+                name.clone(),
+                Running {
+                    url: target.url.clone(),
+                    cancel,
+                },
+            );
+            self.notify(
+                Reason::TargetDiscovered,
+                format!("polling {name} at {}", target.url),
+                Some(&target),
+            )
+            .await;
+        }
+    }
+
+    async fn on_report(&mut self, report: Report) {
+        let Some(state) = self.targets.get_mut(&report.target) else {
+            return;
+        };
+        if state.target.url != report.url {
+            return;
+        }
+        let m = &self.ctx.metrics;
+        let labels = [self.namespace.as_str(), self.name.as_str()];
+        m.poll_duration
+            .with_label_values(&labels)
+            .observe(report.report.duration.as_secs_f64());
+        m.poll_lateness
+            .with_label_values(&labels)
+            .observe(report.lateness.as_secs_f64());
+        let (result, reason) = match &report.report.result {
+            Ok(_) => ("success", ""),
+            Err(failure) => ("failure", failure.reason()),
+        };
+        m.polls
+            .with_label_values(&[labels[0], labels[1], result, reason])
+            .inc();
+        if let Ok(data) = &report.report.result
+            && !data.errors.is_empty()
+        {
+            tracing::debug!(namespace = %self.namespace, tapp = %self.name, target = %report.target,
+                correlation_id = %report.correlation_id, errors = ?data.errors, "partial result with GraphQL errors");
+        }
+        let now = Timestamp::now();
+        let seen = state.observe(report.report.result, &self.rules, &self.fields, now);
+        let target = state.target.clone();
+        for observed in seen {
+            match observed {
+                Observed::PollFailed(failure) => {
+                    tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
+                        correlation_id = %report.correlation_id, reason = failure.reason(), error = %failure, "poll failed");
+                    self.notify(
+                        Reason::PollFailed,
+                        format!(
+                            "polling {} failed ({}): {failure}",
+                            target.name(),
+                            failure.reason()
+                        ),
+                        Some(&target),
+                    )
+                    .await;
+                }
+                Observed::PollRecovered => {
+                    self.notify(
+                        Reason::PollRecovered,
+                        format!("{} answers again", target.name()),
+                        Some(&target),
+                    )
+                    .await;
+                }
+                Observed::StateChanged(change) => {
+                    let show = |v: &Option<serde_json::Value>| {
+                        v.as_ref()
+                            .map_or("(absent)".to_owned(), ToString::to_string)
+                    };
+                    self.notify(
+                        Reason::StateChanged,
+                        format!(
+                            "{}: {} changed from {} to {}",
+                            target.name(),
+                            change.field,
+                            show(&change.old),
+                            show(&change.new)
+                        ),
+                        Some(&target),
+                    )
+                    .await;
+                }
+                Observed::Fired { rule } => {
+                    self.fired(rule, &target, now, &report.correlation_id).await
+                }
+            }
+        }
+    }
+
+    async fn fired(&mut self, rule: usize, target: &Target, now: Timestamp, correlation_id: &str) {
+        let Some(rule) = self.rules.get(rule).cloned() else {
+            return;
+        };
+        self.ctx
+            .metrics
+            .firings
+            .with_label_values(&[
+                self.namespace.as_str(),
+                self.name.as_str(),
+                rule.name.as_str(),
+            ])
+            .inc();
+        tracing::info!(namespace = %self.namespace, tapp = %self.name, target = %target.name(), rule = %rule.name,
+            action = %rule.action, correlation_id, "trigger fired");
+        status::record_firing(
+            &mut self.firings,
+            RuleFiring {
+                rule: rule.name.clone(),
+                target: target.name().to_owned(),
+                time: Time(now),
+            },
+        );
+        let c = &rule.condition;
+        let note = format!(
+            "rule {} fired for {}: {} {}{}; action {} is not run: the action framework is not part of this build",
+            rule.name,
+            target.name(),
+            c.field,
+            c.kind.as_str(),
+            match &c.operand {
+                triggers::Operand::None => String::new(),
+                triggers::Operand::Value(v) => format!(" {v}"),
+                triggers::Operand::Field { path, offset } => format!(" {path}{offset:+}"),
+            },
+            rule.action,
+        );
+        self.notify(Reason::TriggerFired, note, Some(target)).await;
+    }
+
+    /// Publishes an Event on the TargetApp and, for a pod target, on the pod too.
+    async fn notify(&self, reason: Reason, note: String, target: Option<&Target>) {
+        let pod = target
+            .and_then(|t| t.pod.as_ref())
+            .map(|pod| ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            });
+        let mut notices = vec![Notice {
+            reason,
+            note: note.clone(),
+            regarding: self.reference.clone(),
+            related: pod.clone(),
+        }];
+        if let Some(pod) = pod {
+            notices.push(Notice {
+                reason,
+                note,
+                regarding: pod,
+                related: Some(self.reference.clone()),
+            });
+        }
+        for notice in notices {
+            if self.ctx.events.try_send(notice).is_err() {
+                self.ctx
+                    .metrics
+                    .errors
+                    .with_label_values(&["event_dropped"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Writes status when it changed (or is due for a refresh); updates /stats.
+    async fn write_status(&mut self, invalid: Option<&str>, force: bool) {
+        let now = Timestamp::now();
+        let shard = self.ctx.settings.instance.clone();
+        let next = status::build(
+            &status::Inputs {
+                generation: self.app.metadata.generation,
+                suspended: self.app.spec.suspend,
+                invalid,
+                discovered: self.discovered,
+                targets: &self.targets,
+                firings: &self.firings,
+                shard: &shard,
+                now,
+            },
+            self.written.as_ref(),
+        );
+        self.publish_stats(&next);
+        let refresh = self.schedule.0.max(Duration::from_secs(60));
+        if !force
+            && !status::should_write(self.written.as_ref(), self.written_at, &next, now, refresh)
+        {
+            return;
+        }
+        let api: Api<TargetApp> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let patch = serde_json::json!({ "status": next });
+        match api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.written = Some(next);
+                self.written_at = Some(now);
+            }
+            Err(e) => {
+                self.ctx
+                    .metrics
+                    .errors
+                    .with_label_values(&["status_write"])
+                    .inc();
+                tracing::warn!(namespace = %self.namespace, tapp = %self.name, error = %e, "cannot write status");
+            }
+        }
+        let up = self.targets.values().filter(|t| t.up == Some(true)).count() as i64;
+        let labels = [self.namespace.as_str(), self.name.as_str()];
+        self.ctx
+            .metrics
+            .targets
+            .with_label_values(&[labels[0], labels[1], "up"])
+            .set(up);
+        self.ctx
+            .metrics
+            .targets
+            .with_label_values(&[labels[0], labels[1], "down"])
+            .set(self.targets.len() as i64 - up);
+    }
+
+    fn publish_stats(&self, status: &TargetAppStatus) {
+        let stats = AppStats {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            phase: status.phase,
+            targets: self
+                .targets
+                .values()
+                .map(|t| TargetStats {
+                    name: t.target.name().to_owned(),
+                    url: t.target.url.clone(),
+                    up: t.up,
+                    last_error: t.last_error.as_ref().map(ToString::to_string),
+                })
+                .collect(),
+        };
+        if let Ok(mut all) = self.ctx.stats.write() {
+            all.insert(format!("{}/{}", self.namespace, self.name), stats);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! One target's poll loop: on schedule (with jitter), one poll at a time, each
+//! result handed to the TargetApp's task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::poll::{PollReport, Poller};
+
+/// One finished poll, for the TargetApp's task.
+#[derive(Debug)]
+pub struct Report {
+    /// The target's name (pod name or URL).
+    pub target: String,
+    /// The URL polled: a report for a URL the target no longer has is stale.
+    pub url: String,
+    pub report: PollReport,
+    /// How late the poll started against its schedule.
+    pub lateness: Duration,
+    pub correlation_id: String,
+}
+
+/// What a poll loop needs.
+pub struct Schedule {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub query: Arc<str>,
+}
+
+/// Polls `url` every `schedule.interval` until cancelled. The first poll comes after
+/// a random part of the interval (at most 2 s), so that many targets started together
+/// spread out; later polls keep the rhythm with ±5% jitter and never overlap.
+pub async fn poll_loop(
+    target: String,
+    url: String,
+    schedule: Schedule,
+    poller: Poller,
+    reports: mpsc::Sender<Report>,
+    cancel: CancellationToken,
+) {
+    let interval = schedule.interval;
+    let first = interval
+        .min(Duration::from_secs(2))
+        .mul_f64(fastrand::f64());
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let started = Instant::now();
+        let lateness = started.saturating_duration_since(next);
+        let correlation_id = format!("{:016x}", fastrand::u64(..));
+        let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
+        let report = tokio::select! {
+            _ = cancel.cancelled() => return,
+            report = poller.poll(&url, &schedule.query, schedule.timeout).instrument(span) => report,
+        };
+        let sent = reports
+            .send(Report {
+                target: target.clone(),
+                url: url.clone(),
+                report,
+                lateness,
+                correlation_id,
+            })
+            .await;
+        if sent.is_err() {
+            return;
+        }
+        let jitter = interval.mul_f64(0.05 * fastrand::f64());
+        next += interval;
+        next = if fastrand::bool() {
+            next + jitter
+        } else {
+            next.checked_sub(jitter).unwrap_or(next)
+        };
+        // Behind schedule (a slow poll, a busy runtime): poll now rather than in a burst.
+        if next < Instant::now() {
+            next = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `kco run`: the operator process. Connects to the cluster, serves the admin
+//! endpoints and monitors TargetApps until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::api::{Api, ListParams};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::monitor::{self, Context};
+use crate::targetapp::TargetApp;
+
+/// A kube client from `--kubeconfig`, else the usual inference ($KUBECONFIG,
+/// ~/.kube/config, in-cluster service account).
+pub async fn client(settings: &Settings) -> anyhow::Result<kube::Client> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("kubeconfig {} is not usable", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no cluster configuration: give --kubeconfig, set KUBECONFIG, or run in a pod",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// A started operator.
+pub struct Running {
+    /// Where the admin server listens (useful with port 0).
+    pub admin_addr: SocketAddr,
+    pub ctx: Arc<Context>,
+    /// Ends when the operator has stopped.
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Checks the cluster, binds the admin server and starts monitoring; runs until
+/// `cancel` fires.
+pub async fn start(
+    settings: Settings,
+    client: kube::Client,
+    cancel: CancellationToken,
+) -> anyhow::Result<Running> {
+    let apps: Api<TargetApp> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Fail fast, with the fix in the message, when the CRD is missing or RBAC is wrong.
+    apps.list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| match &e {
+            kube::Error::Api(status) if status.code == 404 => {
+                anyhow::anyhow!(
+                    "the TargetApp CRD is not installed: run `kco crds | kubectl apply -f -` ({e})"
+                )
+            }
+            _ => anyhow::anyhow!("cannot list TargetApps: {e}"),
+        })?;
+
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let ctx =
+        Context::new(client, settings.clone(), metrics).context("cannot build the HTTP client")?;
+    let listener = tokio::net::TcpListener::bind(settings.admin_address)
+        .await
+        .with_context(|| format!("cannot listen on {} (METRICS_PORT)", settings.admin_address))?;
+    let admin_addr = listener
+        .local_addr()
+        .context("the admin listener has no address")?;
+    tracing::info!(address = %admin_addr, instance = %settings.instance, "admin server listening");
+
+    let admin = axum::serve(listener, crate::admin::router(ctx.clone()))
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let monitoring = monitor::run(ctx.clone(), settings.namespace.clone(), cancel.clone());
+    let handle = tokio::spawn(async move {
+        let admin = tokio::spawn(async move { admin.await });
+        monitoring.await;
+        cancel.cancel();
+        match admin.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("the admin server failed: {e}")),
+            Err(e) => Err(anyhow::anyhow!("the admin server task failed: {e}")),
+        }
+    });
+    Ok(Running {
+        admin_addr,
+        ctx,
+        handle,
+    })
+}
+
+/// `kco run`: starts, then stops cleanly on SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let client = client(&settings).await?;
+    let cancel = CancellationToken::new();
+    let running = start(settings, client, cancel.clone()).await?;
+    tokio::select! {
+        _ = crate::simulator::wait_for_shutdown_signal() => {
+            tracing::info!("shutting down");
+            cancel.cancel();
+        }
+        _ = cancel.cancelled() => {}
+    }
+    running.handle.await.context("the operator task failed")?
+}
