@@ -27,6 +27,15 @@ pub struct Metrics {
     pub firings: IntCounterVec,
 }
 
+/// The kinds of internal error, each a value of `operator_kco_errors_total{kind}`.
+pub const ERROR_KINDS: [&str; 5] = [
+    "status_write",
+    "event_publish",
+    "event_dropped",
+    "pod_watch",
+    "targetapp_watch",
+];
+
 /// The label sets of per-TargetApp series, so that a deleted TargetApp's series
 /// can be removed.
 const APP: &[&str] = &["namespace", "targetapp"];
@@ -61,6 +70,15 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let errors = counter(
+            "operator_kco_errors_total",
+            "Internal errors, by kind.",
+            &["kind"],
+        )?;
+        // Known kinds start at zero, so that rate() and alerts see them before the first error.
+        for kind in ERROR_KINDS {
+            errors.with_label_values(&[kind]).inc_by(0);
+        }
         Ok(Self {
             polls: counter(
                 "operator_kco_tapp_polls_total",
@@ -95,11 +113,7 @@ impl Metrics {
                 &["namespace", "targetapp", "action"],
                 latency,
             )?,
-            errors: counter(
-                "operator_kco_errors_total",
-                "Internal errors, by kind.",
-                &["kind"],
-            )?,
+            errors,
             targets,
             firings: counter(
                 "operator_kco_trigger_firings_total",

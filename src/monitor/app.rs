@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::{self, Target};
+use super::discovery::{self, NotTarget, Target};
 use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Report, Schedule, poll_loop};
@@ -204,10 +204,19 @@ impl Monitor {
             if let Some(state) = self.targets.remove(&name)
                 && !wanted.contains_key(&name)
             {
-                let why = if self.pods.contains_key(&name) {
-                    "is no longer Ready"
-                } else {
-                    "is gone"
+                let why = match self
+                    .pods
+                    .get(&name)
+                    .map(|pod| discovery::target_of(pod, &self.app.spec))
+                {
+                    None => "is gone".to_owned(),
+                    Some(Err(NotTarget::Terminating)) => "is terminating".to_owned(),
+                    Some(Err(NotTarget::NotReady)) => "is no longer Ready".to_owned(),
+                    Some(Err(NotTarget::NoIp)) => "has no IP".to_owned(),
+                    Some(Err(NotTarget::NoSuchPort(port))) => {
+                        format!("has no container port named {port:?}")
+                    }
+                    Some(Ok(_)) => "moved".to_owned(),
                 };
                 let note = format!("target {name} {why}; stopped polling it");
                 self.notify(Reason::TargetLost, note, Some(&state.target))

@@ -1,0 +1,603 @@
+//! The monitoring pipeline end to end: a real apiserver, simulated Mina nodes
+//! behind Ready pods, and `kco run`'s operator watching one namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kco::simulator::{Faults, NodeState, Simulator, StatePatch, SyncStatus};
+use kco::targetapp::{Phase, TargetApp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::controlplane::repo_path;
+use support::fixtures::{self, MINA_GRAPHQL_PORT};
+use support::{ControlPlane, User};
+use tokio_util::sync::CancellationToken;
+
+struct Bed {
+    ns: String,
+    client: kube::Client,
+    sim: Simulator,
+    nodes: Vec<SocketAddr>,
+    admin: SocketAddr,
+    cancel: CancellationToken,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn install_crds(cp: &ControlPlane) {
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(repo_path("crds"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/targetapps.operator.kco.local",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A namespace with `pods` simulated Mina pods (`mina-0`...) and an operator for it.
+async fn bed(prefix: &str, pods: usize) -> Bed {
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    install_crds(cp).await;
+    let ns = cp.namespace(prefix).await;
+    let client = cp.admin().await;
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..pods {
+        let ip = fixtures::loopback_ip();
+        let node = sim
+            .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+            .await
+            .unwrap();
+        nodes.push(node.address);
+        let pod = fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"}));
+        fixtures::create_running_pod(&client, &ns, &pod, ip).await;
+    }
+    let mut settings = kco::config::Settings::test();
+    settings.namespace = Some(ns.clone());
+    settings.graphql_timeout = Duration::from_millis(700);
+    settings.graphql_max_retries = 0;
+    let cancel = CancellationToken::new();
+    let running = kco::operator::start(settings, client.clone(), cancel.clone())
+        .await
+        .unwrap();
+    Bed {
+        ns,
+        client,
+        sim,
+        nodes,
+        admin: running.admin_addr,
+        cancel,
+    }
+}
+
+impl Bed {
+    fn apps(&self) -> Api<TargetApp> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply(&self, spec: Value) {
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "mina"}, "spec": spec
+        }))
+        .unwrap();
+        self.apps()
+            .patch(
+                "mina",
+                &PatchParams::apply("kco-test").force(),
+                &Patch::Apply(&app),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn set_state(&self, node: usize, sync: SyncStatus) {
+        let patch = StatePatch {
+            sync_status: Some(sync),
+            ..Default::default()
+        };
+        self.sim.patch_state(self.nodes[node], patch).await.unwrap();
+    }
+
+    /// Waits (up to `secs`) for the TargetApp's status to satisfy `check`.
+    async fn wait_status(
+        &self,
+        secs: u64,
+        what: &str,
+        check: impl Fn(&kco::targetapp::TargetAppStatus) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let app = self.apps().get("mina").await.unwrap();
+            if let Some(status) = &app.status
+                && check(status)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}: {:#?}",
+                app.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Events about the TargetApp with `reason`, as (note, count).
+    async fn events(&self, reason: &str) -> Vec<(String, i32)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("TargetApp"))
+            .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+            .collect()
+    }
+
+    async fn wait_event(&self, secs: u64, reason: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some((note, _)) = self
+                .events(reason)
+                .await
+                .into_iter()
+                .find(|(n, _)| n.contains(needle))
+            {
+                return note;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event mentioning {needle:?}; have {:?}",
+                self.events(reason).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        fixtures::http_client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn offline_rules() -> Value {
+    json!([
+        {"name": "offline", "action": "restart_pod", "cooldown": "1h",
+         "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}},
+        {"name": "catchup-3s", "action": "restart_pod", "cooldown": "0s",
+         "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "CATCHUP", "for": "3s"}}
+    ])
+}
+
+#[tokio::test]
+async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
+    let bed = bed("mon-flip", 3).await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "actions": offline_rules()}))
+        .await;
+    bed.wait_status(30, "Monitoring 3/3", |s| {
+        s.phase == Some(Phase::Monitoring) && s.targets_ready.as_deref() == Some("3/3")
+    })
+    .await;
+    let app = bed.apps().get("mina").await.unwrap();
+    assert_eq!(
+        app.status.as_ref().unwrap().observed_generation,
+        app.metadata.generation
+    );
+
+    bed.set_state(1, SyncStatus::Offline).await;
+    let changed = bed.wait_event(10, "StateChanged", "mina-1").await;
+    assert!(
+        changed.contains("daemonStatus.syncStatus")
+            && changed.contains("\"SYNCED\"")
+            && changed.contains("\"OFFLINE\""),
+        "{changed}"
+    );
+    let fired = bed.wait_event(10, "TriggerFired", "mina-1").await;
+    assert!(fired.contains("rule offline"), "{fired}");
+    let fired_for: Vec<String> = bed
+        .events("TriggerFired")
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        fired_for.iter().all(|n| n.contains("mina-1")),
+        "only mina-1 fired: {fired_for:?}"
+    );
+    assert!(
+        bed.events("StateChanged")
+            .await
+            .iter()
+            .all(|(n, _)| n.contains("mina-1")),
+        "uptime does not flood"
+    );
+    // The pod gets the Event too.
+    let events: Api<Event> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let on_pod = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("TriggerFired")
+                && e.regarding.and_then(|r| r.name).as_deref() == Some("mina-1")
+        });
+    assert!(on_pod, "the pod should carry its TriggerFired Event");
+
+    // Cooldown (1h): back to SYNCED and OFFLINE again does not fire a second time.
+    bed.wait_status(5, "the firing recorded", |s| {
+        s.firings.iter().any(|f| f.rule == "offline")
+    })
+    .await;
+    let first = bed
+        .apps()
+        .get("mina")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .firings;
+    bed.set_state(1, SyncStatus::Synced).await;
+    bed.wait_event(10, "StateChanged", "to \"SYNCED\"").await;
+    bed.set_state(1, SyncStatus::Offline).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = bed
+        .apps()
+        .get("mina")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .firings;
+    assert_eq!(first, after, "the cooldown holds the second firing back");
+    assert_eq!(
+        bed.events("TriggerFired")
+            .await
+            .iter()
+            .map(|(_, c)| c)
+            .sum::<i32>(),
+        1
+    );
+
+    // `for: 3s`: CATCHUP must hold 3 s before the rule fires.
+    let set_at = k8s_openapi::jiff::Timestamp::now();
+    bed.set_state(2, SyncStatus::Catchup).await;
+    bed.wait_event(15, "TriggerFired", "rule catchup-3s fired for mina-2")
+        .await;
+    let firings = bed
+        .apps()
+        .get("mina")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .firings;
+    let firing = firings
+        .iter()
+        .find(|f| f.rule == "catchup-3s" && f.target == "mina-2")
+        .unwrap();
+    let held = firing.time.0.duration_since(set_at);
+    assert!(
+        held.as_secs_f64() >= 3.0,
+        "fired after {held:?}, before the 3 s hold"
+    );
+
+    let metrics = bed.metrics().await;
+    for name in [
+        "operator_kco_tapp_polls_total",
+        "operator_kco_tapp_poll_duration_seconds",
+        "operator_kco_events_generated_total",
+        "operator_kco_errors_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "{name} missing"
+        );
+    }
+    let firings_metric = metric(
+        &metrics,
+        "operator_kco_trigger_firings_total",
+        &["rule=\"offline\""],
+    );
+    assert_eq!(firings_metric, 1.0);
+    let polls = metric(
+        &metrics,
+        "operator_kco_tapp_polls_total",
+        &["result=\"success\""],
+    );
+    let mut requests = 0;
+    for node in &bed.nodes {
+        requests += bed.sim.node(*node).await.unwrap().requests;
+    }
+    assert!(
+        polls >= 9.0 && polls <= requests as f64,
+        "polls {polls} vs {requests} requests served"
+    );
+    let trigger_events = metric(
+        &metrics,
+        "operator_kco_events_generated_total",
+        &["reason=\"TriggerFired\""],
+    );
+    assert_eq!(
+        trigger_events, 4.0,
+        "two firings, each on the TargetApp and on the pod"
+    );
+}
+
+/// Sums the samples of `name` whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn each_fault_fails_its_target_with_a_reason_and_the_others_keep_their_schedule() {
+    let bed = bed("mon-faults", 7).await;
+    let faults = [
+        Faults {
+            latency_ms: 5_000,
+            ..Default::default()
+        },
+        Faults {
+            http_status: Some(500),
+            ..Default::default()
+        },
+        Faults {
+            malformed_json: true,
+            ..Default::default()
+        },
+        Faults {
+            body_bytes: Some(8 * 1024 * 1024),
+            ..Default::default()
+        },
+        Faults {
+            reset: true,
+            ..Default::default()
+        },
+        Faults {
+            graphql_error: Some("daemon is bootstrapping".into()),
+            ..Default::default()
+        },
+    ];
+    for (i, f) in faults.iter().enumerate() {
+        bed.sim.set_faults(bed.nodes[i], f.clone()).await.unwrap();
+    }
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    let reasons = [
+        "timeout",
+        "http_5xx",
+        "invalid_json",
+        "too_large",
+        "transport",
+        "graphql_errors",
+    ];
+    for (i, reason) in reasons.iter().enumerate() {
+        let note = bed
+            .wait_event(20, "PollFailed", &format!("mina-{i} failed ({reason})"))
+            .await;
+        assert!(
+            !note.contains("daemon is bootstrapping") || *reason == "graphql_errors",
+            "{note}"
+        );
+    }
+    bed.wait_status(20, "1/7 up, Degraded", |s| {
+        s.phase == Some(Phase::Degraded) && s.targets_ready.as_deref() == Some("1/7")
+    })
+    .await;
+    // The healthy node keeps being polled once a second while the others fail.
+    let healthy = bed.nodes[6];
+    let before = bed.sim.node(healthy).await.unwrap().requests;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = bed.sim.node(healthy).await.unwrap().requests;
+    assert!(
+        after - before >= 3,
+        "healthy target polled {} times in 4 s",
+        after - before
+    );
+    // Failures do not flood: one PollFailed per target, however many polls failed.
+    assert_eq!(bed.events("PollFailed").await.len(), 6);
+    let status = bed.apps().get("mina").await.unwrap().status.unwrap();
+    assert!(
+        status
+            .targets
+            .iter()
+            .filter(|t| !t.up)
+            .all(|t| t.last_error.is_some())
+    );
+
+    // Recovery is reported.
+    bed.sim
+        .set_faults(bed.nodes[1], Faults::default())
+        .await
+        .unwrap();
+    bed.wait_event(10, "PollRecovered", "mina-1 answers again")
+        .await;
+    for node in &bed.nodes {
+        bed.sim.set_faults(*node, Faults::default()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn pollers_follow_pods_and_the_targetapp() {
+    let bed = bed("mon-life", 2).await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    bed.wait_status(30, "2/2", |s| s.targets_ready.as_deref() == Some("2/2"))
+        .await;
+
+    // A new Ready pod becomes a target.
+    let ip = fixtures::loopback_ip();
+    let extra = bed
+        .sim
+        .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+        .await
+        .unwrap();
+    fixtures::create_running_pod(
+        &bed.client,
+        &bed.ns,
+        &fixtures::mina_pod("mina-new", json!({"app": "mina"})),
+        ip,
+    )
+    .await;
+    bed.wait_event(10, "TargetDiscovered", "mina-new").await;
+    bed.wait_status(10, "3/3", |s| s.targets_ready.as_deref() == Some("3/3"))
+        .await;
+
+    // Unready: lost; deleted: lost.
+    fixtures::set_pod_ready(&bed.client, &bed.ns, "mina-new", ip, false).await;
+    bed.wait_event(10, "TargetLost", "mina-new is no longer Ready")
+        .await;
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &bed.ns);
+    pods.delete("mina-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let lost = bed.wait_event(10, "TargetLost", "target mina-0").await;
+    assert!(
+        lost.contains("is terminating") || lost.contains("is gone"),
+        "{lost}"
+    );
+    bed.wait_status(10, "1/1", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+    let polled = |n: u64| n;
+    let unready_count = bed.sim.node(extra.address).await.unwrap().requests;
+    let gone_count = bed.sim.node(bed.nodes[0]).await.unwrap().requests;
+
+    // Edited: the new spec applies (observedGeneration follows).
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 2}))
+        .await;
+    let generation = bed.apps().get("mina").await.unwrap().metadata.generation;
+    bed.wait_status(10, "the new generation", |s| {
+        s.observed_generation == generation
+    })
+    .await;
+
+    // Suspended: polling stops.
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "suspend": true})).await;
+    bed.wait_status(10, "Suspended", |s| s.phase == Some(Phase::Suspended))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let live = bed.nodes[1];
+    let suspended_at = bed.sim.node(live).await.unwrap().requests;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        bed.sim.node(live).await.unwrap().requests,
+        suspended_at,
+        "a suspended TargetApp is not polled"
+    );
+    assert_eq!(
+        polled(bed.sim.node(extra.address).await.unwrap().requests),
+        unready_count,
+        "unready pods are not polled"
+    );
+    assert_eq!(
+        bed.sim.node(bed.nodes[0]).await.unwrap().requests,
+        gone_count,
+        "deleted pods are not polled"
+    );
+
+    // Resumed, then deleted: polling starts, then stops for good.
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    bed.wait_status(10, "Monitoring again", |s| {
+        s.phase == Some(Phase::Monitoring)
+    })
+    .await;
+    bed.apps()
+        .delete("mina", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deleted_at = bed.sim.node(live).await.unwrap().requests;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        bed.sim.node(live).await.unwrap().requests,
+        deleted_at,
+        "a deleted TargetApp is not polled"
+    );
+    let stats: Value = fixtures::get_json(
+        &fixtures::http_client(),
+        &format!("http://{}/stats", bed.admin),
+    )
+    .await;
+    assert_eq!(stats["targetApps"].as_array().unwrap().len(), 0, "{stats}");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_fails_with_the_reason_in_status() {
+    let bed = bed("mon-invalid", 1).await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "actions": [
+        {"action": "restart_pod", "trigger": {"field": "daemonStatus.syncStatus", "condition": "in", "value": "OFFLINE"}}
+    ]}))
+    .await;
+    bed.wait_status(20, "Failed", |s| s.phase == Some(Phase::Failed))
+        .await;
+    let status = bed.apps().get("mina").await.unwrap().status.unwrap();
+    assert!(
+        status.conditions[0]
+            .message
+            .contains("spec.actions[0].trigger.value"),
+        "{:?}",
+        status.conditions
+    );
+    let admin = fixtures::http_client();
+    assert_eq!(
+        admin
+            .get(format!("http://{}/readyz", bed.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        admin
+            .get(format!("http://{}/healthz", bed.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let _ = PostParams::default();
+}
