@@ -2,7 +2,7 @@
 # KCO's one entry point for building, testing and trying it.
 #
 #   ./build.sh test    build what is missing, then fmt check, clippy and every test
-#   ./build.sh demo    a local control plane with simulated Mina pods (Ctrl-C stops it)
+#   ./build.sh demo    a local control plane, simulated Mina pods, a TargetApp and `kco run`
 #   ./build.sh tools   only build the local control plane tools into the cache
 #   ./build.sh build   build the kco binary (release)
 #   ./build.sh crds    regenerate crds/ from the Rust types

@@ -17,7 +17,11 @@ pub fn init(level: &str, json: bool) -> Result<(), String> {
             .with_current_span(true)
             .try_init()
     } else {
-        builder.compact().try_init()
+        use std::io::IsTerminal;
+        builder
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     // A subscriber that is already set (tests calling twice) is fine.
     let _ = result;

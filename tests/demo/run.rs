@@ -56,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 SyncStatus::Synced
             },
-            blockchain_length: 1000 - 7 * i,
+            // The last node lags 14 blocks behind: the sample's `lagging` rule fires for it.
+            blockchain_length: if i == NODES - 1 { 986 } else { 1000 },
             ..Default::default()
         };
         let node = sim.add_node((ip, MINA_GRAPHQL_PORT).into(), state).await?;
@@ -68,23 +69,82 @@ async fn main() -> anyhow::Result<()> {
 
     let kubeconfig = cp.kubeconfig(&User::Admin)?;
     let kubectl = cp.tools().binary("kubectl")?;
+
+    // The CRD, a sample TargetApp, and one operator process watching them.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for manifest in [
+        repo.join("crds"),
+        repo.join("docs/examples/targetapp-mina.yaml"),
+    ] {
+        let applied = cp
+            .kubectl(&User::Admin)?
+            .args(["apply", "--server-side", "-n", NAMESPACE, "-f"])
+            .arg(&manifest)
+            .output()?;
+        anyhow::ensure!(
+            applied.status.success(),
+            "kubectl apply {}: {applied:?}",
+            manifest.display()
+        );
+        if manifest.ends_with("crds") {
+            cp.kubectl(&User::Admin)?
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/targetapps.operator.kco.local",
+                ])
+                .output()?;
+        }
+    }
+    let admin_port = support::process::free_port()?;
+    let log = cp.dir.join("kco.log");
+    let mut operator = std::process::Command::new(repo.join("target/debug/kco"))
+        .args(["run", "--log-format", "text", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args([
+            "--metrics-port",
+            &admin_port.to_string(),
+            "--admin-bind-address",
+            "127.0.0.1",
+            "--instance",
+            "kco-demo",
+        ])
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?.try_clone()?)
+        .spawn()
+        .context("cannot start `kco run` (build it with `cargo build --bin kco`)")?;
+
     println!(
-        "\n{NODES} simulated Mina pods run in namespace {NAMESPACE}. In another terminal:\n\n  \
+        "\n{NODES} simulated Mina pods and a TargetApp run in namespace {NAMESPACE}, watched by `kco run`\n\
+         (log: {log}). In another terminal:\n\n  \
          export KUBECONFIG={kubeconfig}\n  \
-         {kubectl} get pods -n {NAMESPACE} -o wide\n\n\
-         Ask a node for its state, as KCO will:\n\n  \
+         alias kubectl={kubectl}\n  \
+         kubectl get pods,targetapps -n {NAMESPACE} -o wide\n  \
+         kubectl events -n {NAMESPACE} --watch\n\n\
+         Take a node offline and watch StateChanged and TriggerFired appear:\n\n  \
+         curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n\n\
+         Or make it fail (PollFailed), then heal it (PollRecovered):\n\n  \
+         curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n  \
+         curl -s -X DELETE http://{control}/nodes/{first}/faults\n\n\
+         The operator's metrics and state:\n\n  \
+         curl -s http://127.0.0.1:{admin_port}/metrics | grep operator_kco\n  \
+         curl -s http://127.0.0.1:{admin_port}/stats\n\n\
+         Ask a node directly, as KCO does:\n\n  \
          curl -s http://{first}/graphql -H 'content-type: application/json' \\\n    \
-         -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength peers {{ peerId }} }} }}\"}}'\n\n\
-         Change its state or inject a fault through the simulator's control API:\n\n  \
-         curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n  \
-         curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n\n\
+         -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength }} }}\"}}'\n\n\
          Press Ctrl-C to stop and clean up.",
+        log = log.display(),
         kubeconfig = kubeconfig.display(),
         kubectl = kubectl.display(),
         control = sim.control_addr(),
     );
     kco::simulator::wait_for_shutdown_signal().await;
-    println!("\nStopping the simulator and the control plane...");
+    println!("\nStopping kco, the simulator and the control plane...");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let _ = operator.wait();
     sim.shutdown().await;
     drop(cp);
     println!("Done.");
