@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kco::simulator::{Faults, NodeState, Simulator, StatePatch, SyncStatus};
 use kco::targetapp::{Phase, TargetApp};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::controlplane::repo_path;
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
@@ -301,6 +301,10 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
     bed.set_state(2, SyncStatus::Catchup).await;
     bed.wait_event(15, "TriggerFired", "rule catchup-3s fired for mina-2")
         .await;
+    bed.wait_status(5, "the catchup firing recorded", |s| {
+        s.firings.iter().any(|f| f.rule == "catchup-3s")
+    })
+    .await;
     let firings = bed
         .apps()
         .get("mina")
@@ -446,13 +450,35 @@ async fn each_fault_fails_its_target_with_a_reason_and_the_others_keep_their_sch
             .all(|t| t.last_error.is_some())
     );
 
-    // Recovery is reported.
+    // Recovery is reported; failing the same way again repeats the Event (count 2)
+    // instead of creating another one.
     bed.sim
         .set_faults(bed.nodes[1], Faults::default())
         .await
         .unwrap();
     bed.wait_event(10, "PollRecovered", "mina-1 answers again")
         .await;
+    bed.sim
+        .set_faults(bed.nodes[1], faults[1].clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mina1: Vec<(String, i32)> = bed
+            .events("PollFailed")
+            .await
+            .into_iter()
+            .filter(|(n, _)| n.contains("mina-1"))
+            .collect();
+        if mina1.len() == 1 && mina1[0].1 == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected one PollFailed for mina-1 with count 2: {mina1:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for node in &bed.nodes {
         bed.sim.set_faults(*node, Faults::default()).await.unwrap();
     }
@@ -599,5 +625,61 @@ async fn an_invalid_spec_fails_with_the_reason_in_status() {
             .status(),
         200
     );
-    let _ = PostParams::default();
+}
+
+#[tokio::test]
+async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() {
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kco"))
+        .args(["run", "--graphql-timeout", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("GRAPHQL_TIMEOUT=0"), "{stderr}");
+
+    let cp = ControlPlane::shared();
+    install_crds(cp).await;
+    let ns = cp.namespace("mon-cli").await;
+    let port = support::process::free_port().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kco"))
+        .arg("run")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig(&User::Admin).unwrap())
+        .args([
+            "--metrics-port",
+            &port.to_string(),
+            "--admin-bind-address",
+            "127.0.0.1",
+            "--instance",
+            "kco-cli",
+        ])
+        .env("WATCH_NAMESPACE", &ns)
+        .env_remove("KUBECONFIG")
+        .spawn()
+        .unwrap();
+    let http = fixtures::http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "kco run exited early");
+        assert!(Instant::now() < deadline, "kco run never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = fixtures::get_json(&http, &format!("http://127.0.0.1:{port}/stats")).await;
+    assert_eq!(stats["instance"], "kco-cli");
+    assert_eq!(stats["ownedNamespaces"], json!([ns]));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "kco run should exit 0 on SIGTERM"
+    );
 }
