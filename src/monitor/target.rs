@@ -58,7 +58,9 @@ pub async fn poll_loop(
         let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
         let report = tokio::select! {
             _ = cancel.cancelled() => return,
-            report = poller.poll(&url, &schedule.query, schedule.timeout).instrument(span) => report,
+            // Boxed: the poll's future is large and lives only while polling, so the
+            // loop's own task (one per target, always alive) stays small.
+            report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
         };
         let sent = reports
             .send(Report {

@@ -1,0 +1,389 @@
+//! The monitoring pipeline under load: N simulated Mina nodes polled through the
+//! whole pipeline (schedule, HTTP, parse, diff, triggers), and, against the same
+//! simulators, a bare HTTP client loop at full speed for comparison.
+//!
+//! ```text
+//! cargo bench --bench pipeline                          # 1k, 5k and 10k targets
+//! cargo bench --bench pipeline -- --targets 2000 --interval 10 --seconds 30
+//! ```
+//!
+//! Each size runs in a fresh process (so peak RSS is its own) with the simulators
+//! in child processes (`kco simulate`, at most 4,000 nodes each: the machine allows
+//! 20,000 open files per process). Prints one table row per size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kco::monitor::discovery::Target;
+use kco::monitor::poll::Poller;
+use kco::monitor::state::TargetState;
+use kco::monitor::target::{Report, Schedule, poll_loop};
+use kco::targetapp::{ActionRule, DEFAULT_STATE_QUERY};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const NODES_PER_SIMULATOR: usize = 4000;
+
+struct Args {
+    targets: Vec<usize>,
+    interval: u64,
+    seconds: u64,
+    single: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        targets: vec![1000, 5000, 10_000],
+        interval: 10,
+        seconds: 30,
+        single: false,
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < raw.len() {
+        let value = raw.get(i + 1).cloned().unwrap_or_default();
+        match raw[i].as_str() {
+            "--targets" => {
+                a.targets = value
+                    .split(',')
+                    .map(|v| v.parse().expect("--targets N[,N...]"))
+                    .collect()
+            }
+            "--interval" => a.interval = value.parse().expect("--interval SECONDS"),
+            "--seconds" => a.seconds = value.parse().expect("--seconds SECONDS"),
+            "--single" => {
+                a.single = true;
+                i += 1;
+                continue;
+            }
+            // cargo bench passes --bench; ignore what is not ours.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    if a.single {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let row = runtime.block_on(run(a.targets[0], a.interval, a.seconds));
+        println!("{row}");
+        return;
+    }
+    println!(
+        "pipeline bench: interval {}s, {}s measured per phase, {} cores\n",
+        a.interval,
+        a.seconds,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| targets | scheduled polls/s | CPU s / 1k polls | CPU % of a core | peak RSS MiB | lateness p50 ms | p99 ms | pipeline polls/s (saturated) | bare client polls/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for n in a.targets {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--single",
+                "--targets",
+                &n.to_string(),
+                "--interval",
+                &a.interval.to_string(),
+            ])
+            .args(["--seconds", &a.seconds.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("bad output: {line}"));
+        println!(
+            "| {} | {:.0} | {:.3} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} |",
+            r["targets"],
+            r["scheduled_polls_per_s"].as_f64().unwrap(),
+            r["cpu_s_per_1k_polls"].as_f64().unwrap(),
+            r["cpu_percent_of_core"].as_f64().unwrap(),
+            r["peak_rss_mib"].as_f64().unwrap(),
+            r["lateness_p50_ms"].as_f64().unwrap(),
+            r["lateness_p99_ms"].as_f64().unwrap(),
+            r["pipeline_polls_per_s"].as_f64().unwrap(),
+            r["bare_polls_per_s"].as_f64().unwrap(),
+            r["ratio"].as_f64().unwrap(),
+        );
+    }
+}
+
+/// Simulator processes serving `n` nodes; killed on drop.
+struct Simulators {
+    children: Vec<Child>,
+    nodes: Vec<SocketAddr>,
+}
+
+impl Drop for Simulators {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn simulators(n: usize) -> Simulators {
+    let mut sims = Simulators {
+        children: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for (k, start) in (0..n).step_by(NODES_PER_SIMULATOR).enumerate() {
+        let count = NODES_PER_SIMULATOR.min(n - start);
+        let first = Ipv4Addr::new(127, 20 + k as u8, 0, 1);
+        let control = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kco"))
+            .args([
+                "simulate",
+                "--log-level",
+                "warn",
+                "--control",
+                &control.to_string(),
+            ])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--first-ip",
+                &first.to_string(),
+                "--port",
+                "3085",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("node(s)"), "simulator did not start: {line}");
+        sims.children.push(child);
+        let base = u32::from(first);
+        sims.nodes
+            .extend((0..count as u32).map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085))));
+    }
+    sims
+}
+
+fn proc_field(file: &str, key: &str) -> f64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100 on Linux)
+}
+
+fn rules() -> Vec<kco::triggers::Rule> {
+    let raw: Vec<ActionRule> = serde_json::from_value(json!([
+        {"name": "offline", "action": "restart_pod",
+         "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}},
+        {"name": "lagging", "action": "restart_pod", "trigger": {"field": "daemonStatus.blockchainLength",
+         "condition": "lessThan", "valueFrom": {"field": "daemonStatus.highestBlockLengthReceived", "offset": -5}}},
+        {"name": "down", "action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}},
+        {"name": "few-peers", "action": "restart_pod",
+         "trigger": {"field": "daemonStatus.peers.#", "condition": "lessThan", "value": 2}}
+    ]))
+    .unwrap();
+    kco::triggers::compile(&raw).unwrap()
+}
+
+/// Runs the pipeline over `nodes` with `interval` for `seconds`; returns
+/// (polls, lateness samples in ms, CPU seconds, wall seconds).
+async fn pipeline(
+    nodes: &[SocketAddr],
+    interval: Duration,
+    warmup: Duration,
+    seconds: u64,
+) -> (u64, Vec<f64>, f64, f64) {
+    let poller = Poller::new(1024 * 1024, 2).unwrap();
+    let rules = Arc::new(rules());
+    let fields = Arc::new(kco::triggers::referenced_fields(&rules));
+    let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);
+    let (tx, mut rx) = mpsc::channel::<Report>(4096);
+    let cancel = CancellationToken::new();
+    for addr in nodes {
+        let schedule = Schedule {
+            interval,
+            timeout: Duration::from_secs(5),
+            query: query.clone(),
+        };
+        tokio::spawn(poll_loop(
+            addr.to_string(),
+            format!("http://{addr}/graphql"),
+            schedule,
+            poller.clone(),
+            tx.clone(),
+            cancel.clone(),
+        ));
+    }
+    drop(tx);
+    let measuring = Arc::new(AtomicU64::new(0));
+    let flag = measuring.clone();
+    let consumer = tokio::spawn(async move {
+        let mut states: HashMap<String, TargetState> = HashMap::new();
+        let mut lateness = Vec::new();
+        let mut polls = 0u64;
+        let mut failures = 0u64;
+        while let Some(report) = rx.recv().await {
+            let state = states.entry(report.target.clone()).or_insert_with(|| {
+                TargetState::new(
+                    Target {
+                        pod: Some(report.target.clone()),
+                        url: report.url.clone(),
+                    },
+                    &rules,
+                    |_| None,
+                )
+            });
+            if report.report.result.is_err() {
+                failures += 1;
+            }
+            let _ = state.observe(
+                report.report.result,
+                &rules,
+                &fields,
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            if flag.load(Ordering::Relaxed) == 1 {
+                polls += 1;
+                lateness.push(report.lateness.as_secs_f64() * 1000.0);
+            }
+        }
+        (polls, lateness, failures)
+    });
+    tokio::time::sleep(warmup).await;
+    measuring.store(1, Ordering::Relaxed);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = cpu_seconds() - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    measuring.store(2, Ordering::Relaxed);
+    cancel.cancel();
+    let (polls, lateness, failures) = consumer.await.unwrap();
+    if failures > 0 {
+        eprintln!("  ({failures} polls failed)");
+    }
+    (polls, lateness, cpu, wall)
+}
+
+/// A bare client loop per node: POST the same query and read the body, at full speed.
+async fn bare(nodes: &[SocketAddr], seconds: u64) -> f64 {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(2)
+        .build()
+        .unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let cancel = CancellationToken::new();
+    let body = json!({ "query": DEFAULT_STATE_QUERY });
+    for addr in nodes {
+        let (http, count, cancel, body) =
+            (http.clone(), count.clone(), cancel.clone(), body.clone());
+        let url = format!("http://{addr}/graphql");
+        tokio::spawn(async move {
+            while !cancel.is_cancelled() {
+                if let Ok(r) = http.post(&url).json(&body).send().await
+                    && r.bytes().await.is_ok()
+                {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c0 = count.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rate = (count.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64();
+    cancel.cancel();
+    rate
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run(n: usize, interval: u64, seconds: u64) -> serde_json::Value {
+    kco::tls::install_crypto_provider();
+    let sims = simulators(n);
+    eprintln!("{n} targets: scheduled phase ({interval}s interval, {seconds}s measured)");
+    let interval = Duration::from_secs(interval);
+    let (polls, mut lateness, cpu, wall) = pipeline(
+        &sims.nodes,
+        interval,
+        interval + Duration::from_secs(2),
+        seconds,
+    )
+    .await;
+    lateness.sort_by(f64::total_cmp);
+    let rss_scheduled = proc_field("/proc/self/status", "VmHWM:") / 1024.0;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "{n} targets: saturated pipeline and bare client ({}s each)",
+        seconds.min(15)
+    );
+    let (sat_polls, _, _, sat_wall) = pipeline(
+        &sims.nodes,
+        Duration::from_millis(1),
+        Duration::from_secs(2),
+        seconds.min(15),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bare_rate = bare(&sims.nodes, seconds.min(15)).await;
+    let pipeline_rate = sat_polls as f64 / sat_wall;
+    json!({
+        "targets": n,
+        "scheduled_polls_per_s": polls as f64 / wall,
+        "cpu_s_per_1k_polls": if polls > 0 { cpu / polls as f64 * 1000.0 } else { 0.0 },
+        "cpu_percent_of_core": cpu / wall * 100.0,
+        "peak_rss_mib": rss_scheduled,
+        "lateness_p50_ms": percentile(&lateness, 0.5),
+        "lateness_p99_ms": percentile(&lateness, 0.99),
+        "pipeline_polls_per_s": pipeline_rate,
+        "bare_polls_per_s": bare_rate,
+        "ratio": if bare_rate > 0.0 { pipeline_rate / bare_rate } else { 0.0 },
+    })
+}
