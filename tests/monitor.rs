@@ -220,6 +220,23 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
         app.metadata.generation
     );
 
+    let stats = fixtures::get_json(
+        &fixtures::http_client(),
+        &format!("http://{}/stats", bed.admin),
+    )
+    .await;
+    let targets = stats["targetApps"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(targets.len(), 3, "{stats}");
+    assert!(
+        targets.iter().all(|t| t["syncStatus"] == "SYNCED"
+            && t["blockchainLength"] == 1000
+            && t["up"] == true),
+        "the typed health query result shows in /stats: {stats}"
+    );
+
     bed.set_state(1, SyncStatus::Offline).await;
     let changed = bed.wait_event(10, "StateChanged", "mina-1").await;
     assert!(

@@ -439,13 +439,14 @@ impl Monitor {
             },
             self.written.as_ref(),
         );
-        self.publish_stats(&next);
         let refresh = self.schedule.0.max(Duration::from_secs(60));
         if !force
             && !status::should_write(self.written.as_ref(), self.written_at, &next, now, refresh)
         {
             return;
         }
+        // /stats follows status: on change, and at the refresh period.
+        self.publish_stats(&next);
         let api: Api<TargetApp> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let patch = serde_json::json!({ "status": next });
         match api
@@ -480,6 +481,7 @@ impl Monitor {
     }
 
     fn publish_stats(&self, status: &TargetAppStatus) {
+        let default_query = self.app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY;
         let stats = AppStats {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -487,11 +489,22 @@ impl Monitor {
             targets: self
                 .targets
                 .values()
-                .map(|t| TargetStats {
-                    name: t.target.name().to_owned(),
-                    url: t.target.url.clone(),
-                    up: t.up,
-                    last_error: t.last_error.as_ref().map(ToString::to_string),
+                .map(|t| {
+                    let health = t
+                        .last_good
+                        .as_ref()
+                        .filter(|_| default_query)
+                        .and_then(|data| crate::schema::health::decode(data).ok());
+                    TargetStats {
+                        name: t.target.name().to_owned(),
+                        url: t.target.url.clone(),
+                        up: t.up,
+                        last_error: t.last_error.as_ref().map(ToString::to_string),
+                        sync_status: health
+                            .as_ref()
+                            .map(|h| format!("{:?}", h.daemon_status.sync_status).to_uppercase()),
+                        blockchain_length: health.and_then(|h| h.daemon_status.blockchain_length),
+                    }
                 })
                 .collect(),
         };

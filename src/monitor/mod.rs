@@ -62,6 +62,11 @@ pub struct TargetStats {
     pub url: String,
     pub up: Option<bool>,
     pub last_error: Option<String>,
+    /// For the built-in Mina health query: the node's sync status and height.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blockchain_length: Option<i32>,
 }
 
 impl Context {

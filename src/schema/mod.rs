@@ -2,6 +2,8 @@
 //! daemon schema, and `kco schema import`, which turns an introspection result
 //! into the SDL form KCO embeds.
 
+pub mod health;
+
 use std::fmt;
 
 use cynic_introspection::query::{FieldType, InputValue, IntrospectedSchema, TypeKind};
