@@ -623,6 +623,16 @@ async fn an_invalid_spec_fails_with_the_reason_in_status() {
         "{:?}",
         status.conditions
     );
+    // A feature that is not built yet is refused, not ignored.
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "scheme": "https",
+                     "caSecretRef": {"name": "mina-ca", "key": "ca.crt"}}),
+    )
+    .await;
+    bed.wait_status(20, "Failed on caSecretRef", |s| {
+        s.phase == Some(Phase::Failed) && s.conditions[0].message.contains("spec.caSecretRef")
+    })
+    .await;
     let admin = fixtures::http_client();
     assert_eq!(
         admin

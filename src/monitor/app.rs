@@ -134,6 +134,11 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
 /// Problems that make a spec impossible to monitor, beyond the rules.
 fn problems(app: &TargetApp) -> Option<String> {
     let spec = &app.spec;
+    if spec.ca_secret_ref.is_some() {
+        // Refused rather than ignored: polling with the system roots instead would
+        // fail every poll with a certificate error that hides the real cause.
+        return Some("spec.caSecretRef: a CA bundle from a Secret is not supported yet".to_owned());
+    }
     if discovery::is_absolute(&spec.graphql_endpoint) {
         return None;
     }
