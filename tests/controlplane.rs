@@ -204,26 +204,7 @@ async fn a_crd_is_established_and_serves_objects() {
     let ns = cp.namespace("crd").await;
     let crd = cp.dir.join("widgets-crd.yaml");
     std::fs::write(&crd, WIDGET_CRD).unwrap();
-    let applied = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "-f"])
-        .arg(&crd)
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{applied:?}");
-    let established = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/widgets.test.kco.local",
-        ])
-        .output()
-        .unwrap();
-    assert!(established.status.success(), "{established:?}");
+    cp.apply_crds(&crd, "widgets.test.kco.local").unwrap();
 
     let gvk = GroupVersionKind::gvk("test.kco.local", "v1", "Widget");
     let widgets: Api<DynamicObject> =

@@ -52,33 +52,10 @@ fn the_crds_command_prints_every_crd() {
     );
 }
 
-async fn install_crds(cp: &ControlPlane) {
-    let applied = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "--server-side", "-f"])
-        .arg(repo_path("crds"))
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{applied:?}");
-    let established = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/targetapps.operator.kco.local",
-        ])
-        .output()
-        .unwrap();
-    assert!(established.status.success(), "{established:?}");
-}
-
 #[tokio::test]
 async fn the_apiserver_accepts_targetapps_and_applies_the_defaults() {
     let cp = ControlPlane::shared();
-    install_crds(cp).await;
+    cp.install_kco_crds();
     let ns = cp.namespace("crd-ta").await;
     let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, &ns);
     let minimal: TargetApp = serde_json::from_value(json!({

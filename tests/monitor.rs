@@ -14,7 +14,6 @@ use kco::simulator::{Faults, NodeState, Simulator, StatePatch, SyncStatus};
 use kco::targetapp::{Phase, TargetApp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::controlplane::repo_path;
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
 use support::{ControlPlane, User};
 use tokio_util::sync::CancellationToken;
@@ -34,34 +33,11 @@ impl Drop for Bed {
     }
 }
 
-async fn install_crds(cp: &ControlPlane) {
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(repo_path("crds"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/targetapps.operator.kco.local",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// A namespace with `pods` simulated Mina pods (`mina-0`...) and an operator for it.
 async fn bed(prefix: &str, pods: usize) -> Bed {
     kco::tls::install_crypto_provider();
     let cp = ControlPlane::shared();
-    install_crds(cp).await;
+    cp.install_kco_crds();
     let ns = cp.namespace(prefix).await;
     let client = cp.admin().await;
     let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
@@ -123,6 +99,15 @@ impl Bed {
             ..Default::default()
         };
         self.sim.patch_state(self.nodes[node], patch).await.unwrap();
+    }
+
+    async fn status(&self) -> kco::targetapp::TargetAppStatus {
+        self.apps()
+            .get("mina")
+            .await
+            .unwrap()
+            .status
+            .expect("the TargetApp has a status")
     }
 
     /// Waits (up to `secs`) for the TargetApp's status to satisfy `check`.
@@ -283,26 +268,12 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
         s.firings.iter().any(|f| f.rule == "offline")
     })
     .await;
-    let first = bed
-        .apps()
-        .get("mina")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .firings;
+    let first = bed.status().await.firings;
     bed.set_state(1, SyncStatus::Synced).await;
     bed.wait_event(10, "StateChanged", "to \"SYNCED\"").await;
     bed.set_state(1, SyncStatus::Offline).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = bed
-        .apps()
-        .get("mina")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .firings;
+    let after = bed.status().await.firings;
     assert_eq!(first, after, "the cooldown holds the second firing back");
     assert_eq!(
         bed.events("TriggerFired")
@@ -322,14 +293,7 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
         s.firings.iter().any(|f| f.rule == "catchup-3s")
     })
     .await;
-    let firings = bed
-        .apps()
-        .get("mina")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .firings;
+    let firings = bed.status().await.firings;
     let firing = firings
         .iter()
         .find(|f| f.rule == "catchup-3s" && f.target == "mina-2")
@@ -458,7 +422,7 @@ async fn each_fault_fails_its_target_with_a_reason_and_the_others_keep_their_sch
     );
     // Failures do not flood: one PollFailed per target, however many polls failed.
     assert_eq!(bed.events("PollFailed").await.len(), 6);
-    let status = bed.apps().get("mina").await.unwrap().status.unwrap();
+    let status = bed.status().await;
     assert!(
         status
             .targets
@@ -615,7 +579,7 @@ async fn an_invalid_spec_fails_with_the_reason_in_status() {
     .await;
     bed.wait_status(20, "Failed", |s| s.phase == Some(Phase::Failed))
         .await;
-    let status = bed.apps().get("mina").await.unwrap().status.unwrap();
+    let status = bed.status().await;
     assert!(
         status.conditions[0]
             .message
@@ -665,7 +629,7 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
     assert!(stderr.contains("GRAPHQL_TIMEOUT=0"), "{stderr}");
 
     let cp = ControlPlane::shared();
-    install_crds(cp).await;
+    cp.install_kco_crds();
     let ns = cp.namespace("mon-cli").await;
     let port = support::process::free_port().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kco"))

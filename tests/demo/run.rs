@@ -72,31 +72,18 @@ async fn main() -> anyhow::Result<()> {
 
     // The CRD, a sample TargetApp, and one operator process watching them.
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for manifest in [
-        repo.join("crds"),
-        repo.join("docs/examples/targetapp-mina.yaml"),
-    ] {
-        let applied = cp
-            .kubectl(&User::Admin)?
-            .args(["apply", "--server-side", "-n", NAMESPACE, "-f"])
-            .arg(&manifest)
-            .output()?;
-        anyhow::ensure!(
-            applied.status.success(),
-            "kubectl apply {}: {applied:?}",
-            manifest.display()
-        );
-        if manifest.ends_with("crds") {
-            cp.kubectl(&User::Admin)?
-                .args([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/targetapps.operator.kco.local",
-                ])
-                .output()?;
-        }
-    }
+    cp.apply_crds(&repo.join("crds"), "targetapps.operator.kco.local")?;
+    let sample = repo.join("docs/examples/targetapp-mina.yaml");
+    let applied = cp
+        .kubectl(&User::Admin)?
+        .args(["apply", "-n", NAMESPACE, "-f"])
+        .arg(&sample)
+        .output()?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply {}: {applied:?}",
+        sample.display()
+    );
     let admin_port = support::process::free_port()?;
     let log = cp.dir.join("kco.log");
     let mut operator = std::process::Command::new(repo.join("target/debug/kco"))

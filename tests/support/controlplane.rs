@@ -329,6 +329,47 @@ impl ControlPlane {
         Ok(command)
     }
 
+    /// Applies CRD manifests (a file or a directory) and waits until `crd` is Established.
+    pub fn apply_crds(&self, manifests: &Path, crd: &str) -> Result<()> {
+        let run = |args: &[&str], what: &str| -> Result<()> {
+            let out = self
+                .kubectl(&User::Admin)?
+                .args(args)
+                .output()
+                .map_err(io(what))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(HarnessError::Kube(format!(
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        let path = manifests.to_string_lossy();
+        run(
+            &["apply", "--server-side", "--force-conflicts", "-f", &path],
+            "kubectl apply",
+        )?;
+        let established = format!("crd/{crd}");
+        run(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &established,
+            ],
+            "kubectl wait",
+        )
+    }
+
+    /// Installs KCO's CRDs from `crds/`; panics (failing the test) if it cannot.
+    pub fn install_kco_crds(&self) {
+        if let Err(e) = self.apply_crds(&repo_path("crds"), "targetapps.operator.kco.local") {
+            panic!("install KCO's CRDs: {e}");
+        }
+    }
+
     /// The apiserver's log so far.
     pub fn apiserver_log(&self) -> String {
         self.apiserver.log_tail(usize::MAX)
