@@ -40,7 +40,7 @@ struct Monitor {
     reference: ObjectReference,
     rules: Vec<Rule>,
     fields: BTreeSet<FieldPath>,
-    schedule: (Duration, Duration, Arc<str>),
+    schedule: Schedule,
     pods: BTreeMap<String, Pod>,
     discovered: bool,
     targets: BTreeMap<String, TargetState>,
@@ -75,7 +75,11 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
             .unwrap_or_default(),
         rules: compiled.clone().unwrap_or_default(),
         fields: BTreeSet::new(),
-        schedule: (interval, timeout, Arc::from(spec.state_query.as_str())),
+        schedule: Schedule {
+            interval,
+            timeout,
+            query: Arc::from(spec.state_query.as_str()),
+        },
         pods: BTreeMap::new(),
         discovered: false,
         targets: BTreeMap::new(),
@@ -101,16 +105,20 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
         (Ok(_), Some(problem)) => Some(problem),
         _ => None,
     };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if invalid.is_some() || app.spec.suspend {
+        // Nothing to poll: report why, retrying the write until it lands.
         monitor.discovered = true;
-        monitor.write_status(invalid.as_deref(), true).await;
-        cancel.cancelled().await;
-        return;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => monitor.write_status(invalid.as_deref()).await,
+            }
+        }
     }
 
     let mut pod_events = monitor.pod_events();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -123,7 +131,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
                 None => break,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
-            _ = tick.tick() => monitor.write_status(None, false).await,
+            _ = tick.tick() => monitor.write_status(None).await,
         }
     }
     for running in monitor.loops.values() {
@@ -242,15 +250,10 @@ impl Monitor {
             });
             self.targets.insert(name.clone(), state);
             let cancel = CancellationToken::new();
-            let (interval, timeout, query) = &self.schedule;
             tokio::spawn(poll_loop(
                 name.clone(),
                 target.url.clone(),
-                Schedule {
-                    interval: *interval,
-                    timeout: *timeout,
-                    query: query.clone(),
-                },
+                self.schedule.clone(),
                 self.ctx.poller.clone(),
                 self.reports.clone(),
                 cancel.clone(),
@@ -428,7 +431,7 @@ impl Monitor {
     }
 
     /// Writes status when it changed (or is due for a refresh); updates /stats.
-    async fn write_status(&mut self, invalid: Option<&str>, force: bool) {
+    async fn write_status(&mut self, invalid: Option<&str>) {
         let now = Timestamp::now();
         let shard = self.ctx.settings.instance.clone();
         let next = status::build(
@@ -444,10 +447,8 @@ impl Monitor {
             },
             self.written.as_ref(),
         );
-        let refresh = self.schedule.0.max(Duration::from_secs(60));
-        if !force
-            && !status::should_write(self.written.as_ref(), self.written_at, &next, now, refresh)
-        {
+        let refresh = self.schedule.interval.max(Duration::from_secs(60));
+        if !status::should_write(self.written.as_ref(), self.written_at, &next, now, refresh) {
             return;
         }
         // /stats follows status: on change, and at the refresh period.

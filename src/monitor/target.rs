@@ -25,6 +25,7 @@ pub struct Report {
 }
 
 /// What a poll loop needs.
+#[derive(Debug, Clone)]
 pub struct Schedule {
     pub interval: Duration,
     pub timeout: Duration,
