@@ -1,6 +1,7 @@
 //! KCO library: every behaviour of the `kco` binary lives here, so that tests
 //! reach it without spawning the binary.
 
+pub mod actions;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -14,10 +14,10 @@ use crate::metrics::Metrics;
 use crate::monitor::{self, Context};
 use crate::targetapp::TargetApp;
 
-/// A kube client from `--kubeconfig`, else the usual inference ($KUBECONFIG,
-/// ~/.kube/config, in-cluster service account).
-pub async fn client(settings: &Settings) -> anyhow::Result<kube::Client> {
-    let config = match &settings.kubeconfig {
+/// The cluster configuration from `--kubeconfig`, else the usual inference
+/// ($KUBECONFIG, ~/.kube/config, in-cluster service account).
+pub async fn cluster_config(settings: &Settings) -> anyhow::Result<kube::Config> {
+    Ok(match &settings.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -31,8 +31,7 @@ pub async fn client(settings: &Settings) -> anyhow::Result<kube::Client> {
         None => kube::Config::infer().await.context(
             "no cluster configuration: give --kubeconfig, set KUBECONFIG, or run in a pod",
         )?,
-    };
-    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+    })
 }
 
 /// A started operator.
@@ -48,9 +47,11 @@ pub struct Running {
 /// `cancel` fires.
 pub async fn start(
     settings: Settings,
-    client: kube::Client,
+    config: kube::Config,
     cancel: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let client =
+        kube::Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
     let apps: Api<TargetApp> = match &settings.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -68,8 +69,8 @@ pub async fn start(
         })?;
 
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let ctx =
-        Context::new(client, settings.clone(), metrics).context("cannot build the HTTP client")?;
+    let ctx = Context::new(client, config, settings.clone(), metrics)
+        .context("cannot build the HTTP client")?;
     let listener = tokio::net::TcpListener::bind(settings.admin_address)
         .await
         .with_context(|| format!("cannot listen on {} (METRICS_PORT)", settings.admin_address))?;
@@ -100,9 +101,9 @@ pub async fn start(
 
 /// `kco run`: starts, then stops cleanly on SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let client = client(&settings).await?;
+    let config = cluster_config(&settings).await?;
     let cancel = CancellationToken::new();
-    let running = start(settings, client, cancel.clone()).await?;
+    let running = start(settings, config, cancel.clone()).await?;
     tokio::select! {
         _ = crate::simulator::wait_for_shutdown_signal() => {
             tracing::info!("shutting down");

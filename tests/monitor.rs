@@ -59,7 +59,8 @@ async fn bed(prefix: &str, pods: usize) -> Bed {
     settings.graphql_timeout = Duration::from_millis(700);
     settings.graphql_max_retries = 0;
     let cancel = CancellationToken::new();
-    let running = kco::operator::start(settings, client.clone(), cancel.clone())
+    let config = cp.config(&User::Admin).await.unwrap();
+    let running = kco::operator::start(settings, config, cancel.clone())
         .await
         .unwrap();
     Bed {

@@ -22,6 +22,7 @@ use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Report, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
+use crate::actions::{Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::triggers::{self, FieldPath, Rule};
@@ -354,8 +355,8 @@ impl Monitor {
         }
     }
 
-    async fn fired(&mut self, rule: usize, target: &Target, now: Timestamp, correlation_id: &str) {
-        let Some(rule) = self.rules.get(rule).cloned() else {
+    async fn fired(&mut self, index: usize, target: &Target, now: Timestamp, correlation_id: &str) {
+        let Some(rule) = self.rules.get(index).cloned() else {
             return;
         };
         self.ctx
@@ -379,7 +380,7 @@ impl Monitor {
         );
         let c = &rule.condition;
         let note = format!(
-            "rule {} fired for {}: {} {}{}; action {} is not run: the action framework is not part of this build",
+            "rule {} fired for {}: {} {}{}; running {}{}",
             rule.name,
             target.name(),
             c.field,
@@ -390,44 +391,47 @@ impl Monitor {
                 triggers::Operand::Field { path, offset } => format!(" {path}{offset:+}"),
             },
             rule.action,
+            if self.app.spec.dry_run {
+                " (dry run)"
+            } else {
+                ""
+            },
         );
         self.notify(Reason::TriggerFired, note, Some(target)).await;
+        let Some(spec_rule) = self.app.spec.actions.get(index).cloned() else {
+            return;
+        };
+        let state = self
+            .targets
+            .get(target.name())
+            .filter(|t| t.up == Some(true))
+            .and_then(|t| t.last_good.clone());
+        let firing = Firing {
+            app: self.app.clone(),
+            rule_name: rule.name.clone(),
+            rule: spec_rule,
+            cooldown: rule.cooldown,
+            target: target.name().to_owned(),
+            pod: target.pod.clone(),
+            state,
+            correlation_id: correlation_id.to_owned(),
+            now,
+        };
+        // Off the monitor's loop: an action may take up to its timeout.
+        tokio::spawn(act(self.ctx.clone(), self.reference.clone(), firing));
     }
 
     /// Publishes an Event on the TargetApp and, for a pod target, on the pod too.
     async fn notify(&self, reason: Reason, note: String, target: Option<&Target>) {
-        let pod = target
-            .and_then(|t| t.pod.as_ref())
-            .map(|pod| ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Pod".to_owned()),
-                name: Some(pod.clone()),
-                namespace: Some(self.namespace.clone()),
-                ..Default::default()
-            });
-        let mut notices = vec![Notice {
+        let pod = target.and_then(|t| t.pod.as_deref());
+        publish(
+            &self.ctx,
+            &self.reference,
+            &self.namespace,
             reason,
-            note: note.clone(),
-            regarding: self.reference.clone(),
-            related: pod.clone(),
-        }];
-        if let Some(pod) = pod {
-            notices.push(Notice {
-                reason,
-                note,
-                regarding: pod,
-                related: Some(self.reference.clone()),
-            });
-        }
-        for notice in notices {
-            if self.ctx.events.try_send(notice).is_err() {
-                self.ctx
-                    .metrics
-                    .errors
-                    .with_label_values(&["event_dropped"])
-                    .inc();
-            }
-        }
+            note,
+            pod,
+        );
     }
 
     /// Writes status when it changed (or is due for a refresh); updates /stats.
@@ -441,7 +445,6 @@ impl Monitor {
                 invalid,
                 discovered: self.discovered,
                 targets: &self.targets,
-                firings: &self.firings,
                 shard: &shard,
                 now,
             },
@@ -518,4 +521,129 @@ impl Monitor {
             all.insert(format!("{}/{}", self.namespace, self.name), stats);
         }
     }
+}
+
+/// Publishes an Event on the TargetApp (`app`) and, when `pod` is given, on the pod too.
+fn publish(
+    ctx: &Context,
+    app: &ObjectReference,
+    namespace: &str,
+    reason: Reason,
+    note: String,
+    pod: Option<&str>,
+) {
+    let pod = pod.map(|pod| ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(pod.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    });
+    let mut notices = vec![Notice {
+        reason,
+        note: note.clone(),
+        regarding: app.clone(),
+        related: pod.clone(),
+    }];
+    if let Some(pod) = pod {
+        notices.push(Notice {
+            reason,
+            note,
+            regarding: pod,
+            related: Some(app.clone()),
+        });
+    }
+    for notice in notices {
+        if ctx.events.try_send(notice).is_err() {
+            ctx.metrics
+                .errors
+                .with_label_values(&["event_dropped"])
+                .inc();
+        }
+    }
+}
+
+/// Fences a firing, runs its action, and reports what happened.
+async fn act(ctx: Arc<Context>, reference: ObjectReference, firing: Firing) {
+    let namespace = firing.app.namespace().unwrap_or_default();
+    let app = firing.app.name_any();
+    let action = firing.rule.action.clone();
+    let target = firing.target.clone();
+    let pod = firing.pod.clone();
+    let rule = firing.rule_name.clone();
+    let cooldown = firing.cooldown;
+    let correlation_id = firing.correlation_id.clone();
+    let count = |result: &str| {
+        ctx.metrics
+            .actions
+            .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str(), result])
+            .inc();
+    };
+    let (reason, note) = match ctx.dispatcher.dispatch(firing).await {
+        Ok(Dispatched::Skipped(Skip::Cooldown { last })) => {
+            count("skipped");
+            let note = format!(
+                "{action} for {target} (rule {rule}) skipped: it last ran at {last}, within the cooldown of {}s",
+                cooldown.as_secs()
+            );
+            (Reason::ActionSkipped, note)
+        }
+        Ok(Dispatched::Skipped(Skip::LostRace)) => {
+            count("skipped");
+            let note = format!(
+                "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
+            );
+            (Reason::ActionSkipped, note)
+        }
+        Ok(Dispatched::Ran {
+            result,
+            dry_run,
+            duration,
+        }) => {
+            ctx.metrics
+                .action_duration
+                .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str()])
+                .observe(duration.as_secs_f64());
+            match result {
+                Ok(outcome) if dry_run => {
+                    count("dry_run");
+                    (
+                        Reason::ActionSkipped,
+                        format!(
+                            "dry run of {action} for {target} (rule {rule}): {}",
+                            outcome.message
+                        ),
+                    )
+                }
+                Ok(outcome) => {
+                    count("success");
+                    (
+                        Reason::ActionSucceeded,
+                        format!("{action} for {target} (rule {rule}): {}", outcome.message),
+                    )
+                }
+                Err(e) => {
+                    count("failure");
+                    tracing::warn!(namespace = %namespace, tapp = %app, target = %target, rule = %rule, action = %action,
+                        correlation_id = %correlation_id, reason = e.reason(), error = %e, "action failed");
+                    (
+                        Reason::ActionFailed,
+                        format!(
+                            "{action} for {target} (rule {rule}) failed ({}): {e}",
+                            e.reason()
+                        ),
+                    )
+                }
+            }
+        }
+        Err(e) => {
+            count("failure");
+            ctx.metrics.errors.with_label_values(&["fence"]).inc();
+            (
+                Reason::ActionFailed,
+                format!("{action} for {target} (rule {rule}) not run: {e}"),
+            )
+        }
+    };
+    publish(&ctx, &reference, &namespace, reason, note, pod.as_deref());
 }

@@ -34,6 +34,8 @@ use crate::targetapp::{Phase, TargetApp};
 /// What every monitoring task shares; built once at start-up.
 pub struct Context {
     pub client: kube::Client,
+    /// Fences firings and runs actions as the tenant's service account.
+    pub dispatcher: crate::actions::Dispatcher,
     pub poller: poll::Poller,
     pub metrics: Metrics,
     pub settings: Settings,
@@ -73,6 +75,7 @@ impl Context {
     /// Builds the context and starts the Event publisher it feeds.
     pub fn new(
         client: kube::Client,
+        config: kube::Config,
         settings: Settings,
         metrics: Metrics,
     ) -> Result<Arc<Self>, reqwest::Error> {
@@ -91,7 +94,13 @@ impl Context {
                 }
             }
         });
+        let dispatcher = crate::actions::Dispatcher::new(
+            client.clone(),
+            config,
+            settings.action_execution_timeout,
+        );
         Ok(Arc::new(Self {
+            dispatcher,
             client,
             poller,
             metrics,

@@ -272,16 +272,20 @@ impl ControlPlane {
         Ok(path)
     }
 
-    /// A client acting as `user`, built from that user's kubeconfig file.
-    pub async fn client(&self, user: &User) -> Result<kube::Client> {
+    /// The client configuration of `user`, from that user's kubeconfig file.
+    pub async fn config(&self, user: &User) -> Result<kube::Config> {
         let path = self.kubeconfig(user)?;
         let kubeconfig =
             Kubeconfig::read_from(&path).map_err(|e| HarnessError::Kube(e.to_string()))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| HarnessError::Kube(e.to_string()))?;
-        kube::Client::try_from(config).map_err(|e| HarnessError::Kube(e.to_string()))
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| HarnessError::Kube(e.to_string()))
+    }
+
+    /// A client acting as `user`, built from that user's kubeconfig file.
+    pub async fn client(&self, user: &User) -> Result<kube::Client> {
+        kube::Client::try_from(self.config(user).await?)
+            .map_err(|e| HarnessError::Kube(e.to_string()))
     }
 
     /// The admin client; panics with the reason if it cannot be built.

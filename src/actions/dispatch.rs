@@ -1,0 +1,217 @@
+//! Running an action for a firing, exactly once: the firing is recorded in the
+//! TargetApp's status with optimistic concurrency first (the fence), then the action
+//! runs with the tenant's service account, bounded by its timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::Value;
+
+use super::{ActionContext, ActionError, Outcome, Params, Registry};
+use crate::monitor::status::record_firing;
+use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
+
+/// How many times the fence re-reads after a conflict caused by other status writes.
+const FENCE_ATTEMPTS: usize = 5;
+
+/// One firing to act on.
+pub struct Firing {
+    pub app: Arc<TargetApp>,
+    pub rule_name: String,
+    pub rule: ActionRule,
+    pub cooldown: Duration,
+    /// The target's name (pod name, or URL) and its pod, if any.
+    pub target: String,
+    pub pod: Option<String>,
+    pub state: Option<Value>,
+    pub correlation_id: String,
+    pub now: Timestamp,
+}
+
+/// Why a firing's action did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// The rule fired for this target within its cooldown (here or on another replica).
+    Cooldown { last: Timestamp },
+    /// Another dispatcher recorded this firing first.
+    LostRace,
+}
+
+/// What dispatching a firing came to.
+#[derive(Debug)]
+pub enum Dispatched {
+    Skipped(Skip),
+    /// The action ran (for real, or as a dry run).
+    Ran {
+        result: Result<Outcome, ActionError>,
+        dry_run: bool,
+        duration: Duration,
+    },
+}
+
+/// Fences firings and runs their actions.
+#[derive(Clone)]
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    /// The operator's own client: reads and fences TargetApps, never runs actions.
+    operator: kube::Client,
+    /// The operator's configuration, from which impersonating clients are made.
+    config: kube::Config,
+    clients: moka::sync::Cache<String, kube::Client>,
+    default_timeout: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(operator: kube::Client, config: kube::Config, default_timeout: Duration) -> Self {
+        Self {
+            registry: Arc::new(Registry::builtin()),
+            operator,
+            config,
+            clients: moka::sync::Cache::builder()
+                .max_capacity(1000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            default_timeout,
+        }
+    }
+
+    /// A client that acts as `system:serviceaccount:<namespace>:<account>`.
+    fn impersonating(&self, namespace: &str, account: &str) -> Result<kube::Client, ActionError> {
+        let user = format!("system:serviceaccount:{namespace}:{account}");
+        if let Some(client) = self.clients.get(&user) {
+            return Ok(client);
+        }
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups = None;
+        let client = kube::Client::try_from(config).map_err(|e| {
+            ActionError::Unavailable(format!("cannot build a client for {user}: {e}"))
+        })?;
+        self.clients.insert(user, client.clone());
+        Ok(client)
+    }
+
+    /// Records the firing in status unless it is inside the cooldown or another
+    /// dispatcher recorded it first.
+    pub async fn fence(&self, firing: &Firing) -> Result<Result<(), Skip>, ActionError> {
+        let namespace = firing.app.namespace().unwrap_or_default();
+        let name = firing.app.name_any();
+        let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
+        let what = format!("record the firing in TargetApp {namespace}/{name}");
+        let mut app = apps
+            .get_status(&name)
+            .await
+            .map_err(|e| ActionError::from_kube(&what, e))?;
+        let find = |app: &TargetApp| {
+            app.status
+                .as_ref()
+                .and_then(|s| {
+                    s.firings
+                        .iter()
+                        .find(|f| f.rule == firing.rule_name && f.target == firing.target)
+                })
+                .map(|f| f.time.0)
+        };
+        let seen = find(&app);
+        if let Some(last) = seen {
+            let since =
+                Duration::try_from(firing.now.duration_since(last)).unwrap_or(Duration::ZERO);
+            if since < firing.cooldown {
+                return Ok(Err(Skip::Cooldown { last }));
+            }
+        }
+        for _ in 0..FENCE_ATTEMPTS {
+            let mut status = app.status.clone().unwrap_or_default();
+            record_firing(
+                &mut status.firings,
+                RuleFiring {
+                    rule: firing.rule_name.clone(),
+                    target: firing.target.clone(),
+                    time: Time(firing.now),
+                },
+            );
+            app.status = Some(status);
+            // replace_status carries metadata.resourceVersion: a concurrent write fails it.
+            match apps
+                .replace_status(&name, &PostParams::default(), &app)
+                .await
+            {
+                Ok(_) => return Ok(Ok(())),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    app = apps
+                        .get_status(&name)
+                        .await
+                        .map_err(|e| ActionError::from_kube(&what, e))?;
+                    if find(&app) != seen {
+                        return Ok(Err(Skip::LostRace));
+                    }
+                }
+                Err(e) => return Err(ActionError::from_kube(&what, e)),
+            }
+        }
+        Err(ActionError::Refused(format!(
+            "{what}: status kept changing; gave up"
+        )))
+    }
+
+    /// Fences `firing` and, if it is ours, runs its action.
+    pub async fn dispatch(&self, firing: Firing) -> Result<Dispatched, ActionError> {
+        if let Err(skip) = self.fence(&firing).await? {
+            return Ok(Dispatched::Skipped(skip));
+        }
+        let started = std::time::Instant::now();
+        let dry_run = firing.app.spec.dry_run;
+        let result = self.run(&firing, dry_run).await;
+        Ok(Dispatched::Ran {
+            result,
+            dry_run,
+            duration: started.elapsed(),
+        })
+    }
+
+    async fn run(&self, firing: &Firing, dry_run: bool) -> Result<Outcome, ActionError> {
+        let name = firing.rule.action.as_str();
+        self.registry
+            .validate(name, firing.rule.parameters.as_ref())
+            .map_err(|problems| {
+                ActionError::Invalid(
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+        let action = self
+            .registry
+            .get(name)
+            .ok_or_else(|| ActionError::Invalid(format!("unknown action {name:?}")))?;
+        let namespace = firing.app.namespace().unwrap_or_default();
+        let account = firing.app.spec.service_account_name.as_deref().ok_or_else(|| {
+            ActionError::Invalid(
+                "spec.serviceAccountName is not set: actions run only with a service account of the TargetApp's namespace"
+                    .into(),
+            )
+        })?;
+        let ctx = ActionContext {
+            app: firing.app.clone(),
+            client: self.impersonating(&namespace, account)?,
+            namespace,
+            pod: firing.pod.clone(),
+            rule: firing.rule_name.clone(),
+            state: firing.state.clone(),
+            correlation_id: firing.correlation_id.clone(),
+            dry_run,
+        };
+        let params = Params::new(firing.rule.parameters.as_ref());
+        let timeout = action.timeout(&params).unwrap_or(self.default_timeout);
+        match tokio::time::timeout(timeout, action.run(&ctx, &params)).await {
+            Ok(result) => result,
+            Err(_) => Err(ActionError::Timeout(timeout)),
+        }
+    }
+}
