@@ -88,6 +88,9 @@ impl Dispatcher {
         let mut config = self.config.clone();
         config.auth_info.impersonate = Some(user.clone());
         config.auth_info.impersonate_groups = None;
+        // A 429 from an action is a refusal (an eviction a PodDisruptionBudget forbids):
+        // report it, do not retry it in a loop.
+        config.default_retry = false;
         let client = kube::Client::try_from(config).map_err(|e| {
             ActionError::Unavailable(format!("cannot build a client for {user}: {e}"))
         })?;

@@ -167,3 +167,164 @@ impl Registry {
         action.validate(&Params::new(parameters))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn check(action: &str, params: Value) -> Result<(), Vec<String>> {
+        let map: BTreeMap<String, Value> = serde_json::from_value(params).unwrap();
+        Registry::builtin()
+            .validate(action, Some(&map))
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn good_parameters_pass() {
+        assert_eq!(check("restart_pod", json!({})), Ok(()));
+        assert_eq!(
+            check(
+                "restart_pod",
+                json!({"gracePeriod": 30, "strategy": "delete"})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "scale_deployment",
+                json!({"name": "web", "delta": -1, "min": 1, "max": 5})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check("scale_deployment", json!({"name": "web", "replicas": 0})),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "patch_resource",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "patch": {"data": {"a": "b"}}})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "patch_resource",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "patchType": "json",
+                                            "patch": [{"op": "replace", "path": "/spec/replicas", "value": 2}]})
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_their_path() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "restart_pod",
+                json!({"gracePeriod": -1}),
+                "parameters.gracePeriod: -1 is outside 0..=86400",
+            ),
+            (
+                "restart_pod",
+                json!({"gracePeriod": "30s"}),
+                "parameters.gracePeriod: must be an integer",
+            ),
+            (
+                "restart_pod",
+                json!({"strategy": "reboot"}),
+                "parameters.strategy: \"reboot\" is not one of: evict, delete",
+            ),
+            (
+                "restart_pod",
+                json!({"force": true}),
+                "parameters.force: unknown parameter",
+            ),
+            (
+                "scale_deployment",
+                json!({"replicas": 2}),
+                "parameters.name: is required",
+            ),
+            (
+                "scale_deployment",
+                json!({"name": "w"}),
+                "parameters.replicas: give replicas or delta",
+            ),
+            (
+                "scale_deployment",
+                json!({"name": "w", "replicas": 2, "delta": 1}),
+                "parameters.delta: give either replicas or delta",
+            ),
+            (
+                "scale_deployment",
+                json!({"name": "w", "delta": 1, "min": 5, "max": 2}),
+                "parameters.min: min 5 is above max 2",
+            ),
+            (
+                "patch_resource",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "patch": {}, "namespace": "other"}),
+                "parameters.namespace: patch_resource only patches objects in the TargetApp's own namespace",
+            ),
+            (
+                "patch_resource",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "patchType": "json", "patch": {"a": 1}}),
+                "parameters.patch: a JSON patch is a list of operations",
+            ),
+            (
+                "patch_resource",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "patchType": "json", "patch": [{"op": "fly"}]}),
+                "parameters.patch: not a valid JSON patch",
+            ),
+            (
+                "patch_resource",
+                json!({"kind": "ConfigMap", "name": "c", "patch": {}}),
+                "parameters.apiVersion: is required",
+            ),
+            ("reboot_node", json!({}), "unknown action \"reboot_node\""),
+            (
+                "webhook",
+                json!({"url": "https://example.com"}),
+                "action \"webhook\" is not available in this version",
+            ),
+        ];
+        for (action, params, expected) in cases {
+            let problems = check(action, params.clone()).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{action} {params}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_errors_become_reasons() {
+        let status = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("nope", "Reason")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert_eq!(
+            ActionError::from_kube("evict", status(403)).reason(),
+            "forbidden"
+        );
+        assert_eq!(
+            ActionError::from_kube("evict", status(429)).reason(),
+            "refused"
+        );
+        assert_eq!(
+            ActionError::from_kube("evict", status(404)).reason(),
+            "not_found"
+        );
+        assert!(
+            ActionError::from_kube("evict pod a/b", status(403))
+                .to_string()
+                .contains("evict pod a/b: nope")
+        );
+    }
+}

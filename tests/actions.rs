@@ -1,0 +1,423 @@
+//! Actions end to end against the real apiserver: they run as the TargetApp's
+//! service account (RBAC decides), once per firing, and report what they did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kco::actions::{Dispatched, Dispatcher, Firing};
+use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
+use kco::targetapp::TargetApp;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::fixtures::{self, MINA_GRAPHQL_PORT};
+use support::{ControlPlane, User};
+use tokio_util::sync::CancellationToken;
+
+struct Bed {
+    ns: String,
+    client: kube::Client,
+    sim: Simulator,
+    nodes: Vec<SocketAddr>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Three simulated Mina pods, a `kco-actions` service account with the rights the
+/// built-in actions need, one without any (`no-rights`), and an operator.
+async fn bed(prefix: &str) -> Bed {
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace(prefix).await;
+    let client = cp.admin().await;
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let ip = fixtures::loopback_ip();
+        nodes.push(
+            sim.add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+                .await
+                .unwrap()
+                .address,
+        );
+        fixtures::create_running_pod(
+            &client,
+            &ns,
+            &fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"})),
+            ip,
+        )
+        .await;
+    }
+    let manifests = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: kco-actions, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: no-rights, namespace: {ns}}}
+---
+{role}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: kco-actions, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: kco-actions}}
+subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
+"#,
+        role = std::fs::read_to_string(support::controlplane::repo_path(
+            "policies/tenant-actions-role.yaml"
+        ))
+        .unwrap()
+        .split("---")
+        .find(|doc| doc.contains("kind: Role\n"))
+        .unwrap()
+        .replace("namespace: mina", &format!("namespace: {ns}"))
+    );
+    let file = cp.dir.join(format!("{ns}-rbac.yaml"));
+    std::fs::write(&file, manifests).unwrap();
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let mut settings = kco::config::Settings::test();
+    settings.namespace = Some(ns.clone());
+    settings.graphql_max_retries = 0;
+    let cancel = CancellationToken::new();
+    let config = cp.config(&User::Admin).await.unwrap();
+    kco::operator::start(settings, config, cancel.clone())
+        .await
+        .unwrap();
+    Bed {
+        ns,
+        client,
+        sim,
+        nodes,
+        cancel,
+    }
+}
+
+impl Bed {
+    async fn apply(&self, spec: Value) {
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "mina"}, "spec": spec
+        }))
+        .unwrap();
+        let apps: Api<TargetApp> = Api::namespaced(self.client.clone(), &self.ns);
+        apps.patch(
+            "mina",
+            &PatchParams::apply("kco-test").force(),
+            &Patch::Apply(&app),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn set_state(&self, node: usize, sync: SyncStatus) {
+        let patch = StatePatch {
+            sync_status: Some(sync),
+            ..Default::default()
+        };
+        self.sim.patch_state(self.nodes[node], patch).await.unwrap();
+    }
+
+    async fn wait_event(&self, secs: u64, reason: &str, needle: &str) -> String {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let notes: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter(|e| {
+                    e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("TargetApp")
+                })
+                .filter_map(|e| e.note)
+                .collect();
+            if let Some(note) = notes.iter().find(|n| n.contains(needle)) {
+                return note.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event mentioning {needle:?}; have {notes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn pod_exists(&self, name: &str) -> bool {
+        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+            .get_opt(name)
+            .await
+            .unwrap()
+            .is_some()
+    }
+}
+
+fn rule(name: &str, sync: &str, action: &str, parameters: Value) -> Value {
+    json!({"name": name, "action": action, "parameters": parameters, "cooldown": "1h",
+           "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": sync}})
+}
+
+#[tokio::test]
+async fn restart_pod_evicts_the_pod_that_fired_and_a_pdb_refusal_is_reported() {
+    let bed = bed("act-restart").await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": "kco-actions",
+                     "actions": [rule("offline", "OFFLINE", "restart_pod", json!({"gracePeriod": 0}))]}))
+        .await;
+    bed.set_state(1, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionSucceeded", "mina-1").await;
+    assert!(
+        note.contains(&format!("evict pod {}/mina-1", bed.ns)),
+        "{note}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.pod_exists("mina-1").await {
+        assert!(
+            Instant::now() < deadline,
+            "mina-1 should be gone after its eviction"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        bed.pod_exists("mina-0").await && bed.pod_exists("mina-2").await,
+        "only the pod that fired"
+    );
+
+    // A PodDisruptionBudget that forbids the eviction: the refusal is reported.
+    let pdbs: Api<DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        &bed.ns,
+        &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+        )),
+    );
+    let pdb: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "mina"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "mina"}}}
+    }))
+    .unwrap();
+    let created = pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    // No controller-manager runs here: set the status its disruption controller would.
+    let status = json!({"status": {"observedGeneration": created.metadata.generation, "disruptionsAllowed": 0,
+                                   "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2}});
+    pdbs.patch_status("mina", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    bed.set_state(2, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionFailed", "mina-2").await;
+    assert!(
+        note.contains("(refused)") && note.contains("disruption budget"),
+        "{note}"
+    );
+    assert!(
+        bed.pod_exists("mina-2").await,
+        "a refused eviction leaves the pod"
+    );
+}
+
+#[tokio::test]
+async fn actions_run_with_the_service_account_rights_only_and_dry_run_changes_nothing() {
+    let bed = bed("act-rbac").await;
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": "no-rights",
+                     "actions": [rule("offline", "OFFLINE", "restart_pod", json!({}))]}),
+    )
+    .await;
+    bed.set_state(0, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionFailed", "mina-0").await;
+    assert!(note.contains("(forbidden)"), "{note}");
+    assert!(
+        note.contains("system:serviceaccount:")
+            && note.contains("no-rights")
+            && note.contains("pods/eviction"),
+        "{note}"
+    );
+    assert!(bed.pod_exists("mina-0").await, "nothing changed");
+
+    // No service account at all: refused, never run with the operator's rights.
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "actions": [rule("offline2", "OFFLINE", "restart_pod", json!({}))]}),
+    )
+    .await;
+    let note = bed
+        .wait_event(20, "ActionFailed", "serviceAccountName is not set")
+        .await;
+    assert!(note.contains("mina-0"), "{note}");
+
+    // Dry run with an account that may: the apiserver accepts, nothing changes.
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "dryRun": true,
+                     "serviceAccountName": "kco-actions",
+                     "actions": [rule("offline3", "OFFLINE", "restart_pod", json!({"strategy": "delete"}))]}))
+        .await;
+    let note = bed
+        .wait_event(20, "ActionSkipped", "dry run of restart_pod for mina-0")
+        .await;
+    assert!(
+        note.contains("delete pod") && note.contains("nothing changed"),
+        "{note}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(bed.pod_exists("mina-0").await, "a dry run deletes nothing");
+}
+
+#[tokio::test]
+async fn scale_and_patch_change_their_objects_within_bounds() {
+    let bed = bed("act-scale").await;
+    let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let flags: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "mina-flags"}, "data": {"mode": "normal"}}),
+    )
+    .unwrap();
+    configmaps
+        .create(&PostParams::default(), &flags)
+        .await
+        .unwrap();
+
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": "kco-actions",
+                     "actions": [
+                        rule("scale-up", "CATCHUP", "scale_deployment", json!({"name": "web", "delta": 5, "max": 3})),
+                        rule("flag", "OFFLINE", "patch_resource",
+                             json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "mina-flags",
+                                    "patch": {"data": {"mode": "degraded"}}}))
+                     ]}))
+        .await;
+    bed.set_state(0, SyncStatus::Catchup).await;
+    let note = bed
+        .wait_event(20, "ActionSucceeded", "scale_deployment")
+        .await;
+    assert!(note.contains("1 -> 3 replicas"), "clamped to max 3: {note}");
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(3)
+    );
+
+    bed.set_state(1, SyncStatus::Offline).await;
+    bed.wait_event(20, "ActionSucceeded", "patch_resource")
+        .await;
+    let data = configmaps.get("mina-flags").await.unwrap().data.unwrap();
+    assert_eq!(data["mode"], "degraded");
+}
+
+#[tokio::test]
+async fn two_dispatchers_racing_on_one_firing_run_one_action() {
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace("act-race").await;
+    let client = cp.admin().await;
+    for i in 0..2 {
+        let pod = fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"}));
+        fixtures::create_running_pod(&client, &ns, &pod, fixtures::loopback_ip()).await;
+    }
+    let apps: Api<TargetApp> = Api::namespaced(client.clone(), &ns);
+    let app: TargetApp = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp", "metadata": {"name": "mina"},
+        "spec": {"selector": {"matchLabels": {"app": "mina"}}, "serviceAccountName": "default",
+                 "actions": [rule("offline", "OFFLINE", "restart_pod", json!({"strategy": "delete"}))]}
+    }))
+    .unwrap();
+    let app = Arc::new(apps.create(&PostParams::default(), &app).await.unwrap());
+    // The impersonated `default` account may delete pods here.
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: deleter, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [pods], verbs: [get, delete]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: deleter, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: deleter}}\n\
+         subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]\n"
+    );
+    let file = cp.dir.join(format!("{ns}-deleter.yaml"));
+    std::fs::write(&file, role).unwrap();
+    assert!(
+        cp.kubectl(&User::Admin)
+            .unwrap()
+            .args(["apply", "-f"])
+            .arg(&file)
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // RBAC informer catch-up
+
+    let config = cp.config(&User::Admin).await.unwrap();
+    let firing = || Firing {
+        app: app.clone(),
+        rule_name: "offline".into(),
+        rule: app.spec.actions[0].clone(),
+        cooldown: Duration::from_secs(300),
+        target: "mina-0".into(),
+        pod: Some("mina-0".into()),
+        state: None,
+        correlation_id: "race".into(),
+        now: k8s_openapi::jiff::Timestamp::now(),
+    };
+    let one = Dispatcher::new(client.clone(), config.clone(), Duration::from_secs(10));
+    let two = Dispatcher::new(client.clone(), config, Duration::from_secs(10));
+    let (a, b) = tokio::join!(one.dispatch(firing()), two.dispatch(firing()));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let ran: Vec<_> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Dispatched::Ran { result: Ok(_), .. }))
+        .collect();
+    let skipped = outcomes
+        .iter()
+        .filter(|o| matches!(o, Dispatched::Skipped(_)))
+        .count();
+    assert_eq!(
+        (ran.len(), skipped),
+        (1, 1),
+        "exactly one action: {outcomes:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(pods.get_opt("mina-0").await.unwrap().is_none());
+    assert!(pods.get_opt("mina-1").await.unwrap().is_some());
+    let firings = apps.get("mina").await.unwrap().status.unwrap().firings;
+    assert_eq!(firings.len(), 1, "{firings:?}");
+    // A third dispatcher later, inside the cooldown, skips too.
+    assert!(matches!(
+        one.dispatch(firing()).await.unwrap(),
+        Dispatched::Skipped(kco::actions::Skip::Cooldown { .. })
+    ));
+}
