@@ -76,6 +76,12 @@ fn args() -> Args {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches too, without `--bench`: a measurement
+    // of several minutes is not a test, so it only builds there.
+    if !std::env::args().any(|a| a == "--bench" || a == "--single") {
+        println!("pipeline bench: not run (use `cargo bench --bench pipeline`)");
+        return;
+    }
     let a = args();
     if a.single {
         let runtime = tokio::runtime::Builder::new_multi_thread()
