@@ -40,6 +40,17 @@ pub struct ActionContext {
     pub dry_run: bool,
 }
 
+impl ActionContext {
+    /// Appended to an outcome's message: what a dry run proved.
+    pub fn dry_run_note(&self) -> &'static str {
+        if self.dry_run {
+            " [dry run: accepted by the apiserver, nothing changed]"
+        } else {
+            ""
+        }
+    }
+}
+
 /// What an action did, in words for the `ActionSucceeded` Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

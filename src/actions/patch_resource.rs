@@ -120,11 +120,7 @@ impl Action for PatchResource {
                 message: format!(
                     "{what} ({} patch){}",
                     patch_type.as_deref().unwrap_or("merge"),
-                    if ctx.dry_run {
-                        " [dry run: accepted by the apiserver, nothing changed]"
-                    } else {
-                        ""
-                    }
+                    ctx.dry_run_note()
                 ),
             })
         })

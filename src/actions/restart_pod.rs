@@ -70,11 +70,7 @@ impl Action for RestartPod {
                     grace
                         .map(|g| format!(" (grace period {g}s)"))
                         .unwrap_or_default(),
-                    if ctx.dry_run {
-                        " [dry run: accepted by the apiserver, nothing changed]"
-                    } else {
-                        ""
-                    }
+                    ctx.dry_run_note()
                 ),
             })
         })

@@ -104,11 +104,7 @@ impl Action for ScaleDeployment {
             Ok(Outcome {
                 message: format!(
                     "{what}: {current} -> {target} replicas{}",
-                    if ctx.dry_run {
-                        " [dry run: accepted by the apiserver, nothing changed]"
-                    } else {
-                        ""
-                    }
+                    ctx.dry_run_note()
                 ),
             })
         })
