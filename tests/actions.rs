@@ -101,11 +101,25 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 
+    let config = cp.config(&User::Admin).await.unwrap();
+    // The authorizer learns of new bindings through its informer: wait until it applies.
+    let mut as_actions = config.clone();
+    as_actions.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:kco-actions"));
+    let pods_as_actions: Api<Pod> =
+        Api::namespaced(kube::Client::try_from(as_actions).unwrap(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pods_as_actions.get("mina-0").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the kco-actions binding never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let mut settings = kco::config::Settings::test();
     settings.namespace = Some(ns.clone());
     settings.graphql_max_retries = 0;
     let cancel = CancellationToken::new();
-    let config = cp.config(&User::Admin).await.unwrap();
     kco::operator::start(settings, config, cancel.clone())
         .await
         .unwrap();
@@ -379,9 +393,18 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
             .unwrap()
             .success()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await; // RBAC informer catch-up
-
     let config = cp.config(&User::Admin).await.unwrap();
+    // The authorizer learns of the binding through its informer: wait until it applies.
+    let mut as_default = config.clone();
+    as_default.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:default"));
+    let pods_as_default: Api<Pod> =
+        Api::namespaced(kube::Client::try_from(as_default).unwrap(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pods_as_default.get("mina-1").await.is_err() {
+        assert!(Instant::now() < deadline, "the Role binding never applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let firing = || Firing {
         app: app.clone(),
         rule_name: "offline".into(),

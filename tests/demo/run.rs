@@ -14,7 +14,7 @@ use serde_json::json;
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
 use support::{ControlPlane, User};
 
-const NAMESPACE: &str = "mina-demo";
+const NAMESPACE: &str = "mina";
 const NODES: u32 = 3;
 
 #[tokio::main]
@@ -73,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
     // The CRD, a sample TargetApp, and one operator process watching them.
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     cp.apply_crds(&repo.join("crds"), "targetapps.operator.kco.local")?;
+    // The tenant's action account and its Role, then the sample TargetApp.
+    let role = repo.join("policies/tenant-actions-role.yaml");
+    let applied = cp.kubectl(&User::Admin)?.args(["apply", "-f"]).arg(&role).output()?;
+    anyhow::ensure!(applied.status.success(), "kubectl apply {}: {applied:?}", role.display());
     let sample = repo.join("docs/examples/targetapp-mina.yaml");
     let applied = cp
         .kubectl(&User::Admin)?
@@ -109,7 +113,9 @@ async fn main() -> anyhow::Result<()> {
          alias kubectl={kubectl}\n  \
          kubectl get pods,targetapps -n {NAMESPACE} -o wide\n  \
          kubectl events -n {NAMESPACE} --watch\n\n\
-         Take a node offline and watch StateChanged and TriggerFired appear:\n\n  \
+         The last node lags behind: after 15 s its `lagging` rule fires and KCO evicts its pod\n\
+         (ActionSucceeded). Take another node offline and watch StateChanged, TriggerFired and\n\
+         the restart appear:\n\n  \
          curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n\n\
          Or make it fail (PollFailed), then heal it (PollRecovered):\n\n  \
          curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n  \
