@@ -353,6 +353,24 @@ async fn scale_and_patch_change_their_objects_within_bounds() {
         .await;
     let data = configmaps.get("mina-flags").await.unwrap().data.unwrap();
     assert_eq!(data["mode"], "degraded");
+
+    // A patch aimed at another namespace is refused before anything is sent.
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": "kco-actions",
+                     "actions": [rule("elsewhere", "BOOTSTRAP", "patch_resource",
+                             json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "mina-flags", "namespace": "kube-system",
+                                    "patch": {"data": {"mode": "hijacked"}}}))]}))
+        .await;
+    bed.set_state(2, SyncStatus::Bootstrap).await;
+    let note = bed.wait_event(20, "ActionFailed", "rule elsewhere").await;
+    assert!(
+        note.contains("(invalid)") && note.contains("parameters.namespace"),
+        "{note}"
+    );
+    assert_eq!(
+        configmaps.get("mina-flags").await.unwrap().data.unwrap()["mode"],
+        "degraded"
+    );
 }
 
 #[tokio::test]

@@ -75,8 +75,16 @@ async fn main() -> anyhow::Result<()> {
     cp.apply_crds(&repo.join("crds"), "targetapps.operator.kco.local")?;
     // The tenant's action account and its Role, then the sample TargetApp.
     let role = repo.join("policies/tenant-actions-role.yaml");
-    let applied = cp.kubectl(&User::Admin)?.args(["apply", "-f"]).arg(&role).output()?;
-    anyhow::ensure!(applied.status.success(), "kubectl apply {}: {applied:?}", role.display());
+    let applied = cp
+        .kubectl(&User::Admin)?
+        .args(["apply", "-f"])
+        .arg(&role)
+        .output()?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply {}: {applied:?}",
+        role.display()
+    );
     let sample = repo.join("docs/examples/targetapp-mina.yaml");
     let applied = cp
         .kubectl(&User::Admin)?
