@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod crds;

@@ -1,0 +1,515 @@
+//! The state query against a GraphQL schema, and trigger paths against the query:
+//! which response paths the query selects, with which schema types, so that a
+//! trigger can be checked before anything is polled.
+
+use std::collections::BTreeMap;
+
+use apollo_compiler::executable::{Selection, SelectionSet};
+use apollo_compiler::schema::ExtendedType;
+use apollo_compiler::validation::Valid;
+use apollo_compiler::{ExecutableDocument, Schema};
+use serde_json::Value;
+
+use crate::targetapp::ConditionKind;
+use crate::triggers::{FieldPath, Num, Segment};
+
+/// Scalars whose values are numbers, whether they travel as JSON numbers (Int,
+/// Float) or as strings of digits (Mina's).
+const NUMERIC_SCALARS: &[&str] = &[
+    "Int",
+    "Float",
+    "UInt32",
+    "UInt64",
+    "Length",
+    "Balance",
+    "Amount",
+    "Fee",
+    "Slot",
+    "Epoch",
+    "Globalslot",
+    "GlobalSlotSinceGenesis",
+    "GlobalSlotSinceHardFork",
+    "GlobalSlotSpan",
+    "AccountNonce",
+    "Index",
+    "BlockTime",
+];
+
+/// A schema to check queries against. Real-world schemas (Mina's) are not always
+/// spec-valid, so the schema is parsed leniently and assumed valid.
+pub struct QuerySchema {
+    schema: Valid<Schema>,
+}
+
+impl QuerySchema {
+    /// Parses SDL, keeping what parses.
+    pub fn from_sdl(sdl: &str) -> Self {
+        let schema = match Schema::parse(sdl, "schema.graphql") {
+            Ok(schema) => schema,
+            Err(with_errors) => with_errors.partial,
+        };
+        Self {
+            schema: Valid::assume_valid(schema),
+        }
+    }
+
+    /// The embedded Mina schema.
+    pub fn mina() -> Self {
+        Self::from_sdl(crate::schema::MINA_SDL)
+    }
+}
+
+/// What a leaf of the query result is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafType {
+    /// Members of the enum.
+    Enum {
+        name: String,
+        values: Vec<String>,
+    },
+    Boolean,
+    /// A numeric scalar (see `NUMERIC_SCALARS`).
+    Number {
+        scalar: String,
+    },
+    /// String and other scalars.
+    Text {
+        scalar: String,
+    },
+    /// A list of leaves (for `contains`, `in` on the list itself is not allowed).
+    List(Box<LeafType>),
+    /// An object: not a leaf.
+    Object {
+        name: String,
+    },
+}
+
+/// A response node of the query: its type (`[Peer!]!`) and its selected children.
+#[derive(Debug, Clone)]
+struct Node {
+    ty: apollo_compiler::ast::Type,
+    children: BTreeMap<String, Node>,
+}
+
+/// What a valid state query selects.
+#[derive(Debug, Clone)]
+pub struct QueryShape {
+    root: BTreeMap<String, Node>,
+    leaf_types: BTreeMap<String, LeafType>,
+}
+
+/// Checks that `query` parses, is valid against `schema`, holds exactly one
+/// operation, and that it is a query. Returns every problem found.
+pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<String>> {
+    let document = match ExecutableDocument::parse_and_validate(&schema.schema, query, "stateQuery")
+    {
+        Ok(document) => document,
+        Err(with_errors) => {
+            return Err(with_errors
+                .errors
+                .iter()
+                .map(|d| d.error.to_string())
+                .collect());
+        }
+    };
+    let operations: Vec<_> = document.operations.iter().collect();
+    let operation = match operations.as_slice() {
+        [one] => *one,
+        [] => return Err(vec!["the query has no operation".to_owned()]),
+        many => {
+            return Err(vec![format!(
+                "the query has {} operations; exactly one is polled",
+                many.len()
+            )]);
+        }
+    };
+    if operation.operation_type != apollo_compiler::ast::OperationType::Query {
+        return Err(vec![format!(
+            "the operation is a {}; only a query is polled (mutations and subscriptions are refused)",
+            operation.operation_type
+        )]);
+    }
+    let mut shape = QueryShape {
+        root: BTreeMap::new(),
+        leaf_types: BTreeMap::new(),
+    };
+    collect(&document, &operation.selection_set, &mut shape.root, 0);
+    let mut leaf_types = BTreeMap::new();
+    let names: Vec<String> = schema
+        .schema
+        .types
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    for name in names {
+        if let Some(leaf) = leaf_of_named(&schema.schema, &name) {
+            leaf_types.insert(name, leaf);
+        }
+    }
+    shape.leaf_types = leaf_types;
+    Ok(shape)
+}
+
+/// Flattens fields, fragment spreads and inline fragments into response keys.
+fn collect(
+    document: &ExecutableDocument,
+    set: &SelectionSet,
+    into: &mut BTreeMap<String, Node>,
+    depth: usize,
+) {
+    // Validation already refuses fragment cycles; the depth bound is belt and braces.
+    if depth > 64 {
+        return;
+    }
+    for selection in &set.selections {
+        match selection {
+            Selection::Field(field) => {
+                let node = into
+                    .entry(field.response_key().to_string())
+                    .or_insert_with(|| Node {
+                        ty: field.definition.ty.clone(),
+                        children: BTreeMap::new(),
+                    });
+                collect(
+                    document,
+                    &field.selection_set,
+                    &mut node.children,
+                    depth + 1,
+                );
+            }
+            Selection::FragmentSpread(spread) => {
+                if let Some(fragment) = document.fragments.get(&spread.fragment_name) {
+                    collect(document, &fragment.selection_set, into, depth + 1);
+                }
+            }
+            Selection::InlineFragment(inline) => {
+                collect(document, &inline.selection_set, into, depth + 1)
+            }
+        }
+    }
+}
+
+fn leaf_of_named(schema: &Schema, name: &str) -> Option<LeafType> {
+    match schema.types.get(name)? {
+        ExtendedType::Enum(e) => Some(LeafType::Enum {
+            name: name.to_owned(),
+            values: e.values.keys().map(ToString::to_string).collect(),
+        }),
+        ExtendedType::Scalar(_) if name == "Boolean" => Some(LeafType::Boolean),
+        ExtendedType::Scalar(_) if NUMERIC_SCALARS.contains(&name) => Some(LeafType::Number {
+            scalar: name.to_owned(),
+        }),
+        ExtendedType::Scalar(_) => Some(LeafType::Text {
+            scalar: name.to_owned(),
+        }),
+        _ => Some(LeafType::Object {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+impl QueryShape {
+    fn leaf(&self, ty: &apollo_compiler::ast::Type) -> LeafType {
+        if ty.is_list() {
+            return LeafType::List(Box::new(self.leaf(ty.item_type())));
+        }
+        let name = ty.inner_named_type().as_str();
+        self.leaf_types
+            .get(name)
+            .cloned()
+            .unwrap_or(LeafType::Object {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The type a trigger path reaches, or why it reaches nothing the query selects.
+    pub fn resolve(&self, path: &FieldPath) -> Result<LeafType, String> {
+        if path.is_up() {
+            return Ok(LeafType::Boolean);
+        }
+        let mut children = &self.root;
+        let mut current: Option<apollo_compiler::ast::Type> = None;
+        let mut walked = Vec::new();
+        for segment in path.segments() {
+            match segment {
+                Segment::Key(key) => {
+                    if current.as_ref().is_some_and(|t| t.is_list()) {
+                        return Err(format!(
+                            "{} is a list: index it (`.0`) or count it (`.#`) before `.{key}`",
+                            walked.join(".")
+                        ));
+                    }
+                    let node = children.get(key).ok_or_else(|| {
+                        let at = if walked.is_empty() {
+                            "the query".to_owned()
+                        } else {
+                            walked.join(".")
+                        };
+                        let known: Vec<&str> = children.keys().map(String::as_str).collect();
+                        format!(
+                            "{at} selects no field {key:?} (it selects: {})",
+                            known.join(", ")
+                        )
+                    })?;
+                    current = Some(node.ty.clone());
+                    children = &node.children;
+                }
+                Segment::Index(i) => match &current {
+                    Some(t) if t.is_list() => current = Some(t.item_type().clone()),
+                    _ => {
+                        return Err(format!(
+                            "{} is not a list: `.{i}` cannot index it",
+                            walked.join(".")
+                        ));
+                    }
+                },
+            }
+            walked.push(match segment {
+                Segment::Key(k) => k.to_owned(),
+                Segment::Index(i) => i.to_string(),
+            });
+        }
+        let ty = current.ok_or_else(|| "the path is empty".to_owned())?;
+        if path.is_length() {
+            return if ty.is_list() {
+                Ok(LeafType::Number {
+                    scalar: "Int".to_owned(),
+                })
+            } else {
+                Err(format!(
+                    "{} is not a list: `#` counts lists",
+                    walked.join(".")
+                ))
+            };
+        }
+        Ok(self.leaf(&ty))
+    }
+}
+
+/// Whether `kind` with `value` fits a leaf of type `leaf`; the reason if not.
+pub fn check_condition(
+    kind: ConditionKind,
+    leaf: &LeafType,
+    value: Option<&Value>,
+) -> Result<(), String> {
+    use ConditionKind::*;
+    if let LeafType::Object { name } = leaf
+        && !matches!(kind, Exists | Absent | Changed | Unchanged)
+    {
+        return Err(format!(
+            "the field is an object ({name}), not a value: point the trigger at one of its fields"
+        ));
+    }
+    let ordering = matches!(
+        kind,
+        GreaterThan | GreaterThanOrEqual | LessThan | LessThanOrEqual
+    );
+    if ordering && !matches!(leaf, LeafType::Number { .. }) {
+        return Err(format!(
+            "{} compares numbers; this field is {}",
+            kind.as_str(),
+            describe(leaf)
+        ));
+    }
+    if kind == Contains && !matches!(leaf, LeafType::Text { .. } | LeafType::List(_)) {
+        return Err(format!(
+            "contains needs a string or a list; this field is {}",
+            describe(leaf)
+        ));
+    }
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let values: Vec<&Value> = match (kind, value) {
+        (In | NotIn, Value::Array(items)) => items.iter().collect(),
+        (Equals | NotEquals, v) => vec![v],
+        (Contains, v) => match leaf {
+            LeafType::List(item) => return fits(item, v).map_err(|e| format!("contains: {e}")),
+            _ => vec![v],
+        },
+        _ => return Ok(()),
+    };
+    for v in values {
+        fits(leaf, v)?;
+    }
+    Ok(())
+}
+
+/// Whether a literal `value` can be a value of `leaf`.
+fn fits(leaf: &LeafType, value: &Value) -> Result<(), String> {
+    match leaf {
+        LeafType::Enum { name, values } => match value.as_str() {
+            Some(v) if values.iter().any(|x| x == v) => Ok(()),
+            _ => Err(format!(
+                "{value} is not a value of enum {name} ({})",
+                values.join(", ")
+            )),
+        },
+        LeafType::Boolean if value.is_boolean() => Ok(()),
+        LeafType::Boolean => Err(format!("{value} is not a boolean")),
+        LeafType::Number { .. } if Num::from_value(value).is_some() => Ok(()),
+        LeafType::Number { scalar } => Err(format!("{value} is not a number ({scalar})")),
+        LeafType::Text { .. } if value.is_string() => Ok(()),
+        LeafType::Text { scalar } => Err(format!("{value} is not a string ({scalar})")),
+        LeafType::List(_) => Err(
+            "the field is a list: compare one element (`.0`), its length (`.#`), or use contains"
+                .to_owned(),
+        ),
+        LeafType::Object { name } => Err(format!("the field is an object ({name})")),
+    }
+}
+
+fn describe(leaf: &LeafType) -> String {
+    match leaf {
+        LeafType::Enum { name, .. } => format!("the enum {name}"),
+        LeafType::Boolean => "a Boolean".to_owned(),
+        LeafType::Number { scalar } => format!("a number ({scalar})"),
+        LeafType::Text { scalar } => format!("a {scalar}"),
+        LeafType::List(item) => format!("a list of {}", describe(item)),
+        LeafType::Object { name } => format!("an object ({name})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::targetapp::DEFAULT_STATE_QUERY;
+
+    fn shape(query: &str) -> QueryShape {
+        check_query(&QuerySchema::mina(), query).unwrap()
+    }
+
+    fn path(p: &str) -> FieldPath {
+        p.parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_query_is_valid_against_the_mina_schema() {
+        let s = shape(DEFAULT_STATE_QUERY);
+        assert!(
+            matches!(s.resolve(&path("daemonStatus.syncStatus")), Ok(LeafType::Enum { ref values, .. }) if values.contains(&"SYNCED".to_owned()))
+        );
+        assert_eq!(
+            s.resolve(&path("daemonStatus.blockchainLength")),
+            Ok(LeafType::Number {
+                scalar: "Int".into()
+            })
+        );
+        assert_eq!(
+            s.resolve(&path("daemonStatus.peers.#")),
+            Ok(LeafType::Number {
+                scalar: "Int".into()
+            })
+        );
+        assert_eq!(
+            s.resolve(&path("daemonStatus.peers.0.peerId")),
+            Ok(LeafType::Text {
+                scalar: "String".into()
+            })
+        );
+        assert_eq!(s.resolve(&path("$up")), Ok(LeafType::Boolean));
+    }
+
+    #[test]
+    fn paths_must_lead_to_what_the_query_selects() {
+        let s = shape(DEFAULT_STATE_QUERY);
+        for (bad, needle) in [
+            ("daemonStatus.chainId", "selects no field \"chainId\""),
+            ("daemonStatus.peers.peerId", "is a list"),
+            ("daemonStatus.syncStatus.#", "is not a list"),
+            ("daemonStatus.uptimeSecs.0", "is not a list"),
+            ("bestChain", "selects no field"),
+        ] {
+            let err = s.resolve(&path(bad)).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn aliases_fragments_and_mina_scalars() {
+        let s = shape(
+            "query { tip: bestChain(maxLength: 1) { ...B } daemonStatus { ... on DaemonStatus { sync: syncStatus } } }
+             fragment B on Block { protocolState { consensusState { blockHeight } } stateHash }",
+        );
+        assert_eq!(
+            s.resolve(&path("tip.0.protocolState.consensusState.blockHeight")),
+            Ok(LeafType::Number {
+                scalar: "Length".into()
+            })
+        );
+        assert_eq!(
+            s.resolve(&path("tip.0.stateHash")),
+            Ok(LeafType::Text {
+                scalar: "StateHash".into()
+            })
+        );
+        assert!(matches!(
+            s.resolve(&path("daemonStatus.sync")),
+            Ok(LeafType::Enum { .. })
+        ));
+        assert!(
+            s.resolve(&path("bestChain")).is_err(),
+            "the alias is the key"
+        );
+    }
+
+    #[test]
+    fn bad_queries_are_refused_with_a_reason() {
+        let schema = QuerySchema::mina();
+        let err = |q: &str| check_query(&schema, q).unwrap_err().join("; ");
+        assert!(err("query { daemonStatus { noSuchField } }").contains("noSuchField"));
+        assert!(
+            err("query { daemonStatus {")
+                .to_lowercase()
+                .contains("expected")
+        );
+        assert!(err("query A { version } query B { syncStatus }").contains("2 operations"));
+        // Valid operations of the wrong kind: refused for their kind, not for their shape.
+        let mutation = err("mutation { startFilteredLog(filter: [\"x\"]) }");
+        assert!(
+            mutation.contains("is a mutation; only a query is polled"),
+            "{mutation}"
+        );
+        let subscription = err("subscription { newSyncUpdate }");
+        assert!(subscription.contains("is a subscription"), "{subscription}");
+    }
+
+    #[test]
+    fn conditions_must_fit_the_leaf_type() {
+        let s = shape(DEFAULT_STATE_QUERY);
+        let leaf = |p: &str| s.resolve(&path(p)).unwrap();
+        use ConditionKind::*;
+        let sync = leaf("daemonStatus.syncStatus");
+        assert!(check_condition(Equals, &sync, Some(&json!("OFFLINE"))).is_ok());
+        assert!(check_condition(In, &sync, Some(&json!(["SYNCED", "CATCHUP"]))).is_ok());
+        let e = check_condition(Equals, &sync, Some(&json!("DOWN"))).unwrap_err();
+        assert!(e.contains("not a value of enum SyncStatus"), "{e}");
+        assert!(check_condition(NotIn, &sync, Some(&json!(["SYNCED", "ASLEEP"]))).is_err());
+        assert!(
+            check_condition(GreaterThan, &sync, Some(&json!(1)))
+                .unwrap_err()
+                .contains("compares numbers")
+        );
+        let height = leaf("daemonStatus.blockchainLength");
+        assert!(check_condition(LessThan, &height, Some(&json!(10))).is_ok());
+        assert!(
+            check_condition(Equals, &height, Some(&json!("1000"))).is_ok(),
+            "digit strings are numbers"
+        );
+        assert!(check_condition(Equals, &height, Some(&json!("tall"))).is_err());
+        let up = leaf("$up");
+        assert!(check_condition(Equals, &up, Some(&json!(false))).is_ok());
+        assert!(check_condition(Equals, &up, Some(&json!("false"))).is_err());
+        let peers = s.resolve(&path("daemonStatus.peers")).unwrap();
+        assert!(
+            check_condition(Equals, &peers, Some(&json!(1))).is_err(),
+            "{peers:?}"
+        );
+        assert!(check_condition(Exists, &peers, None).is_ok());
+        let peer_id = leaf("daemonStatus.peers.0.peerId");
+        assert!(check_condition(Contains, &peer_id, Some(&json!("12D3"))).is_ok());
+        assert!(check_condition(Contains, &height, Some(&json!(1))).is_err());
+    }
+}
