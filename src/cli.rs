@@ -40,6 +40,17 @@ pub enum Command {
     /// Work with GraphQL schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Check TargetApp manifests offline, as the admission webhook would (exit 0: all
+    /// accepted, 1: some rejected, 2: usage or read error).
+    Validate {
+        /// YAML or JSON files, each with one or more documents.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The schema for TargetApps whose schema comes from a ConfigMap (SDL or
+        /// introspection JSON); the built-in Mina schema is used otherwise.
+        #[arg(long)]
+        schema: Option<PathBuf>,
+    },
     /// Print the CustomResourceDefinitions as YAML (`kco crds | kubectl apply -f -`).
     Crds {
         /// Write one file per CRD into this directory instead.
@@ -103,6 +114,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+        Command::Validate { files, schema } => validate_files(&files, schema.as_deref()),
     }
 }
 
@@ -217,4 +229,94 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     simulator::wait_for_shutdown_signal().await;
     sim.shutdown().await;
     Ok(())
+}
+
+fn validate_files(files: &[PathBuf], schema: Option<&std::path::Path>) -> ExitCode {
+    use crate::admission::{Validator, query::QuerySchema, validate::parse_targetapp};
+    let custom = match schema {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if text.trim_start().starts_with('{') => {
+                match schema::import_introspection(&text) {
+                    Ok(imported) => Some(QuerySchema::from_sdl(&imported.sdl)),
+                    Err(e) => {
+                        eprintln!("kco: {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            Ok(sdl) => Some(QuerySchema::from_sdl(&sdl)),
+            Err(e) => {
+                eprintln!("kco: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let validator = Validator::new();
+    let mut rejected = false;
+    for file in files {
+        let name = file.display();
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("kco: cannot read {name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(&text) {
+            Ok(documents) => documents,
+            Err(e) => {
+                println!("{name}: not valid YAML: {e}");
+                rejected = true;
+                continue;
+            }
+        };
+        for document in documents.into_iter().filter(|d| !d.is_null()) {
+            let kind = document
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("(no kind)")
+                .to_owned();
+            let object = format!(
+                "{}/{}",
+                document
+                    .pointer("/metadata/namespace")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default"),
+                document
+                    .pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("(no name)")
+            );
+            if kind != "TargetApp" {
+                println!("{name}: {kind} {object}: skipped (not a TargetApp)");
+                continue;
+            }
+            let app = match parse_targetapp(document) {
+                Ok(app) => app,
+                Err(e) => {
+                    println!("{name}: {object}: {e}");
+                    rejected = true;
+                    continue;
+                }
+            };
+            let verdict = validator.validate(&app, custom.as_ref());
+            for warning in &verdict.warnings {
+                println!("{name}: {object}: warning: {warning}");
+            }
+            if verdict.accepted() {
+                println!("{name}: {object}: accepted");
+            } else {
+                rejected = true;
+                for problem in &verdict.problems {
+                    println!("{name}: {object}: {problem}");
+                }
+            }
+        }
+    }
+    if rejected {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -354,7 +354,8 @@ async fn scale_and_patch_change_their_objects_within_bounds() {
     let data = configmaps.get("mina-flags").await.unwrap().data.unwrap();
     assert_eq!(data["mode"], "degraded");
 
-    // A patch aimed at another namespace is refused before anything is sent.
+    // A patch aimed at another namespace is refused before anything is sent: the
+    // monitor runs the admission checks too, so the TargetApp fails with the reason.
     bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
                      "serviceAccountName": "kco-actions",
                      "actions": [rule("elsewhere", "BOOTSTRAP", "patch_resource",
@@ -362,11 +363,29 @@ async fn scale_and_patch_change_their_objects_within_bounds() {
                                     "patch": {"data": {"mode": "hijacked"}}}))]}))
         .await;
     bed.set_state(2, SyncStatus::Bootstrap).await;
-    let note = bed.wait_event(20, "ActionFailed", "rule elsewhere").await;
-    assert!(
-        note.contains("(invalid)") && note.contains("parameters.namespace"),
-        "{note}"
-    );
+    let apps: Api<TargetApp> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = apps.get("mina").await.unwrap().status.unwrap_or_default();
+        let message = status
+            .conditions
+            .first()
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        if status.phase == Some(kco::targetapp::Phase::Failed) {
+            assert!(
+                message.contains("spec.actions[0].parameters.namespace"),
+                "{message}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TargetApp should fail on the foreign namespace: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         configmaps.get("mina-flags").await.unwrap().data.unwrap()["mode"],
         "degraded"

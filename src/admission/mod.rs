@@ -7,3 +7,6 @@
 //! still to come.
 
 pub mod query;
+pub mod validate;
+
+pub use validate::{Problem, Validator, Verdict};

@@ -66,7 +66,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
         .timeout_seconds
         .map(|s| Duration::from_secs(u64::from(s)))
         .unwrap_or(ctx.settings.graphql_timeout);
-    let compiled = triggers::compile(&spec.actions);
+    let rules = triggers::compile(&spec.actions).unwrap_or_default();
     let mut monitor = Monitor {
         reference: app.object_ref(&()),
         firings: app
@@ -74,7 +74,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
             .as_ref()
             .map(|s| s.firings.clone())
             .unwrap_or_default(),
-        rules: compiled.clone().unwrap_or_default(),
+        rules,
         fields: BTreeSet::new(),
         schedule: Schedule {
             interval,
@@ -95,17 +95,16 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
     };
     monitor.fields = triggers::referenced_fields(&monitor.rules);
 
-    let invalid = match (&compiled, problems(&app)) {
-        (Err(found), _) => Some(
-            found
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        (Ok(_), Some(problem)) => Some(problem),
-        _ => None,
-    };
+    // The admission checks again: objects stored before the webhook, or past it.
+    let verdict = monitor.ctx.validator.validate(&app, None);
+    let invalid = (!verdict.accepted()).then(|| {
+        verdict
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if invalid.is_some() || app.spec.suspend {
@@ -137,25 +136,6 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
     }
     for running in monitor.loops.values() {
         running.cancel.cancel();
-    }
-}
-
-/// Problems that make a spec impossible to monitor, beyond the rules.
-fn problems(app: &TargetApp) -> Option<String> {
-    let spec = &app.spec;
-    if spec.ca_secret_ref.is_some() {
-        // Refused rather than ignored: polling with the system roots instead would
-        // fail every poll with a certificate error that hides the real cause.
-        return Some("spec.caSecretRef: a CA bundle from a Secret is not supported yet".to_owned());
-    }
-    if discovery::is_absolute(&spec.graphql_endpoint) {
-        return None;
-    }
-    match &spec.selector {
-        None => Some("spec.selector: required when graphqlEndpoint is a path".to_owned()),
-        Some(selector) => discovery::selector_query(selector)
-            .err()
-            .map(|e| format!("spec.selector: {e}")),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Context {
     pub client: kube::Client,
     /// Fences firings and runs actions as the tenant's service account.
     pub dispatcher: crate::actions::Dispatcher,
+    /// The same checks as admission, for TargetApps stored before (or without) it.
+    pub validator: Arc<crate::admission::Validator>,
     pub poller: poll::Poller,
     pub metrics: Metrics,
     pub settings: Settings,
@@ -100,6 +102,7 @@ impl Context {
             settings.action_execution_timeout,
         );
         Ok(Arc::new(Self {
+            validator: Arc::new(crate::admission::Validator::new()),
             dispatcher,
             client,
             poller,

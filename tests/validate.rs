@@ -1,0 +1,102 @@
+//! `kco validate`: the admission checks offline, with the exit codes scripts rely on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::process::Command;
+
+fn kco(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kco"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_documented_example_is_accepted() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/targetapp-mina.yaml"
+    );
+    let (code, stdout, _) = kco(&["validate", example]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.ends_with("default/mina: accepted\n"), "{stdout}");
+}
+
+#[test]
+fn rejections_name_the_field_and_the_reason_one_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("apps.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: good, namespace: chain}
+spec:
+  selector: {matchLabels: {app: mina}}
+---
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: bad, namespace: chain}
+spec:
+  graphqlEndpoint: http://169.254.169.254/graphql
+  stateQuery: "mutation { startFilteredLog(filter: [\"x\"]) }"
+  actions:
+  - trigger: {field: daemonStatus.syncStatus, condition: lessThan, value: 3}
+    action: scale_deployment
+    parameters: {replicas: 2, delta: 1}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+"#,
+    )
+    .unwrap();
+    let (code, stdout, _) = kco(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with("chain/good: accepted")),
+        "{stdout}"
+    );
+    for expected in [
+        "chain/bad: spec.graphqlEndpoint: 169.254.169.254 is a link-local",
+        "chain/bad: spec.stateQuery: the operation is a mutation",
+        "chain/bad: spec.actions[0].parameters.name: is required",
+        "chain/bad: spec.actions[0].parameters.delta: give either replicas or delta",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ConfigMap default/unrelated: skipped")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn unreadable_files_and_broken_yaml_are_told_apart() {
+    let (code, _, stderr) = kco(&["validate", "/nonexistent/apps.yaml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("cannot read /nonexistent/apps.yaml"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "kind: TargetApp\nspec: [unclosed\n").unwrap();
+    let (code, stdout, _) = kco(&["validate", broken.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("not valid YAML"), "{stdout}");
+    let (code, _, _) = kco(&["validate"]);
+    assert_eq!(code, Some(2), "no file is a usage error");
+}
