@@ -5,64 +5,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::api::events::v1::Event;
 use kco::actions::{Dispatched, Dispatcher, Firing};
-use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
+use kco::simulator::SyncStatus;
 use kco::targetapp::TargetApp;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::fixtures::{self, MINA_GRAPHQL_PORT};
+use support::bed::Bed;
+use support::fixtures;
 use support::{ControlPlane, User};
-use tokio_util::sync::CancellationToken;
-
-struct Bed {
-    ns: String,
-    client: kube::Client,
-    sim: Simulator,
-    nodes: Vec<SocketAddr>,
-    cancel: CancellationToken,
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
 
 /// Three simulated Mina pods, a `kco-actions` service account with the rights the
 /// built-in actions need, one without any (`no-rights`), and an operator.
 async fn bed(prefix: &str) -> Bed {
-    kco::tls::install_crypto_provider();
-    let cp = ControlPlane::shared();
-    cp.install_kco_crds();
-    let ns = cp.namespace(prefix).await;
-    let client = cp.admin().await;
-    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let ip = fixtures::loopback_ip();
-        nodes.push(
-            sim.add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
-                .await
-                .unwrap()
-                .address,
-        );
-        fixtures::create_running_pod(
-            &client,
-            &ns,
-            &fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"})),
-            ip,
-        )
-        .await;
-    }
+    let mut bed = Bed::new(prefix, 3).await;
+    let (cp, ns) = (bed.cp, bed.ns.clone());
     let manifests = format!(
         r#"
 apiVersion: v1
@@ -116,81 +77,8 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let mut settings = kco::config::Settings::test();
-    settings.namespace = Some(ns.clone());
-    settings.graphql_max_retries = 0;
-    let cancel = CancellationToken::new();
-    kco::operator::start(settings, config, cancel.clone())
-        .await
-        .unwrap();
-    Bed {
-        ns,
-        client,
-        sim,
-        nodes,
-        cancel,
-    }
-}
-
-impl Bed {
-    async fn apply(&self, spec: Value) {
-        let app: TargetApp = serde_json::from_value(json!({
-            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
-            "metadata": {"name": "mina"}, "spec": spec
-        }))
-        .unwrap();
-        let apps: Api<TargetApp> = Api::namespaced(self.client.clone(), &self.ns);
-        apps.patch(
-            "mina",
-            &PatchParams::apply("kco-test").force(),
-            &Patch::Apply(&app),
-        )
-        .await
-        .unwrap();
-    }
-
-    async fn set_state(&self, node: usize, sync: SyncStatus) {
-        let patch = StatePatch {
-            sync_status: Some(sync),
-            ..Default::default()
-        };
-        self.sim.patch_state(self.nodes[node], patch).await.unwrap();
-    }
-
-    async fn wait_event(&self, secs: u64, reason: &str, needle: &str) -> String {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let notes: Vec<String> = events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .filter(|e| {
-                    e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("TargetApp")
-                })
-                .filter_map(|e| e.note)
-                .collect();
-            if let Some(note) = notes.iter().find(|n| n.contains(needle)) {
-                return note.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {reason} Event mentioning {needle:?}; have {notes:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn pod_exists(&self, name: &str) -> bool {
-        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
-            .get_opt(name)
-            .await
-            .unwrap()
-            .is_some()
-    }
+    bed.start_operator(|s| s.graphql_max_retries = 0).await;
+    bed
 }
 
 fn rule(name: &str, sync: &str, action: &str, parameters: Value) -> Value {

@@ -5,181 +5,27 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kco::simulator::{Faults, NodeState, Simulator, StatePatch, SyncStatus};
-use kco::targetapp::{Phase, TargetApp};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kco::simulator::{Faults, NodeState, SyncStatus};
+use kco::targetapp::Phase;
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
+use support::bed::Bed;
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
 use support::{ControlPlane, User};
-use tokio_util::sync::CancellationToken;
 
-struct Bed {
-    ns: String,
-    client: kube::Client,
-    sim: Simulator,
-    nodes: Vec<SocketAddr>,
-    admin: SocketAddr,
-    cancel: CancellationToken,
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// A namespace with `pods` simulated Mina pods (`mina-0`...) and an operator for it.
+/// The bed, with an operator whose polls time out fast and are not retried.
 async fn bed(prefix: &str, pods: usize) -> Bed {
-    kco::tls::install_crypto_provider();
-    let cp = ControlPlane::shared();
-    cp.install_kco_crds();
-    let ns = cp.namespace(prefix).await;
-    let client = cp.admin().await;
-    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut nodes = Vec::new();
-    for i in 0..pods {
-        let ip = fixtures::loopback_ip();
-        let node = sim
-            .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
-            .await
-            .unwrap();
-        nodes.push(node.address);
-        let pod = fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"}));
-        fixtures::create_running_pod(&client, &ns, &pod, ip).await;
-    }
-    let mut settings = kco::config::Settings::test();
-    settings.namespace = Some(ns.clone());
-    settings.graphql_timeout = Duration::from_millis(700);
-    settings.graphql_max_retries = 0;
-    let cancel = CancellationToken::new();
-    let config = cp.config(&User::Admin).await.unwrap();
-    let running = kco::operator::start(settings, config, cancel.clone())
-        .await
-        .unwrap();
-    Bed {
-        ns,
-        client,
-        sim,
-        nodes,
-        admin: running.admin_addr,
-        cancel,
-    }
-}
-
-impl Bed {
-    fn apps(&self) -> Api<TargetApp> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn apply(&self, spec: Value) {
-        let app: TargetApp = serde_json::from_value(json!({
-            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
-            "metadata": {"name": "mina"}, "spec": spec
-        }))
-        .unwrap();
-        self.apps()
-            .patch(
-                "mina",
-                &PatchParams::apply("kco-test").force(),
-                &Patch::Apply(&app),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn set_state(&self, node: usize, sync: SyncStatus) {
-        let patch = StatePatch {
-            sync_status: Some(sync),
-            ..Default::default()
-        };
-        self.sim.patch_state(self.nodes[node], patch).await.unwrap();
-    }
-
-    async fn status(&self) -> kco::targetapp::TargetAppStatus {
-        self.apps()
-            .get("mina")
-            .await
-            .unwrap()
-            .status
-            .expect("the TargetApp has a status")
-    }
-
-    /// Waits (up to `secs`) for the TargetApp's status to satisfy `check`.
-    async fn wait_status(
-        &self,
-        secs: u64,
-        what: &str,
-        check: impl Fn(&kco::targetapp::TargetAppStatus) -> bool,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let app = self.apps().get("mina").await.unwrap();
-            if let Some(status) = &app.status
-                && check(status)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status never showed {what}: {:#?}",
-                app.status
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The Events about the TargetApp with `reason`, as (note, count).
-    async fn events(&self, reason: &str) -> Vec<(String, i32)> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("TargetApp"))
-            .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
-            .collect()
-    }
-
-    async fn wait_event(&self, secs: u64, reason: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some((note, _)) = self
-                .events(reason)
-                .await
-                .into_iter()
-                .find(|(n, _)| n.contains(needle))
-            {
-                return note;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {reason} Event mentioning {needle:?}; have {:?}",
-                self.events(reason).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        fixtures::http_client()
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
+    let mut bed = Bed::new(prefix, pods).await;
+    bed.start_operator(|s| {
+        s.graphql_timeout = Duration::from_millis(700);
+        s.graphql_max_retries = 0;
+    })
+    .await;
+    bed
 }
 
 fn offline_rules() -> Value {

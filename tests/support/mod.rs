@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod bed;
 pub mod controlplane;
 pub mod fixtures;
 pub mod pki;

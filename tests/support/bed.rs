@@ -1,0 +1,204 @@
+//! A namespace of simulated Mina pods, with an operator watching it: the test bed
+//! of the monitoring and action tests.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
+use kco::targetapp::{TargetApp, TargetAppStatus};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::fixtures::{self, MINA_GRAPHQL_PORT};
+use super::{ControlPlane, User};
+
+/// `mina-0`, `mina-1`... Ready pods whose IPs reach simulated Mina nodes, in a
+/// namespace of their own; the TargetApp under test is always named `mina`.
+pub struct Bed {
+    pub cp: &'static ControlPlane,
+    pub ns: String,
+    pub client: kube::Client,
+    pub sim: Simulator,
+    pub nodes: Vec<SocketAddr>,
+    /// The operator's admin server, once [`Bed::start_operator`] ran.
+    pub admin: SocketAddr,
+    cancel: CancellationToken,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Bed {
+    /// A namespace starting with `prefix` holding `pods` simulated Mina pods.
+    pub async fn new(prefix: &str, pods: usize) -> Self {
+        kco::tls::install_crypto_provider();
+        let cp = ControlPlane::shared();
+        cp.install_kco_crds();
+        let ns = cp.namespace(prefix).await;
+        let client = cp.admin().await;
+        let sim = match Simulator::start("127.0.0.1:0".parse().expect("an address")).await {
+            Ok(sim) => sim,
+            Err(e) => panic!("simulator: {e}"),
+        };
+        let mut nodes = Vec::new();
+        for i in 0..pods {
+            let ip = fixtures::loopback_ip();
+            match sim
+                .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+                .await
+            {
+                Ok(node) => nodes.push(node.address),
+                Err(e) => panic!("simulated node at {ip}: {e}"),
+            }
+            let pod = fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"}));
+            fixtures::create_running_pod(&client, &ns, &pod, ip).await;
+        }
+        Self {
+            cp,
+            ns,
+            client,
+            sim,
+            nodes,
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Starts an operator (as cluster admin) watching only this namespace, with
+    /// test settings that `tweak` may change.
+    pub async fn start_operator(&mut self, tweak: impl FnOnce(&mut kco::config::Settings)) {
+        let mut settings = kco::config::Settings::test();
+        settings.namespace = Some(self.ns.clone());
+        tweak(&mut settings);
+        let config = match self.cp.config(&User::Admin).await {
+            Ok(config) => config,
+            Err(e) => panic!("admin config: {e}"),
+        };
+        match kco::operator::start(settings, config, self.cancel.clone()).await {
+            Ok(running) => self.admin = running.admin_addr,
+            Err(e) => panic!("operator: {e:#}"),
+        }
+    }
+
+    pub fn apps(&self) -> Api<TargetApp> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn apply(&self, spec: Value) {
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "mina"}, "spec": spec
+        }))
+        .expect("apiserver call");
+        self.apps()
+            .patch(
+                "mina",
+                &PatchParams::apply("kco-test").force(),
+                &Patch::Apply(&app),
+            )
+            .await
+            .expect("apiserver call");
+    }
+
+    pub async fn set_state(&self, node: usize, sync: SyncStatus) {
+        let patch = StatePatch {
+            sync_status: Some(sync),
+            ..Default::default()
+        };
+        self.sim
+            .patch_state(self.nodes[node], patch)
+            .await
+            .expect("apiserver call");
+    }
+
+    pub async fn status(&self) -> TargetAppStatus {
+        self.apps()
+            .get("mina")
+            .await
+            .expect("apiserver call")
+            .status
+            .expect("the TargetApp has a status")
+    }
+
+    /// Waits (up to `secs`) for the TargetApp's status to satisfy `check`.
+    pub async fn wait_status(
+        &self,
+        secs: u64,
+        what: &str,
+        check: impl Fn(&TargetAppStatus) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let app = self.apps().get("mina").await.expect("apiserver call");
+            if let Some(status) = &app.status
+                && check(status)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}: {:#?}",
+                app.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Events about the TargetApp with `reason`, as (note, count).
+    pub async fn events(&self, reason: &str) -> Vec<(String, i32)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("apiserver call")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("TargetApp"))
+            .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+            .collect()
+    }
+
+    pub async fn wait_event(&self, secs: u64, reason: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some((note, _)) = self
+                .events(reason)
+                .await
+                .into_iter()
+                .find(|(n, _)| n.contains(needle))
+            {
+                return note;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} Event mentioning {needle:?}; have {:?}",
+                self.events(reason).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The operator's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        fixtures::http_client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("the admin server answers")
+            .text()
+            .await
+            .expect("the admin server answers")
+    }
+
+    pub async fn pod_exists(&self, name: &str) -> bool {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        pods.get_opt(name).await.expect("apiserver call").is_some()
+    }
+}
