@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::actions::Registry;
+use crate::tenancy::{EndpointPolicy, Quota};
+
 /// `kco run` flags; each also reads the environment variable named beside it.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -41,6 +44,37 @@ pub struct RunArgs {
     /// Only watch TargetApps in this namespace (default: every namespace).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Default tenant quota: the actions tenants may use (comma-separated).
+    #[arg(
+        long,
+        env = "DEFAULT_ALLOWED_ACTIONS",
+        value_delimiter = ',',
+        default_value = "restart_pod,scale_deployment,patch_resource,webhook"
+    )]
+    pub allowed_actions: Vec<String>,
+    /// Default endpoint policy: more hosts absolute GraphQL URLs may name
+    /// (exact or `*.suffix`, comma-separated).
+    #[arg(long, env = "DEFAULT_ENDPOINT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub endpoint_allowed_hosts: Vec<String>,
+    /// Default endpoint policy: address ranges user-supplied URLs may reach even where
+    /// they would be refused (comma-separated CIDRs; for development clusters).
+    #[arg(long, env = "DEFAULT_ENDPOINT_ALLOWED_CIDRS", value_delimiter = ',')]
+    pub endpoint_allowed_cidrs: Vec<String>,
+    /// Default endpoint policy: absolute GraphQL URLs may name any public host.
+    #[arg(long, env = "DEFAULT_ENDPOINT_ALLOW_EXTERNAL", default_value_t = false)]
+    pub endpoint_allow_external: bool,
+    /// Default endpoint policy: when set, the only hosts webhook actions may call
+    /// (exact or `*.suffix`, comma-separated).
+    #[arg(long, env = "DEFAULT_WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub webhook_allowed_hosts: Vec<String>,
+    /// Test hook: answer HOST with IP instead of asking DNS (HOST=IP, repeatable).
+    #[arg(
+        long = "resolve",
+        env = "KCO_RESOLVE",
+        value_delimiter = ',',
+        hide = true
+    )]
+    pub resolve: Vec<String>,
 }
 
 /// Validated settings, built once at start-up and shared read-only.
@@ -55,6 +89,10 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     pub instance: String,
     pub namespace: Option<String>,
+    /// The quota of namespaces no TenantQuota selects.
+    pub default_quota: Quota,
+    /// Host names answered without DNS (tests).
+    pub dns_overrides: Vec<(String, IpAddr)>,
 }
 
 /// A setting that is out of range, with the variable that sets it.
@@ -130,7 +168,54 @@ impl Settings {
             is_dns_label(&instance),
             "must be a DNS label (lower case, digits, '-')",
         )?;
+        let names = Registry::builtin().names();
+        for action in &a.allowed_actions {
+            check(
+                "DEFAULT_ALLOWED_ACTIONS",
+                action,
+                names.contains(&action.as_str()),
+                "not a built-in action",
+            )?;
+        }
+        let mut allowed_cidrs = Vec::new();
+        for cidr in a.endpoint_allowed_cidrs.iter().filter(|c| !c.is_empty()) {
+            match cidr.parse() {
+                Ok(net) => allowed_cidrs.push(net),
+                Err(_) => check(
+                    "DEFAULT_ENDPOINT_ALLOWED_CIDRS",
+                    cidr,
+                    false,
+                    "must be CIDRs such as 10.0.0.0/8",
+                )?,
+            }
+        }
+        let mut dns_overrides = Vec::new();
+        for entry in &a.resolve {
+            match entry
+                .split_once('=')
+                .map(|(h, ip)| (h, ip.parse::<IpAddr>()))
+            {
+                Some((host, Ok(ip))) if !host.is_empty() => {
+                    dns_overrides.push((host.to_ascii_lowercase(), ip))
+                }
+                _ => check("KCO_RESOLVE", entry, false, "must be HOST=IP")?,
+            }
+        }
+        let hosts = |list: &[String]| -> Vec<String> {
+            list.iter().filter(|h| !h.is_empty()).cloned().collect()
+        };
+        let default_quota = Quota {
+            allowed_actions: a.allowed_actions.clone(),
+            endpoint_policy: EndpointPolicy {
+                allowed_hosts: hosts(&a.endpoint_allowed_hosts),
+                allowed_cidrs,
+                allow_external: a.endpoint_allow_external,
+                webhook_allowed_hosts: hosts(&a.webhook_allowed_hosts),
+            },
+        };
         Ok(Self {
+            default_quota,
+            dns_overrides,
             graphql_timeout: Duration::from_secs(a.graphql_timeout),
             graphql_max_retries: a.graphql_max_retries,
             max_response_bytes: a.graphql_max_response_bytes,
@@ -155,6 +240,8 @@ impl Settings {
             kubeconfig: None,
             instance: "kco-test".to_owned(),
             namespace: None,
+            default_quota: Quota::default(),
+            dns_overrides: Vec::new(),
         }
     }
 }
@@ -194,6 +281,7 @@ mod tests {
         assert_eq!(s.default_polling_interval, Duration::from_secs(30));
         assert_eq!(s.admin_address.port(), 8080);
         assert_eq!(s.instance, "kco-7f9c-abcde");
+        assert_eq!(s.default_quota, Quota::default());
     }
 
     #[test]
@@ -215,6 +303,15 @@ mod tests {
             ),
             (&["--metrics-port", "0"][..], "METRICS_PORT"),
             (&["--instance", "Not_A_Label"][..], "POD_NAME"),
+            (
+                &["--allowed-actions", "restart_pod,reboot"][..],
+                "DEFAULT_ALLOWED_ACTIONS",
+            ),
+            (
+                &["--endpoint-allowed-cidrs", "10.0.0.0/33"][..],
+                "DEFAULT_ENDPOINT_ALLOWED_CIDRS",
+            ),
+            (&["--resolve", "example.com"][..], "KCO_RESOLVE"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

@@ -15,5 +15,6 @@ pub mod operator;
 pub mod schema;
 pub mod simulator;
 pub mod targetapp;
+pub mod tenancy;
 pub mod tls;
 pub mod triggers;

@@ -34,6 +34,35 @@ pub async fn cluster_config(settings: &Settings) -> anyhow::Result<kube::Config>
     })
 }
 
+/// The apiserver's addresses, which no user-supplied URL may reach: the host of
+/// the cluster URL (resolved) and, in a pod, the `kubernetes` Service address.
+pub async fn apiserver_addresses(config: &kube::Config) -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    let mut hosts: Vec<String> = config
+        .cluster_url
+        .host()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    if let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") {
+        hosts.push(host);
+    }
+    for host in hosts {
+        let host = host.trim_matches(['[', ']']).to_owned();
+        match host.parse() {
+            Ok(ip) => found.push(ip),
+            Err(_) => {
+                if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 443)).await {
+                    found.extend(addrs.map(|a| a.ip()));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// A started operator.
 pub struct Running {
     /// Where the admin server listens (useful with port 0).
@@ -69,7 +98,9 @@ pub async fn start(
         })?;
 
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let ctx = Context::new(client, config, settings.clone(), metrics)
+    let apiserver = apiserver_addresses(&config).await;
+    tracing::info!(addresses = ?apiserver, "the apiserver's addresses are never a target");
+    let ctx = Context::new(client, config, settings.clone(), metrics, apiserver)
         .context("cannot build the HTTP client")?;
     let listener = tokio::net::TcpListener::bind(settings.admin_address)
         .await

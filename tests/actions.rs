@@ -13,15 +13,22 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kco::actions::{Dispatched, Dispatcher, Firing};
 use kco::simulator::SyncStatus;
 use kco::targetapp::TargetApp;
+use kco::tenancy::{Egress, Quota};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::bed::Bed;
 use support::fixtures;
+use support::receiver::Receiver;
 use support::{ControlPlane, User};
 
 /// Three simulated Mina pods, a `kco-actions` service account with the rights the
 /// built-in actions need, one without any (`no-rights`), and an operator.
 async fn bed(prefix: &str) -> Bed {
+    bed_with(prefix, |_, _| {}).await
+}
+
+/// [`bed`] with operator settings that `tweak` changes.
+async fn bed_with(prefix: &str, tweak: impl FnOnce(&mut kco::config::Settings, &str)) -> Bed {
     let mut bed = Bed::new(prefix, 3).await;
     let (cp, ns) = (bed.cp, bed.ns.clone());
     let manifests = format!(
@@ -77,7 +84,11 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    bed.start_operator(|s| s.graphql_max_retries = 0).await;
+    bed.start_operator(|s| {
+        s.graphql_max_retries = 0;
+        tweak(s, &ns);
+    })
+    .await;
     bed
 }
 
@@ -337,12 +348,26 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         cooldown: Duration::from_secs(300),
         target: "mina-0".into(),
         pod: Some("mina-0".into()),
+        field: "daemonStatus.syncStatus".into(),
+        old: Some(json!("SYNCED")),
+        new: Some(json!("OFFLINE")),
         state: None,
         correlation_id: "race".into(),
         now: k8s_openapi::jiff::Timestamp::now(),
     };
-    let one = Dispatcher::new(client.clone(), config.clone(), Duration::from_secs(10));
-    let two = Dispatcher::new(client.clone(), config, Duration::from_secs(10));
+    let dispatcher = |config: kube::Config| {
+        let quota = Arc::new(Quota::default());
+        let egress = Egress::new(quota.endpoint_policy.clone(), Vec::new(), Arc::default());
+        Dispatcher::new(
+            client.clone(),
+            config,
+            Duration::from_secs(10),
+            quota,
+            egress,
+        )
+    };
+    let one = dispatcher(config.clone());
+    let two = dispatcher(config);
     let (a, b) = tokio::join!(one.dispatch(firing()), two.dispatch(firing()));
     let outcomes = [a.unwrap(), b.unwrap()];
     let ran: Vec<_> = outcomes
@@ -368,4 +393,184 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         one.dispatch(firing()).await.unwrap(),
         Dispatched::Skipped(kco::actions::Skip::Cooldown { .. })
     ));
+}
+
+/// Creates a Secret with one key in the bed's namespace.
+async fn secret(bed: &Bed, name: &str, key: &str, value: &[u8]) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(bed.client.clone(), &bed.ns);
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_owned(), k8s_openapi::ByteString(value.to_vec()))].into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_addresses() {
+    let receiver_ip = std::net::IpAddr::V4(fixtures::loopback_ip());
+    // The receiver stands for a Service of the bed's namespace: the test resolver
+    // answers its name with the receiver's loopback address, which this operator's
+    // default quota allows (and nothing else on loopback). `evil.example.com`
+    // resolves to 127.0.0.1, the apiserver's address.
+    let bed = bed_with("act-hook", |s, ns| {
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(receiver_ip)];
+        s.dns_overrides = vec![
+            (format!("hooks.{ns}.svc"), receiver_ip),
+            ("evil.example.com".to_owned(), "127.0.0.1".parse().unwrap()),
+        ];
+    })
+    .await;
+    let host = format!("hooks.{}.svc", bed.ns);
+    let receiver = Receiver::start(receiver_ip, &host).await;
+    secret(&bed, "kco-webhook-hmac", "key", b"tenant-secret").await;
+    secret(&bed, "kco-webhook-ca", "ca.crt", receiver.ca_pem.as_bytes()).await;
+    let url = format!("https://{host}:{}/kco", receiver.addr.port());
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "serviceAccountName": "kco-actions",
+        "actions": [
+           rule("notify", "OFFLINE", "webhook",
+                json!({"url": url, "headers": {"X-Team": "chain"},
+                       "secretRef": {"name": "kco-webhook-hmac", "key": "key"},
+                       "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}})),
+           rule("retry", "CATCHUP", "webhook",
+                json!({"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}})),
+           rule("evil", "BOOTSTRAP", "webhook",
+                json!({"url": "https://evil.example.com/x"})),
+        ]}),
+    )
+    .await;
+    // Every target polled once (SYNCED) before the state flips: the body then
+    // carries the old value too.
+    bed.wait_status(30, "3/3 up", |s| s.targets_ready.as_deref() == Some("3/3"))
+        .await;
+
+    bed.set_state(1, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionSucceeded", "webhook").await;
+    assert!(
+        note.contains("HTTP 200") && note.contains("attempt 1"),
+        "{note}"
+    );
+    // Later polls see the same state: edge-triggered, nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "exactly once: {got:?}");
+    let request = &got[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/kco")
+    );
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["targetApp"], "mina");
+    assert_eq!(body["namespace"], bed.ns.as_str());
+    assert_eq!(body["pod"], "mina-1");
+    assert_eq!(body["rule"], "notify");
+    assert_eq!(body["field"], "daemonStatus.syncStatus");
+    assert_eq!(body["oldValue"], "SYNCED");
+    assert_eq!(body["newValue"], "OFFLINE");
+    let key = body["idempotencyKey"].as_str().unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(request.headers["idempotency-key"], key);
+    assert_eq!(request.headers["x-team"], "chain");
+    assert_eq!(
+        request.headers["x-kco-signature-256"].to_str().unwrap(),
+        kco::actions::webhook::sign(b"tenant-secret", &request.body),
+        "the body is signed with the tenant's key"
+    );
+    assert!(
+        request.headers.get("authorization").is_none(),
+        "no credential of any kind"
+    );
+
+    // A 503 is retried with the same idempotency key; the receiver sees two copies
+    // of one delivery, and the action succeeds on the second attempt.
+    receiver.fail_next(1);
+    bed.set_state(2, SyncStatus::Catchup).await;
+    let note = bed.wait_event(20, "ActionSucceeded", "attempt 2").await;
+    assert!(note.contains("HTTP 200"), "{note}");
+    let got = receiver.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[1].headers["idempotency-key"],
+        got[2].headers["idempotency-key"]
+    );
+    assert_ne!(got[1].headers["idempotency-key"], key);
+    assert!(
+        got[1].headers.get("x-kco-signature-256").is_none(),
+        "no secretRef, no signature"
+    );
+
+    // A name that resolves to a forbidden address is refused at connect time.
+    bed.set_state(0, SyncStatus::Bootstrap).await;
+    let note = bed.wait_event(20, "ActionFailed", "evil.example.com").await;
+    assert!(
+        note.contains("(not_allowed)") && note.contains("resolves to a forbidden address"),
+        "{note}"
+    );
+    assert_eq!(receiver.received().len(), 3, "nothing else was sent");
+}
+
+#[tokio::test]
+async fn exec_command_runs_as_the_service_account_and_fails_clearly_without_a_kubelet() {
+    let bed = bed_with("act-exec", |s, _| {
+        s.default_quota.allowed_actions.push("exec_command".into());
+    })
+    .await;
+    let exec = |name: &str, sync: &str, account: &str| {
+        (
+            rule(
+                name,
+                sync,
+                "exec_command",
+                json!({"command": ["mina", "client", "status"]}),
+            ),
+            account.to_owned(),
+        )
+    };
+    // Without the right: refused by RBAC, as the impersonated account.
+    let (r, account) = exec("probe", "OFFLINE", "no-rights");
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": account, "actions": [r]}),
+    )
+    .await;
+    bed.set_state(0, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionFailed", "exec").await;
+    assert!(note.contains("(forbidden)"), "{note}");
+    assert!(note.contains("mina-0"), "{note}");
+
+    // With the right: the apiserver accepts the request and then cannot reach a
+    // kubelet (none runs here): a clear failure, not a hang or a panic.
+    let (r, account) = exec("probe2", "CATCHUP", "kco-actions");
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": account, "actions": [r]}),
+    )
+    .await;
+    bed.set_state(1, SyncStatus::Catchup).await;
+    let note = bed.wait_event(20, "ActionFailed", "mina-1").await;
+    assert!(
+        note.contains("exec \"mina client status\" in pod"),
+        "{note}"
+    );
+    assert!(!note.contains("(forbidden)"), "{note}");
+
+    // Dry run: the apiserver is asked whether the account may exec; nothing runs.
+    let (r, account) = exec("probe3", "BOOTSTRAP", "kco-actions");
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "dryRun": true,
+                     "serviceAccountName": account, "actions": [r]}),
+    )
+    .await;
+    bed.set_state(2, SyncStatus::Bootstrap).await;
+    let note = bed.wait_event(20, "ActionSkipped", "mina-2").await;
+    assert!(note.contains("the apiserver allows it"), "{note}");
 }

@@ -531,3 +531,40 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
         "kco run should exit 0 on SIGTERM"
     );
 }
+
+#[tokio::test]
+async fn url_targets_are_polled_only_where_they_resolve_to_allowed_addresses() {
+    let mut bed = Bed::new("mon-url", 1).await;
+    let node = bed.nodes[0];
+    let ns = bed.ns.clone();
+    // `node.<ns>.svc` resolves to the simulated node (a loopback address this
+    // operator's default quota allows); `rebind.<ns>.svc` passes admission by name
+    // but resolves to 127.0.0.1, the apiserver's address.
+    bed.start_operator(|s| {
+        s.graphql_max_retries = 0;
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(node.ip())];
+        s.dns_overrides = vec![
+            (format!("node.{ns}.svc"), node.ip()),
+            (format!("rebind.{ns}.svc"), "127.0.0.1".parse().unwrap()),
+        ];
+    })
+    .await;
+    bed.apply(
+        json!({"graphqlEndpoint": format!("http://node.{ns}.svc:{}/graphql", node.port()),
+                     "pollingInterval": 1}),
+    )
+    .await;
+    bed.wait_status(30, "1/1 up", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+
+    bed.apply(
+        json!({"graphqlEndpoint": format!("http://rebind.{ns}.svc:{}/graphql", node.port()),
+                     "pollingInterval": 1}),
+    )
+    .await;
+    let note = bed.wait_event(20, "PollFailed", "rebind").await;
+    assert!(
+        note.contains("(connect)") && note.contains("resolves to a forbidden address"),
+        "{note}"
+    );
+}

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{ActionContext, ActionError, Outcome, Params, Registry};
 use crate::monitor::status::record_firing;
 use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
+use crate::tenancy::{Egress, Quota};
 
 /// How many times the fence re-reads after a conflict caused by other status writes.
 const FENCE_ATTEMPTS: usize = 5;
@@ -27,6 +28,10 @@ pub struct Firing {
     /// The target's name (pod name, or URL) and its pod, if any.
     pub target: String,
     pub pod: Option<String>,
+    /// The field the rule watches, and its value in the previous and firing polls.
+    pub field: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
     pub state: Option<Value>,
     pub correlation_id: String,
     pub now: Timestamp,
@@ -63,11 +68,22 @@ pub struct Dispatcher {
     config: kube::Config,
     clients: moka::sync::Cache<String, kube::Client>,
     default_timeout: Duration,
+    /// The tenant's quota (allowed actions) and its outbound HTTP.
+    quota: Arc<Quota>,
+    egress: Egress,
 }
 
 impl Dispatcher {
-    pub fn new(operator: kube::Client, config: kube::Config, default_timeout: Duration) -> Self {
+    pub fn new(
+        operator: kube::Client,
+        config: kube::Config,
+        default_timeout: Duration,
+        quota: Arc<Quota>,
+        egress: Egress,
+    ) -> Self {
         Self {
+            quota,
+            egress,
             registry: Arc::new(Registry::builtin()),
             operator,
             config,
@@ -194,6 +210,9 @@ impl Dispatcher {
             .get(name)
             .ok_or_else(|| ActionError::Invalid(format!("unknown action {name:?}")))?;
         let namespace = firing.app.namespace().unwrap_or_default();
+        if let Some(why) = self.quota.refuses_action(&namespace, name) {
+            return Err(ActionError::NotAllowed(why));
+        }
         let account = firing.app.spec.service_account_name.as_deref().ok_or_else(|| {
             ActionError::Invalid(
                 "spec.serviceAccountName is not set: actions run only with a service account of the TargetApp's namespace"
@@ -205,8 +224,14 @@ impl Dispatcher {
             client: self.impersonating(&namespace, account)?,
             namespace,
             pod: firing.pod.clone(),
+            target: firing.target.clone(),
             rule: firing.rule_name.clone(),
+            field: firing.field.clone(),
+            old: firing.old.clone(),
+            new: firing.new.clone(),
+            fired_at: firing.now,
             state: firing.state.clone(),
+            egress: self.egress.clone(),
             correlation_id: firing.correlation_id.clone(),
             dry_run,
         };

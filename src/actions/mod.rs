@@ -7,22 +7,26 @@
 //! RBAC decides what an action may do, never the operator's rights.
 
 mod dispatch;
+pub mod exec_command;
 mod params;
 mod patch_resource;
 mod restart_pod;
 mod scale_deployment;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 pub use dispatch::{Dispatched, Dispatcher, Firing, Skip};
 pub use params::{ParamProblem, Params};
 
 use crate::targetapp::TargetApp;
+use crate::tenancy::Egress;
 
 /// Everything one action execution knows.
 pub struct ActionContext {
@@ -30,12 +34,22 @@ pub struct ActionContext {
     pub namespace: String,
     /// The pod whose state fired the rule (None for URL targets).
     pub pod: Option<String>,
+    /// The target's name (the pod's name, or the URL).
+    pub target: String,
     pub rule: String,
+    /// The field the rule watches, and its value before and when it fired.
+    pub field: String,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+    /// When the rule fired (the fenced firing time).
+    pub fired_at: Timestamp,
     /// The poll result that fired (`data`), if the poll succeeded.
     pub state: Option<Value>,
     pub correlation_id: String,
     /// A client impersonating the TargetApp's service account.
     pub client: kube::Client,
+    /// Outbound HTTP under the tenant's endpoint policy (webhook actions).
+    pub egress: Egress,
     /// Evaluate and report, change nothing (Kubernetes calls use server-side dry run).
     pub dry_run: bool,
 }
@@ -74,6 +88,9 @@ pub enum ActionError {
     Invalid(String),
     #[error("cannot run: {0}")]
     Unavailable(String),
+    /// The tenant's quota or endpoint policy does not allow it.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -87,6 +104,7 @@ impl ActionError {
             Self::Timeout(_) => "timeout",
             Self::Invalid(_) => "invalid",
             Self::Unavailable(_) => "unavailable",
+            Self::NotAllowed(_) => "not_allowed",
             Self::Failed(_) => "failed",
         }
     }
@@ -132,8 +150,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The built-in actions. `webhook` and `exec_command` are not built yet and are
-    /// refused by name (see [`Registry::validate`]).
+    /// The built-in actions.
     pub fn builtin() -> Self {
         let mut registry = Self {
             actions: BTreeMap::new(),
@@ -141,6 +158,8 @@ impl Registry {
         registry.register(Box::new(restart_pod::RestartPod));
         registry.register(Box::new(scale_deployment::ScaleDeployment));
         registry.register(Box::new(patch_resource::PatchResource));
+        registry.register(Box::new(webhook::Webhook));
+        registry.register(Box::new(exec_command::ExecCommand));
         registry
     }
 
@@ -164,16 +183,13 @@ impl Registry {
         parameters: Option<&BTreeMap<String, Value>>,
     ) -> Result<(), Vec<ParamProblem>> {
         let Some(action) = self.get(name) else {
-            let planned = ["webhook", "exec_command"];
-            let message = if planned.contains(&name) {
-                format!("action {name:?} is not available in this version of KCO")
-            } else {
+            return Err(vec![ParamProblem::at(
+                "",
                 format!(
                     "unknown action {name:?}; known actions: {}",
                     self.names().join(", ")
-                )
-            };
-            return Err(vec![ParamProblem::at("", message)]);
+                ),
+            )]);
         };
         action.validate(&Params::new(parameters))
     }
@@ -227,6 +243,21 @@ mod tests {
                 "patch_resource",
                 json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "patchType": "json",
                                             "patch": [{"op": "replace", "path": "/spec/replicas", "value": 2}]})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "webhook",
+                json!({"url": "https://hooks.example.com/kco", "method": "PUT", "timeoutSeconds": 5,
+                       "headers": {"X-Team": "chain"}, "secretRef": {"name": "hmac", "key": "key"}})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "exec_command",
+                json!({"command": ["mina", "client", "status"], "container": "mina"})
             ),
             Ok(())
         );
@@ -296,10 +327,57 @@ mod tests {
                 "parameters.apiVersion: is required",
             ),
             ("reboot_node", json!({}), "unknown action \"reboot_node\""),
+            ("webhook", json!({}), "parameters.url: is required"),
             (
                 "webhook",
-                json!({"url": "https://example.com"}),
-                "action \"webhook\" is not available in this version",
+                json!({"url": "ftp://example.com/x"}),
+                "parameters.url: scheme ftp is not allowed",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://u:p@example.com/x"}),
+                "parameters.url: credentials in the URL are not allowed",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://example.com", "method": "GET"}),
+                "parameters.method: \"GET\" is not one of: POST, PUT",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://example.com", "headers": {"Host": "evil"}}),
+                "parameters.headers.Host: KCO sets this header itself",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://example.com", "headers": {"X-Team": 5}}),
+                "parameters.headers.X-Team: must be a string",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://example.com", "secretRef": {"name": "s"}}),
+                "parameters.secretRef: must be {name, key}",
+            ),
+            (
+                "webhook",
+                json!({"url": "https://example.com", "timeoutSeconds": 0}),
+                "parameters.timeoutSeconds: 0 is outside 1..=300",
+            ),
+            ("exec_command", json!({}), "parameters.command: is required"),
+            (
+                "exec_command",
+                json!({"command": "reboot"}),
+                "parameters.command: must be a list of 1 to 64 strings",
+            ),
+            (
+                "exec_command",
+                json!({"command": ["sh", 3]}),
+                "parameters.command[1]: must be a string",
+            ),
+            (
+                "exec_command",
+                json!({"command": [""]}),
+                "parameters.command[0]: must name a program",
             ),
         ];
         for (action, params, expected) in cases {

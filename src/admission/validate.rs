@@ -2,7 +2,7 @@
 //! at once with its field path. The admission webhook, `kco validate` and the
 //! monitor (for objects stored before the webhook existed) all call it.
 
-use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -10,6 +10,7 @@ use super::query::{QuerySchema, check_condition, check_query};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::targetapp::{SchemaSource, TargetApp};
+use crate::tenancy::{Egress, Purpose, Quota};
 use crate::triggers::{self, Operand};
 
 /// A refusal: the field path and why.
@@ -50,6 +51,9 @@ impl Verdict {
 pub struct Validator {
     mina: QuerySchema,
     registry: Registry,
+    /// The tenant quota (allowed actions) and endpoint policy applied.
+    quota: Quota,
+    egress: Egress,
 }
 
 impl Default for Validator {
@@ -59,10 +63,21 @@ impl Default for Validator {
 }
 
 impl Validator {
+    /// The default quota and endpoint policy, without the apiserver's addresses
+    /// (what `kco validate` checks offline).
     pub fn new() -> Self {
+        let quota = Quota::default();
+        let egress = Egress::new(quota.endpoint_policy.clone(), Vec::new(), Arc::default());
+        Self::with_quota(quota, egress)
+    }
+
+    /// Validates with `quota`, checking URLs through `egress`'s endpoint policy.
+    pub fn with_quota(quota: Quota, egress: Egress) -> Self {
         Self {
             mina: QuerySchema::mina(),
             registry: Registry::builtin(),
+            quota,
+            egress,
         }
     }
 
@@ -87,7 +102,10 @@ impl Validator {
             );
         }
         if is_absolute(&spec.graphql_endpoint) {
-            if let Err(message) = check_graphql_url(&spec.graphql_endpoint, namespace) {
+            if let Err(message) =
+                self.egress
+                    .check_url(namespace, Purpose::Graphql, &spec.graphql_endpoint)
+            {
                 v.refuse("spec.graphqlEndpoint", message);
             }
         } else if spec.graphql_endpoint.contains("://") {
@@ -165,6 +183,21 @@ impl Validator {
         }
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
+            if self.registry.get(&rule.action).is_some()
+                && let Some(why) = self.quota.refuses_action(namespace, &rule.action)
+            {
+                v.refuse(at("action"), why);
+            }
+            if rule.action == "webhook"
+                && let Some(url) = rule
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.get("url"))
+                    .and_then(Value::as_str)
+                && let Err(message) = self.egress.check_url(namespace, Purpose::Webhook, url)
+            {
+                v.refuse(at("parameters.url"), message);
+            }
             if let Err(problems) = self
                 .registry
                 .validate(&rule.action, rule.parameters.as_ref())
@@ -213,64 +246,6 @@ impl Validator {
         }
         v
     }
-}
-
-/// The default endpoint policy for absolute GraphQL URLs: http(s) to a Service of
-/// the same namespace, never to loopback, link-local, unspecified or metadata addresses.
-pub fn check_graphql_url(raw: &str, namespace: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme {} is not allowed (http or https only)",
-            url.scheme()
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL are not allowed".to_owned());
-    }
-    let host = url
-        .host_str()
-        .ok_or("the URL has no host")?
-        .trim_matches(['[', ']']);
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Err(forbidden_ip(ip).unwrap_or_else(|| {
-            format!(
-                "{ip} is an IP address; absolute URLs must name a Service of namespace {namespace}"
-            )
-        }));
-    }
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if host == "localhost" || host.ends_with(".localhost") {
-        return Err("loopback hosts are not allowed".to_owned());
-    }
-    let service = [
-        format!(".{namespace}.svc"),
-        format!(".{namespace}.svc.cluster.local"),
-    ];
-    if !service.iter().any(|suffix| host.ends_with(suffix.as_str())) {
-        return Err(format!(
-            "{host} is not a Service of namespace {namespace} (<service>.{namespace}.svc[.cluster.local])"
-        ));
-    }
-    Ok(())
-}
-
-/// Why an address may never be a target, if it may not.
-pub fn forbidden_ip(ip: IpAddr) -> Option<String> {
-    let why = match ip {
-        IpAddr::V4(v4) if v4.is_loopback() => "loopback",
-        IpAddr::V4(v4) if v4.is_link_local() => "link-local (cloud metadata lives here)",
-        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() => "unspecified",
-        IpAddr::V6(v6) if v6.is_loopback() => "loopback",
-        IpAddr::V6(v6) if v6.is_unspecified() => "unspecified",
-        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => "link-local",
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => return forbidden_ip(IpAddr::V4(v4)),
-            None => return None,
-        },
-        IpAddr::V4(_) => return None,
-    };
-    Some(format!("{ip} is a {why} address, which is never allowed"))
 }
 
 /// Reads a JSON or YAML value into a TargetApp, as the API would.
@@ -375,32 +350,31 @@ mod tests {
     }
 
     #[test]
-    fn graphql_urls_follow_the_default_endpoint_policy() {
-        for ok in [
-            "http://mina.chain.svc:3085/graphql",
-            "https://mina.chain.svc.cluster.local/graphql",
-        ] {
-            assert_eq!(check_graphql_url(ok, "chain"), Ok(()), "{ok}");
-        }
-        for (bad, needle) in [
-            ("http://169.254.169.254/latest/meta-data", "link-local"),
-            ("http://127.0.0.1:3085/graphql", "loopback"),
-            ("http://[::1]/graphql", "loopback"),
-            ("http://[::ffff:127.0.0.1]/graphql", "loopback"),
-            ("http://[fe80::1]/graphql", "link-local"),
-            ("http://0.0.0.0/graphql", "unspecified"),
-            ("http://localhost:3085/graphql", "loopback"),
-            ("http://10.0.0.5:3085/graphql", "IP address"),
-            (
-                "http://mina.other.svc:3085/graphql",
-                "not a Service of namespace chain",
-            ),
-            ("https://example.com/graphql", "not a Service"),
-            ("http://user:pw@mina.chain.svc/graphql", "credentials"),
-        ] {
-            let err = check_graphql_url(bad, "chain").unwrap_err();
-            assert!(err.contains(needle), "{bad}: {err}");
-        }
+    fn urls_and_actions_follow_the_tenant_quota() {
+        let verdict = Validator::new().validate(
+            &app(json!({
+                "graphqlEndpoint": "http://169.254.169.254/latest/meta-data",
+                "serviceAccountName": "kco-actions",
+                "actions": [
+                    {"action": "exec_command", "parameters": {"command": ["true"]},
+                     "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                    {"action": "webhook", "parameters": {"url": "http://hook.other.svc/x"},
+                     "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                    {"action": "webhook", "parameters": {"url": "https://hooks.example.com/x"},
+                     "trigger": {"field": "$up", "condition": "equals", "value": false}}
+                ]
+            })),
+            None,
+        );
+        let text: Vec<String> = verdict.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "spec.graphqlEndpoint: 169.254.169.254 is a link-local (cloud metadata lives here) address, which is never allowed",
+                "spec.actions[0].action: action exec_command is not allowed in namespace chain by its tenant quota (allowed: restart_pod, scale_deployment, patch_resource, webhook)",
+                "spec.actions[1].parameters.url: hook.other.svc is a Service of another namespace; webhooks may call Services of namespace chain only",
+            ],
+        );
         let verdict =
             Validator::new().validate(&app(json!({"graphqlEndpoint": "file:///etc/passwd"})), None);
         assert_eq!(paths(&verdict), ["spec.graphqlEndpoint"], "{verdict:?}");

@@ -25,6 +25,7 @@ use super::{AppStats, Context, TargetStats};
 use crate::actions::{Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
+use crate::tenancy::Purpose;
 use crate::triggers::{self, FieldPath, Rule};
 
 /// A running poll loop.
@@ -231,11 +232,29 @@ impl Monitor {
             });
             self.targets.insert(name.clone(), state);
             let cancel = CancellationToken::new();
+            // Pod IPs come from the apiserver; a URL comes from the user and is polled
+            // through a client that checks every resolved address against the policy.
+            let poller = if target.pod.is_none() {
+                match self
+                    .ctx
+                    .egress
+                    .client(&self.namespace, Purpose::Graphql, None)
+                {
+                    Ok(client) => self.ctx.poller.clone().with_client(client),
+                    Err(e) => {
+                        tracing::error!(namespace = %self.namespace, tapp = %self.name, error = %e,
+                            "cannot build the policy-checked HTTP client; not polling the URL");
+                        continue;
+                    }
+                }
+            } else {
+                self.ctx.poller.clone()
+            };
             tokio::spawn(poll_loop(
                 name.clone(),
                 target.url.clone(),
                 self.schedule.clone(),
-                self.ctx.poller.clone(),
+                poller,
                 self.reports.clone(),
                 cancel.clone(),
             ));
@@ -328,14 +347,23 @@ impl Monitor {
                     )
                     .await;
                 }
-                Observed::Fired { rule } => {
-                    self.fired(rule, &target, now, &report.correlation_id).await
+                Observed::Fired { rule, old, new } => {
+                    self.fired(rule, &target, now, &report.correlation_id, old, new)
+                        .await
                 }
             }
         }
     }
 
-    async fn fired(&mut self, index: usize, target: &Target, now: Timestamp, correlation_id: &str) {
+    async fn fired(
+        &mut self,
+        index: usize,
+        target: &Target,
+        now: Timestamp,
+        correlation_id: &str,
+        old: Option<serde_json::Value>,
+        new: Option<serde_json::Value>,
+    ) {
         let Some(rule) = self.rules.get(index).cloned() else {
             return;
         };
@@ -393,6 +421,9 @@ impl Monitor {
             cooldown: rule.cooldown,
             target: target.name().to_owned(),
             pod: target.pod.clone(),
+            field: rule.condition.field.to_string(),
+            old,
+            new,
             state,
             correlation_id: correlation_id.to_owned(),
             now,

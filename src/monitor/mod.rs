@@ -38,6 +38,8 @@ pub struct Context {
     pub dispatcher: crate::actions::Dispatcher,
     /// The same checks as admission, for TargetApps stored before (or without) it.
     pub validator: Arc<crate::admission::Validator>,
+    /// Outbound clients for user-supplied URLs, under the tenant's endpoint policy.
+    pub egress: crate::tenancy::Egress,
     pub poller: poll::Poller,
     pub metrics: Metrics,
     pub settings: Settings,
@@ -80,6 +82,7 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         metrics: Metrics,
+        apiserver: Vec<std::net::IpAddr>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let poller = poll::Poller::new(settings.max_response_bytes, settings.graphql_max_retries)?;
         let recorder = Recorder::new(client.clone(), &settings.instance, metrics.clone());
@@ -96,14 +99,31 @@ impl Context {
                 }
             }
         });
+        let quota = Arc::new(settings.default_quota.clone());
+        let mut overrides: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+            std::collections::HashMap::new();
+        for (host, ip) in &settings.dns_overrides {
+            overrides.entry(host.clone()).or_default().push(*ip);
+        }
+        let egress = crate::tenancy::Egress::new(
+            quota.endpoint_policy.clone(),
+            apiserver,
+            Arc::new(overrides),
+        );
         let dispatcher = crate::actions::Dispatcher::new(
             client.clone(),
             config,
             settings.action_execution_timeout,
+            quota.clone(),
+            egress.clone(),
         );
         Ok(Arc::new(Self {
-            validator: Arc::new(crate::admission::Validator::new()),
+            validator: Arc::new(crate::admission::Validator::with_quota(
+                (*quota).clone(),
+                egress.clone(),
+            )),
             dispatcher,
+            egress,
             client,
             poller,
             metrics,

@@ -107,6 +107,13 @@ impl Poller {
         })
     }
 
+    /// The same poller over another HTTP client (for user-supplied URLs: a client
+    /// that enforces the tenant's endpoint policy at connect time).
+    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Sets the first retry delay (tests use short ones).
     pub fn with_first_backoff(mut self, delay: Duration) -> Self {
         self.first_backoff = delay;

@@ -34,8 +34,12 @@ pub enum Observed {
     PollRecovered,
     /// A field a trigger references changed.
     StateChanged(Change),
-    /// Rule number `rule` fired.
-    Fired { rule: usize },
+    /// Rule number `rule` fired; its field was `old` in the previous poll and is `new`.
+    Fired {
+        rule: usize,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
 }
 
 impl TargetState {
@@ -109,7 +113,12 @@ impl TargetState {
         });
         for (index, (rule, firing)) in rules.iter().zip(self.firing.iter_mut()).enumerate() {
             if rule.evaluate(firing, &current, previous.as_ref(), now) == Decision::Fire {
-                seen.push(Observed::Fired { rule: index });
+                let field = &rule.condition.field;
+                seen.push(Observed::Fired {
+                    rule: index,
+                    old: previous.as_ref().and_then(|p| field.resolve(p.data, p.up)),
+                    new: field.resolve(current.data, current.up),
+                });
             }
         }
         self.up = Some(up);
@@ -179,7 +188,14 @@ mod tests {
         assert!(
             matches!(&seen[0], Observed::StateChanged(c) if c.old == Some(json!("SYNCED")) && c.new == Some(json!("OFFLINE")))
         );
-        assert_eq!(seen[1], Observed::Fired { rule: 0 });
+        assert_eq!(
+            seen[1],
+            Observed::Fired {
+                rule: 0,
+                old: Some(json!("SYNCED")),
+                new: Some(json!("OFFLINE"))
+            }
+        );
         assert_eq!(
             t.observe(ok("OFFLINE", 4), &rules, &fields, at(3)),
             vec![],
@@ -192,7 +208,11 @@ mod tests {
             seen,
             vec![
                 Observed::PollFailed(timeout.clone()),
-                Observed::Fired { rule: 1 }
+                Observed::Fired {
+                    rule: 1,
+                    old: Some(json!(true)),
+                    new: Some(json!(false))
+                }
             ]
         );
         assert_eq!(t.up, Some(false));
@@ -246,7 +266,11 @@ mod tests {
         );
         assert_eq!(
             t.observe(ok("OFFLINE", 2), &rules, &fields, at(600)),
-            vec![Observed::Fired { rule: 0 }]
+            vec![Observed::Fired {
+                rule: 0,
+                old: Some(json!("OFFLINE")),
+                new: Some(json!("OFFLINE"))
+            }]
         );
     }
 }

@@ -11,6 +11,7 @@ pub mod controlplane;
 pub mod fixtures;
 pub mod pki;
 pub mod process;
+pub mod receiver;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, User};

@@ -1,0 +1,368 @@
+//! `webhook`: POSTs (or PUTs) a JSON description of the firing to a URL the tenant
+//! names. The URL passes the tenant's endpoint policy before the request and on
+//! every resolved address and redirect; the body is signed with HMAC-SHA256 when a
+//! Secret is given; retries reuse the same idempotency key, so a receiver can drop
+//! duplicates; no cluster credential is ever sent.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use serde_json::{Value, json};
+
+use super::params::{Params, done, require};
+use super::{Action, ActionContext, ActionError, Outcome, ParamProblem};
+use crate::tenancy::Purpose;
+use crate::tenancy::egress::PolicyRefusal;
+
+pub struct Webhook;
+
+const PARAMS: &[&str] = &[
+    "url",
+    "method",
+    "headers",
+    "timeoutSeconds",
+    "secretRef",
+    "caSecretRef",
+];
+
+/// Headers KCO sets itself: a tenant may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "idempotency-key",
+];
+
+/// The signature header: `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "x-kco-signature-256";
+/// The idempotency key header (also in the body).
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Attempts per firing (the first and two retries), all with one idempotency key.
+const ATTEMPTS: u32 = 3;
+/// Per-request timeout unless `timeoutSeconds` says otherwise.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest Secret value used as an HMAC key or a CA bundle.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+impl Action for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn validate(&self, params: &Params) -> Result<(), Vec<ParamProblem>> {
+        let mut problems = params.unknown(PARAMS);
+        require(params, "url", &mut problems);
+        if let Some(url) = params.string("url", &mut problems) {
+            match reqwest::Url::parse(&url) {
+                Err(e) => problems.push(ParamProblem::at("url", format!("not a URL: {e}"))),
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    problems.push(ParamProblem::at(
+                        "url",
+                        format!("scheme {} is not allowed (http or https only)", u.scheme()),
+                    ))
+                }
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    problems.push(ParamProblem::at(
+                        "url",
+                        "credentials in the URL are not allowed (use secretRef to sign the body)",
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        params.choice("method", &["POST", "PUT"], &mut problems);
+        params.int("timeoutSeconds", 1, 300, &mut problems);
+        match params.get("headers") {
+            None => {}
+            Some(Value::Object(headers)) => {
+                for (name, value) in headers {
+                    let at = format!("headers.{name}");
+                    let lower = name.to_ascii_lowercase();
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        problems.push(ParamProblem::at(&at, "not a valid header name"));
+                    } else if RESERVED_HEADERS.contains(&lower.as_str())
+                        || lower.starts_with("x-kco-")
+                    {
+                        problems.push(ParamProblem::at(&at, "KCO sets this header itself"));
+                    }
+                    match value.as_str() {
+                        Some(v) if reqwest::header::HeaderValue::from_str(v).is_ok() => {}
+                        _ => problems
+                            .push(ParamProblem::at(&at, "must be a string of visible ASCII")),
+                    }
+                }
+            }
+            Some(_) => problems.push(ParamProblem::at(
+                "headers",
+                "must be a map of header names to strings",
+            )),
+        }
+        for key in ["secretRef", "caSecretRef"] {
+            secret_ref(params, key, &mut problems);
+        }
+        done(problems)
+    }
+
+    /// The whole execution (every attempt) is bounded by ACTION_EXECUTION_TIMEOUT;
+    /// `timeoutSeconds` bounds each request.
+    fn timeout(&self, _params: &Params) -> Option<Duration> {
+        None
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ActionContext,
+        params: &'a Params,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
+        Box::pin(async move {
+            let mut ignored = Vec::new();
+            let url = params
+                .string("url", &mut ignored)
+                .ok_or_else(|| ActionError::Invalid("url is required".into()))?;
+            let method = params.choice("method", &["POST", "PUT"], &mut ignored);
+            let method = if method.as_deref() == Some("PUT") {
+                reqwest::Method::PUT
+            } else {
+                reqwest::Method::POST
+            };
+            // The policy again at run time: the object may predate the policy.
+            ctx.egress
+                .check_url(&ctx.namespace, Purpose::Webhook, &url)
+                .map_err(|why| ActionError::NotAllowed(format!("webhook URL {url}: {why}")))?;
+            let secret = match secret_ref(params, "secretRef", &mut ignored) {
+                Some((name, key)) => Some(read_secret(ctx, &name, &key).await?),
+                None => None,
+            };
+            let ca = match secret_ref(params, "caSecretRef", &mut ignored) {
+                Some((name, key)) => Some(read_secret(ctx, &name, &key).await?),
+                None => None,
+            };
+            let key = idempotency_key(ctx);
+            let body = serde_json::to_vec(&body(ctx, &key))
+                .map_err(|e| ActionError::Failed(format!("cannot encode the body: {e}")))?;
+            if ctx.dry_run {
+                return Ok(Outcome {
+                    message: format!(
+                        "would {method} {} bytes to {url} (idempotency key {key}{}) [dry run: nothing sent]",
+                        body.len(),
+                        if secret.is_some() { ", signed" } else { "" }
+                    ),
+                });
+            }
+            let client = ctx
+                .egress
+                .client(&ctx.namespace, Purpose::Webhook, ca.as_deref())
+                .map_err(ActionError::Invalid)?;
+            let mut request = client
+                .request(method.clone(), &url)
+                .timeout(
+                    params
+                        .seconds("timeoutSeconds")
+                        .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+                )
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(IDEMPOTENCY_HEADER, &key)
+                .header("x-kco-correlation-id", &ctx.correlation_id);
+            if let Some(Value::Object(headers)) = params.get("headers") {
+                for (name, value) in headers {
+                    if let Some(value) = value.as_str() {
+                        request = request.header(name.as_str(), value);
+                    }
+                }
+            }
+            if let Some(secret) = &secret {
+                request = request.header(SIGNATURE_HEADER, sign(secret, &body));
+            }
+            let request = request.body(body);
+            let mut delay = Duration::from_millis(250);
+            let mut last = String::new();
+            for attempt in 1..=ATTEMPTS {
+                let Some(this) = request.try_clone() else {
+                    return Err(ActionError::Failed("cannot repeat the request".into()));
+                };
+                match this.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        if status.is_success() {
+                            return Ok(Outcome {
+                                message: format!(
+                                    "{method} {url}: HTTP {} (idempotency key {key}, attempt {attempt})",
+                                    status.as_u16()
+                                ),
+                            });
+                        }
+                        last = format!("{method} {url}: HTTP {}", status.as_u16());
+                        if status.is_redirection() {
+                            return Err(ActionError::Refused(format!(
+                                "{last}: redirect not followed"
+                            )));
+                        }
+                        let retry = status.is_server_error()
+                            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+                        if !retry {
+                            return Err(ActionError::Refused(last));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(refusal) = policy_refusal(&e) {
+                            return Err(ActionError::NotAllowed(format!(
+                                "webhook URL {url}: {refusal}"
+                            )));
+                        }
+                        last = format!("{method} {url}: {}", describe(&e));
+                    }
+                }
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+            Err(ActionError::Failed(format!(
+                "{last} (after {ATTEMPTS} attempts)"
+            )))
+        })
+    }
+}
+
+/// `{name, key}` of a Secret in the TargetApp's namespace, if `key` is given.
+fn secret_ref(
+    params: &Params,
+    field: &str,
+    problems: &mut Vec<ParamProblem>,
+) -> Option<(String, String)> {
+    let value = params.get(field)?;
+    let name = value
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let key = value
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let extra = value
+        .as_object()
+        .map(|o| o.keys().any(|k| k != "name" && k != "key"))
+        .unwrap_or(true);
+    match (name, key) {
+        (Some(name), Some(key)) if !extra => Some((name.to_owned(), key.to_owned())),
+        _ => {
+            problems.push(ParamProblem::at(
+                field,
+                "must be {name, key} of a Secret in the TargetApp's namespace",
+            ));
+            None
+        }
+    }
+}
+
+/// Reads one key of a Secret with the tenant's service account.
+async fn read_secret(ctx: &ActionContext, name: &str, key: &str) -> Result<Vec<u8>, ActionError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let what = format!("get secret {}/{name}", ctx.namespace);
+    let secret = secrets
+        .get(name)
+        .await
+        .map_err(|e| ActionError::from_kube(&what, e))?;
+    let value = secret
+        .data
+        .and_then(|mut data| data.remove(key))
+        .map(|bytes| bytes.0)
+        .ok_or_else(|| ActionError::NotFound(format!("{what}: it has no key {key:?}")))?;
+    if value.is_empty() || value.len() > MAX_SECRET_BYTES {
+        return Err(ActionError::Invalid(format!(
+            "{what}: key {key:?} must hold 1..={MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+/// One key per firing: the same on every attempt and on every replica.
+pub fn idempotency_key(ctx: &ActionContext) -> String {
+    let uid = ctx.app.metadata.uid.as_deref().unwrap_or_default();
+    let material = format!("{uid}/{}/{}/{}", ctx.rule, ctx.target, ctx.fired_at);
+    hex(&ring::digest::digest(&ring::digest::SHA256, material.as_bytes()).as_ref()[..16])
+}
+
+/// The JSON body a receiver gets.
+pub fn body(ctx: &ActionContext, key: &str) -> Value {
+    json!({
+        "targetApp": ctx.app.metadata.name,
+        "namespace": ctx.namespace,
+        "target": ctx.target,
+        "pod": ctx.pod,
+        "rule": ctx.rule,
+        "field": ctx.field,
+        "oldValue": ctx.old,
+        "newValue": ctx.new,
+        "firedAt": ctx.fired_at.to_string(),
+        "idempotencyKey": key,
+        "correlationId": ctx.correlation_id,
+    })
+}
+
+/// `sha256=<hex>`: HMAC-SHA256 of `body` under `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The endpoint-policy refusal behind a request error, if that is what it was.
+fn policy_refusal(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(refusal) = err.downcast_ref::<PolicyRefusal>() {
+            return Some(refusal.to_string());
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// A request error in words (reqwest's Display hides the cause).
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time".to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        text = format!("{text}: {err}");
+        source = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_in_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hex_encodes_every_byte() {
+        assert_eq!(hex(&[0, 15, 16, 255]), "000f10ff");
+    }
+}
