@@ -239,7 +239,7 @@ async fn pipeline(
     warmup: Duration,
     seconds: u64,
 ) -> (u64, Vec<f64>, f64, f64) {
-    let poller = Poller::new(1024 * 1024, 2).unwrap();
+    let poller = Poller::new(1024 * 1024, 2, "kco-test").unwrap();
     let rules = Arc::new(rules());
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
     let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);

@@ -46,13 +46,14 @@ async fn stats(State(ctx): State<Arc<Context>>) -> Response {
         Err(_) => Vec::new(),
     };
     let targets: usize = apps.iter().map(|a| a.targets.len()).sum();
+    let shard = ctx.shard.read().map(|s| s.clone()).unwrap_or_default();
     axum::Json(serde_json::json!({
         "instance": ctx.settings.instance,
         "ready": ctx.ready.load(Ordering::Acquire),
-        "ownedNamespaces": match &ctx.settings.namespace {
-            Some(ns) => vec![ns.clone()],
-            None => vec!["*".to_owned()],
-        },
+        "leader": ctx.leadership.is_leader(),
+        "sharding": ctx.settings.sharding.is_some(),
+        "members": shard.members,
+        "ownedNamespaces": shard.owned,
         "targets": targets,
         "targetApps": apps,
     }))

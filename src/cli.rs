@@ -33,7 +33,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: watch TargetApps, poll their targets, report and act.
-    Run(crate::config::RunArgs),
+    Run(Box<crate::config::RunArgs>),
     /// Run a Mina node simulator: GraphQL servers that answer like Mina daemons,
     /// with a control API to change their state and inject faults.
     Simulate(SimulateArgs),

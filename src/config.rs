@@ -44,6 +44,31 @@ pub struct RunArgs {
     /// Only watch TargetApps in this namespace (default: every namespace).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Namespace of the leader and membership Leases (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Elect a leader for cluster-wide work (off: this replica never leads).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Seconds the leader Lease holds without renewal.
+    #[arg(long, env = "LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Seconds the leader keeps acting without renewing; below LEASE_DURATION.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value_t = 10)]
+    pub lease_renew_deadline: u64,
+    /// Seconds between election attempts and renewals.
+    #[arg(long, env = "LEASE_RETRY_PERIOD", default_value_t = 2)]
+    pub lease_retry_period: u64,
+    /// Shard polling across replicas by namespace (off: this replica polls every namespace).
+    #[arg(long, env = "SHARDING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sharding: bool,
+    /// Seconds a membership Lease holds without renewal: the hand-off time after a
+    /// replica dies.
+    #[arg(long, env = "MEMBER_LEASE_DURATION", default_value_t = 10)]
+    pub member_lease_duration: u64,
+    /// Seconds between membership renewals (and re-reads of the membership).
+    #[arg(long, env = "MEMBER_RENEW_PERIOD", default_value_t = 2)]
+    pub member_renew_period: u64,
     /// Default tenant quota: the actions tenants may use (comma-separated).
     #[arg(
         long,
@@ -89,6 +114,12 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     pub instance: String,
     pub namespace: Option<String>,
+    /// Namespace of the leader and membership Leases.
+    pub lease_namespace: String,
+    /// None: leader election off.
+    pub election: Option<crate::election::Timing>,
+    /// None: sharding off (this replica polls everything).
+    pub sharding: Option<crate::shard::Timing>,
     /// The quota of namespaces no TenantQuota selects.
     pub default_quota: Quota,
     /// Host names answered without DNS (tests).
@@ -168,6 +199,42 @@ impl Settings {
             is_dns_label(&instance),
             "must be a DNS label (lower case, digits, '-')",
         )?;
+        check(
+            "LEASE_DURATION",
+            a.lease_duration,
+            (2..=300).contains(&a.lease_duration),
+            "must be 2..=300 seconds",
+        )?;
+        check(
+            "LEASE_RENEW_DEADLINE",
+            a.lease_renew_deadline,
+            a.lease_renew_deadline >= 1 && a.lease_renew_deadline < a.lease_duration,
+            "must be at least 1 and below LEASE_DURATION",
+        )?;
+        check(
+            "LEASE_RETRY_PERIOD",
+            a.lease_retry_period,
+            a.lease_retry_period >= 1 && a.lease_retry_period < a.lease_renew_deadline,
+            "must be at least 1 and below LEASE_RENEW_DEADLINE",
+        )?;
+        check(
+            "MEMBER_LEASE_DURATION",
+            a.member_lease_duration,
+            (2..=300).contains(&a.member_lease_duration),
+            "must be 2..=300 seconds",
+        )?;
+        check(
+            "MEMBER_RENEW_PERIOD",
+            a.member_renew_period,
+            a.member_renew_period >= 1 && a.member_renew_period * 2 <= a.member_lease_duration,
+            "must be at least 1 and at most half of MEMBER_LEASE_DURATION",
+        )?;
+        check(
+            "POD_NAMESPACE",
+            &a.lease_namespace,
+            is_dns_label(&a.lease_namespace),
+            "must be a namespace name",
+        )?;
         let names = Registry::builtin().names();
         for action in &a.allowed_actions {
             check(
@@ -214,6 +281,16 @@ impl Settings {
             },
         };
         Ok(Self {
+            lease_namespace: a.lease_namespace.clone(),
+            election: a.leader_election.then(|| crate::election::Timing {
+                lease_duration: Duration::from_secs(a.lease_duration),
+                renew_deadline: Duration::from_secs(a.lease_renew_deadline),
+                retry_period: Duration::from_secs(a.lease_retry_period),
+            }),
+            sharding: a.sharding.then(|| crate::shard::Timing {
+                lease_duration: Duration::from_secs(a.member_lease_duration),
+                renew_period: Duration::from_secs(a.member_renew_period),
+            }),
             default_quota,
             dns_overrides,
             graphql_timeout: Duration::from_secs(a.graphql_timeout),
@@ -240,6 +317,9 @@ impl Settings {
             kubeconfig: None,
             instance: "kco-test".to_owned(),
             namespace: None,
+            lease_namespace: "default".to_owned(),
+            election: None,
+            sharding: None,
             default_quota: Quota::default(),
             dns_overrides: Vec::new(),
         }
@@ -282,6 +362,16 @@ mod tests {
         assert_eq!(s.admin_address.port(), 8080);
         assert_eq!(s.instance, "kco-7f9c-abcde");
         assert_eq!(s.default_quota, Quota::default());
+        assert_eq!(
+            s.election.map(|t| t.lease_duration),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            s.sharding.map(|t| t.renew_period),
+            Some(Duration::from_secs(2))
+        );
+        let off = parse(&["--leader-election", "false", "--sharding", "false"]).unwrap();
+        assert_eq!((off.election, off.sharding), (None, None));
     }
 
     #[test]
@@ -312,6 +402,11 @@ mod tests {
                 "DEFAULT_ENDPOINT_ALLOWED_CIDRS",
             ),
             (&["--resolve", "example.com"][..], "KCO_RESOLVE"),
+            (
+                &["--lease-renew-deadline", "20"][..],
+                "LEASE_RENEW_DEADLINE",
+            ),
+            (&["--member-renew-period", "6"][..], "MEMBER_RENEW_PERIOD"),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

@@ -3,7 +3,8 @@
 //! IPs, URLs or error text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric KCO exports, registered in one registry.
@@ -25,15 +26,28 @@ pub struct Metrics {
     pub targets: IntGaugeVec,
     /// Trigger firings by rule.
     pub firings: IntCounterVec,
+    /// 1 while this replica leads.
+    pub leader: IntGauge,
+    /// Times this replica became leader.
+    pub leader_transitions: IntCounter,
+    /// Live shard members, as this replica sees them.
+    pub shard_members: IntGauge,
+    /// Namespaces (with TargetApps) this replica polls.
+    pub shard_namespaces: IntGauge,
+    /// TargetApps taken over from or handed to other replicas, by direction.
+    pub shard_handoffs: IntCounterVec,
 }
 
 /// The kinds of internal error, each a value of `operator_kco_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 5] = [
+pub const ERROR_KINDS: [&str; 8] = [
+    "fence",
     "status_write",
     "event_publish",
     "event_dropped",
     "pod_watch",
     "targetapp_watch",
+    "leader_election",
+    "shard_membership",
 ];
 
 /// The label sets of per-TargetApp series, so that a deleted TargetApp's series
@@ -79,7 +93,39 @@ impl Metrics {
         for kind in ERROR_KINDS {
             errors.with_label_values(&[kind]).inc_by(0);
         }
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let leader_transitions = IntCounter::new(
+            "operator_kco_leader_transitions_total",
+            "Times this replica became the leader.",
+        )?;
+        registry.register(Box::new(leader_transitions.clone()))?;
+        let shard_handoffs = counter(
+            "operator_kco_shard_handoffs_total",
+            "TargetApps taken over from (acquired) or handed to (released) other replicas.",
+            &["direction"],
+        )?;
+        for direction in ["acquired", "released"] {
+            shard_handoffs.with_label_values(&[direction]).inc_by(0);
+        }
         Ok(Self {
+            leader: gauge(
+                "operator_kco_leader",
+                "1 while this replica holds the leader Lease.",
+            )?,
+            leader_transitions,
+            shard_members: gauge(
+                "operator_kco_shard_members",
+                "Live shard members as this replica sees them.",
+            )?,
+            shard_namespaces: gauge(
+                "operator_kco_shard_owned_namespaces",
+                "Namespaces with TargetApps that this replica polls.",
+            )?,
+            shard_handoffs,
             polls: counter(
                 "operator_kco_tapp_polls_total",
                 "GraphQL polls of TargetApp targets, by result and failure reason.",

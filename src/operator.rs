@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kube::api::{Api, ListParams};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::election::{Election, Leadership};
 use crate::metrics::Metrics;
 use crate::monitor::{self, Context};
+use crate::shard::{Membership, Ownership};
 use crate::targetapp::TargetApp;
 
 /// The cluster configuration from `--kubeconfig`, else the usual inference
@@ -100,8 +103,45 @@ pub async fn start(
     let metrics = Metrics::new().context("cannot register metrics")?;
     let apiserver = apiserver_addresses(&config).await;
     tracing::info!(addresses = ?apiserver, "the apiserver's addresses are never a target");
-    let ctx = Context::new(client, config, settings.clone(), metrics, apiserver)
-        .context("cannot build the HTTP client")?;
+
+    let me = settings.instance.clone();
+    let (election, leadership) = match settings.election {
+        Some(timing) => {
+            let (election, leadership) = Election::new(
+                client.clone(),
+                &settings.lease_namespace,
+                &me,
+                timing,
+                metrics.clone(),
+            );
+            (Some(election), leadership)
+        }
+        None => (None, Leadership::never()),
+    };
+    let (ownership_tx, ownership) = watch::channel(match settings.sharding {
+        Some(_) => Ownership::unknown(&me),
+        None => Ownership::everything(&me),
+    });
+    let membership = settings.sharding.map(|timing| {
+        Membership::new(
+            client.clone(),
+            &settings.lease_namespace,
+            &me,
+            timing,
+            metrics.clone(),
+            leadership.clone(),
+        )
+    });
+
+    let ctx = Context::new(
+        client,
+        config,
+        settings.clone(),
+        metrics,
+        apiserver,
+        leadership,
+    )
+    .context("cannot build the HTTP client")?;
     let listener = tokio::net::TcpListener::bind(settings.admin_address)
         .await
         .with_context(|| format!("cannot listen on {} (METRICS_PORT)", settings.admin_address))?;
@@ -112,11 +152,71 @@ pub async fn start(
 
     let admin = axum::serve(listener, crate::admin::router(ctx.clone()))
         .with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let monitoring = monitor::run(ctx.clone(), settings.namespace.clone(), cancel.clone());
+    // The lease tasks stop after monitoring has, so that the shard is left (and the
+    // leader Lease released) only once this replica no longer polls.
+    let leases = CancellationToken::new();
+    let election = election.map(|e| tokio::spawn(e.run(leases.clone())));
+    let membership = membership.map(|m| tokio::spawn(m.run(ownership_tx, leases.clone())));
+    let monitoring = monitor::run(
+        ctx.clone(),
+        settings.namespace.clone(),
+        ownership,
+        cancel.clone(),
+    );
+    let ctx_for_shutdown = ctx.clone();
     let handle = tokio::spawn(async move {
         let admin = tokio::spawn(async move { admin.await });
-        monitoring.await;
+        let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
+        if let Some(e) = election {
+            tasks.push(("leader election", e));
+        }
+        if let Some(m) = membership {
+            tasks.push(("shard membership", m));
+        }
+        // A lease task that ends on its own (a bug, a panic) leaves this replica unsure
+        // of its role: stop rather than run on.
+        let watch_tasks = async {
+            if tasks.is_empty() {
+                return std::future::pending().await;
+            }
+            let (result, index, _) =
+                futures::future::select_all(tasks.iter_mut().map(|(_, h)| h)).await;
+            let task = tasks.get(index).map_or("lease", |(name, _)| *name);
+            match result {
+                Ok(()) => format!("the {task} task ended unexpectedly"),
+                Err(e) => format!("the {task} task failed: {e}"),
+            }
+        };
+        let failed = tokio::select! {
+            _ = monitoring => None,
+            why = watch_tasks => Some(why),
+        };
         cancel.cancel();
+        // Actions already fenced finish (each is bounded by its timeout) before the
+        // replica leaves the shard: a firing recorded is a firing acted on.
+        ctx_for_shutdown.actions.close();
+        let grace =
+            ctx_for_shutdown.settings.action_execution_timeout + std::time::Duration::from_secs(1);
+        if tokio::time::timeout(grace, ctx_for_shutdown.actions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("actions still running at shutdown were abandoned");
+        }
+        leases.cancel();
+        // Leave the shard and release the leader Lease before exiting.
+        for (name, task) in tasks {
+            if !task.is_finished()
+                && tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(task = name, "did not stop within 5 s");
+            }
+        }
+        if let Some(why) = failed {
+            return Err(anyhow::anyhow!(why));
+        }
         match admin.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::anyhow!("the admin server failed: {e}")),

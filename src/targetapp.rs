@@ -359,6 +359,10 @@ pub struct RuleFiring {
     pub target: String,
     /// When it fired.
     pub time: Time,
+    /// When its condition was seen false again (the episode ended); until then a
+    /// replica taking over does not fire the rule again for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<Time>,
 }
 
 fn any_value(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {

@@ -354,10 +354,16 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         state: None,
         correlation_id: "race".into(),
         now: k8s_openapi::jiff::Timestamp::now(),
+        after: None,
     };
     let dispatcher = |config: kube::Config| {
         let quota = Arc::new(Quota::default());
-        let egress = Egress::new(quota.endpoint_policy.clone(), Vec::new(), Arc::default());
+        let egress = Egress::new(
+            quota.endpoint_policy.clone(),
+            Vec::new(),
+            Arc::default(),
+            "kco-test".into(),
+        );
         Dispatcher::new(
             client.clone(),
             config,

@@ -7,10 +7,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kco::simulator::{Faults, NodeState, SyncStatus};
-use kco::targetapp::Phase;
+use kco::targetapp::{Phase, TargetAppStatus};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::bed::Bed;
@@ -115,12 +116,25 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
         s.firings.iter().any(|f| f.rule == "offline")
     })
     .await;
-    let first = bed.status().await.firings;
+    let fired = |s: TargetAppStatus| {
+        s.firings
+            .into_iter()
+            .map(|f| (f.rule, f.target, f.time))
+            .collect::<Vec<_>>()
+    };
+    let first = fired(bed.status().await);
     bed.set_state(1, SyncStatus::Synced).await;
     bed.wait_event(10, "StateChanged", "to \"SYNCED\"").await;
+    // The episode's end is recorded (a replica taking over would fire the next one).
+    bed.wait_status(5, "the episode's end recorded", |s| {
+        s.firings
+            .iter()
+            .any(|f| f.rule == "offline" && f.cleared.is_some())
+    })
+    .await;
     bed.set_state(1, SyncStatus::Offline).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = bed.status().await.firings;
+    let after = fired(bed.status().await);
     assert_eq!(first, after, "the cooldown holds the second firing back");
     assert_eq!(
         bed.events("TriggerFired")
@@ -521,7 +535,25 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
     }
     let stats = fixtures::get_json(&http, &format!("http://127.0.0.1:{port}/stats")).await;
     assert_eq!(stats["instance"], "kco-cli");
-    assert_eq!(stats["ownedNamespaces"], json!([ns]));
+    // Alone, it is the only shard member, and it comes to lead.
+    assert_eq!(stats["members"], json!(["kco-cli"]));
+    let leases: Api<Lease> = Api::namespaced(cp.admin().await, "default");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = fixtures::get_json(&http, &format!("http://127.0.0.1:{port}/stats")).await;
+        if stats["leader"] == json!(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never led: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        leases
+            .get_opt("kco-member-kco-cli")
+            .await
+            .unwrap()
+            .is_some()
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -530,6 +562,16 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
         child.wait().unwrap().success(),
         "kco run should exit 0 on SIGTERM"
     );
+    // On its way out it left the shard and released the leader Lease.
+    assert!(
+        leases
+            .get_opt("kco-member-kco-cli")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let leader = leases.get("kco-leader").await.unwrap().spec.unwrap();
+    assert_eq!(leader.holder_identity, None, "released");
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ async fn bed() -> (Simulator, SocketAddr, Poller) {
         )
         .await
         .unwrap();
-    let poller = Poller::new(1024 * 1024, RETRIES)
+    let poller = Poller::new(1024 * 1024, RETRIES, "kco-test")
         .unwrap()
         .with_first_backoff(Duration::from_millis(10));
     (sim, node.address, poller)
@@ -164,7 +164,7 @@ async fn partial_data_with_errors_is_a_successful_poll() {
 #[tokio::test]
 async fn a_body_at_the_cap_passes_and_one_byte_more_fails() {
     let (sim, addr, _) = bed().await;
-    let poller = Poller::new(4096, 0).unwrap();
+    let poller = Poller::new(4096, 0, "kco-test").unwrap();
     for (size, ok) in [(4096, true), (4097, false)] {
         let faults = Faults {
             body_bytes: Some(size),

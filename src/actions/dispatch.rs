@@ -35,6 +35,9 @@ pub struct Firing {
     pub state: Option<Value>,
     pub correlation_id: String,
     pub now: Timestamp,
+    /// The previous firing whose episode this replica saw end (its condition turned
+    /// false): a recorded firing at that time does not make this one a repeat.
+    pub after: Option<Timestamp>,
 }
 
 /// Why a firing's action did not run.
@@ -42,8 +45,11 @@ pub struct Firing {
 pub enum Skip {
     /// The rule fired for this target within its cooldown (here or on another replica).
     Cooldown { last: Timestamp },
-    /// Another dispatcher recorded this firing first.
-    LostRace,
+    /// Another dispatcher recorded this firing first (at `at`).
+    LostRace { at: Timestamp },
+    /// The rule already fired for this episode (recorded by another replica, and
+    /// its condition not seen false since).
+    AlreadyFired { at: Timestamp },
 }
 
 /// What dispatching a firing came to.
@@ -133,14 +139,20 @@ impl Dispatcher {
                         .iter()
                         .find(|f| f.rule == firing.rule_name && f.target == firing.target)
                 })
-                .map(|f| f.time.0)
+                .cloned()
         };
         let seen = find(&app);
-        if let Some(last) = seen {
+        if let Some(record) = &seen {
+            let last = record.time.0;
             let since =
                 Duration::try_from(firing.now.duration_since(last)).unwrap_or(Duration::ZERO);
             if since < firing.cooldown {
                 return Ok(Err(Skip::Cooldown { last }));
+            }
+            // Status times have one-second precision.
+            let ended_here = firing.after.map(Timestamp::as_second) == Some(last.as_second());
+            if record.cleared.is_none() && !ended_here {
+                return Ok(Err(Skip::AlreadyFired { at: last }));
             }
         }
         for _ in 0..FENCE_ATTEMPTS {
@@ -151,6 +163,7 @@ impl Dispatcher {
                     rule: firing.rule_name.clone(),
                     target: firing.target.clone(),
                     time: Time(firing.now),
+                    cleared: None,
                 },
             );
             app.status = Some(status);
@@ -165,10 +178,59 @@ impl Dispatcher {
                         .get_status(&name)
                         .await
                         .map_err(|e| ActionError::from_kube(&what, e))?;
-                    if find(&app) != seen {
-                        return Ok(Err(Skip::LostRace));
+                    let now = find(&app);
+                    if now.as_ref().map(|f| &f.time) != seen.as_ref().map(|f| &f.time)
+                        && let Some(theirs) = now
+                    {
+                        return Ok(Err(Skip::LostRace { at: theirs.time.0 }));
                     }
                 }
+                Err(e) => return Err(ActionError::from_kube(&what, e)),
+            }
+        }
+        Err(ActionError::Refused(format!(
+            "{what}: status kept changing; gave up"
+        )))
+    }
+
+    /// Records that the episode of `rule` for `target` that fired at `fired_at`
+    /// ended, so that a replica taking over fires the next one. Nothing to do when
+    /// status holds another firing by then.
+    pub async fn clear(
+        &self,
+        app: &TargetApp,
+        rule: &str,
+        target: &str,
+        fired_at: Timestamp,
+    ) -> Result<(), ActionError> {
+        let namespace = app.namespace().unwrap_or_default();
+        let name = app.name_any();
+        let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
+        let what = format!("record the end of an episode in TargetApp {namespace}/{name}");
+        for _ in 0..FENCE_ATTEMPTS {
+            let mut current = apps
+                .get_status(&name)
+                .await
+                .map_err(|e| ActionError::from_kube(&what, e))?;
+            let Some(record) = current.status.as_mut().and_then(|s| {
+                s.firings.iter_mut().find(|f| {
+                    f.rule == rule
+                        && f.target == target
+                        && f.time.0.as_second() == fired_at.as_second()
+                })
+            }) else {
+                return Ok(());
+            };
+            if record.cleared.is_some() {
+                return Ok(());
+            }
+            record.cleared = Some(Time(Timestamp::now()));
+            match apps
+                .replace_status(&name, &PostParams::default(), &current)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(ActionError::from_kube(&what, e)),
             }
         }

@@ -67,7 +67,12 @@ impl Validator {
     /// (what `kco validate` checks offline).
     pub fn new() -> Self {
         let quota = Quota::default();
-        let egress = Egress::new(quota.endpoint_policy.clone(), Vec::new(), Arc::default());
+        let egress = Egress::new(
+            quota.endpoint_policy.clone(),
+            Vec::new(),
+            Arc::default(),
+            crate::monitor::poll::user_agent("kco-validate"),
+        );
         Self::with_quota(quota, egress)
     }
 

@@ -26,6 +26,7 @@ use crate::actions::{Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::tenancy::Purpose;
+use crate::triggers::Recorded;
 use crate::triggers::{self, FieldPath, Rule};
 
 /// A running poll loop.
@@ -51,6 +52,8 @@ struct Monitor {
     written: Option<TargetAppStatus>,
     written_at: Option<Timestamp>,
     reports: mpsc::Sender<Report>,
+    /// Firings the fence found recorded by another replica, back to this loop.
+    adopt: mpsc::Sender<Adopt>,
 }
 
 /// Monitors `app` until `cancel` fires; then stops every poll loop it started.
@@ -58,6 +61,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let (tx, mut rx) = mpsc::channel(256);
+    let (adopt_tx, mut adopted) = mpsc::channel::<Adopt>(64);
     let spec = &app.spec;
     let interval = spec
         .polling_interval
@@ -89,6 +93,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
         written: app.status.clone(),
         written_at: None,
         reports: tx,
+        adopt: adopt_tx,
         ctx,
         namespace,
         name,
@@ -132,6 +137,7 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
                 None => break,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
+            Some((target, rule, at)) = adopted.recv() => monitor.adopt(&target, &rule, at),
             _ = tick.tick() => monitor.write_status(None).await,
         }
     }
@@ -228,7 +234,10 @@ impl Monitor {
                 firings
                     .iter()
                     .find(|f| f.rule == rule && f.target == name)
-                    .map(|f| f.time.0)
+                    .map(|f| Recorded {
+                        time: f.time.0,
+                        cleared: f.cleared.is_some(),
+                    })
             });
             self.targets.insert(name.clone(), state);
             let cancel = CancellationToken::new();
@@ -347,10 +356,23 @@ impl Monitor {
                     )
                     .await;
                 }
-                Observed::Fired { rule, old, new } => {
-                    self.fired(rule, &target, now, &report.correlation_id, old, new)
-                        .await
+                Observed::Fired {
+                    rule,
+                    old,
+                    new,
+                    after,
+                } => {
+                    self.fired(
+                        rule,
+                        &target,
+                        now,
+                        &report.correlation_id,
+                        (old, new),
+                        after,
+                    )
+                    .await
                 }
+                Observed::Ended { rule, fired_at } => self.ended(rule, &target, fired_at).await,
             }
         }
     }
@@ -361,8 +383,8 @@ impl Monitor {
         target: &Target,
         now: Timestamp,
         correlation_id: &str,
-        old: Option<serde_json::Value>,
-        new: Option<serde_json::Value>,
+        (old, new): (Option<serde_json::Value>, Option<serde_json::Value>),
+        after: Option<Timestamp>,
     ) {
         let Some(rule) = self.rules.get(index).cloned() else {
             return;
@@ -384,6 +406,7 @@ impl Monitor {
                 rule: rule.name.clone(),
                 target: target.name().to_owned(),
                 time: Time(now),
+                cleared: None,
             },
         );
         let c = &rule.condition;
@@ -427,9 +450,70 @@ impl Monitor {
             state,
             correlation_id: correlation_id.to_owned(),
             now,
+            after,
         };
-        // Off the monitor's loop: an action may take up to its timeout.
-        tokio::spawn(act(self.ctx.clone(), self.reference.clone(), firing));
+        // Off the monitor's loop: an action may take up to its timeout. Tracked, so
+        // that a graceful shutdown lets running actions finish.
+        self.ctx.actions.spawn(act(
+            self.ctx.clone(),
+            self.reference.clone(),
+            firing,
+            self.adopt.clone(),
+        ));
+    }
+
+    /// The fence found `rule` already fired for `target`'s episode at `at`: this
+    /// stretch's firing is that one (its end will be recorded under that time).
+    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp) {
+        let Some(index) = self.rules.iter().position(|r| r.name == rule) else {
+            return;
+        };
+        if let Some(firing) = self
+            .targets
+            .get_mut(target)
+            .and_then(|t| t.firing.get_mut(index))
+        {
+            firing.adopt(at);
+        }
+        status::record_firing(
+            &mut self.firings,
+            RuleFiring {
+                rule: rule.to_owned(),
+                target: target.to_owned(),
+                time: Time(at),
+                cleared: None,
+            },
+        );
+    }
+
+    /// A rule's episode ended: recorded in status before the next poll report is
+    /// handled, so that a replica taking over fires the next episode (and this one's
+    /// own next firing is never mistaken for a repeat).
+    async fn ended(&mut self, index: usize, target: &Target, fired_at: Timestamp) {
+        let Some(rule) = self.rules.get(index) else {
+            return;
+        };
+        let cleared = Time(Timestamp::now());
+        if let Some(record) = self.firings.iter_mut().find(|f| {
+            f.rule == rule.name
+                && f.target == target.name()
+                && f.time.0.as_second() == fired_at.as_second()
+        }) {
+            record.cleared = Some(cleared);
+        }
+        if self.app.spec.actions.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .ctx
+            .dispatcher
+            .clear(&self.app, &rule.name, target.name(), fired_at)
+            .await
+        {
+            self.ctx.metrics.errors.with_label_values(&["fence"]).inc();
+            tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
+                rule = %rule.name, error = %e, "cannot record the end of an episode");
+        }
     }
 
     /// Publishes an Event on the TargetApp and, for a pod target, on the pod too.
@@ -575,7 +659,15 @@ fn publish(
 }
 
 /// Fences a firing, runs its action, and reports what happened.
-async fn act(ctx: Arc<Context>, reference: ObjectReference, firing: Firing) {
+/// A firing another replica recorded for this episode: (target, rule, when).
+type Adopt = (String, String, Timestamp);
+
+async fn act(
+    ctx: Arc<Context>,
+    reference: ObjectReference,
+    firing: Firing,
+    adopt: mpsc::Sender<Adopt>,
+) {
     let namespace = firing.app.namespace().unwrap_or_default();
     let app = firing.app.name_any();
     let action = firing.rule.action.clone();
@@ -599,8 +691,17 @@ async fn act(ctx: Arc<Context>, reference: ObjectReference, firing: Firing) {
             );
             (Reason::ActionSkipped, note)
         }
-        Ok(Dispatched::Skipped(Skip::LostRace)) => {
+        Ok(Dispatched::Skipped(Skip::AlreadyFired { at })) => {
             count("skipped");
+            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
+            let note = format!(
+                "{action} for {target} (rule {rule}) skipped: it already ran for this episode at {at} (the condition has not been seen false since)"
+            );
+            (Reason::ActionSkipped, note)
+        }
+        Ok(Dispatched::Skipped(Skip::LostRace { at })) => {
+            count("skipped");
+            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
             );

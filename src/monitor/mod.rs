@@ -12,7 +12,7 @@ pub mod state;
 pub mod status;
 pub mod target;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -22,13 +22,15 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::election::Leadership;
 use crate::events::{Notice, Recorder};
 use crate::metrics::Metrics;
+use crate::shard::Ownership;
 use crate::targetapp::{Phase, TargetApp};
 
 /// What every monitoring task shares; built once at start-up.
@@ -46,8 +48,22 @@ pub struct Context {
     /// Events to publish; a full queue drops (and counts) rather than slows polling.
     pub events: mpsc::Sender<Notice>,
     pub stats: Arc<RwLock<BTreeMap<String, AppStats>>>,
-    /// True once the TargetApp list has been read.
+    /// True once the TargetApp list has been read and the shard membership is known.
     pub ready: Arc<AtomicBool>,
+    /// Running actions: a graceful shutdown waits for them.
+    pub actions: tokio_util::task::TaskTracker,
+    /// Whether this replica leads (for `/stats` and leader-only work).
+    pub leadership: Leadership,
+    /// The shard as this replica sees it (for `/stats`).
+    pub shard: RwLock<ShardView>,
+}
+
+/// The shard as `/stats` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardView {
+    pub members: Vec<String>,
+    /// Namespaces with TargetApps that this replica polls.
+    pub owned: BTreeSet<String>,
 }
 
 /// One TargetApp as `/stats` shows it.
@@ -83,8 +99,13 @@ impl Context {
         settings: Settings,
         metrics: Metrics,
         apiserver: Vec<std::net::IpAddr>,
+        leadership: Leadership,
     ) -> Result<Arc<Self>, reqwest::Error> {
-        let poller = poll::Poller::new(settings.max_response_bytes, settings.graphql_max_retries)?;
+        let poller = poll::Poller::new(
+            settings.max_response_bytes,
+            settings.graphql_max_retries,
+            &settings.instance,
+        )?;
         let recorder = Recorder::new(client.clone(), &settings.instance, metrics.clone());
         let (events, mut queue) = mpsc::channel::<Notice>(4096);
         let publish_metrics = metrics.clone();
@@ -109,6 +130,7 @@ impl Context {
             quota.endpoint_policy.clone(),
             apiserver,
             Arc::new(overrides),
+            poll::user_agent(&settings.instance),
         );
         let dispatcher = crate::actions::Dispatcher::new(
             client.clone(),
@@ -131,6 +153,9 @@ impl Context {
             events,
             stats: Arc::default(),
             ready: Arc::default(),
+            leadership,
+            shard: RwLock::default(),
+            actions: tokio_util::task::TaskTracker::new(),
         }))
     }
 }
@@ -143,8 +168,15 @@ struct Running {
 }
 
 /// Follows TargetApps (in `namespace`, or everywhere) and keeps one monitoring task
-/// per TargetApp until `cancel` fires.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, cancel: CancellationToken) {
+/// per TargetApp in the namespaces this replica owns, until `cancel` fires. When
+/// ownership changes, tasks start and stop to match; readiness waits for both the
+/// TargetApp list and the first membership.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    mut ownership: watch::Receiver<Ownership>,
+    cancel: CancellationToken,
+) {
     let api: Api<TargetApp> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -152,11 +184,28 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, cancel: Cancellat
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut running: HashMap<String, Running> = HashMap::new();
-    let mut listed: Option<Vec<String>> = None;
+    let mut shard = Shard {
+        apps: HashMap::new(),
+        running: HashMap::new(),
+        owns: ownership.borrow_and_update().clone(),
+        listed: false,
+    };
+    let mut listing: Option<Vec<String>> = None;
+    // Without sharding nobody sends ownership changes: the channel closes at once.
+    let mut follow = true;
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
+            changed = ownership.changed(), if follow => {
+                if changed.is_err() {
+                    follow = false;
+                    continue;
+                }
+                let next = ownership.borrow_and_update().clone();
+                shard.owns = next;
+                shard.rebalance(&ctx).await;
+                continue;
+            }
             event = events.next() => event,
         };
         match event {
@@ -168,32 +217,113 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, cancel: Cancellat
                     .inc();
                 tracing::warn!(error = %e, "TargetApp watch failed; retrying");
             }
-            Some(Ok(watcher::Event::Init)) => listed = Some(Vec::new()),
+            Some(Ok(watcher::Event::Init)) => listing = Some(Vec::new()),
             Some(Ok(watcher::Event::InitApply(app))) => {
-                if let Some(keys) = listed.as_mut() {
+                if let Some(keys) = listing.as_mut() {
                     keys.push(key(&app));
                 }
-                ensure(&ctx, &mut running, app).await;
+                shard.apply(&ctx, app).await;
             }
             Some(Ok(watcher::Event::InitDone)) => {
-                let keys = listed.take().unwrap_or_default();
-                let gone: Vec<String> = running
+                let keys = listing.take().unwrap_or_default();
+                let gone: Vec<String> = shard
+                    .apps
                     .keys()
                     .filter(|k| !keys.contains(k))
                     .cloned()
                     .collect();
                 for k in gone {
-                    stop(&ctx, &mut running, &k).await;
+                    shard.delete(&ctx, &k).await;
                 }
-                ctx.ready.store(true, Ordering::Release);
+                shard.listed = true;
+                shard.publish(&ctx);
             }
-            Some(Ok(watcher::Event::Apply(app))) => ensure(&ctx, &mut running, app).await,
-            Some(Ok(watcher::Event::Delete(app))) => stop(&ctx, &mut running, &key(&app)).await,
+            Some(Ok(watcher::Event::Apply(app))) => shard.apply(&ctx, app).await,
+            Some(Ok(watcher::Event::Delete(app))) => shard.delete(&ctx, &key(&app)).await,
         }
     }
-    let keys: Vec<String> = running.keys().cloned().collect();
+    let keys: Vec<String> = shard.running.keys().cloned().collect();
     for k in keys {
-        stop(&ctx, &mut running, &k).await;
+        stop(&ctx, &mut shard.running, &k).await;
+    }
+}
+
+/// The TargetApps this replica knows, and the tasks it runs for those it owns.
+struct Shard {
+    apps: HashMap<String, TargetApp>,
+    running: HashMap<String, Running>,
+    owns: Ownership,
+    listed: bool,
+}
+
+impl Shard {
+    fn owned(&self, app: &TargetApp) -> bool {
+        self.owns
+            .owns(app.metadata.namespace.as_deref().unwrap_or_default())
+    }
+
+    async fn apply(&mut self, ctx: &Arc<Context>, app: TargetApp) {
+        let k = key(&app);
+        if self.owned(&app) {
+            ensure(ctx, &mut self.running, app.clone()).await;
+        }
+        self.apps.insert(k, app);
+        self.publish(ctx);
+    }
+
+    async fn delete(&mut self, ctx: &Arc<Context>, k: &str) {
+        self.apps.remove(k);
+        stop(ctx, &mut self.running, k).await;
+        self.publish(ctx);
+    }
+
+    /// Starts and stops tasks after an ownership change.
+    async fn rebalance(&mut self, ctx: &Arc<Context>) {
+        let (mut acquired, mut released) = (0, 0);
+        let keys: Vec<String> = self.apps.keys().cloned().collect();
+        for k in keys {
+            let Some(app) = self.apps.get(&k).cloned() else {
+                continue;
+            };
+            let owned = self.owned(&app);
+            let runs = self.running.contains_key(&k);
+            if owned && !runs {
+                acquired += 1;
+                ensure(ctx, &mut self.running, app).await;
+            } else if !owned && runs {
+                released += 1;
+                stop(ctx, &mut self.running, &k).await;
+            }
+        }
+        if acquired + released > 0 {
+            tracing::info!(acquired, released, members = ?self.owns.members(), "shard hand-off");
+            ctx.metrics
+                .shard_handoffs
+                .with_label_values(&["acquired"])
+                .inc_by(acquired);
+            ctx.metrics
+                .shard_handoffs
+                .with_label_values(&["released"])
+                .inc_by(released);
+        }
+        self.publish(ctx);
+    }
+
+    /// Readiness, the owned namespaces for `/stats` and their metric.
+    fn publish(&self, ctx: &Context) {
+        let owned: BTreeSet<String> = self
+            .running
+            .keys()
+            .filter_map(|k| k.split_once('/').map(|(ns, _)| ns.to_owned()))
+            .collect();
+        ctx.metrics.shard_namespaces.set(owned.len() as i64);
+        if let Ok(mut view) = ctx.shard.write() {
+            view.members = self.owns.members().to_vec();
+            view.owned = owned;
+        }
+        if self.listed && self.owns.known() {
+            ctx.ready.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -82,15 +82,22 @@ pub struct Poller {
     first_backoff: Duration,
 }
 
+/// `kco/<version> (<instance>)`.
+pub fn user_agent(instance: &str) -> String {
+    format!("kco/{} ({instance})", env!("CARGO_PKG_VERSION"))
+}
+
 /// The longest error message kept from a GraphQL response.
 const MAX_MESSAGE: usize = 200;
 
 impl Poller {
     /// A poller whose responses may be at most `max_bytes` long, retrying retryable
     /// failures up to `max_retries` times.
-    pub fn new(max_bytes: u64, max_retries: u32) -> Result<Self, reqwest::Error> {
+    /// `instance` names the replica in the User-Agent, so that a target's operators
+    /// see which replica polls it.
+    pub fn new(max_bytes: u64, max_retries: u32, instance: &str) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .user_agent(concat!("kco/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent(instance))
             // Targets are pods and Services: never through a proxy from the environment,
             // and never to wherever a redirect points.
             .no_proxy()

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use super::discovery::Target;
 use super::poll::{PollData, PollFailure};
-use crate::triggers::{Change, Decision, FieldPath, FiringState, Observation, Rule, changes};
+use crate::triggers::{
+    Change, Decision, FieldPath, FiringState, Observation, Recorded, Rule, changes,
+};
 
 /// One target's memory.
 #[derive(Debug, Clone)]
@@ -35,20 +37,27 @@ pub enum Observed {
     /// A field a trigger references changed.
     StateChanged(Change),
     /// Rule number `rule` fired; its field was `old` in the previous poll and is `new`.
+    /// `after` is the previous firing whose episode this replica saw end.
     Fired {
         rule: usize,
         old: Option<Value>,
         new: Option<Value>,
+        after: Option<Timestamp>,
     },
+    /// The episode of rule number `rule` that fired at `fired_at` ended: its
+    /// condition no longer holds (to be recorded, so that another replica taking
+    /// over knows a new firing is a new episode).
+    Ended { rule: usize, fired_at: Timestamp },
 }
 
 impl TargetState {
-    /// A target not polled yet; `last_fired(rule_name)` gives firings recorded earlier
-    /// (in status, by this or another replica) so that cooldowns survive hand-offs.
+    /// A target not polled yet; `recorded(rule_name)` gives firings recorded earlier
+    /// (in status, by this or another replica) so that cooldowns and episodes
+    /// survive restarts and hand-offs.
     pub fn new(
         target: Target,
         rules: &[Rule],
-        last_fired: impl Fn(&str) -> Option<Timestamp>,
+        recorded: impl Fn(&str) -> Option<Recorded>,
     ) -> Self {
         Self {
             target,
@@ -58,7 +67,7 @@ impl TargetState {
             last_error: None,
             firing: rules
                 .iter()
-                .map(|r| FiringState::with_last_fired(last_fired(&r.name)))
+                .map(|r| FiringState::restored(recorded(&r.name)))
                 .collect(),
         }
     }
@@ -112,12 +121,23 @@ impl TargetState {
             up,
         });
         for (index, (rule, firing)) in rules.iter().zip(self.firing.iter_mut()).enumerate() {
-            if rule.evaluate(firing, &current, previous.as_ref(), now) == Decision::Fire {
+            let ended = firing.ended();
+            let decision = rule.evaluate(firing, &current, previous.as_ref(), now);
+            if firing.ended() != ended
+                && let Some(fired_at) = firing.ended()
+            {
+                seen.push(Observed::Ended {
+                    rule: index,
+                    fired_at,
+                });
+            }
+            if decision == Decision::Fire {
                 let field = &rule.condition.field;
                 seen.push(Observed::Fired {
                     rule: index,
                     old: previous.as_ref().and_then(|p| field.resolve(p.data, p.up)),
                     new: field.resolve(current.data, current.up),
+                    after: firing.ended(),
                 });
             }
         }
@@ -193,7 +213,8 @@ mod tests {
             Observed::Fired {
                 rule: 0,
                 old: Some(json!("SYNCED")),
-                new: Some(json!("OFFLINE"))
+                new: Some(json!("OFFLINE")),
+                after: None
             }
         );
         assert_eq!(
@@ -208,10 +229,16 @@ mod tests {
             seen,
             vec![
                 Observed::PollFailed(timeout.clone()),
+                // No data: syncStatus is no longer OFFLINE, so rule 0's episode ended.
+                Observed::Ended {
+                    rule: 0,
+                    fired_at: at(2)
+                },
                 Observed::Fired {
                     rule: 1,
                     old: Some(json!(true)),
-                    new: Some(json!(false))
+                    new: Some(json!(false)),
+                    after: None
                 }
             ]
         );
@@ -223,11 +250,24 @@ mod tests {
         );
 
         let seen = t.observe(ok("SYNCED", 5), &rules, &fields, at(6));
-        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen.len(), 3, "{seen:?}");
         assert_eq!(seen[0], Observed::PollRecovered);
         assert!(
             matches!(&seen[1], Observed::StateChanged(c) if c.old == Some(json!("OFFLINE")) && c.new == Some(json!("SYNCED"))),
             "changes are against the last good result: {seen:?}"
+        );
+        assert_eq!(
+            seen[2],
+            Observed::Ended {
+                rule: 1,
+                fired_at: at(4)
+            }
+        );
+        // A new episode of rule 0 names the one it follows, for the fence.
+        let seen = t.observe(ok("OFFLINE", 6), &rules, &fields, at(7));
+        assert!(
+            matches!(seen.last(), Some(Observed::Fired { rule: 0, after: Some(a), .. }) if *a == at(2)),
+            "{seen:?}"
         );
         assert_eq!(t.last_error, None);
     }
@@ -258,7 +298,12 @@ mod tests {
             pod: Some("mina-0".into()),
             url: "u".into(),
         };
-        let mut t = TargetState::new(target, &rules, |name| (name == "offline").then(|| at(0)));
+        let mut t = TargetState::new(target, &rules, |name| {
+            (name == "offline").then_some(Recorded {
+                time: at(0),
+                cleared: true,
+            })
+        });
         assert!(
             t.observe(ok("OFFLINE", 1), &rules, &fields, at(60))
                 .is_empty(),
@@ -269,7 +314,77 @@ mod tests {
             vec![Observed::Fired {
                 rule: 0,
                 old: Some(json!("OFFLINE")),
-                new: Some(json!("OFFLINE"))
+                new: Some(json!("OFFLINE")),
+                after: Some(at(0))
+            }]
+        );
+    }
+
+    #[test]
+    fn an_episode_recorded_by_another_replica_is_not_fired_again() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: Some("mina-0".into()),
+            url: "u".into(),
+        };
+        // Another replica fired "offline" at 0 and never saw it end.
+        let latched = |name: &str| {
+            (name == "offline").then_some(Recorded {
+                time: at(0),
+                cleared: false,
+            })
+        };
+        let mut t = TargetState::new(target.clone(), &rules, latched);
+        // Still OFFLINE when taken over: whether that is the same episode is for the
+        // fence to say (it reads the latest status); here it was, and is adopted.
+        let seen = t.observe(ok("OFFLINE", 1), &rules, &fields, at(10));
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [Observed::Fired {
+                    rule: 0,
+                    after: None,
+                    ..
+                }]
+            ),
+            "{seen:?}"
+        );
+        t.firing[0].adopt(at(0));
+        assert_eq!(
+            t.observe(ok("OFFLINE", 2), &rules, &fields, at(11)),
+            vec![],
+            "the same episode: no second firing"
+        );
+        assert_eq!(
+            t.observe(ok("SYNCED", 3), &rules, &fields, at(12)),
+            vec![
+                Observed::StateChanged(Change {
+                    field: "d.syncStatus".parse().unwrap(),
+                    old: Some(json!("OFFLINE")),
+                    new: Some(json!("SYNCED"))
+                }),
+                Observed::Ended {
+                    rule: 0,
+                    fired_at: at(0)
+                }
+            ],
+            "the end of the adopted firing's episode"
+        );
+        let seen = t.observe(ok("OFFLINE", 4), &rules, &fields, at(13));
+        assert!(
+            matches!(seen.last(), Some(Observed::Fired { rule: 0, after: Some(a), .. }) if *a == at(0)),
+            "a new episode fires, naming the one it follows: {seen:?}"
+        );
+
+        // Taken over while the condition no longer holds: the end is reported at once.
+        let mut t = TargetState::new(target, &rules, latched);
+        let seen = t.observe(ok("SYNCED", 1), &rules, &fields, at(10));
+        assert_eq!(
+            seen,
+            vec![Observed::Ended {
+                rule: 0,
+                fired_at: at(0)
             }]
         );
     }

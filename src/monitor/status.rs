@@ -265,6 +265,7 @@ mod tests {
                     rule: "r".into(),
                     target: format!("p{i}"),
                     time: Time(at(i)),
+                    cleared: None,
                 },
             );
         }
@@ -274,6 +275,7 @@ mod tests {
                 rule: "r".into(),
                 target: "p299".into(),
                 time: Time(at(999)),
+                cleared: None,
             },
         );
         assert_eq!(firings.len(), MAX_STATUS_FIRINGS);

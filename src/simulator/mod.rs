@@ -46,7 +46,28 @@ pub(crate) struct Node {
     state: Mutex<(NodeState, Instant)>,
     faults: watch::Sender<Faults>,
     requests: AtomicU64,
+    /// Requests by User-Agent (KCO names its replica there), at most
+    /// [`MAX_AGENTS`] agents; the rest are counted under "other".
+    agents: Mutex<BTreeMap<String, u64>>,
     cancel: CancellationToken,
+}
+
+/// Distinct User-Agents a node counts requests for.
+pub const MAX_AGENTS: usize = 32;
+
+impl Node {
+    pub(crate) fn count_request(&self, agent: Option<&str>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut agents) = self.agents.lock() {
+            let agent = agent.unwrap_or("(none)");
+            let key = if agents.contains_key(agent) || agents.len() < MAX_AGENTS {
+                agent.to_owned()
+            } else {
+                "other".to_owned()
+            };
+            *agents.entry(key).or_default() += 1;
+        }
+    }
 }
 
 /// A node as the control API reports it.
@@ -60,6 +81,9 @@ pub struct NodeInfo {
     pub faults: Faults,
     /// GraphQL requests received since start (or the last reset).
     pub requests: u64,
+    /// The same requests by User-Agent.
+    #[serde(default)]
+    pub requests_by_agent: BTreeMap<String, u64>,
 }
 
 impl Node {
@@ -71,6 +95,7 @@ impl Node {
             state: view.state,
             faults: self.faults.borrow().clone(),
             requests: self.requests.load(Ordering::Relaxed),
+            requests_by_agent: self.agents.lock().map(|a| a.clone()).unwrap_or_default(),
         }
     }
 }
@@ -161,6 +186,11 @@ impl Simulator {
         self.inner.set_faults(addr, faults).await
     }
 
+    /// Zeroes a node's request counters; returns the count before.
+    pub async fn reset_requests(&self, addr: SocketAddr) -> Result<u64, SimulatorError> {
+        self.inner.reset_requests(addr).await
+    }
+
     /// The node at `addr`.
     pub async fn node(&self, addr: SocketAddr) -> Result<NodeInfo, SimulatorError> {
         self.inner.node(addr).await.map(|n| n.info())
@@ -220,6 +250,7 @@ impl Inner {
             state: Mutex::new((state, Instant::now())),
             faults: watch::Sender::new(Faults::default()),
             requests: AtomicU64::new(0),
+            agents: Mutex::default(),
             cancel: self.cancel.child_token(),
         });
         nodes.insert(addr, node.clone());
@@ -269,7 +300,11 @@ impl Inner {
     }
 
     async fn reset_requests(&self, addr: SocketAddr) -> Result<u64, SimulatorError> {
-        Ok(self.node(addr).await?.requests.swap(0, Ordering::Relaxed))
+        let node = self.node(addr).await?;
+        if let Ok(mut agents) = node.agents.lock() {
+            agents.clear();
+        }
+        Ok(node.requests.swap(0, Ordering::Relaxed))
     }
 
     async fn stop_all(&self) {

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -105,10 +104,15 @@ fn split_handle(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {
 async fn graphql(
     State(ctx): State<NodeCtx>,
     axum::Extension(switch): axum::Extension<ResetSwitch>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let node = &ctx.node;
-    node.requests.fetch_add(1, Ordering::Relaxed);
+    node.count_request(
+        headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let mut faults_rx = node.faults.subscribe();
     let faults = faults_rx.borrow_and_update().clone();
     if faults.latency_ms > 0 {

@@ -37,8 +37,14 @@ struct Inner {
 
 impl Egress {
     /// `policy` applies to every namespace (tenant quotas refine it later);
-    /// `apiserver` lists the apiserver's addresses, never reachable.
-    pub fn new(policy: EndpointPolicy, apiserver: Vec<IpAddr>, overrides: DnsOverrides) -> Self {
+    /// `apiserver` lists the apiserver's addresses, never reachable; requests say
+    /// `user_agent`.
+    pub fn new(
+        policy: EndpointPolicy,
+        apiserver: Vec<IpAddr>,
+        overrides: DnsOverrides,
+        user_agent: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policy,
@@ -48,7 +54,7 @@ impl Egress {
                     .max_capacity(1000)
                     .time_to_idle(Duration::from_secs(600))
                     .build(),
-                user_agent: concat!("kco/", env!("CARGO_PKG_VERSION")).to_owned(),
+                user_agent,
             }),
         }
     }

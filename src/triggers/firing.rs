@@ -19,6 +19,19 @@ pub struct FiringState {
     fired: bool,
     /// The last firing, here or (after a hand-off) as recorded in status.
     last_fired: Option<Timestamp>,
+    /// The firing whose stretch of truth was seen to end (the condition turned
+    /// false after it): a later firing is a new episode, not a repeat.
+    ended: Option<Timestamp>,
+    /// `last_fired` came from status and its episode's end was not recorded.
+    unconfirmed: bool,
+}
+
+/// A firing recorded in status by this or another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub time: Timestamp,
+    /// Whether the condition was seen false after it (the episode ended).
+    pub cleared: bool,
 }
 
 /// The outcome of one evaluation.
@@ -45,9 +58,47 @@ impl FiringState {
         }
     }
 
+    /// A state restored from status after a restart or hand-off. A firing whose
+    /// episode is not known to have ended is *unconfirmed*: if the condition holds
+    /// at the first evaluation the rule fires, and the fence (which reads the
+    /// latest status) decides whether that is a repeat; if it does not hold, the
+    /// episode is reported as ended.
+    pub fn restored(recorded: Option<Recorded>) -> Self {
+        match recorded {
+            None => Self::default(),
+            Some(Recorded {
+                time,
+                cleared: true,
+            }) => Self {
+                last_fired: Some(time),
+                ended: Some(time),
+                ..Self::default()
+            },
+            Some(Recorded {
+                time,
+                cleared: false,
+            }) => Self {
+                last_fired: Some(time),
+                unconfirmed: true,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// The fence found the rule already fired for this episode at `at` (by another
+    /// replica): this stretch's firing is that one.
+    pub fn adopt(&mut self, at: Timestamp) {
+        self.last_fired = Some(at);
+    }
+
     /// When the rule last fired for this target.
     pub fn last_fired(&self) -> Option<Timestamp> {
         self.last_fired
+    }
+
+    /// The last firing whose episode was seen to end.
+    pub fn ended(&self) -> Option<Timestamp> {
+        self.ended
     }
 
     /// Advances the state with one evaluation. `new_edge` marks an observation that
@@ -61,11 +112,19 @@ impl FiringState {
         cooldown: Duration,
     ) -> Decision {
         if !holds {
+            if self.fired || self.unconfirmed {
+                self.ended = self.last_fired;
+            }
+            self.unconfirmed = false;
             self.since = None;
             self.fired = false;
             return Decision::Idle;
         }
+        self.unconfirmed = false;
         if new_edge {
+            if self.fired {
+                self.ended = self.last_fired;
+            }
             self.since = Some(now);
             self.fired = false;
         }

@@ -16,6 +16,8 @@ use support::{ControlPlane, User};
 
 const NAMESPACE: &str = "mina";
 const NODES: u32 = 3;
+const REPLICAS: usize = 3;
+const LEASE_NAMESPACE: &str = "kco-system";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -96,31 +98,50 @@ async fn main() -> anyhow::Result<()> {
         "kubectl apply {}: {applied:?}",
         sample.display()
     );
-    let admin_port = support::process::free_port()?;
-    let log = cp.dir.join("kco.log");
-    let mut operator = std::process::Command::new(repo.join("target/debug/kco"))
-        .args(["run", "--log-format", "text", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args([
-            "--metrics-port",
-            &admin_port.to_string(),
-            "--admin-bind-address",
-            "127.0.0.1",
-            "--instance",
-            "kco-demo",
-        ])
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(&log)?.try_clone()?)
-        .spawn()
-        .context("cannot start `kco run` (build it with `cargo build --bin kco`)")?;
-
+    // Three replicas, as a Helm install runs them: one leads (Lease kco-leader), and
+    // they share the polling by namespace through membership Leases in kco-system.
+    let system = serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}}))?;
+    namespaces
+        .create(&Default::default(), &system)
+        .await
+        .context("create the operator's namespace")?;
+    let mut operators = Vec::new();
+    let mut admin_ports = Vec::new();
+    for i in 0..REPLICAS {
+        let admin_port = support::process::free_port()?;
+        let log = cp.dir.join(format!("kco-{i}.log"));
+        let operator = std::process::Command::new(repo.join("target/debug/kco"))
+            .args(["--log-format", "text", "run", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--metrics-port",
+                &admin_port.to_string(),
+                "--admin-bind-address",
+                "127.0.0.1",
+                "--instance",
+                &format!("kco-{i}"),
+                "--lease-namespace",
+                LEASE_NAMESPACE,
+            ])
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?.try_clone()?)
+            .spawn()
+            .context("cannot start `kco run` (build it with `cargo build --bin kco`)")?;
+        operators.push(operator);
+        admin_ports.push(admin_port);
+    }
+    let admin_port = admin_ports[0];
     println!(
-        "\n{NODES} simulated Mina pods and a TargetApp run in namespace {NAMESPACE}, watched by `kco run`\n\
-         (log: {log}). In another terminal:\n\n  \
+        "\n{NODES} simulated Mina pods and a TargetApp run in namespace {NAMESPACE}, watched by three\n\
+         `kco run` replicas (logs: {logs}). In another terminal:\n\n  \
          export KUBECONFIG={kubeconfig}\n  \
          alias kubectl={kubectl}\n  \
          kubectl get pods,targetapps -n {NAMESPACE} -o wide\n  \
          kubectl events -n {NAMESPACE} --watch\n\n\
+         Which replica leads, and which polls namespace {NAMESPACE} (status.shard):\n\n  \
+         kubectl get leases -n {LEASE_NAMESPACE}\n  \
+         kubectl get targetapp mina -n {NAMESPACE} -o jsonpath='{{.status.shard}}{{\"\\n\"}}'\n  \
+         curl -s http://127.0.0.1:{admin_port}/stats   # replicas on ports {ports}\n\n\
          The last node lags behind: after 15 s its `lagging` rule fires and KCO evicts its pod\n\
          (ActionSucceeded). Take another node offline and watch StateChanged, TriggerFired and\n\
          the restart appear:\n\n  \
@@ -135,17 +156,26 @@ async fn main() -> anyhow::Result<()> {
          curl -s http://{first}/graphql -H 'content-type: application/json' \\\n    \
          -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength }} }}\"}}'\n\n\
          Press Ctrl-C to stop and clean up.",
-        log = log.display(),
+        logs = cp.dir.join("kco-*.log").display(),
+        ports = admin_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         kubeconfig = kubeconfig.display(),
         kubectl = kubectl.display(),
         control = sim.control_addr(),
     );
     kco::simulator::wait_for_shutdown_signal().await;
     println!("\nStopping kco, the simulator and the control plane...");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &operator.id().to_string()])
-        .status();
-    let _ = operator.wait();
+    for operator in &operators {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &operator.id().to_string()])
+            .status();
+    }
+    for mut operator in operators {
+        let _ = operator.wait();
+    }
     sim.shutdown().await;
     drop(cp);
     println!("Done.");

@@ -19,6 +19,7 @@ const WATCHDOG: &str = r#"
 exec 3<&0 0</dev/null
 "$@" &
 child=$!
+echo "$child" > "$KCO_WATCHDOG_PIDFILE"
 (
   read -r _ <&3
   kill -TERM "$child" 2>/dev/null
@@ -60,6 +61,7 @@ impl Supervised {
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
+            .env("KCO_WATCHDOG_PIDFILE", log.with_extension("pid"))
             .env(
                 "KCO_WATCHDOG_CLEANUP",
                 cleanup.map(Path::as_os_str).unwrap_or_default(),
@@ -125,6 +127,34 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Supervised {
+    /// The process's id (not the watchdog's).
+    pub fn pid(&self) -> Option<u32> {
+        let file = self.log.with_extension("pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return Some(pid);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` ("KILL", "TERM") to the process.
+    pub fn signal(&self, signal: &str) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .args(["-s", signal, &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
     /// Closes the lifeline without waiting, exactly as the test process's death
     /// would; the watchdog must then stop the process on its own.
     pub fn sever_lifeline(&mut self) {

@@ -1,0 +1,363 @@
+//! Sharding: every replica holds a membership Lease of its own, renewed every few
+//! seconds; the live members are the Leases whose renew time plus duration lies
+//! ahead. A namespace belongs to the member with the highest rendezvous hash of
+//! (namespace, member), so when a member joins or leaves only its share moves, and
+//! every replica computes the same owner without a coordinator.
+//!
+//! A replica that cannot renew its own Lease within its duration owns nothing
+//! (the others have taken its namespaces over by then).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::election::{Held, Leadership, seconds};
+use crate::metrics::Metrics;
+
+/// The label every membership Lease carries.
+pub const MEMBER_LABEL: &str = "operator.kco.local/shard-member";
+
+/// The membership Lease of `instance`.
+pub fn member_lease(instance: &str) -> String {
+    format!("kco-member-{instance}")
+}
+
+/// Who owns what, as this replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    me: String,
+    /// Live members, sorted (this replica among them when it is a member).
+    members: Vec<String>,
+    /// False until membership is first known; a replica that is not a live member
+    /// owns nothing.
+    known: bool,
+    /// Sharding off: this replica owns every namespace.
+    everything: bool,
+}
+
+impl Ownership {
+    /// Sharding off: every namespace is ours.
+    pub fn everything(me: &str) -> Self {
+        Self {
+            me: me.to_owned(),
+            members: vec![me.to_owned()],
+            known: true,
+            everything: true,
+        }
+    }
+
+    /// Not known yet: nothing is ours.
+    pub fn unknown(me: &str) -> Self {
+        Self {
+            me: me.to_owned(),
+            members: Vec::new(),
+            known: false,
+            everything: false,
+        }
+    }
+
+    /// `members` are live (this replica counts only if listed).
+    pub fn of(me: &str, members: impl IntoIterator<Item = String>) -> Self {
+        let members: BTreeSet<String> = members.into_iter().collect();
+        Self {
+            me: me.to_owned(),
+            members: members.into_iter().collect(),
+            known: true,
+            everything: false,
+        }
+    }
+
+    pub fn known(&self) -> bool {
+        self.known
+    }
+
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    /// Whether this replica polls `namespace`.
+    pub fn owns(&self, namespace: &str) -> bool {
+        self.everything || owner(namespace, &self.members) == Some(self.me.as_str())
+    }
+}
+
+/// The member owning `namespace`: the highest rendezvous hash (ties by name).
+pub fn owner<'a>(namespace: &str, members: &'a [String]) -> Option<&'a str> {
+    members
+        .iter()
+        .max_by_key(|m| (score(namespace, m), m.as_str()))
+        .map(String::as_str)
+}
+
+/// A stable 64-bit hash of (namespace, member): FNV-1a, then a finalizer that
+/// spreads its bits (the same in every build and every replica).
+fn score(namespace: &str, member: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(member.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Timing of membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a membership Lease holds without renewal.
+    pub lease_duration: Duration,
+    /// How often a member renews its Lease and re-reads the membership.
+    pub renew_period: Duration,
+}
+
+/// This replica's membership: renews its Lease, follows the others', publishes
+/// the ownership; deletes its Lease on shutdown so that its namespaces move at once.
+pub struct Membership {
+    api: Api<Lease>,
+    me: String,
+    timing: Timing,
+    metrics: Metrics,
+    leadership: Leadership,
+}
+
+impl Membership {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        me: &str,
+        timing: Timing,
+        metrics: Metrics,
+        leadership: Leadership,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            me: me.to_owned(),
+            timing,
+            metrics,
+            leadership,
+        }
+    }
+
+    pub async fn run(self, ownership: watch::Sender<Ownership>, cancel: CancellationToken) {
+        let mut renewed: Option<Instant> = None;
+        loop {
+            match self.renew().await {
+                Ok(()) => renewed = Some(Instant::now()),
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&["shard_membership"])
+                        .inc();
+                    tracing::warn!(error = %e, "cannot renew the membership Lease");
+                }
+            }
+            let alive = renewed.is_some_and(|at| at.elapsed() < self.timing.lease_duration);
+            match self.members().await {
+                Ok(leases) => {
+                    let now = Timestamp::now();
+                    let live: Vec<String> = leases
+                        .iter()
+                        .filter(|(_, held)| held.live(now))
+                        .filter_map(|(_, held)| held.holder.clone())
+                        .filter(|m| alive || *m != self.me)
+                        .collect();
+                    let next = Ownership::of(&self.me, live);
+                    self.metrics.shard_members.set(next.members().len() as i64);
+                    ownership.send_if_modified(|current| {
+                        if *current == next {
+                            false
+                        } else {
+                            tracing::info!(members = ?next.members(), "shard membership changed");
+                            *current = next;
+                            true
+                        }
+                    });
+                    self.collect_expired(&leases, now).await;
+                }
+                Err(e) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&["shard_membership"])
+                        .inc();
+                    tracing::warn!(error = %e, "cannot list the membership Leases");
+                    if !alive {
+                        // Unsure of our own membership: own nothing rather than poll twice.
+                        ownership.send_if_modified(|current| {
+                            let next = Ownership::of(&self.me, Vec::<String>::new());
+                            let changed = *current != next;
+                            *current = next;
+                            changed
+                        });
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.timing.renew_period) => {}
+            }
+        }
+        let _ = ownership.send(Ownership::of(&self.me, Vec::<String>::new()));
+        match self
+            .api
+            .delete(&member_lease(&self.me), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => tracing::info!("left the shard: membership Lease deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete the membership Lease; it expires on its own")
+            }
+        }
+    }
+
+    async fn renew(&self) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(member_lease(&self.me)),
+                labels: Some(
+                    [
+                        (MEMBER_LABEL.to_owned(), "true".to_owned()),
+                        ("app.kubernetes.io/name".to_owned(), "kco".to_owned()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.me.clone()),
+                lease_duration_seconds: Some(seconds(self.timing.lease_duration)),
+                renew_time: Some(MicroTime(now)),
+                ..LeaseSpec::default()
+            }),
+        };
+        // Only this replica writes its membership Lease: server-side apply, no races.
+        self.api
+            .patch(
+                &member_lease(&self.me),
+                &PatchParams::apply("kco-shard").force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn members(&self) -> Result<Vec<(String, Held)>, kube::Error> {
+        let list = self
+            .api
+            .list(&ListParams::default().labels(&format!("{MEMBER_LABEL}=true")))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|l| {
+                (
+                    l.metadata.name.clone().unwrap_or_default(),
+                    Held::of(l.spec.as_ref()),
+                )
+            })
+            .collect())
+    }
+
+    /// Leader-only cleanup: membership Leases of replicas gone for ten durations
+    /// (pods replaced by a rollout) are deleted.
+    async fn collect_expired(&self, leases: &[(String, Held)], now: Timestamp) {
+        let grace = k8s_openapi::jiff::SignedDuration::try_from(self.timing.lease_duration * 10)
+            .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+        for (name, held) in leases {
+            let stale = held
+                .renewed
+                .and_then(|r| r.checked_add(grace).ok())
+                .is_none_or(|until| until < now);
+            if !stale || held.holder.as_deref() == Some(self.me.as_str()) {
+                continue;
+            }
+            // The claim is checked before each leader-only write.
+            if !self.leadership.confirm() {
+                return;
+            }
+            match self.api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(lease = %name, "deleted a long-expired membership Lease"),
+                Err(e) => {
+                    tracing::debug!(lease = %name, error = %e, "cannot delete a stale membership Lease")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("kco-{i}")).collect()
+    }
+
+    #[test]
+    fn every_namespace_has_one_owner_and_shares_are_even() {
+        let members = names(3);
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in 0..3000 {
+            let ns = format!("tenant-{i}");
+            let owner = owner(&ns, &members).unwrap();
+            *count.entry(owner).or_default() += 1;
+            let owning: Vec<bool> = members
+                .iter()
+                .map(|m| Ownership::of(m, members.clone()).owns(&ns))
+                .collect();
+            assert_eq!(owning.iter().filter(|o| **o).count(), 1, "{ns}");
+        }
+        assert_eq!(count.len(), 3);
+        for (member, n) in count {
+            assert!((800..=1200).contains(&n), "{member} owns {n} of 3000");
+        }
+    }
+
+    #[test]
+    fn a_member_leaving_moves_only_its_namespaces() {
+        let three = names(3);
+        let two: Vec<String> = three[..2].to_vec();
+        for i in 0..1000 {
+            let ns = format!("tenant-{i}");
+            let before = owner(&ns, &three).unwrap();
+            let after = owner(&ns, &two).unwrap();
+            if before != "kco-2" {
+                assert_eq!(before, after, "{ns} moved though its owner stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        // Replicas of different builds must agree during a rolling upgrade: the value
+        // is fixed (a seeded or std hasher would fail this).
+        assert_eq!(score("mina", "kco-0"), 0x0973_0425_9e18_a9d8);
+        assert_eq!(owner("mina", &names(3)), owner("mina", &names(3)));
+        assert_ne!(score("mina", "kco-0"), score("mina", "kco-1"));
+        assert_ne!(score("ab", "c"), score("a", "bc"), "the separator counts");
+    }
+
+    #[test]
+    fn unknown_or_absent_members_own_nothing() {
+        assert!(!Ownership::unknown("kco-0").owns("mina"));
+        assert!(!Ownership::of("kco-0", names(3)[1..].to_vec()).owns("mina"));
+        assert!(Ownership::everything("kco-0").owns("anything"));
+        assert!(Ownership::of("kco-0", vec!["kco-0".into()]).owns("mina"));
+    }
+}

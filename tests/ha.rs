@@ -1,0 +1,575 @@
+//! High availability with real `kco run` processes against the local control
+//! plane: one leader at a time, fast fail-over, polling sharded by namespace and
+//! handed off when a replica dies, and one action per firing across kills.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
+use kco::targetapp::TargetApp;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::fixtures::{self, MINA_GRAPHQL_PORT};
+use support::process::{Supervised, free_port};
+use support::receiver::Receiver;
+use support::{ControlPlane, User};
+
+/// Lease timing of the replicas under test (seconds): leader Lease 4 s, renew
+/// deadline 3 s, retry 1 s; membership Lease 3 s, renewed every 1 s.
+const LEASE: u64 = 4;
+const RETRY: u64 = 1;
+const MEMBER_LEASE: u64 = 3;
+
+/// Tests here run one at a time: each runs its own replicas, which watch every
+/// namespace of the shared control plane.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Replicas of `kco run`, their Leases in a namespace of their own.
+struct Replicas {
+    cp: &'static ControlPlane,
+    lease_ns: String,
+    kubeconfig: PathBuf,
+    ports: Vec<u16>,
+    processes: Vec<Option<Supervised>>,
+    extra: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Replicas {
+    async fn start(prefix: &str, n: usize, extra: &[&str]) -> Self {
+        kco::tls::install_crypto_provider();
+        let cp = ControlPlane::shared();
+        cp.install_kco_crds();
+        let lease_ns = cp.namespace(prefix).await;
+        let mut replicas = Self {
+            cp,
+            lease_ns,
+            kubeconfig: cp.kubeconfig(&User::Admin).unwrap(),
+            ports: Vec::new(),
+            processes: Vec::new(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            http: fixtures::http_client(),
+        };
+        for i in 0..n {
+            replicas.ports.push(free_port().unwrap());
+            replicas.processes.push(None);
+            replicas.spawn(i);
+        }
+        for i in 0..n {
+            replicas.wait_ready(i).await;
+        }
+        replicas
+    }
+
+    fn name(i: usize) -> String {
+        format!("kco-{i}")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let mut args: Vec<String> = [
+            "--log-format",
+            "json",
+            "run",
+            "--instance",
+            &Self::name(i),
+            "--metrics-port",
+            &self.ports[i].to_string(),
+            "--admin-bind-address",
+            "127.0.0.1",
+            "--lease-namespace",
+            &self.lease_ns,
+            "--lease-duration",
+            &LEASE.to_string(),
+            "--lease-renew-deadline",
+            &(LEASE - 1).to_string(),
+            "--lease-retry-period",
+            &RETRY.to_string(),
+            "--member-lease-duration",
+            &MEMBER_LEASE.to_string(),
+            "--member-renew-period",
+            "1",
+            "--graphql-timeout",
+            "2",
+            "--graphql-max-retries",
+            "0",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.push("--kubeconfig".into());
+        args.push(self.kubeconfig.display().to_string());
+        args.extend(self.extra.iter().cloned());
+        let log = self.cp.dir.join(format!(
+            "{}-{}-{}.log",
+            self.lease_ns,
+            Self::name(i),
+            fastrand::u32(..)
+        ));
+        let process = Supervised::spawn(
+            &Self::name(i),
+            &PathBuf::from(env!("CARGO_BIN_EXE_kco")),
+            &args,
+            &log,
+            None,
+        )
+        .unwrap();
+        self.processes[i] = Some(process);
+    }
+
+    async fn stats(&self, i: usize) -> Option<Value> {
+        self.processes[i].as_ref()?;
+        let url = format!("http://127.0.0.1:{}/stats", self.ports[i]);
+        let response = self.http.get(url).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    async fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .stats(i)
+                .await
+                .is_some_and(|s| s["ready"] == json!(true))
+            {
+                return;
+            }
+            let process = self.processes[i].as_mut().unwrap();
+            assert!(
+                process.exited().is_none(),
+                "{} exited: {}",
+                process.name,
+                process.log_tail(30)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready: {}",
+                process.name,
+                process.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The replicas that say they lead.
+    async fn leaders(&self) -> Vec<usize> {
+        let mut leaders = Vec::new();
+        for i in 0..self.processes.len() {
+            if self
+                .stats(i)
+                .await
+                .is_some_and(|s| s["leader"] == json!(true))
+            {
+                leaders.push(i);
+            }
+        }
+        leaders
+    }
+
+    /// Waits for exactly one leader other than `not`, checking that there is never
+    /// more than one; returns it and how long it took.
+    async fn wait_leader(&self, not: Option<usize>, within: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        loop {
+            let leaders = self.leaders().await;
+            assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+            if let Some(&leader) = leaders.first()
+                && Some(leader) != not
+            {
+                return (leader, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "no new leader within {within:?} (leaders: {leaders:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self, i: usize, signal: &str) {
+        let process = self.processes[i].as_mut().unwrap();
+        assert!(process.signal(signal), "cannot signal {}", process.name);
+    }
+
+    /// Waits until replica `i` has exited; its exit status.
+    async fn wait_exit(&mut self, i: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let process = self.processes[i].as_mut().unwrap();
+            if let Some(status) = process.exited() {
+                self.processes[i] = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{i} did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replicas still running that exited on their own (none should).
+    fn unexpected_exits(&mut self) -> Vec<String> {
+        self.processes
+            .iter_mut()
+            .flatten()
+            .filter_map(|p| {
+                p.exited()
+                    .map(|status| format!("{} {status}: {}", p.name, p.log_tail(20)))
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_with_fast_failover_on_kill_and_handover_on_sigterm() {
+    let _serial = SERIAL.lock().await;
+    let mut replicas = Replicas::start("ha-leader", 3, &[]).await;
+    let (first, _) = replicas
+        .wait_leader(None, Duration::from_secs(LEASE + 5))
+        .await;
+    // Stays one for a while (every check asserts at most one).
+    for _ in 0..20 {
+        let leaders = replicas.leaders().await;
+        assert_eq!(leaders, vec![first], "exactly one leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leases: Api<Lease> = Api::namespaced(replicas.cp.admin().await, &replicas.lease_ns);
+    let holder = leases
+        .get(kco::election::LEADER_LEASE)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(holder, Some(Replicas::name(first)));
+
+    // SIGKILL: the Lease must expire first (duration), then a standby's next try.
+    replicas.kill(first, "KILL");
+    let (second, took) = replicas
+        .wait_leader(Some(first), Duration::from_secs(LEASE + RETRY + 2))
+        .await;
+    println!("failover after SIGKILL: {took:?}");
+    replicas.wait_exit(first).await;
+
+    // SIGTERM: the leader releases the Lease on its way out; a standby leads at once.
+    replicas.kill(second, "TERM");
+    let (third, took) = replicas
+        .wait_leader(Some(second), Duration::from_secs(3))
+        .await;
+    println!("hand-over after SIGTERM: {took:?}");
+    let status = replicas.wait_exit(second).await;
+    assert!(status.contains("exit status: 0"), "clean exit: {status}");
+    assert_ne!(third, first);
+    assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
+}
+
+/// Namespaces, each with one simulated Mina pod and a TargetApp polling it every
+/// second.
+struct Fleet {
+    sim: Simulator,
+    /// Namespace → its node's address.
+    nodes: BTreeMap<String, SocketAddr>,
+}
+
+async fn fleet(prefix: &str, n: usize, spec: impl Fn(&str) -> Value) -> Fleet {
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let client = cp.admin().await;
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut nodes = BTreeMap::new();
+    for _ in 0..n {
+        let ns = cp.namespace(prefix).await;
+        let ip = fixtures::loopback_ip();
+        let node = sim
+            .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+            .await
+            .unwrap();
+        let pod = fixtures::mina_pod("mina-0", json!({"app": "mina"}));
+        fixtures::create_running_pod(&client, &ns, &pod, ip).await;
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "mina", "namespace": ns}, "spec": spec(&ns)
+        }))
+        .unwrap();
+        Api::<TargetApp>::namespaced(client.clone(), &ns)
+            .patch(
+                "mina",
+                &PatchParams::apply("kco-test").force(),
+                &Patch::Apply(&app),
+            )
+            .await
+            .unwrap();
+        nodes.insert(ns, node.address);
+    }
+    Fleet { sim, nodes }
+}
+
+impl Fleet {
+    /// Which replicas polled each namespace's node during `window`.
+    async fn pollers(&self, window: Duration) -> BTreeMap<String, BTreeSet<String>> {
+        for addr in self.nodes.values() {
+            self.sim.reset_requests(*addr).await.unwrap();
+        }
+        tokio::time::sleep(window).await;
+        let mut seen = BTreeMap::new();
+        for (ns, addr) in &self.nodes {
+            let info = self.sim.node(*addr).await.unwrap();
+            let agents: BTreeSet<String> = info
+                .requests_by_agent
+                .keys()
+                .filter_map(|agent| {
+                    agent
+                        .split_once('(')
+                        .map(|(_, rest)| rest.trim_end_matches(')').to_owned())
+                })
+                .collect();
+            seen.insert(ns.clone(), agents);
+        }
+        seen
+    }
+}
+
+#[tokio::test]
+async fn namespaces_are_polled_by_exactly_one_replica_and_move_when_it_dies() {
+    let _serial = SERIAL.lock().await;
+    let fleet = fleet(
+        "ha-shard",
+        30,
+        |_| json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}),
+    )
+    .await;
+    let mut replicas = Replicas::start("ha-shard-leases", 3, &[]).await;
+
+    // Settle (every member sees every other), then watch for 3 s.
+    tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
+    let seen = fleet.pollers(Duration::from_secs(3)).await;
+    let mut share: BTreeMap<String, usize> = BTreeMap::new();
+    for (ns, pollers) in &seen {
+        assert_eq!(pollers.len(), 1, "{ns} polled by {pollers:?}");
+        *share
+            .entry(pollers.iter().next().unwrap().clone())
+            .or_default() += 1;
+    }
+    println!("namespaces per replica with 3 replicas: {share:?}");
+    assert_eq!(share.len(), 3, "every replica polls a share: {share:?}");
+    // /stats agrees with what the nodes saw.
+    for i in 0..3 {
+        let stats = replicas.stats(i).await.unwrap();
+        let owned: BTreeSet<String> =
+            serde_json::from_value(stats["ownedNamespaces"].clone()).unwrap();
+        let polled: BTreeSet<String> = seen
+            .iter()
+            .filter(|(_, p)| p.contains(&Replicas::name(i)))
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        assert_eq!(owned, polled, "kco-{i}");
+    }
+    // TargetApp status names the replica that polls it.
+    let client = replicas.cp.admin().await;
+    let (ns, pollers) = seen.iter().next().unwrap();
+    let status = Api::<TargetApp>::namespaced(client.clone(), ns)
+        .get("mina")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.shard.as_ref(), pollers.iter().next());
+
+    // Kill one replica: its namespaces are polled again within the hand-off time
+    // (membership Lease duration + a renew period), by exactly one replica each.
+    let victim = share.keys().next().unwrap().clone();
+    let index: usize = victim.trim_start_matches("kco-").parse().unwrap();
+    let killed_at = Instant::now();
+    replicas.kill(index, "KILL");
+    replicas.wait_exit(index).await;
+    let orphans: BTreeSet<String> = seen
+        .iter()
+        .filter(|(_, p)| p.contains(&victim))
+        .map(|(ns, _)| ns.clone())
+        .collect();
+    loop {
+        let now = fleet.pollers(Duration::from_millis(1500)).await;
+        let covered = orphans
+            .iter()
+            .all(|ns| now[ns].len() == 1 && !now[ns].contains(&victim));
+        if covered {
+            println!(
+                "hand-off of {} namespaces after SIGKILL: {:?}",
+                orphans.len(),
+                killed_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(MEMBER_LEASE + 6),
+            "the dead replica's namespaces were not taken over: {now:?}"
+        );
+    }
+    let now = fleet.pollers(Duration::from_secs(2)).await;
+    for (ns, pollers) in &now {
+        assert_eq!(
+            pollers.len(),
+            1,
+            "{ns} polled by {pollers:?} after the hand-off"
+        );
+    }
+
+    // Start it again: its share comes back to it.
+    replicas.spawn(index);
+    replicas.wait_ready(index).await;
+    tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
+    let back = fleet.pollers(Duration::from_secs(3)).await;
+    let returned = back.values().filter(|p| p.contains(&victim)).count();
+    assert_eq!(returned, orphans.len(), "load spreads back: {back:?}");
+    for (ns, pollers) in &back {
+        assert_eq!(pollers.len(), 1, "{ns} polled by {pollers:?}");
+    }
+    assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
+    let _serial = SERIAL.lock().await;
+    // Webhook actions to a receiver that counts deliveries by idempotency key.
+    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
+    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
+    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
+    let cp = ControlPlane::shared();
+    let client = cp.admin().await;
+    let fleet = fleet("ha-actions", 6, |_| {
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+               "serviceAccountName": "kco-actions",
+               "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
+                            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
+                            "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "CATCHUP"}}]})
+    })
+    .await;
+    for ns in fleet.nodes.keys() {
+        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
+    }
+    let cidr = format!("{receiver_ip}/32");
+    let resolve = format!("hooks.example.com={receiver_ip}");
+    let mut replicas = Replicas::start(
+        "ha-actions-leases",
+        3,
+        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
+
+    // Flip every node between SYNCED and CATCHUP every 3 s while a replica is
+    // killed and restarted each time: every turn to CATCHUP is one firing.
+    let states = [SyncStatus::Synced, SyncStatus::Catchup];
+    let mut flips = 0usize;
+    for cycle in 0..20 {
+        let state = states[(cycle + 1) % 2];
+        for addr in fleet.nodes.values() {
+            fleet
+                .sim
+                .patch_state(
+                    *addr,
+                    StatePatch {
+                        sync_status: Some(state),
+                        ..StatePatch::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        if state == SyncStatus::Catchup {
+            flips += fleet.nodes.len();
+        }
+        let victim = fastrand::usize(..3);
+        let signal = if cycle % 2 == 0 { "KILL" } else { "TERM" };
+        replicas.kill(victim, signal);
+        replicas.wait_exit(victim).await;
+        replicas.spawn(victim);
+        replicas.wait_ready(victim).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Let the last firings land.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |receiver: &Receiver| {
+        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+        for r in receiver.received() {
+            let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
+            *keys.entry(key).or_default() += 1;
+        }
+        keys
+    };
+    while count(&receiver).len() < flips && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys = count(&receiver);
+    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{flips} flips, {} distinct deliveries, {} duplicates",
+        keys.len(),
+        duplicates.len()
+    );
+    assert_eq!(
+        duplicates,
+        Vec::<(&String, &usize)>::new(),
+        "no duplicate deliveries"
+    );
+    if keys.len() != flips {
+        // What the replicas said about the firings they did not deliver.
+        let mut said = Vec::new();
+        for ns in fleet.nodes.keys() {
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(client.clone(), ns);
+            for e in events.list(&Default::default()).await.unwrap().items {
+                let reason = e.reason.clone().unwrap_or_default();
+                if reason.starts_with("Action") || reason == "TriggerFired" {
+                    said.push(format!(
+                        "{ns} {reason} x{}: {}",
+                        e.deprecated_count.unwrap_or(1),
+                        e.note.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        panic!(
+            "{} deliveries for {flips} firings:\n{}",
+            keys.len(),
+            said.join("\n")
+        );
+    }
+    assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
+}
+
+/// The tenant side of the webhook action in `ns`: the action account, its rights
+/// on the CA Secret, and the Secret.
+async fn grant_webhook_rights(cp: &ControlPlane, client: &kube::Client, ns: &str, ca: &str) {
+    let manifests = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: kco-actions, namespace: {ns}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: kco-actions, namespace: {ns}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [secrets], resourceNames: [kco-webhook-ca], verbs: [get]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: kco-actions, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: kco-actions}}\n\
+         subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]\n"
+    );
+    let file = cp.dir.join(format!("{ns}-actions.yaml"));
+    std::fs::write(&file, manifests).unwrap();
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "kco-webhook-ca"}, "stringData": {"ca.crt": ca}
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &secret).await.unwrap();
+}
