@@ -23,10 +23,16 @@ pub fn router(ctx: Arc<Context>) -> Router {
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
-    if ctx.ready.load(Ordering::Acquire) {
-        "ok\n".into_response()
-    } else {
+    if !ctx.ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+    } else if !ctx.webhook_ready.load(Ordering::Acquire) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admission webhooks not ready (no certificate or caches not synced yet)\n",
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
     }
 }
 
@@ -49,7 +55,7 @@ async fn stats(State(ctx): State<Arc<Context>>) -> Response {
     let shard = ctx.shard.read().map(|s| s.clone()).unwrap_or_default();
     axum::Json(serde_json::json!({
         "instance": ctx.settings.instance,
-        "ready": ctx.ready.load(Ordering::Acquire),
+        "ready": ctx.ready.load(Ordering::Acquire) && ctx.webhook_ready.load(Ordering::Acquire),
         "leader": ctx.leadership.is_leader(),
         "sharding": ctx.settings.sharding.is_some(),
         "members": shard.members,

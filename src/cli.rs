@@ -292,6 +292,14 @@ fn validate_files(files: &[PathBuf], schema: Option<&std::path::Path>) -> ExitCo
                 println!("{name}: {kind} {object}: skipped (not a TargetApp)");
                 continue;
             }
+            // What the apiserver would store: the mutating webhook's defaults first.
+            let mut document = document;
+            if let Some(spec) = document.get_mut("spec") {
+                crate::admission::defaults::apply(
+                    spec,
+                    crate::admission::defaults::Defaults::default(),
+                );
+            }
             let app = match parse_targetapp(document) {
                 Ok(app) => app,
                 Err(e) => {

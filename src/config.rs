@@ -69,6 +69,37 @@ pub struct RunArgs {
     /// Seconds between membership renewals (and re-reads of the membership).
     #[arg(long, env = "MEMBER_RENEW_PERIOD", default_value_t = 2)]
     pub member_renew_period: u64,
+    /// Port of the admission webhook server (HTTPS); 0 turns the webhooks off.
+    #[arg(long, env = "WEBHOOK_PORT", default_value_t = 8443)]
+    pub webhook_port: u16,
+    /// Address the webhook server binds to.
+    #[arg(long, env = "WEBHOOK_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub webhook_bind_address: IpAddr,
+    /// Serve the certificate in this directory (tls.crt, tls.key; e.g. from
+    /// cert-manager) instead of managing one; re-read when it changes.
+    #[arg(long, env = "WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// The Secret (in POD_NAMESPACE) where KCO keeps its webhook CA and certificate.
+    #[arg(long, env = "WEBHOOK_SECRET", default_value = "kco-webhook-tls")]
+    pub webhook_secret: String,
+    /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle KCO keeps.
+    #[arg(long, env = "WEBHOOK_CONFIG_NAME", default_value = "kco")]
+    pub webhook_config_name: String,
+    /// The webhook Service's name: the certificate is for <service>.<POD_NAMESPACE>.svc.
+    #[arg(long, env = "WEBHOOK_SERVICE", default_value = "kco-webhook")]
+    pub webhook_service: String,
+    /// More names or IP addresses for the webhook certificate (comma-separated).
+    #[arg(long, env = "WEBHOOK_CERT_HOSTS", value_delimiter = ',')]
+    pub webhook_cert_hosts: Vec<String>,
+    /// Lifetime of the managed webhook CA (Go duration); renewed in its last third.
+    #[arg(long, env = "WEBHOOK_CA_VALIDITY", default_value = "8760h")]
+    pub webhook_ca_validity: String,
+    /// Lifetime of the managed serving certificate; renewed in its last third.
+    #[arg(long, env = "WEBHOOK_CERT_VALIDITY", default_value = "2160h")]
+    pub webhook_cert_validity: String,
+    /// How often the leader checks the certificates and caBundles.
+    #[arg(long, env = "WEBHOOK_CERT_CHECK_PERIOD", default_value = "1m")]
+    pub webhook_cert_check_period: String,
     /// Default tenant quota: the actions tenants may use (comma-separated).
     #[arg(
         long,
@@ -120,10 +151,27 @@ pub struct Settings {
     pub election: Option<crate::election::Timing>,
     /// None: sharding off (this replica polls everything).
     pub sharding: Option<crate::shard::Timing>,
+    /// None: the admission webhooks are off.
+    pub webhooks: Option<WebhookSettings>,
     /// The quota of namespaces no TenantQuota selects.
     pub default_quota: Quota,
     /// Host names answered without DNS (tests).
     pub dns_overrides: Vec<(String, IpAddr)>,
+}
+
+/// The admission webhook server and its certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub address: SocketAddr,
+    /// Mounted certificate directory; None: KCO manages certificates in `secret`.
+    pub cert_dir: Option<PathBuf>,
+    pub secret: String,
+    pub config_name: String,
+    /// Names and addresses in the serving certificate.
+    pub hosts: Vec<String>,
+    pub ca_validity: Duration,
+    pub cert_validity: Duration,
+    pub check_period: Duration,
 }
 
 /// A setting that is out of range, with the variable that sets it.
@@ -235,6 +283,66 @@ impl Settings {
             is_dns_label(&a.lease_namespace),
             "must be a namespace name",
         )?;
+        let duration = |setting: &'static str, text: &str, min: Duration| {
+            match crate::triggers::parse_duration(text) {
+                Ok(d) if d >= min => Ok(d),
+                _ => Err(ConfigError {
+                    setting,
+                    value: text.to_owned(),
+                    reason: "must be a Go duration (90s, 2160h) of at least 1s",
+                }),
+            }
+        };
+        let ca_validity = duration(
+            "WEBHOOK_CA_VALIDITY",
+            &a.webhook_ca_validity,
+            Duration::from_secs(3),
+        )?;
+        let cert_validity = duration(
+            "WEBHOOK_CERT_VALIDITY",
+            &a.webhook_cert_validity,
+            Duration::from_secs(3),
+        )?;
+        check(
+            "WEBHOOK_CERT_VALIDITY",
+            &a.webhook_cert_validity,
+            cert_validity <= ca_validity,
+            "must not exceed WEBHOOK_CA_VALIDITY",
+        )?;
+        let check_period = duration(
+            "WEBHOOK_CERT_CHECK_PERIOD",
+            &a.webhook_cert_check_period,
+            Duration::from_secs(1),
+        )?;
+        check(
+            "WEBHOOK_CERT_CHECK_PERIOD",
+            &a.webhook_cert_check_period,
+            check_period < cert_validity / 3,
+            "must be shorter than a third of WEBHOOK_CERT_VALIDITY",
+        )?;
+        let mut hosts = vec![
+            format!("{}.{}.svc", a.webhook_service, a.lease_namespace),
+            format!(
+                "{}.{}.svc.cluster.local",
+                a.webhook_service, a.lease_namespace
+            ),
+        ];
+        hosts.extend(
+            a.webhook_cert_hosts
+                .iter()
+                .filter(|h| !h.is_empty())
+                .cloned(),
+        );
+        let webhooks = (a.webhook_port != 0).then(|| WebhookSettings {
+            address: SocketAddr::new(a.webhook_bind_address, a.webhook_port),
+            cert_dir: a.webhook_cert_dir.clone(),
+            secret: a.webhook_secret.clone(),
+            config_name: a.webhook_config_name.clone(),
+            hosts,
+            ca_validity,
+            cert_validity,
+            check_period,
+        });
         let names = Registry::builtin().names();
         for action in &a.allowed_actions {
             check(
@@ -281,6 +389,7 @@ impl Settings {
             },
         };
         Ok(Self {
+            webhooks,
             lease_namespace: a.lease_namespace.clone(),
             election: a.leader_election.then(|| crate::election::Timing {
                 lease_duration: Duration::from_secs(a.lease_duration),
@@ -320,6 +429,7 @@ impl Settings {
             lease_namespace: "default".to_owned(),
             election: None,
             sharding: None,
+            webhooks: None,
             default_quota: Quota::default(),
             dns_overrides: Vec::new(),
         }
@@ -370,8 +480,29 @@ mod tests {
             s.sharding.map(|t| t.renew_period),
             Some(Duration::from_secs(2))
         );
-        let off = parse(&["--leader-election", "false", "--sharding", "false"]).unwrap();
-        assert_eq!((off.election, off.sharding), (None, None));
+        let off = parse(&[
+            "--leader-election",
+            "false",
+            "--sharding",
+            "false",
+            "--webhook-port",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (off.election, off.sharding, off.webhooks),
+            (None, None, None)
+        );
+        let hooks = s.webhooks.unwrap();
+        assert_eq!(hooks.address.port(), 8443);
+        assert_eq!(
+            hooks.hosts,
+            [
+                "kco-webhook.default.svc",
+                "kco-webhook.default.svc.cluster.local"
+            ]
+        );
+        assert_eq!(hooks.cert_validity, Duration::from_secs(2160 * 3600));
     }
 
     #[test]

@@ -36,11 +36,17 @@ pub struct Metrics {
     pub shard_namespaces: IntGauge,
     /// TargetApps taken over from or handed to other replicas, by direction.
     pub shard_handoffs: IntCounterVec,
+    /// Admission reviews by hook (validate, mutate) and result (allowed, denied, error).
+    pub webhook_requests: IntCounterVec,
+    pub webhook_duration: HistogramVec,
+    /// When the served webhook certificate expires (Unix seconds; 0 before one is loaded).
+    pub webhook_cert_expiry: IntGauge,
 }
 
 /// The kinds of internal error, each a value of `operator_kco_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 8] = [
+pub const ERROR_KINDS: [&str; 9] = [
     "fence",
+    "webhook_certificate",
     "status_write",
     "event_publish",
     "event_dropped",
@@ -111,7 +117,32 @@ impl Metrics {
         for direction in ["acquired", "released"] {
             shard_handoffs.with_label_values(&[direction]).inc_by(0);
         }
+        let webhook_requests = counter(
+            "operator_kco_webhook_requests_total",
+            "Admission reviews answered, by hook and result.",
+            &["hook", "result"],
+        )?;
+        for hook in ["validate", "mutate"] {
+            for result in ["allowed", "denied", "error"] {
+                webhook_requests
+                    .with_label_values(&[hook, result])
+                    .inc_by(0);
+            }
+        }
         Ok(Self {
+            webhook_requests,
+            webhook_duration: histogram(
+                "operator_kco_webhook_duration_seconds",
+                "Time to answer one admission review.",
+                &["hook"],
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+                ],
+            )?,
+            webhook_cert_expiry: gauge(
+                "operator_kco_webhook_certificate_expiry_timestamp_seconds",
+                "When the served webhook certificate expires (Unix seconds).",
+            )?,
             leader: gauge(
                 "operator_kco_leader",
                 "1 while this replica holds the leader Lease.",

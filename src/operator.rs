@@ -70,6 +70,8 @@ pub async fn apiserver_addresses(config: &kube::Config) -> Vec<std::net::IpAddr>
 pub struct Running {
     /// Where the admin server listens (useful with port 0).
     pub admin_addr: SocketAddr,
+    /// Where the admission webhooks listen, when they are on.
+    pub webhook_addr: Option<SocketAddr>,
     pub ctx: Arc<Context>,
     /// Ends when the operator has stopped.
     pub handle: JoinHandle<anyhow::Result<()>>,
@@ -142,6 +144,38 @@ pub async fn start(
         leadership,
     )
     .context("cannot build the HTTP client")?;
+    let webhook_addr =
+        match &settings.webhooks {
+            None => {
+                ctx.webhook_ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+                None
+            }
+            Some(hooks) => {
+                let caches = crate::admission::cache::Caches::default();
+                let admission = crate::admission::review::Admission::new(
+                    ctx.validator.clone(),
+                    crate::admission::defaults::Defaults {
+                        polling_interval: settings.default_polling_interval.as_secs(),
+                        timeout_seconds: settings.graphql_timeout.as_secs(),
+                    },
+                    caches.clone(),
+                );
+                let webhooks = crate::admission::Webhooks {
+                    settings: hooks.clone(),
+                    namespace: settings.lease_namespace.clone(),
+                    client: ctx.client.clone(),
+                    admission,
+                    caches,
+                    metrics: ctx.metrics.clone(),
+                    leadership: ctx.leadership.clone(),
+                    ready: ctx.webhook_ready.clone(),
+                };
+                Some(webhooks.start(cancel.clone()).await.with_context(|| {
+                    format!("cannot listen on {} (WEBHOOK_PORT)", hooks.address)
+                })?)
+            }
+        };
     let listener = tokio::net::TcpListener::bind(settings.admin_address)
         .await
         .with_context(|| format!("cannot listen on {} (METRICS_PORT)", settings.admin_address))?;
@@ -225,6 +259,7 @@ pub async fn start(
     });
     Ok(Running {
         admin_addr,
+        webhook_addr,
         ctx,
         handle,
     })

@@ -7,227 +7,32 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
+use kco::simulator::{StatePatch, SyncStatus};
 use kco::targetapp::TargetApp;
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::{Value, json};
-use support::fixtures::{self, MINA_GRAPHQL_PORT};
-use support::process::{Supervised, free_port};
+use kube::api::Api;
+use serde_json::json;
+use support::fixtures;
 use support::receiver::Receiver;
+use support::replicas::{LEASE, MEMBER_LEASE, RETRY, Replicas, fleet};
 use support::{ControlPlane, User};
-
-/// Lease timing of the replicas under test (seconds): leader Lease 4 s, renew
-/// deadline 3 s, retry 1 s; membership Lease 3 s, renewed every 1 s.
-const LEASE: u64 = 4;
-const RETRY: u64 = 1;
-const MEMBER_LEASE: u64 = 3;
 
 /// Tests here run one at a time: each runs its own replicas, which watch every
 /// namespace of the shared control plane.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Replicas of `kco run`, their Leases in a namespace of their own.
-struct Replicas {
-    cp: &'static ControlPlane,
-    lease_ns: String,
-    kubeconfig: PathBuf,
-    ports: Vec<u16>,
-    processes: Vec<Option<Supervised>>,
-    extra: Vec<String>,
-    http: reqwest::Client,
-}
-
-impl Replicas {
-    async fn start(prefix: &str, n: usize, extra: &[&str]) -> Self {
-        kco::tls::install_crypto_provider();
-        let cp = ControlPlane::shared();
-        cp.install_kco_crds();
-        let lease_ns = cp.namespace(prefix).await;
-        let mut replicas = Self {
-            cp,
-            lease_ns,
-            kubeconfig: cp.kubeconfig(&User::Admin).unwrap(),
-            ports: Vec::new(),
-            processes: Vec::new(),
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            http: fixtures::http_client(),
-        };
-        for i in 0..n {
-            replicas.ports.push(free_port().unwrap());
-            replicas.processes.push(None);
-            replicas.spawn(i);
-        }
-        for i in 0..n {
-            replicas.wait_ready(i).await;
-        }
-        replicas
-    }
-
-    fn name(i: usize) -> String {
-        format!("kco-{i}")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let mut args: Vec<String> = [
-            "--log-format",
-            "json",
-            "run",
-            "--instance",
-            &Self::name(i),
-            "--metrics-port",
-            &self.ports[i].to_string(),
-            "--admin-bind-address",
-            "127.0.0.1",
-            "--lease-namespace",
-            &self.lease_ns,
-            "--lease-duration",
-            &LEASE.to_string(),
-            "--lease-renew-deadline",
-            &(LEASE - 1).to_string(),
-            "--lease-retry-period",
-            &RETRY.to_string(),
-            "--member-lease-duration",
-            &MEMBER_LEASE.to_string(),
-            "--member-renew-period",
-            "1",
-            "--graphql-timeout",
-            "2",
-            "--graphql-max-retries",
-            "0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.push("--kubeconfig".into());
-        args.push(self.kubeconfig.display().to_string());
-        args.extend(self.extra.iter().cloned());
-        let log = self.cp.dir.join(format!(
-            "{}-{}-{}.log",
-            self.lease_ns,
-            Self::name(i),
-            fastrand::u32(..)
-        ));
-        let process = Supervised::spawn(
-            &Self::name(i),
-            &PathBuf::from(env!("CARGO_BIN_EXE_kco")),
-            &args,
-            &log,
-            None,
-        )
-        .unwrap();
-        self.processes[i] = Some(process);
-    }
-
-    async fn stats(&self, i: usize) -> Option<Value> {
-        self.processes[i].as_ref()?;
-        let url = format!("http://127.0.0.1:{}/stats", self.ports[i]);
-        let response = self.http.get(url).send().await.ok()?;
-        response.json().await.ok()
-    }
-
-    async fn wait_ready(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self
-                .stats(i)
-                .await
-                .is_some_and(|s| s["ready"] == json!(true))
-            {
-                return;
-            }
-            let process = self.processes[i].as_mut().unwrap();
-            assert!(
-                process.exited().is_none(),
-                "{} exited: {}",
-                process.name,
-                process.log_tail(30)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready: {}",
-                process.name,
-                process.log_tail(30)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The replicas that say they lead.
-    async fn leaders(&self) -> Vec<usize> {
-        let mut leaders = Vec::new();
-        for i in 0..self.processes.len() {
-            if self
-                .stats(i)
-                .await
-                .is_some_and(|s| s["leader"] == json!(true))
-            {
-                leaders.push(i);
-            }
-        }
-        leaders
-    }
-
-    /// Waits for exactly one leader other than `not`, checking that there is never
-    /// more than one; returns it and how long it took.
-    async fn wait_leader(&self, not: Option<usize>, within: Duration) -> (usize, Duration) {
-        let started = Instant::now();
-        loop {
-            let leaders = self.leaders().await;
-            assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
-            if let Some(&leader) = leaders.first()
-                && Some(leader) != not
-            {
-                return (leader, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < within,
-                "no new leader within {within:?} (leaders: {leaders:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self, i: usize, signal: &str) {
-        let process = self.processes[i].as_mut().unwrap();
-        assert!(process.signal(signal), "cannot signal {}", process.name);
-    }
-
-    /// Waits until replica `i` has exited; its exit status.
-    async fn wait_exit(&mut self, i: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let process = self.processes[i].as_mut().unwrap();
-            if let Some(status) = process.exited() {
-                self.processes[i] = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{i} did not exit");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Replicas still running that exited on their own (none should).
-    fn unexpected_exits(&mut self) -> Vec<String> {
-        self.processes
-            .iter_mut()
-            .flatten()
-            .filter_map(|p| {
-                p.exited()
-                    .map(|status| format!("{} {status}: {}", p.name, p.log_tail(20)))
-            })
-            .collect()
-    }
+fn kco() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kco"))
 }
 
 #[tokio::test]
 async fn one_leader_at_a_time_with_fast_failover_on_kill_and_handover_on_sigterm() {
     let _serial = SERIAL.lock().await;
-    let mut replicas = Replicas::start("ha-leader", 3, &[]).await;
+    let mut replicas = Replicas::start(kco(), "ha-leader", 3, &[]).await;
     let (first, _) = replicas
         .wait_leader(None, Duration::from_secs(LEASE + 5))
         .await;
@@ -267,75 +72,6 @@ async fn one_leader_at_a_time_with_fast_failover_on_kill_and_handover_on_sigterm
     assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
 }
 
-/// Namespaces, each with one simulated Mina pod and a TargetApp polling it every
-/// second.
-struct Fleet {
-    sim: Simulator,
-    /// Namespace → its node's address.
-    nodes: BTreeMap<String, SocketAddr>,
-}
-
-async fn fleet(prefix: &str, n: usize, spec: impl Fn(&str) -> Value) -> Fleet {
-    kco::tls::install_crypto_provider();
-    let cp = ControlPlane::shared();
-    cp.install_kco_crds();
-    let client = cp.admin().await;
-    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut nodes = BTreeMap::new();
-    for _ in 0..n {
-        let ns = cp.namespace(prefix).await;
-        let ip = fixtures::loopback_ip();
-        let node = sim
-            .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
-            .await
-            .unwrap();
-        let pod = fixtures::mina_pod("mina-0", json!({"app": "mina"}));
-        fixtures::create_running_pod(&client, &ns, &pod, ip).await;
-        let app: TargetApp = serde_json::from_value(json!({
-            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
-            "metadata": {"name": "mina", "namespace": ns}, "spec": spec(&ns)
-        }))
-        .unwrap();
-        Api::<TargetApp>::namespaced(client.clone(), &ns)
-            .patch(
-                "mina",
-                &PatchParams::apply("kco-test").force(),
-                &Patch::Apply(&app),
-            )
-            .await
-            .unwrap();
-        nodes.insert(ns, node.address);
-    }
-    Fleet { sim, nodes }
-}
-
-impl Fleet {
-    /// Which replicas polled each namespace's node during `window`.
-    async fn pollers(&self, window: Duration) -> BTreeMap<String, BTreeSet<String>> {
-        for addr in self.nodes.values() {
-            self.sim.reset_requests(*addr).await.unwrap();
-        }
-        tokio::time::sleep(window).await;
-        let mut seen = BTreeMap::new();
-        for (ns, addr) in &self.nodes {
-            let info = self.sim.node(*addr).await.unwrap();
-            let agents: BTreeSet<String> = info
-                .requests_by_agent
-                .keys()
-                .filter_map(|agent| {
-                    agent
-                        .split_once('(')
-                        .map(|(_, rest)| rest.trim_end_matches(')').to_owned())
-                })
-                .collect();
-            seen.insert(ns.clone(), agents);
-        }
-        seen
-    }
-}
-
 #[tokio::test]
 async fn namespaces_are_polled_by_exactly_one_replica_and_move_when_it_dies() {
     let _serial = SERIAL.lock().await;
@@ -345,7 +81,7 @@ async fn namespaces_are_polled_by_exactly_one_replica_and_move_when_it_dies() {
         |_| json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}),
     )
     .await;
-    let mut replicas = Replicas::start("ha-shard-leases", 3, &[]).await;
+    let mut replicas = Replicas::start(kco(), "ha-shard-leases", 3, &[]).await;
 
     // Settle (every member sees every other), then watch for 3 s.
     tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
@@ -457,6 +193,7 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     let cidr = format!("{receiver_ip}/32");
     let resolve = format!("hooks.example.com={receiver_ip}");
     let mut replicas = Replicas::start(
+        kco(),
         "ha-actions-leases",
         3,
         &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],

@@ -514,6 +514,10 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
             "127.0.0.1",
             "--instance",
             "kco-cli",
+            "--webhook-port",
+            &free_port_text(),
+            "--webhook-bind-address",
+            "127.0.0.1",
         ])
         .env("WATCH_NAMESPACE", &ns)
         .env_remove("KUBECONFIG")
@@ -609,4 +613,8 @@ async fn url_targets_are_polled_only_where_they_resolve_to_allowed_addresses() {
         note.contains("(connect)") && note.contains("resolves to a forbidden address"),
         "{note}"
     );
+}
+
+fn free_port_text() -> String {
+    support::process::free_port().unwrap().to_string()
 }

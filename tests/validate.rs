@@ -100,3 +100,24 @@ fn unreadable_files_and_broken_yaml_are_told_apart() {
     let (code, _, _) = kco(&["validate"]);
     assert_eq!(code, Some(2), "no file is a usage error");
 }
+
+#[test]
+fn the_documented_invalid_example_is_refused_with_every_problem() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/targetapp-invalid.yaml"
+    );
+    let (code, stdout, _) = kco(&["validate", example]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    for needle in [
+        "mina/broken: spec.pollingInterval: must be at least 1 second",
+        "mina/broken: spec.actions[0].trigger.value:",
+        "mina/broken: spec.actions[1].parameters.url: 169.254.169.254 is a link-local",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{needle:?} not in:\n{stdout}"
+        );
+    }
+}

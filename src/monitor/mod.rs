@@ -50,6 +50,9 @@ pub struct Context {
     pub stats: Arc<RwLock<BTreeMap<String, AppStats>>>,
     /// True once the TargetApp list has been read and the shard membership is known.
     pub ready: Arc<AtomicBool>,
+    /// True once the admission webhooks can answer (certificate and caches loaded),
+    /// or when they are off.
+    pub webhook_ready: Arc<AtomicBool>,
     /// Running actions: a graceful shutdown waits for them.
     pub actions: tokio_util::task::TaskTracker,
     /// Whether this replica leads (for `/stats` and leader-only work).
@@ -156,6 +159,7 @@ impl Context {
             leadership,
             shard: RwLock::default(),
             actions: tokio_util::task::TaskTracker::new(),
+            webhook_ready: Arc::default(),
         }))
     }
 }

@@ -51,7 +51,14 @@ impl std::fmt::Display for RuleProblem {
 
 /// The name a rule goes by.
 pub fn rule_name(rule: &ActionRule, index: usize) -> String {
-    rule.name.clone().unwrap_or_else(|| format!("rule-{index}"))
+    rule.name
+        .clone()
+        .unwrap_or_else(|| default_rule_name(index))
+}
+
+/// The name of the rule at `index` that names none (what defaulting writes).
+pub fn default_rule_name(index: usize) -> String {
+    format!("rule-{index}")
 }
 
 /// Parses a Go duration (`90s`, `5m`, `1h30m`); negative durations are refused.

@@ -107,8 +107,11 @@ async fn main() -> anyhow::Result<()> {
         .context("create the operator's namespace")?;
     let mut operators = Vec::new();
     let mut admin_ports = Vec::new();
+    let mut webhook_ports = Vec::new();
     for i in 0..REPLICAS {
         let admin_port = support::process::free_port()?;
+        let webhook_port = support::process::free_port()?;
+        webhook_ports.push(webhook_port);
         let log = cp.dir.join(format!("kco-{i}.log"));
         let operator = std::process::Command::new(repo.join("target/debug/kco"))
             .args(["--log-format", "text", "run", "--kubeconfig"])
@@ -122,6 +125,12 @@ async fn main() -> anyhow::Result<()> {
                 &format!("kco-{i}"),
                 "--lease-namespace",
                 LEASE_NAMESPACE,
+                "--webhook-port",
+                &webhook_port.to_string(),
+                "--webhook-bind-address",
+                "127.0.0.1",
+                "--webhook-cert-hosts",
+                "127.0.0.1",
             ])
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(&log)?.try_clone()?)
@@ -131,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
         admin_ports.push(admin_port);
     }
     let admin_port = admin_ports[0];
+    // The admission webhooks of webhooks/, pointed at replica kco-0 (no Service
+    // here); the leader fills in their caBundle.
+    register_webhooks(&cp, webhook_ports[0])?;
     println!(
         "\n{NODES} simulated Mina pods and a TargetApp run in namespace {NAMESPACE}, watched by three\n\
          `kco run` replicas (logs: {logs}). In another terminal:\n\n  \
@@ -138,6 +150,8 @@ async fn main() -> anyhow::Result<()> {
          alias kubectl={kubectl}\n  \
          kubectl get pods,targetapps -n {NAMESPACE} -o wide\n  \
          kubectl events -n {NAMESPACE} --watch\n\n\
+         Admission: an invalid TargetApp is refused at apply time, with the field and reason:\n\n  \
+         kubectl apply -f docs/examples/targetapp-invalid.yaml\n\n\
          Which replica leads, and which polls namespace {NAMESPACE} (status.shard):\n\n  \
          kubectl get leases -n {LEASE_NAMESPACE}\n  \
          kubectl get targetapp mina -n {NAMESPACE} -o jsonpath='{{.status.shard}}{{\"\\n\"}}'\n  \
@@ -179,5 +193,36 @@ async fn main() -> anyhow::Result<()> {
     sim.shutdown().await;
     drop(cp);
     println!("Done.");
+    Ok(())
+}
+
+/// Applies `webhooks/*.yaml` with `clientConfig.url` on 127.0.0.1:`port`.
+fn register_webhooks(cp: &ControlPlane, port: u16) -> anyhow::Result<()> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = Vec::new();
+    for (file, path) in [
+        ("webhooks/validating.yaml", "/validate/targetapp"),
+        ("webhooks/mutating.yaml", "/mutate/targetapp"),
+    ] {
+        let text = std::fs::read_to_string(repo.join(file))?;
+        let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
+        if let Some(hooks) = config["webhooks"].as_array_mut() {
+            for hook in hooks {
+                hook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}{path}")});
+            }
+        }
+        docs.push(serde_json::to_string(&config)?);
+    }
+    let file = cp.dir.join("webhooks.json");
+    std::fs::write(&file, docs.join("\n"))?;
+    let applied = cp
+        .kubectl(&User::Admin)?
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply webhooks: {applied:?}"
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod pki;
 pub mod process;
 pub mod receiver;
+pub mod replicas;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, User};

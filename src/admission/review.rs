@@ -1,0 +1,204 @@
+//! AdmissionReview handling, without I/O: a request body in, a response out.
+//! The webhook server calls it; tests drive it with fixtures. Every answer is an
+//! AdmissionReview except for a body that is not one (400 with the reason).
+
+use std::sync::Arc;
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::Value;
+
+use super::cache::Caches;
+use super::defaults::{self, Defaults};
+use super::validate::{Validator, parse_targetapp};
+use crate::targetapp::TargetApp;
+
+/// What a webhook endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `/validate/targetapp`
+    Validate,
+    /// `/mutate/targetapp`
+    Mutate,
+}
+
+/// The largest AdmissionReview accepted (the apiserver's own request limit).
+pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+/// The outcome of one review: an HTTP status and a JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Validates and defaults TargetApps from warm caches: no network call.
+#[derive(Clone)]
+pub struct Admission {
+    validator: Arc<Validator>,
+    defaults: Defaults,
+    caches: Caches,
+}
+
+impl Admission {
+    pub fn new(validator: Arc<Validator>, defaults: Defaults, caches: Caches) -> Self {
+        Self {
+            validator,
+            defaults,
+            caches,
+        }
+    }
+
+    /// Answers one AdmissionReview body for `hook`.
+    pub fn review(&self, hook: Hook, body: &[u8]) -> Answer {
+        if body.len() > MAX_REVIEW_BYTES {
+            return bad_request(format!(
+                "the AdmissionReview is {} bytes; at most {MAX_REVIEW_BYTES} are accepted",
+                body.len()
+            ));
+        }
+        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+            Ok(review) => review,
+            Err(e) => return bad_request(format!("cannot decode the AdmissionReview: {e}")),
+        };
+        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+            Ok(request) => request,
+            Err(_) => return bad_request("the AdmissionReview has no request".to_owned()),
+        };
+        let response = self.respond(hook, &request);
+        match serde_json::to_value(response.into_review()) {
+            Ok(mut body) => {
+                // The API wants the patch as base64 text ([]byte in Go).
+                if let Some(patch) = body.pointer_mut("/response/patch")
+                    && let Some(bytes) = patch.as_array().map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                            .collect::<Vec<u8>>()
+                    })
+                {
+                    use base64::Engine as _;
+                    *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+                }
+                Answer { status: 200, body }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an AdmissionReview response");
+                Answer {
+                    status: 500,
+                    body: serde_json::json!({"error": "internal error"}),
+                }
+            }
+        }
+    }
+
+    fn respond(&self, hook: Hook, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let allowed = AdmissionResponse::from(request);
+        let kind = &request.kind;
+        if (
+            kind.group.as_str(),
+            kind.version.as_str(),
+            kind.kind.as_str(),
+        ) != ("operator.kco.local", "v1alpha1", "TargetApp")
+        {
+            return allowed.deny(format!(
+                "this webhook handles operator.kco.local/v1alpha1 TargetApp, not {}/{} {}",
+                kind.group, kind.version, kind.kind
+            ));
+        }
+        if matches!(request.operation, Operation::Delete | Operation::Connect) {
+            return allowed;
+        }
+        let Some(object) = &request.object else {
+            return allowed.deny("the request carries no object");
+        };
+        let mut value = match serde_json::to_value(object) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-encode an admitted object");
+                return allowed.deny("internal error");
+            }
+        };
+        if let (Some(ns), Some(meta)) = (
+            request.namespace.as_deref(),
+            value.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String(ns.to_owned()));
+        }
+        match hook {
+            Hook::Mutate => {
+                let patch = defaults::patch(&value, self.defaults);
+                if patch.0.is_empty() {
+                    return allowed;
+                }
+                match allowed.clone().with_patch(patch) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a defaulting patch");
+                        allowed.deny("internal error")
+                    }
+                }
+            }
+            Hook::Validate => {
+                // Validate what will be stored: defaults included (the mutating hook ran
+                // first, unless it is not installed).
+                if let Some(spec) = value.get_mut("spec") {
+                    defaults::apply(spec, self.defaults);
+                }
+                let app = match parse_targetapp(value) {
+                    Ok(app) => app,
+                    Err(e) => return allowed.deny(e),
+                };
+                let (verdict, warnings) = self.check(&app);
+                let mut response = if verdict.is_empty() {
+                    allowed
+                } else {
+                    allowed.deny(verdict.join("; "))
+                };
+                if !warnings.is_empty() {
+                    response.warnings = Some(warnings);
+                }
+                response
+            }
+        }
+    }
+
+    /// Problems (each `path: reason`) and warnings for `app`.
+    pub fn check(&self, app: &TargetApp) -> (Vec<String>, Vec<String>) {
+        let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+        let mut problems = Vec::new();
+        let custom = match &app.spec.schema.config_map_ref {
+            Some(reference) => match self.caches.schema(namespace, reference) {
+                Ok(schema) => Some(schema),
+                Err(why) => {
+                    problems.push(format!("spec.schema.configMapRef: {why}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let verdict = self.validator.validate(app, custom.as_deref());
+        problems.extend(verdict.problems.iter().map(ToString::to_string));
+        let mut warnings = verdict.warnings;
+        if custom.is_none() && app.spec.schema.config_map_ref.is_some() {
+            warnings.retain(|w| !w.contains("schema comes from a ConfigMap"));
+        }
+        if let Some(account) = &app.spec.service_account_name
+            && self.caches.accounts_synced()
+            && !self.caches.account_exists(namespace, account)
+        {
+            warnings.push(format!(
+                "spec.serviceAccountName: ServiceAccount {account} does not exist in namespace {namespace} yet; actions are refused until it does"
+            ));
+        }
+        (problems, warnings)
+    }
+}
+
+fn bad_request(message: String) -> Answer {
+    Answer {
+        status: 400,
+        body: serde_json::json!({ "error": message }),
+    }
+}

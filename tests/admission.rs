@@ -1,0 +1,502 @@
+//! The admission webhooks: the router driven in-process with AdmissionReview
+//! fixtures, the manifests in `webhooks/`, and the real apiserver calling two
+//! replicas over HTTPS with certificates KCO manages and rotates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::Request;
+use kco::admission::cache::Caches;
+use kco::admission::defaults::Defaults;
+use kco::admission::review::{Admission, MAX_REVIEW_BYTES};
+use kco::admission::{Validator, server};
+use kco::config::WebhookSettings;
+use kco::targetapp::TargetApp;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use support::controlplane::repo_path;
+use support::process::free_port;
+use support::{ControlPlane, User};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+fn admission() -> Admission {
+    let caches = Caches::default();
+    caches.mark_synced();
+    caches.put_account("chain", "kco-actions");
+    Admission::new(Arc::new(Validator::new()), Defaults::default(), caches)
+}
+
+fn review(kind: Value, object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": kind,
+            "resource": {"group": "operator.kco.local", "version": "v1alpha1", "resource": "targetapps"},
+            "name": "mina", "namespace": "chain", "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": object, "oldObject": null, "dryRun": false, "options": null
+        }
+    })
+}
+
+fn targetapp_kind() -> Value {
+    json!({"group": "operator.kco.local", "version": "v1alpha1", "kind": "TargetApp"})
+}
+
+fn app(spec: Value) -> Value {
+    json!({"apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+           "metadata": {"name": "mina", "namespace": "chain"}, "spec": spec})
+}
+
+async fn call(path: &str, body: Vec<u8>) -> (u16, Value) {
+    let router = server::router(admission(), kco::metrics::Metrics::new().unwrap());
+    let response = router
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_router_answers_every_kind_of_review() {
+    // Valid: allowed, with the same uid.
+    let good = app(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "serviceAccountName": "kco-actions"}),
+    );
+    let body = serde_json::to_vec(&review(targetapp_kind(), good.clone())).unwrap();
+    let (status, answer) = call("/validate/targetapp", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(answer["response"]["warnings"].is_null(), "{answer}");
+
+    // Invalid: refused with every problem and its field path.
+    let bad = app(json!({
+        "pollingInterval": 0,
+        "stateQuery": "mutation { startFilteredLog(filter: [\"x\"]) }",
+        "actions": [{"action": "restart_pod", "parameters": {"gracePeriod": -1},
+                     "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "DOWN"}}]
+    }));
+    let body = serde_json::to_vec(&review(targetapp_kind(), bad)).unwrap();
+    let (status, answer) = call("/validate/targetapp", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    for needle in [
+        "spec.pollingInterval: must be at least 1 second",
+        "spec.selector: required when graphqlEndpoint is a path",
+        "spec.stateQuery:",
+        "mutation",
+        "spec.actions[0].parameters.gracePeriod: -1 is outside 0..=86400",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+
+    // A warning for an action account that does not exist (yet).
+    let warned = app(json!({"selector": {}, "serviceAccountName": "missing",
+        "actions": [{"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}}]}));
+    let body = serde_json::to_vec(&review(targetapp_kind(), warned)).unwrap();
+    let (_, answer) = call("/validate/targetapp", body).await;
+    assert_eq!(answer["response"]["allowed"], true);
+    let warnings = answer["response"]["warnings"].to_string();
+    assert!(
+        warnings.contains("ServiceAccount missing does not exist"),
+        "{warnings}"
+    );
+
+    // Undecodable: 400 with the reason.
+    let (status, answer) = call("/validate/targetapp", b"{\"kind\": 3".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot decode the AdmissionReview"),
+        "{answer}"
+    );
+
+    // Another kind: refused by name.
+    let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let body = serde_json::to_vec(&review(
+        pod_kind,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}),
+    ))
+    .unwrap();
+    let (_, answer) = call("/validate/targetapp", body).await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("handles operator.kco.local/v1alpha1 TargetApp, not /v1 Pod")
+    );
+
+    // Huge: refused before it is parsed.
+    let (status, answer) = call("/validate/targetapp", vec![b' '; MAX_REVIEW_BYTES + 1]).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most"),
+        "{answer}"
+    );
+    let (status, _) = call("/validate/targetapp", vec![b' '; MAX_REVIEW_BYTES + 4096]).await;
+    assert_eq!(
+        status, 413,
+        "the body limit stops bigger ones while reading"
+    );
+
+    // Mutate: a JSON patch that applies and fills in the defaults.
+    let body = serde_json::to_vec(&review(targetapp_kind(), good.clone())).unwrap();
+    let (_, answer) = call("/mutate/targetapp", body).await;
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let patch = answer["response"]["patch"]
+        .as_str()
+        .expect("a base64 patch");
+    let patch: json_patch::Patch = serde_json::from_slice(&base64_decode(patch)).unwrap();
+    let mut patched = good.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    assert_eq!(patched["spec"]["pollingInterval"], 30);
+    assert_eq!(patched["spec"]["timeoutSeconds"], 10);
+    // Defaulting the defaulted object: no patch.
+    let body = serde_json::to_vec(&review(targetapp_kind(), patched)).unwrap();
+    let (_, answer) = call("/mutate/targetapp", body).await;
+    assert!(answer["response"]["patch"].is_null(), "{answer}");
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_webhook_manifests_only_touch_kcos_own_resources() {
+    for file in ["webhooks/validating.yaml", "webhooks/mutating.yaml"] {
+        let text = std::fs::read_to_string(repo_path(file)).unwrap();
+        let config: Value = serde_saphyr::from_str(&text).unwrap();
+        for hook in config["webhooks"].as_array().unwrap() {
+            assert_eq!(hook["sideEffects"], "None", "{file}");
+            assert_eq!(hook["admissionReviewVersions"], json!(["v1"]), "{file}");
+            assert_eq!(hook["failurePolicy"], "Ignore", "{file}: see ADR 0005");
+            assert!(hook["timeoutSeconds"].as_u64().unwrap() <= 10, "{file}");
+            for rule in hook["rules"].as_array().unwrap() {
+                assert_eq!(rule["apiGroups"], json!(["operator.kco.local"]), "{file}");
+                assert_eq!(rule["resources"], json!(["targetapps"]), "{file}");
+            }
+        }
+    }
+}
+
+/// Tests against the apiserver register cluster-wide configurations: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An in-process replica with webhooks on 127.0.0.1, managing certificates.
+async fn replica(
+    cp: &ControlPlane,
+    lease_ns: &str,
+    instance: &str,
+    config_name: &str,
+    validity: (Duration, Duration),
+    cancel: CancellationToken,
+) -> kco::operator::Running {
+    let mut settings = kco::config::Settings::test();
+    settings.instance = instance.to_owned();
+    settings.namespace = Some(lease_ns.to_owned());
+    settings.lease_namespace = lease_ns.to_owned();
+    settings.election = Some(kco::election::Timing {
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_secs(1),
+    });
+    settings.webhooks = Some(WebhookSettings {
+        address: ([127, 0, 0, 1], free_port().unwrap()).into(),
+        cert_dir: None,
+        secret: format!("{config_name}-tls"),
+        config_name: config_name.to_owned(),
+        hosts: vec!["127.0.0.1".to_owned()],
+        ca_validity: validity.0,
+        cert_validity: validity.1,
+        check_period: Duration::from_secs(1),
+    });
+    let config = cp.config(&User::Admin).await.unwrap();
+    kco::operator::start(settings, config, cancel)
+        .await
+        .unwrap()
+}
+
+/// Registers both configurations (from `webhooks/`, renamed) for namespaces
+/// labelled `kco-admission-test=<ns>`, each calling every URL in `urls`.
+async fn register(cp: &ControlPlane, name: &str, ns: &str, urls: &[String]) {
+    let mut docs = Vec::new();
+    for (file, path) in [
+        ("webhooks/validating.yaml", "/validate/targetapp"),
+        ("webhooks/mutating.yaml", "/mutate/targetapp"),
+    ] {
+        let text = std::fs::read_to_string(repo_path(file)).unwrap();
+        let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+        config["metadata"]["name"] = json!(name);
+        let template = config["webhooks"][0].clone();
+        let hooks: Vec<Value> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let mut hook = template.clone();
+                let base = hook["name"].as_str().unwrap().to_owned();
+                hook["name"] = json!(format!("r{i}.{base}"));
+                hook["clientConfig"] = json!({"url": format!("{url}{path}")});
+                // In these tests a failing webhook must fail the request.
+                hook["failurePolicy"] = json!("Fail");
+                hook["namespaceSelector"] = json!({"matchLabels": {"kco-admission-test": ns}});
+                hook
+            })
+            .collect();
+        config["webhooks"] = json!(hooks);
+        docs.push(serde_json::to_string(&config).unwrap());
+    }
+    let file = cp.dir.join(format!("{name}-webhooks.json"));
+    std::fs::write(&file, docs.join("\n")).unwrap();
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args(["apply", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+async fn labelled_namespace(cp: &ControlPlane, prefix: &str) -> String {
+    let ns = cp.namespace(prefix).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin().await);
+    let patch = json!({"metadata": {"labels": {"kco-admission-test": ns}}});
+    namespaces
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    ns
+}
+
+/// Waits until the replica is ready (certificate loaded, caches synced).
+async fn wait_ready(running: &kco::operator::Running) {
+    let http = support::fixtures::http_client();
+    let url = format!("http://{}/readyz", running.admin_addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `config`'s webhooks carry a caBundle.
+async fn wait_ca_bundle(cp: &ControlPlane, name: &str) {
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(cp.admin().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let config = configs.get(name).await.unwrap();
+        if config
+            .webhooks
+            .unwrap_or_default()
+            .iter()
+            .all(|h| h.client_config.ca_bundle.is_some())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never set the caBundle"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn targetapp(name: &str, spec: Value) -> TargetApp {
+    serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+// Multi-threaded: the replicas under test serve from this runtime while the test
+// waits on kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_defaults() {
+    let _serial = SERIAL.lock().await;
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let lease_ns = cp.namespace("adm-leases").await;
+    let ns = labelled_namespace(cp, "adm").await;
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let long = (Duration::from_secs(3600), Duration::from_secs(1800));
+    let a = replica(cp, &lease_ns, "kco-a", "kco-adm", long, cancel.clone()).await;
+    let b = replica(cp, &lease_ns, "kco-b", "kco-adm", long, cancel.clone()).await;
+    let urls: Vec<String> = [&a, &b]
+        .iter()
+        .map(|r| format!("https://127.0.0.1:{}", r.webhook_addr.unwrap().port()))
+        .collect();
+    register(cp, "kco-adm", &ns, &urls).await;
+    wait_ca_bundle(cp, "kco-adm").await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+
+    // Valid: stored, with the defaults written by the mutating webhook.
+    let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, &ns);
+    let created = apps
+        .create(
+            &PostParams::default(),
+            &targetapp("good", json!({"selector": {"matchLabels": {"app": "mina"}},
+                "actions": [{"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec.polling_interval,
+        Some(1),
+        "DEFAULT_POLLING_INTERVAL of the test settings"
+    );
+    assert_eq!(created.spec.timeout_seconds, Some(2));
+    assert_eq!(created.spec.actions[0].name.as_deref(), Some("rule-0"));
+    assert_eq!(created.spec.actions[0].cooldown.as_deref(), Some("5m"));
+
+    // Invalid: refused, with the field and the reason, by both replicas' webhooks.
+    let err = apps
+        .create(
+            &PostParams::default(),
+            &targetapp("bad", json!({"selector": {},
+                "actions": [{"action": "restart_pod", "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "DOWN"}}]})),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("spec.actions[0].trigger.value")
+            && text.contains("not a value of enum SyncStatus"),
+        "{text}"
+    );
+
+    // Through kubectl, as a namespace admin sees it.
+    let file = cp.dir.join(format!("{ns}-bad.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: operator.kco.local/v1alpha1\nkind: TargetApp\nmetadata: {{name: worse, namespace: {ns}}}\n\
+             spec:\n  graphqlEndpoint: http://169.254.169.254/latest\n"
+        ),
+    )
+    .unwrap();
+    let mut kubectl = cp.kubectl(&User::Admin).unwrap();
+    kubectl.args(["apply", "-f"]).arg(&file);
+    let out = tokio::task::spawn_blocking(move || kubectl.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("denied the request")
+            && stderr.contains("spec.graphqlEndpoint: 169.254.169.254 is a link-local"),
+        "{stderr}"
+    );
+    assert!(
+        apps.get_opt("worse").await.unwrap().is_none(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_rotates_while_creates_keep_succeeding() {
+    let _serial = SERIAL.lock().await;
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let lease_ns = cp.namespace("rot-leases").await;
+    let ns = labelled_namespace(cp, "rot").await;
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    // CA for 24 s, certificates for 9 s: a certificate every ~6 s, a CA every ~16 s.
+    let short = (Duration::from_secs(24), Duration::from_secs(9));
+    let a = replica(cp, &lease_ns, "kco-a", "kco-rot", short, cancel.clone()).await;
+    let url = format!("https://127.0.0.1:{}", a.webhook_addr.unwrap().port());
+    register(cp, "kco-rot", &ns, &[url]).await;
+    wait_ca_bundle(cp, "kco-rot").await;
+    wait_ready(&a).await;
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cp.admin().await, &lease_ns);
+    let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, &ns);
+    let mut seen_certs = std::collections::BTreeSet::new();
+    let mut seen_cas = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    let mut created = 0;
+    while started.elapsed() < Duration::from_secs(40) {
+        let name = format!("app-{created}");
+        apps.create(
+            &PostParams::default(),
+            &targetapp(&name, json!({"selector": {}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {name} after {:?}: {e}", started.elapsed()));
+        created += 1;
+        let secret = secrets.get("kco-rot-tls").await.unwrap();
+        let data = secret.data.unwrap();
+        seen_certs.insert(data["tls.crt"].0.clone());
+        seen_cas.insert(data["ca.crt"].0.clone());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "{created} creates, {} certificates, {} CAs",
+        seen_certs.len(),
+        seen_cas.len()
+    );
+    assert!(
+        seen_certs.len() >= 4,
+        "certificates rotated: {}",
+        seen_certs.len()
+    );
+    assert!(seen_cas.len() >= 2, "the CA rotated: {}", seen_cas.len());
+}
