@@ -15,12 +15,11 @@ use kco::admission::cache::Caches;
 use kco::admission::defaults::Defaults;
 use kco::admission::review::{Admission, MAX_REVIEW_BYTES};
 use kco::admission::{Validator, server};
-use kco::config::WebhookSettings;
 use kco::targetapp::TargetApp;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::controlplane::repo_path;
-use support::process::free_port;
+use support::webhooks::{labelled_namespace, register, replica, wait_ca_bundle, wait_ready};
 use support::{ControlPlane, User};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -225,133 +224,6 @@ fn the_webhook_manifests_only_touch_kcos_own_resources() {
 /// Tests against the apiserver register cluster-wide configurations: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// An in-process replica with webhooks on 127.0.0.1, managing certificates.
-async fn replica(
-    cp: &ControlPlane,
-    lease_ns: &str,
-    instance: &str,
-    config_name: &str,
-    validity: (Duration, Duration),
-    cancel: CancellationToken,
-) -> kco::operator::Running {
-    let mut settings = kco::config::Settings::test();
-    settings.instance = instance.to_owned();
-    settings.namespace = Some(lease_ns.to_owned());
-    settings.lease_namespace = lease_ns.to_owned();
-    settings.election = Some(kco::election::Timing {
-        lease_duration: Duration::from_secs(4),
-        renew_deadline: Duration::from_secs(3),
-        retry_period: Duration::from_secs(1),
-    });
-    settings.webhooks = Some(WebhookSettings {
-        address: ([127, 0, 0, 1], free_port().unwrap()).into(),
-        cert_dir: None,
-        secret: format!("{config_name}-tls"),
-        config_name: config_name.to_owned(),
-        hosts: vec!["127.0.0.1".to_owned()],
-        ca_validity: validity.0,
-        cert_validity: validity.1,
-        check_period: Duration::from_secs(1),
-    });
-    let config = cp.config(&User::Admin).await.unwrap();
-    kco::operator::start(settings, config, cancel)
-        .await
-        .unwrap()
-}
-
-/// Registers both configurations (from `webhooks/`, renamed) for namespaces
-/// labelled `kco-admission-test=<ns>`, each calling every URL in `urls`.
-async fn register(cp: &ControlPlane, name: &str, ns: &str, urls: &[String]) {
-    let mut docs = Vec::new();
-    for (file, path) in [
-        ("webhooks/validating.yaml", "/validate/targetapp"),
-        ("webhooks/mutating.yaml", "/mutate/targetapp"),
-    ] {
-        let text = std::fs::read_to_string(repo_path(file)).unwrap();
-        let mut config: Value = serde_saphyr::from_str(&text).unwrap();
-        config["metadata"]["name"] = json!(name);
-        let template = config["webhooks"][0].clone();
-        let hooks: Vec<Value> = urls
-            .iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let mut hook = template.clone();
-                let base = hook["name"].as_str().unwrap().to_owned();
-                hook["name"] = json!(format!("r{i}.{base}"));
-                hook["clientConfig"] = json!({"url": format!("{url}{path}")});
-                // In these tests a failing webhook must fail the request.
-                hook["failurePolicy"] = json!("Fail");
-                hook["namespaceSelector"] = json!({"matchLabels": {"kco-admission-test": ns}});
-                hook
-            })
-            .collect();
-        config["webhooks"] = json!(hooks);
-        docs.push(serde_json::to_string(&config).unwrap());
-    }
-    let file = cp.dir.join(format!("{name}-webhooks.json"));
-    std::fs::write(&file, docs.join("\n")).unwrap();
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
-async fn labelled_namespace(cp: &ControlPlane, prefix: &str) -> String {
-    let ns = cp.namespace(prefix).await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin().await);
-    let patch = json!({"metadata": {"labels": {"kco-admission-test": ns}}});
-    namespaces
-        .patch(
-            &ns,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    ns
-}
-
-/// Waits until the replica is ready (certificate loaded, caches synced).
-async fn wait_ready(running: &kco::operator::Running) {
-    let http = support::fixtures::http_client();
-    let url = format!("http://{}/readyz", running.admin_addr);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replica never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `config`'s webhooks carry a caBundle.
-async fn wait_ca_bundle(cp: &ControlPlane, name: &str) {
-    let configs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
-        Api::all(cp.admin().await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let config = configs.get(name).await.unwrap();
-        if config
-            .webhooks
-            .unwrap_or_default()
-            .iter()
-            .all(|h| h.client_config.ca_bundle.is_some())
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never set the caBundle"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn targetapp(name: &str, spec: Value) -> TargetApp {
     serde_json::from_value(json!({
         "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
@@ -499,4 +371,74 @@ async fn a_short_lived_certificate_rotates_while_creates_keep_succeeding() {
         seen_certs.len()
     );
     assert!(seen_cas.len() >= 2, "the CA rotated: {}", seen_cas.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_certificate_is_served_and_reloaded_when_it_changes() {
+    let _serial = SERIAL.lock().await;
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace("adm-mounted").await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |cn: &str| {
+        let ca = support::pki::Authority::new(cn).unwrap();
+        let pem = ca.server(&["127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
+        ca.cert_pem.clone()
+    };
+    let first_ca = write("mounted-ca-1");
+    let mut settings = kco::config::Settings::test();
+    settings.namespace = Some(ns.clone());
+    settings.lease_namespace = ns.clone();
+    settings.webhooks = Some(kco::config::WebhookSettings {
+        address: ([127, 0, 0, 1], support::process::free_port().unwrap()).into(),
+        cert_dir: Some(dir.path().to_owned()),
+        secret: "unused".into(),
+        config_name: "unused".into(),
+        hosts: vec![],
+        ca_validity: Duration::from_secs(3600),
+        cert_validity: Duration::from_secs(1800),
+        check_period: Duration::from_secs(60),
+    });
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let running = kco::operator::start(settings, cp.config(&User::Admin).await.unwrap(), cancel)
+        .await
+        .unwrap();
+    wait_ready(&running).await;
+    let url = format!(
+        "https://127.0.0.1:{}/healthz",
+        running.webhook_addr.unwrap().port()
+    );
+    let trusting = |ca: &str| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .build()
+            .unwrap()
+    };
+    let ok = trusting(&first_ca).get(&url).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // No Secret is made when the certificate is mounted.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cp.admin().await, &ns);
+    assert!(secrets.get_opt("unused").await.unwrap().is_none());
+
+    // A new certificate in the directory is served within the reload period.
+    let second_ca = write("mounted-ca-2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if trusting(&second_ca).get(&url).send().await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        trusting(&first_ca).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
 }

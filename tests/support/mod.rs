@@ -14,6 +14,7 @@ pub mod process;
 pub mod receiver;
 pub mod replicas;
 pub mod tools;
+pub mod webhooks;
 
 pub use controlplane::{ControlPlane, User};
 pub use tools::Tools;
