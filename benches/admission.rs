@@ -67,7 +67,13 @@ async fn main() {
     kco::tls::install_crypto_provider();
     let caches = Caches::default();
     caches.mark_synced();
-    let admission = Admission::new(Arc::new(Validator::new()), Defaults::default(), caches);
+    let tenants = kco::tenancy::Tenants::new(kco::tenancy::Quota::default());
+    let admission = Admission::new(
+        Arc::new(Validator::new()),
+        tenants,
+        Defaults::default(),
+        caches,
+    );
     let body = example_review();
     let iterations = arg("--iterations", 20_000);
     for _ in 0..1000 {

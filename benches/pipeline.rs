@@ -256,6 +256,7 @@ async fn pipeline(
             format!("http://{addr}/graphql"),
             schedule,
             poller.clone(),
+            None,
             tx.clone(),
             cancel.clone(),
         ));

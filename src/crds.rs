@@ -5,10 +5,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::targetapp::TargetApp;
+use crate::tenancy::TenantQuota;
 
 /// Every CRD, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![TargetApp::crd()]
+    vec![TargetApp::crd(), TenantQuota::crd()]
 }
 
 /// The file under `crds/` each CRD is kept in, and its YAML.

@@ -3,8 +3,8 @@
 //! IPs, URLs or error text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric KCO exports, registered in one registry.
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub webhook_duration: HistogramVec,
     /// When the served webhook certificate expires (Unix seconds; 0 before one is loaded).
     pub webhook_cert_expiry: IntGauge,
+    /// Polls delayed and actions skipped by a tenant's budget, by namespace and kind.
+    pub throttled: IntCounterVec,
+    /// Time polls waited for their tenant's budget, by namespace.
+    pub throttle_wait: CounterVec,
 }
 
 /// The kinds of internal error, each a value of `operator_kco_errors_total{kind}`.
@@ -122,14 +126,28 @@ impl Metrics {
             "Admission reviews answered, by hook and result.",
             &["hook", "result"],
         )?;
-        for hook in ["validate", "mutate"] {
+        for hook in ["validate", "mutate", "validate_quota"] {
             for result in ["allowed", "denied", "error"] {
                 webhook_requests
                     .with_label_values(&[hook, result])
                     .inc_by(0);
             }
         }
+        let throttle_wait = CounterVec::new(
+            Opts::new(
+                "operator_kco_tenant_throttle_wait_seconds_total",
+                "Time polls waited for their tenant's poll budget.",
+            ),
+            &["namespace"],
+        )?;
+        registry.register(Box::new(throttle_wait.clone()))?;
         Ok(Self {
+            throttle_wait,
+            throttled: counter(
+                "operator_kco_tenant_throttled_total",
+                "Polls delayed (kind=poll) and actions skipped (kind=action) by a tenant's budget.",
+                &["namespace", "kind"],
+            )?,
             webhook_requests,
             webhook_duration: histogram(
                 "operator_kco_webhook_duration_seconds",

@@ -135,6 +135,8 @@ pub async fn start(
         )
     });
 
+    let tenants = crate::tenancy::Tenants::new(settings.default_quota.clone());
+    tokio::spawn(tenants.clone().run(client.clone(), cancel.clone()));
     let ctx = Context::new(
         client,
         config,
@@ -142,6 +144,7 @@ pub async fn start(
         metrics,
         apiserver,
         leadership,
+        tenants,
     )
     .context("cannot build the HTTP client")?;
     let webhook_addr =
@@ -155,6 +158,7 @@ pub async fn start(
                 let caches = crate::admission::cache::Caches::default();
                 let admission = crate::admission::review::Admission::new(
                     ctx.validator.clone(),
+                    ctx.tenants.clone(),
                     crate::admission::defaults::Defaults {
                         polling_interval: settings.default_polling_interval.as_secs(),
                         timeout_seconds: settings.graphql_timeout.as_secs(),

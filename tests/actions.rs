@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kco::actions::{Dispatched, Dispatcher, Firing};
 use kco::simulator::SyncStatus;
 use kco::targetapp::TargetApp;
-use kco::tenancy::{Egress, Quota};
+use kco::tenancy::{Egress, Quota, Tenants};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::bed::Bed;
@@ -357,9 +357,9 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         after: None,
     };
     let dispatcher = |config: kube::Config| {
-        let quota = Arc::new(Quota::default());
+        let tenants = Tenants::new(Quota::default());
         let egress = Egress::new(
-            quota.endpoint_policy.clone(),
+            tenants.clone(),
             Vec::new(),
             Arc::default(),
             "kco-test".into(),
@@ -368,7 +368,7 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
             client.clone(),
             config,
             Duration::from_secs(10),
-            quota,
+            tenants,
             egress,
         )
     };

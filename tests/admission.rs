@@ -28,7 +28,13 @@ fn admission() -> Admission {
     let caches = Caches::default();
     caches.mark_synced();
     caches.put_account("chain", "kco-actions");
-    Admission::new(Arc::new(Validator::new()), Defaults::default(), caches)
+    let tenants = kco::tenancy::Tenants::new(kco::tenancy::Quota::default());
+    Admission::new(
+        Arc::new(Validator::new()),
+        tenants,
+        Defaults::default(),
+        caches,
+    )
 }
 
 fn review(kind: Value, object: Value) -> Value {
@@ -215,7 +221,11 @@ fn the_webhook_manifests_only_touch_kcos_own_resources() {
             assert!(hook["timeoutSeconds"].as_u64().unwrap() <= 10, "{file}");
             for rule in hook["rules"].as_array().unwrap() {
                 assert_eq!(rule["apiGroups"], json!(["operator.kco.local"]), "{file}");
-                assert_eq!(rule["resources"], json!(["targetapps"]), "{file}");
+                assert!(
+                    rule["resources"] == json!(["targetapps"])
+                        || rule["resources"] == json!(["tenantquotas"]),
+                    "{file}: {rule}"
+                );
             }
         }
     }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{ActionContext, ActionError, Outcome, Params, Registry};
 use crate::monitor::status::record_firing;
 use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
-use crate::tenancy::{Egress, Quota};
+use crate::tenancy::{Egress, Tenants};
 
 /// How many times the fence re-reads after a conflict caused by other status writes.
 const FENCE_ATTEMPTS: usize = 5;
@@ -47,6 +47,8 @@ pub enum Skip {
     Cooldown { last: Timestamp },
     /// Another dispatcher recorded this firing first (at `at`).
     LostRace { at: Timestamp },
+    /// The tenant's hourly action budget is used up.
+    QuotaExceeded { why: String },
     /// The rule already fired for this episode (recorded by another replica, and
     /// its condition not seen false since).
     AlreadyFired { at: Timestamp },
@@ -74,8 +76,8 @@ pub struct Dispatcher {
     config: kube::Config,
     clients: moka::sync::Cache<String, kube::Client>,
     default_timeout: Duration,
-    /// The tenant's quota (allowed actions) and its outbound HTTP.
-    quota: Arc<Quota>,
+    /// Each tenant's quota (allowed actions, action budget) and outbound HTTP.
+    tenants: Arc<Tenants>,
     egress: Egress,
 }
 
@@ -84,11 +86,11 @@ impl Dispatcher {
         operator: kube::Client,
         config: kube::Config,
         default_timeout: Duration,
-        quota: Arc<Quota>,
+        tenants: Arc<Tenants>,
         egress: Egress,
     ) -> Self {
         Self {
-            quota,
+            tenants,
             egress,
             registry: Arc::new(Registry::builtin()),
             operator,
@@ -244,8 +246,14 @@ impl Dispatcher {
         if let Err(skip) = self.fence(&firing).await? {
             return Ok(Dispatched::Skipped(skip));
         }
-        let started = std::time::Instant::now();
         let dry_run = firing.app.spec.dry_run;
+        if !dry_run {
+            let namespace = firing.app.namespace().unwrap_or_default();
+            if let Err(why) = self.tenants.action_permit(&namespace) {
+                return Ok(Dispatched::Skipped(Skip::QuotaExceeded { why }));
+            }
+        }
+        let started = std::time::Instant::now();
         let result = self.run(&firing, dry_run).await;
         Ok(Dispatched::Ran {
             result,
@@ -272,7 +280,8 @@ impl Dispatcher {
             .get(name)
             .ok_or_else(|| ActionError::Invalid(format!("unknown action {name:?}")))?;
         let namespace = firing.app.namespace().unwrap_or_default();
-        if let Some(why) = self.quota.refuses_action(&namespace, name) {
+        let quota = self.tenants.effective(&namespace);
+        if let Some(why) = quota.quota.refuses_action(&namespace, name) {
             return Err(ActionError::NotAllowed(why));
         }
         let account = firing.app.spec.service_account_name.as_deref().ok_or_else(|| {
@@ -294,6 +303,7 @@ impl Dispatcher {
             fired_at: firing.now,
             state: firing.state.clone(),
             egress: self.egress.clone(),
+            max_replicas: quota.max_replicas,
             correlation_id: firing.correlation_id.clone(),
             dry_run,
         };

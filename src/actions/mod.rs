@@ -50,6 +50,8 @@ pub struct ActionContext {
     pub client: kube::Client,
     /// Outbound HTTP under the tenant's endpoint policy (webhook actions).
     pub egress: Egress,
+    /// The tenant's replica ceiling for `scale_deployment`.
+    pub max_replicas: Option<u32>,
     /// Evaluate and report, change nothing (Kubernetes calls use server-side dry run).
     pub dry_run: bool,
 }

@@ -85,7 +85,14 @@ impl Action for ScaleDeployment {
                 params.int("replicas", 0, MAX_REPLICAS, &mut ignored),
                 params.int("delta", -MAX_REPLICAS, MAX_REPLICAS, &mut ignored),
                 params.int("min", 0, MAX_REPLICAS, &mut ignored),
-                params.int("max", 0, MAX_REPLICAS, &mut ignored),
+                // The tenant's replica ceiling bounds `max` (and so every target).
+                match (
+                    params.int("max", 0, MAX_REPLICAS, &mut ignored),
+                    ctx.max_replicas,
+                ) {
+                    (Some(max), Some(ceiling)) => Some(max.min(i64::from(ceiling))),
+                    (max, ceiling) => max.or(ceiling.map(i64::from)),
+                },
             );
             if target == current {
                 return Ok(Outcome {

@@ -12,6 +12,7 @@ use super::cache::Caches;
 use super::defaults::{self, Defaults};
 use super::validate::{Validator, parse_targetapp};
 use crate::targetapp::TargetApp;
+use crate::tenancy::Tenants;
 
 /// What a webhook endpoint does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum Hook {
     Validate,
     /// `/mutate/targetapp`
     Mutate,
+    /// `/validate/tenantquota`
+    ValidateQuota,
 }
 
 /// The largest AdmissionReview accepted (the apiserver's own request limit).
@@ -36,14 +39,21 @@ pub struct Answer {
 #[derive(Clone)]
 pub struct Admission {
     validator: Arc<Validator>,
+    tenants: Arc<Tenants>,
     defaults: Defaults,
     caches: Caches,
 }
 
 impl Admission {
-    pub fn new(validator: Arc<Validator>, defaults: Defaults, caches: Caches) -> Self {
+    pub fn new(
+        validator: Arc<Validator>,
+        tenants: Arc<Tenants>,
+        defaults: Defaults,
+        caches: Caches,
+    ) -> Self {
         Self {
             validator,
+            tenants,
             defaults,
             caches,
         }
@@ -95,14 +105,19 @@ impl Admission {
     fn respond(&self, hook: Hook, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
         let allowed = AdmissionResponse::from(request);
         let kind = &request.kind;
+        let handles = if hook == Hook::ValidateQuota {
+            "TenantQuota"
+        } else {
+            "TargetApp"
+        };
         if (
             kind.group.as_str(),
             kind.version.as_str(),
             kind.kind.as_str(),
-        ) != ("operator.kco.local", "v1alpha1", "TargetApp")
+        ) != ("operator.kco.local", "v1alpha1", handles)
         {
             return allowed.deny(format!(
-                "this webhook handles operator.kco.local/v1alpha1 TargetApp, not {}/{} {}",
+                "this webhook handles operator.kco.local/v1alpha1 {handles}, not {}/{} {}",
                 kind.group, kind.version, kind.kind
             ));
         }
@@ -127,6 +142,19 @@ impl Admission {
                 .or_insert_with(|| Value::String(ns.to_owned()));
         }
         match hook {
+            Hook::ValidateQuota => {
+                let quota: crate::tenancy::TenantQuota = match serde_json::from_value(value) {
+                    Ok(quota) => quota,
+                    Err(e) => return allowed.deny(format!("not a valid TenantQuota: {e}")),
+                };
+                let names = crate::actions::Registry::builtin().names();
+                let problems = crate::tenancy::quota::check(&quota.spec, &names);
+                if problems.is_empty() {
+                    allowed
+                } else {
+                    allowed.deny(problems.join("; "))
+                }
+            }
             Hook::Mutate => {
                 let patch = defaults::patch(&value, self.defaults);
                 if patch.0.is_empty() {
@@ -150,7 +178,8 @@ impl Admission {
                     Ok(app) => app,
                     Err(e) => return allowed.deny(e),
                 };
-                let (verdict, warnings) = self.check(&app);
+                let creating = matches!(request.operation, Operation::Create);
+                let (verdict, warnings) = self.check(&app, creating);
                 let mut response = if verdict.is_empty() {
                     allowed
                 } else {
@@ -164,10 +193,23 @@ impl Admission {
         }
     }
 
-    /// Problems (each `path: reason`) and warnings for `app`.
-    pub fn check(&self, app: &TargetApp) -> (Vec<String>, Vec<String>) {
+    /// Problems (each `path: reason`) and warnings for `app`; `creating` adds the
+    /// tenant's TargetApp count.
+    pub fn check(&self, app: &TargetApp, creating: bool) -> (Vec<String>, Vec<String>) {
         let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
         let mut problems = Vec::new();
+        if creating {
+            let quota = self.tenants.effective(namespace);
+            let count = self.tenants.tenant_app_count(namespace);
+            if let Some(max) = quota.max_target_apps
+                && count >= max as usize
+            {
+                problems.push(format!(
+                    "metadata.namespace: the tenant of namespace {namespace} has {count} TargetApps and {} allows at most {max}",
+                    quota.named()
+                ));
+            }
+        }
         let custom = match &app.spec.schema.config_map_ref {
             Some(reference) => match self.caches.schema(namespace, reference) {
                 Ok(schema) => Some(schema),

@@ -101,6 +101,7 @@ pub fn router(admission: Admission, metrics: Metrics) -> Router {
     Router::new()
         .route("/validate/targetapp", post(validate))
         .route("/mutate/targetapp", post(mutate))
+        .route("/validate/tenantquota", post(validate_quota))
         .route("/healthz", get(|| async { "ok\n" }))
         // One byte over the limit so that the review itself reports the size clearly.
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES + 1))
@@ -115,11 +116,16 @@ async fn mutate(State(s): State<Served>, body: Bytes) -> Response {
     answer(&s, Hook::Mutate, body)
 }
 
+async fn validate_quota(State(s): State<Served>, body: Bytes) -> Response {
+    answer(&s, Hook::ValidateQuota, body)
+}
+
 fn answer(s: &Served, hook: Hook, body: Bytes) -> Response {
     let started = Instant::now();
     let name = match hook {
         Hook::Validate => "validate",
         Hook::Mutate => "mutate",
+        Hook::ValidateQuota => "validate_quota",
     };
     let answer = s.admission.review(hook, &body);
     let result = if answer.status != 200 {

@@ -10,7 +10,7 @@ use super::query::{QuerySchema, check_condition, check_query};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::targetapp::{SchemaSource, TargetApp};
-use crate::tenancy::{Egress, Purpose, Quota};
+use crate::tenancy::{Egress, Purpose, Quota, Tenants};
 use crate::triggers::{self, Operand};
 
 /// A refusal: the field path and why.
@@ -52,7 +52,8 @@ pub struct Validator {
     mina: QuerySchema,
     registry: Registry,
     /// The tenant quota (allowed actions) and endpoint policy applied.
-    quota: Quota,
+    /// Each namespace's quota (allowed actions, limits, endpoint policy).
+    tenants: Arc<Tenants>,
     egress: Egress,
 }
 
@@ -66,22 +67,23 @@ impl Validator {
     /// The default quota and endpoint policy, without the apiserver's addresses
     /// (what `kco validate` checks offline).
     pub fn new() -> Self {
-        let quota = Quota::default();
+        let tenants = Tenants::new(Quota::default());
         let egress = Egress::new(
-            quota.endpoint_policy.clone(),
+            tenants.clone(),
             Vec::new(),
             Arc::default(),
             crate::monitor::poll::user_agent("kco-validate"),
         );
-        Self::with_quota(quota, egress)
+        Self::with_tenants(tenants, egress)
     }
 
-    /// Validates with `quota`, checking URLs through `egress`'s endpoint policy.
-    pub fn with_quota(quota: Quota, egress: Egress) -> Self {
+    /// Validates with each namespace's quota from `tenants`, checking URLs through
+    /// `egress`'s endpoint policy.
+    pub fn with_tenants(tenants: Arc<Tenants>, egress: Egress) -> Self {
         Self {
             mina: QuerySchema::mina(),
             registry: Registry::builtin(),
-            quota,
+            tenants,
             egress,
         }
     }
@@ -93,9 +95,21 @@ impl Validator {
         let mut v = Verdict::default();
         let spec = &app.spec;
         let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+        let quota = self.tenants.effective(namespace);
 
         if spec.polling_interval == Some(0) {
             v.refuse("spec.pollingInterval", "must be at least 1 second");
+        }
+        if let (Some(interval), Some(min)) = (spec.polling_interval, quota.min_polling_interval)
+            && interval < min
+        {
+            v.refuse(
+                "spec.pollingInterval",
+                format!(
+                    "{interval}s is below the minimum of {min}s set by {}",
+                    quota.named()
+                ),
+            );
         }
         if spec.timeout_seconds == Some(0) {
             v.refuse("spec.timeoutSeconds", "must be at least 1 second");
@@ -189,9 +203,27 @@ impl Validator {
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
             if self.registry.get(&rule.action).is_some()
-                && let Some(why) = self.quota.refuses_action(namespace, &rule.action)
+                && let Some(why) = quota.quota.refuses_action(namespace, &rule.action)
             {
                 v.refuse(at("action"), why);
+            }
+            if rule.action == "scale_deployment"
+                && let Some(ceiling) = quota.max_replicas
+            {
+                let params = rule.parameters.as_ref();
+                for key in ["replicas", "max"] {
+                    if let Some(n) = params.and_then(|p| p.get(key)).and_then(Value::as_i64)
+                        && n > i64::from(ceiling)
+                    {
+                        v.refuse(
+                            at(&format!("parameters.{key}")),
+                            format!(
+                                "{n} is above the replica ceiling of {ceiling} set by {}",
+                                quota.named()
+                            ),
+                        );
+                    }
+                }
             }
             if rule.action == "webhook"
                 && let Some(url) = rule

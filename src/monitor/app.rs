@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::discovery::{self, NotTarget, Target};
 use super::state::{Observed, TargetState};
 use super::status;
-use super::target::{Report, Schedule, poll_loop};
+use super::target::{Gate, Report, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
 use crate::actions::{Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
@@ -57,7 +57,14 @@ struct Monitor {
 }
 
 /// Monitors `app` until `cancel` fires; then stops every poll loop it started.
-pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationToken) {
+/// Monitors `app` until `cancel` fires. `over_quota` says why the app is beyond its
+/// tenant's TargetApp quota: then it is reported, not polled.
+pub async fn run(
+    ctx: Arc<Context>,
+    app: Arc<TargetApp>,
+    cancel: CancellationToken,
+    over_quota: Option<String>,
+) {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
     let (tx, mut rx) = mpsc::channel(256);
@@ -111,6 +118,15 @@ pub async fn run(ctx: Arc<Context>, app: Arc<TargetApp>, cancel: CancellationTok
             .collect::<Vec<_>>()
             .join("; ")
     });
+    let invalid = match over_quota {
+        Some(why) => {
+            monitor
+                .notify(Reason::QuotaExceeded, why.clone(), None)
+                .await;
+            Some(format!("QuotaExceeded: {why}"))
+        }
+        None => invalid,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if invalid.is_some() || app.spec.suspend {
@@ -259,11 +275,17 @@ impl Monitor {
             } else {
                 self.ctx.poller.clone()
             };
+            let gate = Gate {
+                tenants: self.ctx.tenants.clone(),
+                namespace: self.namespace.clone(),
+                metrics: self.ctx.metrics.clone(),
+            };
             tokio::spawn(poll_loop(
                 name.clone(),
                 target.url.clone(),
                 self.schedule.clone(),
                 poller,
+                Some(gate),
                 self.reports.clone(),
                 cancel.clone(),
             ));
@@ -689,6 +711,23 @@ async fn act(
                 "{action} for {target} (rule {rule}) skipped: it last ran at {last}, within the cooldown of {}s",
                 cooldown.as_secs()
             );
+            (Reason::ActionSkipped, note)
+        }
+        Ok(Dispatched::Skipped(Skip::QuotaExceeded { why })) => {
+            count("throttled");
+            ctx.metrics
+                .throttled
+                .with_label_values(&[namespace.as_str(), "action"])
+                .inc();
+            publish(
+                &ctx,
+                &reference,
+                &namespace,
+                Reason::QuotaExceeded,
+                format!("{action} for {target} (rule {rule}) not run: {why}"),
+                pod.as_deref(),
+            );
+            let note = format!("{action} for {target} (rule {rule}) skipped: {why}");
             (Reason::ActionSkipped, note)
         }
         Ok(Dispatched::Skipped(Skip::AlreadyFired { at })) => {

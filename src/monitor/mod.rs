@@ -42,6 +42,8 @@ pub struct Context {
     pub validator: Arc<crate::admission::Validator>,
     /// Outbound clients for user-supplied URLs, under the tenant's endpoint policy.
     pub egress: crate::tenancy::Egress,
+    /// Each namespace's quota and budgets.
+    pub tenants: Arc<crate::tenancy::Tenants>,
     pub poller: poll::Poller,
     pub metrics: Metrics,
     pub settings: Settings,
@@ -103,6 +105,7 @@ impl Context {
         metrics: Metrics,
         apiserver: Vec<std::net::IpAddr>,
         leadership: Leadership,
+        tenants: Arc<crate::tenancy::Tenants>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let poller = poll::Poller::new(
             settings.max_response_bytes,
@@ -123,14 +126,13 @@ impl Context {
                 }
             }
         });
-        let quota = Arc::new(settings.default_quota.clone());
         let mut overrides: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
             std::collections::HashMap::new();
         for (host, ip) in &settings.dns_overrides {
             overrides.entry(host.clone()).or_default().push(*ip);
         }
         let egress = crate::tenancy::Egress::new(
-            quota.endpoint_policy.clone(),
+            tenants.clone(),
             apiserver,
             Arc::new(overrides),
             poll::user_agent(&settings.instance),
@@ -139,14 +141,15 @@ impl Context {
             client.clone(),
             config,
             settings.action_execution_timeout,
-            quota.clone(),
+            tenants.clone(),
             egress.clone(),
         );
         Ok(Arc::new(Self {
-            validator: Arc::new(crate::admission::Validator::with_quota(
-                (*quota).clone(),
+            validator: Arc::new(crate::admission::Validator::with_tenants(
+                tenants.clone(),
                 egress.clone(),
             )),
+            tenants,
             dispatcher,
             egress,
             client,
@@ -165,8 +168,9 @@ impl Context {
 }
 
 struct Running {
-    /// The uid and generation the task was started for: a change restarts it.
-    fingerprint: (Option<String>, Option<i64>),
+    /// The uid and generation the task was started for, and whether it was over
+    /// quota: a change restarts it.
+    fingerprint: (Option<String>, Option<i64>, bool),
     cancel: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -197,9 +201,27 @@ pub async fn run(
     let mut listing: Option<Vec<String>> = None;
     // Without sharding nobody sends ownership changes: the channel closes at once.
     let mut follow = true;
+    // TenantQuotas change without a TargetApp event: re-check now and then; the
+    // leader also writes each TenantQuota's usage then.
+    let mut quotas = tokio::time::interval(std::time::Duration::from_secs(10));
+    quotas.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = quotas.tick() => {
+                let namespaces: BTreeSet<String> = shard
+                    .apps
+                    .values()
+                    .filter_map(|a| a.metadata.namespace.clone())
+                    .collect();
+                for namespace in namespaces {
+                    shard.refresh(&ctx, &namespace).await;
+                }
+                if ctx.leadership.confirm() {
+                    write_quota_usage(&ctx, &shard.apps).await;
+                }
+                continue;
+            }
             changed = ownership.changed(), if follow => {
                 if changed.is_err() {
                     follow = false;
@@ -226,7 +248,8 @@ pub async fn run(
                 if let Some(keys) = listing.as_mut() {
                     keys.push(key(&app));
                 }
-                shard.apply(&ctx, app).await;
+                // Tasks start once the whole list is in (quotas order TargetApps).
+                shard.apps.insert(key(&app), app);
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 let keys = listing.take().unwrap_or_default();
@@ -241,6 +264,14 @@ pub async fn run(
                 }
                 shard.listed = true;
                 shard.publish(&ctx);
+                let namespaces: BTreeSet<String> = shard
+                    .apps
+                    .values()
+                    .filter_map(|a| a.metadata.namespace.clone())
+                    .collect();
+                for namespace in namespaces {
+                    shard.refresh(&ctx, &namespace).await;
+                }
             }
             Some(Ok(watcher::Event::Apply(app))) => shard.apply(&ctx, app).await,
             Some(Ok(watcher::Event::Delete(app))) => shard.delete(&ctx, &key(&app)).await,
@@ -268,17 +299,84 @@ impl Shard {
 
     async fn apply(&mut self, ctx: &Arc<Context>, app: TargetApp) {
         let k = key(&app);
-        if self.owned(&app) {
-            ensure(ctx, &mut self.running, app.clone()).await;
-        }
+        let namespace = app.metadata.namespace.clone().unwrap_or_default();
         self.apps.insert(k, app);
         self.publish(ctx);
+        self.refresh(ctx, &namespace).await;
     }
 
     async fn delete(&mut self, ctx: &Arc<Context>, k: &str) {
         self.apps.remove(k);
         stop(ctx, &mut self.running, k).await;
         self.publish(ctx);
+        if let Some((namespace, _)) = k.split_once('/') {
+            self.refresh(ctx, namespace).await;
+        }
+    }
+
+    /// Starts (or restarts) the tasks of `namespace`'s TargetApps if it is ours,
+    /// each knowing whether it is beyond the tenant's TargetApp quota: the oldest
+    /// ones (by creation, then name) are within it.
+    async fn refresh(&mut self, ctx: &Arc<Context>, namespace: &str) {
+        if !self.owns.owns(namespace) {
+            return;
+        }
+        let quota = ctx.tenants.effective(namespace);
+        let in_namespace = |app: &&TargetApp| app.metadata.namespace.as_deref() == Some(namespace);
+        let Some(max) = quota.max_target_apps else {
+            // No TargetApp quota (the common case): nothing to order.
+            let apps: Vec<TargetApp> = self.apps.values().filter(in_namespace).cloned().collect();
+            for app in apps {
+                ensure(ctx, &mut self.running, app, None).await;
+            }
+            return;
+        };
+        let tenant = quota.tenant(namespace);
+        let namespaces: BTreeSet<&str> = self
+            .apps
+            .values()
+            .filter_map(|a| a.metadata.namespace.as_deref())
+            .collect();
+        let tenant_namespaces: BTreeSet<&str> = namespaces
+            .into_iter()
+            .filter(|ns| *ns == namespace || ctx.tenants.effective(ns).tenant(ns) == tenant)
+            .collect();
+        // The tenant's TargetApps in every namespace, oldest first.
+        let mut apps: Vec<&TargetApp> = self
+            .apps
+            .values()
+            .filter(|a| {
+                tenant_namespaces.contains(a.metadata.namespace.as_deref().unwrap_or_default())
+            })
+            .collect();
+        apps.sort_by(|a, b| {
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                a.name_any(),
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    b.name_any(),
+                ))
+        });
+        let total = apps.len();
+        let plan: Vec<(TargetApp, Option<String>)> = apps
+            .into_iter()
+            .enumerate()
+            .filter(|(_, app)| in_namespace(app))
+            .map(|(i, app)| {
+                let over = (i >= max as usize).then(|| {
+                    format!(
+                        "the tenant of namespace {namespace} holds {total} TargetApps and {} allows {max}; this one (created after the first {max}) is not polled until others are deleted or the quota is raised",
+                        quota.named()
+                    )
+                });
+                (app.clone(), over)
+            })
+            .collect();
+        for (app, over) in plan {
+            ensure(ctx, &mut self.running, app, over).await;
+        }
     }
 
     /// Starts and stops tasks after an ownership change.
@@ -293,7 +391,8 @@ impl Shard {
             let runs = self.running.contains_key(&k);
             if owned && !runs {
                 acquired += 1;
-                ensure(ctx, &mut self.running, app).await;
+                let namespace = app.metadata.namespace.clone().unwrap_or_default();
+                self.refresh(ctx, &namespace).await;
             } else if !owned && runs {
                 released += 1;
                 stop(ctx, &mut self.running, &k).await;
@@ -313,8 +412,31 @@ impl Shard {
         self.publish(ctx);
     }
 
-    /// Readiness, the owned namespaces for `/stats` and their metric.
+    /// Readiness, the owned namespaces for `/stats` and their metric, the
+    /// TargetApp counts and this replica's share of each tenant's budgets.
     fn publish(&self, ctx: &Context) {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for k in self.apps.keys() {
+            if let Some((ns, _)) = k.split_once('/') {
+                *counts.entry(ns.to_owned()).or_default() += 1;
+            }
+        }
+        let tenants = ctx.tenants.tenants_of(counts.keys().cloned());
+        let mut shares: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (ns, tenant) in &tenants {
+            let entry = shares.entry(tenant.clone()).or_default();
+            entry.1 += 1;
+            if self.owns.owns(ns) {
+                entry.0 += 1;
+            }
+        }
+        ctx.tenants.set_shares(
+            shares
+                .into_iter()
+                .map(|(t, (owned, all))| (t, owned as f64 / all.max(1) as f64))
+                .collect(),
+        );
+        ctx.tenants.set_app_counts(counts);
         let owned: BTreeSet<String> = self
             .running
             .keys()
@@ -331,14 +453,63 @@ impl Shard {
     }
 }
 
+/// Leader-only: each TenantQuota's namespaces and TargetApps, in its status.
+async fn write_quota_usage(ctx: &Context, apps: &HashMap<String, TargetApp>) {
+    let api: Api<crate::tenancy::TenantQuota> = Api::all(ctx.client.clone());
+    for (name, namespaces) in ctx.tenants.quotas() {
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for app in apps.values() {
+            if let Some(ns) = app.metadata.namespace.as_deref()
+                && namespaces.iter().any(|n| n == ns)
+            {
+                *counts.entry(ns).or_default() += 1;
+            }
+        }
+        let fullest = counts.iter().max_by_key(|(_, n)| **n);
+        let usage = crate::tenancy::quota::Usage {
+            namespaces: namespaces.len() as u32,
+            target_apps: counts.values().sum(),
+            fullest_namespace: fullest.map(|(ns, _)| (*ns).to_owned()),
+            fullest_count: fullest.map(|(_, n)| *n).unwrap_or(0),
+        };
+        let patch = serde_json::json!({"status": {"usage": usage}});
+        if !ctx.leadership.confirm() {
+            return;
+        }
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            ctx.metrics
+                .errors
+                .with_label_values(&["status_write"])
+                .inc();
+            tracing::debug!(quota = %name, error = %e, "cannot write TenantQuota usage");
+        }
+    }
+}
+
 fn key(app: &TargetApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
 /// Starts a task for `app`, or restarts it when its spec changed.
-async fn ensure(ctx: &Arc<Context>, running: &mut HashMap<String, Running>, app: TargetApp) {
+async fn ensure(
+    ctx: &Arc<Context>,
+    running: &mut HashMap<String, Running>,
+    app: TargetApp,
+    over_quota: Option<String>,
+) {
     let k = key(&app);
-    let fingerprint = (app.metadata.uid.clone(), app.metadata.generation);
+    let fingerprint = (
+        app.metadata.uid.clone(),
+        app.metadata.generation,
+        over_quota.is_some(),
+    );
     if running
         .get(&k)
         .is_some_and(|r| r.fingerprint == fingerprint)
@@ -351,7 +522,12 @@ async fn ensure(ctx: &Arc<Context>, running: &mut HashMap<String, Running>, app:
     }
     tracing::info!(targetapp = %k, generation = ?app.metadata.generation, "monitoring");
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(app::run(ctx.clone(), Arc::new(app), cancel.clone()));
+    let handle = tokio::spawn(app::run(
+        ctx.clone(),
+        Arc::new(app),
+        cancel.clone(),
+        over_quota,
+    ));
     running.insert(
         k,
         Running {

@@ -32,6 +32,32 @@ pub struct Schedule {
     pub query: Arc<str>,
 }
 
+/// A tenant's poll budget, taken before each poll.
+#[derive(Clone)]
+pub struct Gate {
+    pub tenants: Arc<crate::tenancy::Tenants>,
+    pub namespace: String,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Gate {
+    /// Waits for the budget; a wait is counted (a throttled poll is delayed, never
+    /// dropped).
+    async fn pass(&self) {
+        let waited = self.tenants.poll_permit(&self.namespace).await;
+        if waited > Duration::from_millis(1) {
+            self.metrics
+                .throttled
+                .with_label_values(&[self.namespace.as_str(), "poll"])
+                .inc();
+            self.metrics
+                .throttle_wait
+                .with_label_values(&[self.namespace.as_str()])
+                .inc_by(waited.as_secs_f64());
+        }
+    }
+}
+
 /// Polls `url` every `schedule.interval` until cancelled. The first poll comes after
 /// a random part of the interval (at most 2 s), so that many targets started together
 /// spread out; later polls keep the rhythm with ±5% jitter and never overlap.
@@ -40,6 +66,7 @@ pub async fn poll_loop(
     url: String,
     schedule: Schedule,
     poller: Poller,
+    gate: Option<Gate>,
     reports: mpsc::Sender<Report>,
     cancel: CancellationToken,
 ) {
@@ -52,6 +79,12 @@ pub async fn poll_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
+        }
+        if let Some(gate) = &gate {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = gate.pass() => {}
+            }
         }
         let started = Instant::now();
         let lateness = started.saturating_duration_since(next);

@@ -27,27 +27,31 @@ pub struct Egress {
     inner: Arc<Inner>,
 }
 
+/// (namespace, purpose, trusted CA, the policy's text).
+type ClientKey = (String, Purpose, Option<Vec<u8>>, String);
+
 struct Inner {
-    policy: EndpointPolicy,
+    tenants: Arc<super::Tenants>,
     apiserver: Arc<[IpAddr]>,
     overrides: DnsOverrides,
-    clients: moka::sync::Cache<(String, Purpose, Option<Vec<u8>>), reqwest::Client>,
+    /// By (namespace, purpose, trusted CA, the policy's text): a changed policy
+    /// makes a new client.
+    clients: moka::sync::Cache<ClientKey, reqwest::Client>,
     user_agent: String,
 }
 
 impl Egress {
-    /// `policy` applies to every namespace (tenant quotas refine it later);
-    /// `apiserver` lists the apiserver's addresses, never reachable; requests say
-    /// `user_agent`.
+    /// Each namespace's policy comes from `tenants`; `apiserver` lists the
+    /// apiserver's addresses, never reachable; requests say `user_agent`.
     pub fn new(
-        policy: EndpointPolicy,
+        tenants: Arc<super::Tenants>,
         apiserver: Vec<IpAddr>,
         overrides: DnsOverrides,
         user_agent: String,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                policy,
+                tenants,
                 apiserver: apiserver.into(),
                 overrides,
                 clients: moka::sync::Cache::builder()
@@ -60,14 +64,18 @@ impl Egress {
     }
 
     /// The endpoint policy of `namespace`.
-    pub fn policy(&self, _namespace: &str) -> &EndpointPolicy {
-        &self.inner.policy
+    pub fn policy(&self, namespace: &str) -> EndpointPolicy {
+        self.inner
+            .tenants
+            .effective(namespace)
+            .quota
+            .endpoint_policy
     }
 
     /// Checks `url` for `namespace` and `purpose` as written (before any request).
     pub fn check_url(&self, namespace: &str, purpose: Purpose, url: &str) -> Result<Reach, String> {
         EndpointCheck {
-            policy: self.policy(namespace),
+            policy: &self.policy(namespace),
             namespace,
             purpose,
             apiserver: &self.inner.apiserver,
@@ -83,12 +91,18 @@ impl Egress {
         purpose: Purpose,
         ca: Option<&[u8]>,
     ) -> Result<reqwest::Client, String> {
-        let key = (namespace.to_owned(), purpose, ca.map(<[u8]>::to_vec));
+        let policy = self.policy(namespace);
+        let key = (
+            namespace.to_owned(),
+            purpose,
+            ca.map(<[u8]>::to_vec),
+            format!("{policy:?}"),
+        );
         if let Some(client) = self.inner.clients.get(&key) {
             return Ok(client);
         }
         let resolver = PolicyResolver {
-            policy: self.policy(namespace).clone(),
+            policy,
             namespace: namespace.to_owned(),
             purpose,
             apiserver: self.inner.apiserver.clone(),

@@ -1,12 +1,19 @@
-//! Tenancy: what each tenant (namespace) may do. Today this is the operator's
-//! default quota — the actions a tenant may use and its endpoint policy (DESIGN §3,
-//! §4) — and the outbound clients that enforce that policy at connect time.
+//! Tenancy: what each tenant may do. Cluster admins set TenantQuotas (DESIGN §4);
+//! a namespace none selects gets the operator's default quota. The effective quota
+//! of a namespace decides, at admission, its TargetApp count, minimum interval,
+//! allowed actions, replica ceiling and endpoint policy (DESIGN §3), and at run
+//! time its poll and action budgets; outbound clients enforce the endpoint policy
+//! at connect time.
 
 pub mod egress;
 pub mod endpoint;
+pub mod quota;
+pub mod tenants;
 
 pub use egress::{DnsOverrides, Egress};
 pub use endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach};
+pub use quota::{Effective, TenantQuota, TenantQuotaSpec};
+pub use tenants::Tenants;
 
 /// The actions a tenant may use unless its quota says otherwise: every built-in
 /// action except `exec_command`, which runs commands inside pods and must be

@@ -369,8 +369,13 @@ impl ControlPlane {
 
     /// Installs KCO's CRDs from `crds/`; panics (failing the test) if it cannot.
     pub fn install_kco_crds(&self) {
-        if let Err(e) = self.apply_crds(&repo_path("crds"), "targetapps.operator.kco.local") {
-            panic!("install KCO's CRDs: {e}");
+        for crd in [
+            "targetapps.operator.kco.local",
+            "tenantquotas.operator.kco.local",
+        ] {
+            if let Err(e) = self.apply_crds(&repo_path("crds"), crd) {
+                panic!("install KCO's CRDs: {e}");
+            }
         }
     }
 

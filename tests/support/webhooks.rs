@@ -23,7 +23,8 @@ pub async fn replica(
 ) -> kco::operator::Running {
     let mut settings = kco::config::Settings::test();
     settings.instance = instance.to_owned();
-    settings.namespace = Some(lease_ns.to_owned());
+    // Every namespace: the tenant checks count TargetApps wherever they are.
+    settings.namespace = None;
     settings.lease_namespace = lease_ns.to_owned();
     settings.election = Some(kco::election::Timing {
         lease_duration: Duration::from_secs(4),

@@ -1,0 +1,379 @@
+//! The tenants this replica serves: the TenantQuotas and namespace labels (from
+//! watches), the effective quota of each namespace, and the run-time budgets —
+//! a token bucket per tenant for polls (a throttled poll waits) and an hourly
+//! bucket for actions (a throttled action is skipped). A tenant's budget is split
+//! across replicas by the share of its namespaces each one polls, so that the
+//! sum over the replicas is the quota.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota as Rate, RateLimiter};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::Quota;
+use super::quota::{Effective, TenantQuota, TenantQuotaSpec, effective, selects};
+
+type Labels = BTreeMap<String, String>;
+
+/// Tenants, quotas and budgets; shared by admission, monitoring and actions.
+pub struct Tenants {
+    default: Quota,
+    quotas: RwLock<BTreeMap<String, TenantQuotaSpec>>,
+    namespaces: RwLock<BTreeMap<String, Labels>>,
+    /// TargetApps per namespace, as the TargetApp watch sees them.
+    apps: RwLock<BTreeMap<String, usize>>,
+    /// This replica's share of each tenant (1.0 when absent).
+    shares: RwLock<BTreeMap<String, f64>>,
+    polls: moka::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
+    actions: moka::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
+    synced: AtomicBool,
+}
+
+impl Tenants {
+    /// Tenants under `default` until TenantQuotas say otherwise.
+    pub fn new(default: Quota) -> Arc<Self> {
+        let cache = || {
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build()
+        };
+        Arc::new(Self {
+            default,
+            quotas: RwLock::default(),
+            namespaces: RwLock::default(),
+            apps: RwLock::default(),
+            shares: RwLock::default(),
+            polls: cache(),
+            actions: cache(),
+            synced: AtomicBool::new(false),
+        })
+    }
+
+    /// The quota of `namespace`.
+    pub fn effective(&self, namespace: &str) -> Effective {
+        effective(&self.default, &self.selecting(namespace))
+    }
+
+    /// The TenantQuotas selecting `namespace`, by name.
+    pub fn selecting(&self, namespace: &str) -> Vec<(String, TenantQuotaSpec)> {
+        let labels = self
+            .namespaces
+            .read()
+            .ok()
+            .and_then(|n| n.get(namespace).cloned())
+            .unwrap_or_default();
+        self.quotas
+            .read()
+            .map(|q| {
+                q.iter()
+                    .filter(|(_, spec)| selects(spec, namespace, &labels))
+                    .map(|(name, spec)| (name.clone(), spec.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every TenantQuota with the namespaces it selects.
+    pub fn quotas(&self) -> Vec<(String, Vec<String>)> {
+        let namespaces = self
+            .namespaces
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_default();
+        self.quotas
+            .read()
+            .map(|q| {
+                q.iter()
+                    .map(|(name, spec)| {
+                        let selected = namespaces
+                            .iter()
+                            .filter(|(ns, labels)| selects(spec, ns, labels))
+                            .map(|(ns, _)| ns.clone())
+                            .collect();
+                        (name.clone(), selected)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every namespace known, with the tenant it belongs to.
+    pub fn tenants_of(
+        &self,
+        namespaces: impl IntoIterator<Item = String>,
+    ) -> BTreeMap<String, String> {
+        namespaces
+            .into_iter()
+            .map(|ns| {
+                let tenant = self.effective(&ns).tenant(&ns);
+                (ns, tenant)
+            })
+            .collect()
+    }
+
+    /// Whether TenantQuotas and namespaces have been read once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn put_quota(&self, name: &str, spec: TenantQuotaSpec) {
+        if let Ok(mut quotas) = self.quotas.write() {
+            quotas.insert(name.to_owned(), spec);
+        }
+    }
+
+    pub fn remove_quota(&self, name: &str) {
+        if let Ok(mut quotas) = self.quotas.write() {
+            quotas.remove(name);
+        }
+    }
+
+    pub fn put_namespace(&self, name: &str, labels: Labels) {
+        if let Ok(mut namespaces) = self.namespaces.write() {
+            namespaces.insert(name.to_owned(), labels);
+        }
+    }
+
+    /// Records how many TargetApps each namespace holds.
+    pub fn set_app_counts(&self, counts: BTreeMap<String, usize>) {
+        if let Ok(mut apps) = self.apps.write() {
+            *apps = counts;
+        }
+    }
+
+    /// TargetApps of `namespace`'s tenant: every namespace its TenantQuotas select
+    /// (for the quota check at admission).
+    pub fn tenant_app_count(&self, namespace: &str) -> usize {
+        let tenant = self.effective(namespace).tenant(namespace);
+        let counts = self.apps.read().map(|a| a.clone()).unwrap_or_default();
+        counts
+            .iter()
+            .filter(|(ns, _)| self.effective(ns).tenant(ns) == tenant)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// This replica's share of each tenant's budgets (tenant → 0..=1).
+    pub fn set_shares(&self, shares: BTreeMap<String, f64>) {
+        if let Ok(mut current) = self.shares.write() {
+            *current = shares;
+        }
+    }
+
+    fn share(&self, tenant: &str) -> f64 {
+        self.shares
+            .read()
+            .ok()
+            .and_then(|s| s.get(tenant).copied())
+            .unwrap_or(1.0)
+            .clamp(0.01, 1.0)
+    }
+
+    /// Waits for a poll of `namespace` to be within its tenant's budget; how long
+    /// it waited (zero when unlimited or within budget).
+    pub async fn poll_permit(&self, namespace: &str) -> Duration {
+        let e = self.effective(namespace);
+        let Some(rate) = e.max_polls_per_second else {
+            return Duration::ZERO;
+        };
+        let tenant = e.tenant(namespace);
+        let rate = rate * self.share(&tenant);
+        let key = format!("{tenant}@{rate:.4}");
+        let limiter = self.polls.get_with(key, || {
+            Arc::new(RateLimiter::direct(per_second(rate, rate)))
+        });
+        let started = Instant::now();
+        limiter.until_ready().await;
+        started.elapsed()
+    }
+
+    /// Takes one action from `namespace`'s tenant's hourly budget, or says why not.
+    pub fn action_permit(&self, namespace: &str) -> Result<(), String> {
+        let e = self.effective(namespace);
+        let Some(per_hour) = e.max_actions_per_hour else {
+            return Ok(());
+        };
+        if per_hour == 0 {
+            return Err(format!("{} allows no actions", e.named()));
+        }
+        let tenant = e.tenant(namespace);
+        let share = self.share(&tenant);
+        let budget = f64::from(per_hour) * share;
+        let key = format!("{tenant}@{budget:.4}");
+        let limiter = self.actions.get_with(key, || {
+            Arc::new(RateLimiter::direct(per_second(budget / 3600.0, budget)))
+        });
+        limiter.check().map_err(|_| {
+            format!(
+                "{} allows {per_hour} actions per hour and they are used up",
+                e.named()
+            )
+        })
+    }
+
+    /// Keeps TenantQuotas and namespace labels current until `cancel`.
+    pub async fn run(self: Arc<Self>, client: kube::Client, cancel: CancellationToken) {
+        let quotas: Api<TenantQuota> = Api::all(client.clone());
+        let mut quota_events = watcher(quotas, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+        let mut namespace_events = watcher(namespaces, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let (mut quotas_done, mut namespaces_done) = (false, false);
+        let mut listing_quotas: Option<BTreeMap<String, TenantQuotaSpec>> = None;
+        let mut listing_namespaces: Option<BTreeMap<String, Labels>> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = quota_events.next() => match event {
+                    None => return,
+                    Some(Err(e)) => tracing::warn!(error = %e, "TenantQuota watch failed; retrying"),
+                    Some(Ok(watcher::Event::Init)) => listing_quotas = Some(BTreeMap::new()),
+                    Some(Ok(watcher::Event::InitApply(q))) => {
+                        if let Some(list) = listing_quotas.as_mut() {
+                            list.insert(q.name_any(), q.spec);
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let (Some(list), Ok(mut current)) = (listing_quotas.take(), self.quotas.write()) {
+                            *current = list;
+                        }
+                        quotas_done = true;
+                    }
+                    Some(Ok(watcher::Event::Apply(q))) => self.put_quota(&q.name_any(), q.spec),
+                    Some(Ok(watcher::Event::Delete(q))) => self.remove_quota(&q.name_any()),
+                },
+                event = namespace_events.next() => match event {
+                    None => return,
+                    Some(Err(e)) => tracing::warn!(error = %e, "Namespace watch failed; retrying"),
+                    Some(Ok(watcher::Event::Init)) => listing_namespaces = Some(BTreeMap::new()),
+                    Some(Ok(watcher::Event::InitApply(ns))) => {
+                        if let Some(list) = listing_namespaces.as_mut() {
+                            list.insert(ns.name_any(), ns.labels().clone());
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let (Some(list), Ok(mut current)) = (listing_namespaces.take(), self.namespaces.write()) {
+                            *current = list;
+                        }
+                        namespaces_done = true;
+                    }
+                    Some(Ok(watcher::Event::Apply(ns))) => self.put_namespace(&ns.name_any(), ns.labels().clone()),
+                    Some(Ok(watcher::Event::Delete(ns))) => {
+                        if let Ok(mut current) = self.namespaces.write() {
+                            current.remove(&ns.name_any());
+                        }
+                    }
+                },
+            }
+            if quotas_done && namespaces_done {
+                self.synced.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Marks the tenants read (tests that fill them by hand).
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+}
+
+/// A bucket refilled at `rate` per second holding at most `burst` (both ≥ 1 token
+/// per period; fractional rates become a longer period).
+fn per_second(rate: f64, burst: f64) -> Rate {
+    let rate = if rate.is_finite() && rate > 0.0 {
+        rate
+    } else {
+        0.001
+    };
+    let period = Duration::from_secs_f64((1.0 / rate).clamp(1e-6, 86_400.0));
+    let burst = NonZeroU32::new(burst.clamp(1.0, 1_000_000.0) as u32).unwrap_or(NonZeroU32::MIN);
+    Rate::with_period(period)
+        .unwrap_or_else(|| Rate::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::quota::TenantQuotaSpec;
+
+    fn tenants() -> Arc<Tenants> {
+        let t = Tenants::new(Quota::default());
+        t.put_namespace("blue-1", [("tenant".to_owned(), "blue".to_owned())].into());
+        t.put_namespace("other", Labels::new());
+        t.put_quota(
+            "blue",
+            TenantQuotaSpec {
+                namespace_selector: Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                        match_labels: Some([("tenant".to_owned(), "blue".to_owned())].into()),
+                        match_expressions: None,
+                    },
+                ),
+                max_polls_per_second: Some(2.0),
+                max_actions_per_hour: Some(3),
+                ..TenantQuotaSpec::default()
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn namespaces_get_their_tenants_quota_or_the_default() {
+        let t = tenants();
+        assert_eq!(t.effective("blue-1").sources, ["blue"]);
+        assert!(t.effective("other").sources.is_empty());
+        assert_eq!(t.effective("blue-1").tenant("blue-1"), "quota/blue");
+    }
+
+    #[test]
+    fn the_action_budget_runs_out() {
+        let t = tenants();
+        for _ in 0..3 {
+            assert_eq!(t.action_permit("blue-1"), Ok(()));
+        }
+        let why = t.action_permit("blue-1").unwrap_err();
+        assert!(
+            why.contains("TenantQuota blue allows 3 actions per hour"),
+            "{why}"
+        );
+        assert_eq!(
+            t.action_permit("other"),
+            Ok(()),
+            "other tenants are not affected"
+        );
+    }
+
+    #[tokio::test]
+    async fn polls_beyond_the_rate_wait() {
+        let t = tenants();
+        // A burst of 2 is immediate; the next two wait about half a second each.
+        let mut waited = Duration::ZERO;
+        for _ in 0..4 {
+            waited += t.poll_permit("blue-1").await;
+        }
+        assert!(waited >= Duration::from_millis(800), "{waited:?}");
+        assert_eq!(t.poll_permit("other").await, Duration::ZERO);
+    }
+
+    #[test]
+    fn fractional_rates_become_long_periods() {
+        let rate = per_second(0.5, 1.0);
+        assert_eq!(rate.replenish_interval(), Duration::from_secs(2));
+        assert_eq!(rate.burst_size().get(), 1);
+    }
+}

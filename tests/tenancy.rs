@@ -1,0 +1,398 @@
+//! Multi-tenancy: TenantQuotas set by cluster admins bound each tenant's
+//! TargetApps, polls and actions, and its URLs; other tenants are unaffected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kco::admission::Validator;
+use kco::admission::cache::Caches;
+use kco::admission::defaults::Defaults;
+use kco::admission::review::{Admission, Hook};
+use kco::simulator::SyncStatus;
+use kco::targetapp::TargetApp;
+use kco::tenancy::{Egress, Quota, TenantQuota, Tenants};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::ControlPlane;
+use support::bed::Bed;
+use support::webhooks::{labelled_namespace, register, replica, wait_ca_bundle, wait_ready};
+use tokio_util::sync::CancellationToken;
+
+/// Tests here change cluster-wide objects (TenantQuotas, webhooks): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn apply_quota(cp: &ControlPlane, name: &str, spec: Value) {
+    let quotas: Api<TenantQuota> = Api::all(cp.admin().await);
+    let quota: TenantQuota = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TenantQuota",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    quotas
+        .patch(
+            name,
+            &PatchParams::apply("kco-test").force(),
+            &Patch::Apply(&quota),
+        )
+        .await
+        .unwrap();
+}
+
+async fn label(cp: &ControlPlane, ns: &str, key: &str, value: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin().await);
+    let patch = json!({"metadata": {"labels": {key: value}}});
+    namespaces
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+fn targetapp(name: &str, spec: Value) -> TargetApp {
+    serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_targetapp_quota_is_refused_and_another_is_not() {
+    let _serial = SERIAL.lock().await;
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let lease_ns = cp.namespace("tq-leases").await;
+    let a = labelled_namespace(cp, "tq-a").await;
+    let b = labelled_namespace(cp, "tq-b").await;
+    label(cp, &a, "tenant", "a").await;
+    apply_quota(
+        cp,
+        "tenant-a",
+        json!({"namespaceSelector": {"matchLabels": {"tenant": "a"}}, "maxTargetApps": 2}),
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let long = (Duration::from_secs(3600), Duration::from_secs(1800));
+    let r = replica(cp, &lease_ns, "kco-tq", "kco-tq", long, cancel.clone()).await;
+    let url = format!("https://127.0.0.1:{}", r.webhook_addr.unwrap().port());
+    // One registration for both tenants' namespaces (the label register() selects).
+    label(cp, &b, "kco-admission-test", &a).await;
+    register(cp, "kco-tq", &a, &[url]).await;
+    wait_ca_bundle(cp, "kco-tq").await;
+    wait_ready(&r).await;
+
+    let client = cp.admin().await;
+    let apps_a: Api<TargetApp> = Api::namespaced(client.clone(), &a);
+    let apps_b: Api<TargetApp> = Api::namespaced(client.clone(), &b);
+    let spec = json!({"selector": {"matchLabels": {"app": "mina"}}});
+    for i in 0..2 {
+        apps_a
+            .create(
+                &PostParams::default(),
+                &targetapp(&format!("a-{i}"), spec.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    // The count comes from the replica's TargetApp watch: wait until a dry-run
+    // create of a third is refused, then the real one must be.
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while apps_a
+        .create(&dry, &targetapp("a-2", spec.clone()))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the count never reached the quota"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let err = apps_a
+        .create(&PostParams::default(), &targetapp("a-2", spec.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 2 TargetApps and TenantQuota tenant-a allows at most 2"),
+        "{err}"
+    );
+    // Tenant B (no TenantQuota: the default quota, no count limit) is unaffected.
+    for i in 0..3 {
+        apps_b
+            .create(
+                &PostParams::default(),
+                &targetapp(&format!("b-{i}"), spec.clone()),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Two creates that both passed admission (here: a namespace of the tenant the
+    // webhooks do not watch): the newest is marked QuotaExceeded and not polled.
+    let late = cp.namespace("tq-a-late").await;
+    label(cp, &late, "tenant", "a").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let apps_late: Api<TargetApp> = Api::namespaced(client.clone(), &late);
+    apps_late
+        .create(&PostParams::default(), &targetapp("late", spec.clone()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = apps_late
+            .get("late")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        let message = status
+            .conditions
+            .first()
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        if message.contains("QuotaExceeded") {
+            assert_eq!(status.phase, Some(kco::targetapp::Phase::Failed));
+            assert!(
+                message.contains("TenantQuota tenant-a allows 2"),
+                "{message}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked: {status:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_tenantquota_webhook_refuses_nonsense_with_the_field() {
+    let caches = Caches::default();
+    caches.mark_synced();
+    let tenants = Tenants::new(Quota::default());
+    let admission = Admission::new(
+        Arc::new(Validator::new()),
+        tenants,
+        Defaults::default(),
+        caches,
+    );
+    let review = |spec: Value| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "name": "q", "operation": "CREATE",
+                "kind": {"group": "operator.kco.local", "version": "v1alpha1", "kind": "TenantQuota"},
+                "resource": {"group": "operator.kco.local", "version": "v1alpha1", "resource": "tenantquotas"},
+                "userInfo": {"username": "admin"},
+                "object": {"apiVersion": "operator.kco.local/v1alpha1", "kind": "TenantQuota",
+                           "metadata": {"name": "q"}, "spec": spec},
+                "oldObject": null, "dryRun": false
+            }
+        }))
+        .unwrap()
+    };
+    let answer = admission.review(
+        Hook::ValidateQuota,
+        &review(
+            json!({"namespaces": ["x"], "allowedActions": ["reboot"], "minPollingInterval": 0}),
+        ),
+    );
+    let message = answer.body["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(answer.body["response"]["allowed"], false);
+    assert!(
+        message.contains("spec.allowedActions[0]: unknown action \"reboot\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.minPollingInterval: must be at least 1 second"),
+        "{message}"
+    );
+    let answer = admission.review(
+        Hook::ValidateQuota,
+        &review(json!({"namespaceSelector": {"matchLabels": {"tenant": "a"}}, "maxTargetApps": 5})),
+    );
+    assert_eq!(answer.body["response"]["allowed"], true);
+}
+
+#[tokio::test]
+async fn ssrf_targets_are_refused_by_name_address_and_policy() {
+    // What a tenant's quota does not open stays closed, whatever the URL says.
+    let tenants = Tenants::new(Quota::default());
+    tenants.put_namespace("blue", BTreeMap::from([("tenant".into(), "blue".into())]));
+    tenants.put_quota(
+        "blue",
+        serde_json::from_value(json!({
+            "namespaceSelector": {"matchLabels": {"tenant": "blue"}},
+            "allowedActions": ["webhook"],
+            "webhookAllowedHosts": ["hooks.example.com"],
+            "minPollingInterval": 10, "maxReplicas": 3
+        }))
+        .unwrap(),
+    );
+    tenants.mark_synced();
+    let egress = Egress::new(
+        tenants.clone(),
+        vec!["10.96.0.1".parse().unwrap()],
+        Arc::default(),
+        "kco-test".into(),
+    );
+    let validator = Validator::with_tenants(tenants, egress);
+    let check = |spec: Value| {
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "x", "namespace": "blue"}, "spec": spec
+        }))
+        .unwrap();
+        validator
+            .validate(&app, None)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let hook = |url: &str| {
+        json!({"selector": {}, "actions": [{"action": "webhook", "parameters": {"url": url},
+               "trigger": {"field": "$up", "condition": "equals", "value": false}}]})
+    };
+    for (spec, needle) in [
+        (
+            json!({"graphqlEndpoint": "http://169.254.169.254/latest"}),
+            "link-local",
+        ),
+        (
+            json!({"graphqlEndpoint": "http://127.0.0.1:3085/graphql"}),
+            "loopback",
+        ),
+        (
+            json!({"graphqlEndpoint": "https://kubernetes.default.svc/api"}),
+            "is the Kubernetes apiserver",
+        ),
+        (
+            json!({"graphqlEndpoint": "http://10.96.0.1/graphql"}),
+            "IP address",
+        ),
+        (
+            json!({"graphqlEndpoint": "http://mina.green.svc:3085/graphql"}),
+            "not a Service of namespace blue",
+        ),
+        (hook("http://169.254.169.254/x"), "link-local"),
+        (
+            hook("https://evil.example.com/x"),
+            "not one of the webhook hosts the tenant policy allows",
+        ),
+        (
+            hook("http://hooks.green.svc/x"),
+            "not one of the webhook hosts",
+        ),
+        (
+            json!({"selector": {}, "pollingInterval": 5}),
+            "5s is below the minimum of 10s set by TenantQuota blue",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "restart_pod",
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "action restart_pod is not allowed in namespace blue",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "scale_deployment", "parameters": {"name": "w", "replicas": 9},
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "9 is above the replica ceiling of 3 set by TenantQuota blue",
+        ),
+    ] {
+        let problems = check(spec.clone());
+        assert!(problems.contains(needle), "{spec}: {problems}");
+    }
+    assert_eq!(check(hook("https://hooks.example.com/kco")), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_budgets_throttle_one_tenant_and_not_the_other() {
+    let _serial = SERIAL.lock().await;
+    // Tenant A: 10 targets at a 1 s interval under maxPollsPerSecond 2.
+    let mut a = Bed::new("tq-polls-a", 10).await;
+    let b = Bed::new("tq-polls-b", 3).await;
+    label(a.cp, &a.ns, "tenant", "noisy").await;
+    apply_quota(
+        a.cp,
+        "noisy",
+        json!({"namespaceSelector": {"matchLabels": {"tenant": "noisy"}}, "maxPollsPerSecond": 2, "maxActionsPerHour": 1}),
+    )
+    .await;
+    // One operator for both tenants.
+    a.start_operator(|s| {
+        s.namespace = None;
+        s.graphql_max_retries = 0;
+    })
+    .await;
+    let spec = json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "actions": [{"name": "offline", "action": "restart_pod", "cooldown": "0s",
+                     "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}}]});
+    a.apply(spec.clone()).await;
+    b.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    a.wait_status(30, "10/10", |s| s.targets_ready.as_deref() == Some("10/10"))
+        .await;
+    b.wait_status(30, "3/3", |s| s.targets_ready.as_deref() == Some("3/3"))
+        .await;
+
+    for n in a.nodes.iter().chain(&b.nodes) {
+        let sim = if a.nodes.contains(n) { &a.sim } else { &b.sim };
+        sim.reset_requests(*n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (polls_a, polls_b) = (requests(&a).await, requests(&b).await);
+    println!(
+        "20 s: tenant A {polls_a} polls (budget 2/s), tenant B {polls_b} polls (3 targets at 1 s)"
+    );
+    assert!(
+        polls_a <= 2 * 20 + 4,
+        "tenant A exceeded its budget: {polls_a}"
+    );
+    assert!(
+        polls_a >= 30,
+        "tenant A still polls at its budget: {polls_a}"
+    );
+    assert!(polls_b >= 3 * 18, "tenant B stays on schedule: {polls_b}");
+    let metrics = a.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "operator_kco_tenant_throttled_total{{kind=\"poll\",namespace=\"{}\"}}",
+            a.ns
+        )),
+        "throttling is counted"
+    );
+
+    // The action budget (1 per hour): the first firing runs (and fails: no
+    // service account), the second is skipped and reported.
+    a.set_state(0, SyncStatus::Offline).await;
+    a.wait_event(20, "ActionFailed", "mina-0").await;
+    a.set_state(1, SyncStatus::Offline).await;
+    let note = a.wait_event(20, "QuotaExceeded", "mina-1").await;
+    assert!(
+        note.contains("TenantQuota noisy allows 1 actions per hour"),
+        "{note}"
+    );
+    a.wait_event(20, "ActionSkipped", "actions per hour").await;
+}
+
+/// GraphQL requests the bed's nodes received since their counters were reset.
+async fn requests(bed: &Bed) -> u64 {
+    let mut total = 0;
+    for node in &bed.nodes {
+        total += bed.sim.node(*node).await.unwrap().requests;
+    }
+    total
+}
