@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kco::admission::Validator;
 use kco::admission::cache::Caches;
 use kco::admission::defaults::Defaults;
@@ -395,4 +396,118 @@ async fn requests(bed: &Bed) -> u64 {
         total += bed.sim.node(*node).await.unwrap().requests;
     }
     total
+}
+
+#[test]
+fn the_example_quotas_in_policies_are_valid() {
+    let names = kco::actions::Registry::builtin().names();
+    for file in [
+        "policies/tenantquota-strict.yaml",
+        "policies/tenantquota-default.yaml",
+        "policies/tenantquota-permissive.yaml",
+    ] {
+        let text = std::fs::read_to_string(support::controlplane::repo_path(file)).unwrap();
+        let quota: TenantQuota = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(
+            kco::tenancy::quota::check(&quota.spec, &names),
+            Vec::<String>::new(),
+            "{file}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another() {
+    let _serial = SERIAL.lock().await;
+    // Tenant B: 10 healthy simulated nodes behind Ready pods.
+    let mut b = Bed::new("tq-quiet", 10).await;
+    // Tenant A: 1,000 TargetApps whose endpoint accepts and never answers.
+    let noisy = b.cp.namespace("tq-noisy").await;
+    let hang_ip = std::net::IpAddr::V4(support::fixtures::loopback_ip());
+    let hang = b
+        .sim
+        .add_node(
+            (hang_ip, support::fixtures::MINA_GRAPHQL_PORT).into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap();
+    b.sim
+        .set_faults(
+            hang.address,
+            kco::simulator::Faults {
+                hang: true,
+                ..kco::simulator::Faults::default()
+            },
+        )
+        .await
+        .unwrap();
+    let host = format!("hang.{noisy}.svc");
+    b.start_operator(|s| {
+        s.namespace = None;
+        s.graphql_max_retries = 0;
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(hang_ip)];
+        s.dns_overrides = vec![(host.clone(), hang_ip)];
+    })
+    .await;
+    let url = format!("http://{host}:{}/graphql", hang.address.port());
+    let apps: Api<TargetApp> = Api::namespaced(b.client.clone(), &noisy);
+    let creates = futures::stream::iter(0..1000).map(|i| {
+        let (apps, url) = (apps.clone(), url.clone());
+        async move {
+            apps.create(
+                &PostParams::default(),
+                &targetapp(
+                    &format!("hang-{i}"),
+                    json!({"graphqlEndpoint": url, "pollingInterval": 1, "timeoutSeconds": 3}),
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    creates.buffer_unordered(16).collect::<Vec<()>>().await;
+    b.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    b.wait_status(60, "10/10", |s| s.targets_ready.as_deref() == Some("10/10"))
+        .await;
+    // Let the hanging polls pile up, then measure tenant B's lateness for 20 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lateness = |metrics: &str| -> (f64, f64) {
+        let series = |suffix: &str| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("operator_kco_tapp_poll_lateness_seconds")
+                        && l.contains(&format!("namespace=\"{}\"", b.ns))
+                        && l.contains(suffix)
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (series("le=\"1\""), series("_count"))
+    };
+    let (within_before, count_before) = lateness(&b.metrics().await);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let metrics = b.metrics().await;
+    let (within_after, count_after) = lateness(&metrics);
+    let (within, count) = (within_after - within_before, count_after - count_before);
+    let noisy_polls: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("operator_kco_tapp_polls_total")
+                && l.contains(&format!("namespace=\"{noisy}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!(
+        "tenant B: {count} polls in 20 s, {within} of them less than 1 s late; tenant A: {noisy_polls} hanging polls so far"
+    );
+    assert!(count >= 10.0 * 18.0, "tenant B kept its schedule: {count} polls");
+    assert!(
+        within / count >= 0.99,
+        "tenant B's p99 lateness is under 1 s: {within} of {count}"
+    );
+    assert!(noisy_polls >= 1000.0, "tenant A's targets were polled (and hung): {noisy_polls}");
 }
