@@ -173,6 +173,28 @@ async fn a_tenant_over_its_targetapp_quota_is_refused_and_another_is_not() {
         assert!(Instant::now() < deadline, "never marked: {status:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // The leader writes the TenantQuota's usage: its two namespaces, three TargetApps.
+    let quotas: Api<TenantQuota> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let usage = quotas
+            .get("tenant-a")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.usage);
+        if let Some(usage) = &usage
+            && usage.target_apps == 3
+        {
+            assert_eq!(usage.namespaces, 2, "{usage:?}");
+            assert_eq!(usage.fullest_namespace.as_deref(), Some(a.as_str()));
+            assert_eq!(usage.fullest_count, 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage never written: {usage:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]
@@ -504,10 +526,16 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
     println!(
         "tenant B: {count} polls in 20 s, {within} of them less than 1 s late; tenant A: {noisy_polls} hanging polls so far"
     );
-    assert!(count >= 10.0 * 18.0, "tenant B kept its schedule: {count} polls");
+    assert!(
+        count >= 10.0 * 18.0,
+        "tenant B kept its schedule: {count} polls"
+    );
     assert!(
         within / count >= 0.99,
         "tenant B's p99 lateness is under 1 s: {within} of {count}"
     );
-    assert!(noisy_polls >= 1000.0, "tenant A's targets were polled (and hung): {noisy_polls}");
+    assert!(
+        noisy_polls >= 1000.0,
+        "tenant A's targets were polled (and hung): {noisy_polls}"
+    );
 }
