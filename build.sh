@@ -5,7 +5,7 @@
 #   ./build.sh demo    a local control plane, simulated Mina pods, a TargetApp and `kco run`
 #   ./build.sh tools   only build the local control plane tools into the cache
 #   ./build.sh build   build the kco binary (release)
-#   ./build.sh crds    regenerate crds/ from the Rust types
+#   ./build.sh crds    regenerate crds/ (and the chart's copy) from the Rust types
 #
 # Tools (kube-apiserver, etcd, kubectl, helm) are built from source once and kept in
 # $KCO_CACHE_DIR (default ~/.cache/kco); delete that directory to rebuild them.
@@ -57,8 +57,10 @@ case "${1:-}" in
     ;;
   crds)
     rust
-    rm -f crds/*.yaml
+    rm -f crds/*.yaml charts/kco/crds/*.yaml
     cargo run --locked --quiet --bin kco -- crds --out-dir crds
+    # Helm installs CRDs only from the chart's own crds/ (a test checks they match).
+    cp crds/*.yaml charts/kco/crds/
     ls crds
     ;;
   build)

@@ -30,60 +30,8 @@ async fn bed(prefix: &str) -> Bed {
 /// [`bed`] with operator settings that `tweak` changes.
 async fn bed_with(prefix: &str, tweak: impl FnOnce(&mut kco::config::Settings, &str)) -> Bed {
     let mut bed = Bed::new(prefix, 3).await;
-    let (cp, ns) = (bed.cp, bed.ns.clone());
-    let manifests = format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: kco-actions, namespace: {ns}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: no-rights, namespace: {ns}}}
----
-{role}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: kco-actions, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: kco-actions}}
-subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
-"#,
-        role = std::fs::read_to_string(support::controlplane::repo_path(
-            "policies/tenant-actions-role.yaml"
-        ))
-        .unwrap()
-        .split("---")
-        .find(|doc| doc.contains("kind: Role\n"))
-        .unwrap()
-        .replace("namespace: mina", &format!("namespace: {ns}"))
-    );
-    let file = cp.dir.join(format!("{ns}-rbac.yaml"));
-    std::fs::write(&file, manifests).unwrap();
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-
-    let config = cp.config(&User::Admin).await.unwrap();
-    // The authorizer learns of new bindings through its informer: wait until it applies.
-    let mut as_actions = config.clone();
-    as_actions.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:kco-actions"));
-    let pods_as_actions: Api<Pod> =
-        Api::namespaced(kube::Client::try_from(as_actions).unwrap(), &ns);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pods_as_actions.get("mina-0").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the kco-actions binding never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
+    bed.grant_actions().await;
+    let ns = bed.ns.clone();
     bed.start_operator(|s| {
         s.graphql_max_retries = 0;
         tweak(s, &ns);

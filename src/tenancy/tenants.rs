@@ -34,7 +34,7 @@ pub struct Tenants {
     apps: RwLock<BTreeMap<String, usize>>,
     /// This replica's share of each tenant (1.0 when absent).
     shares: RwLock<BTreeMap<String, f64>>,
-    polls: moka::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
+    polls: moka::sync::Cache<String, Arc<PollGate>>,
     actions: moka::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
     synced: AtomicBool,
 }
@@ -42,12 +42,12 @@ pub struct Tenants {
 impl Tenants {
     /// Tenants under `default` until TenantQuotas say otherwise.
     pub fn new(default: Quota) -> Arc<Self> {
-        let cache = || {
+        fn cache<V: Clone + Send + Sync + 'static>() -> moka::sync::Cache<String, V> {
             moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_idle(Duration::from_secs(3600))
                 .build()
-        };
+        }
         Arc::new(Self {
             default,
             quotas: RwLock::default(),
@@ -190,11 +190,17 @@ impl Tenants {
         let tenant = e.tenant(namespace);
         let rate = rate * self.share(&tenant);
         let key = format!("{tenant}@{rate:.4}");
-        let limiter = self.polls.get_with(key, || {
-            Arc::new(RateLimiter::direct(per_second(rate, rate)))
+        let gate = self.polls.get_with(key, || {
+            Arc::new(PollGate {
+                limiter: RateLimiter::direct(per_second(rate, rate)),
+                queue: tokio::sync::Mutex::new(()),
+            })
         });
         let started = Instant::now();
-        limiter.until_ready().await;
+        // First come, first served: the queue (a fair mutex) keeps a target that
+        // waits from being overtaken again and again by busier ones.
+        let _turn = gate.queue.lock().await;
+        gate.limiter.until_ready().await;
         started.elapsed()
     }
 
@@ -289,6 +295,12 @@ impl Tenants {
     pub fn mark_synced(&self) {
         self.synced.store(true, Ordering::Release);
     }
+}
+
+/// A tenant's poll bucket and the queue in front of it.
+struct PollGate {
+    limiter: DefaultDirectRateLimiter,
+    queue: tokio::sync::Mutex<()>,
 }
 
 /// A bucket refilled at `rate` per second holding at most `burst` (both ≥ 1 token

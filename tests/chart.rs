@@ -1,0 +1,303 @@
+//! The Helm chart: it lints, renders with default and other values into objects
+//! the apiserver accepts (server-side dry run), carries the CRDs of `crds/`, and
+//! its RBAC is enough for KCO — and no more: KCO runs here as the chart's
+//! ServiceAccount, not as a cluster admin.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kco::simulator::SyncStatus;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+use support::bed::Bed;
+use support::controlplane::repo_path;
+use support::{ControlPlane, User};
+use tokio_util::sync::CancellationToken;
+
+fn helm(cp: &ControlPlane) -> Command {
+    let mut command = Command::new(cp.tools().binary("helm").unwrap());
+    let home = cp.dir.join("helm");
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG");
+    command
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm template kco charts/kco -n <ns>` with `args`.
+fn render(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
+    let out = helm(cp)
+        .args(["template", "kco"])
+        .arg(repo_path("charts/kco"))
+        .args(["--namespace", ns, "--kube-version", "1.36.0"])
+        .args(args)
+        .output()
+        .unwrap();
+    ok(out, "helm template")
+}
+
+fn kubectl_apply(cp: &ControlPlane, file: &Path, extra: &[&str]) -> String {
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .arg("apply")
+        .args(extra)
+        .arg("-f")
+        .arg(file)
+        .output()
+        .unwrap();
+    ok(out, "kubectl apply")
+}
+
+#[test]
+fn the_chart_lints_and_carries_the_generated_crds() {
+    let cp = ControlPlane::shared();
+    let out = helm(cp)
+        .arg("lint")
+        .arg(repo_path("charts/kco"))
+        .args(["--strict"])
+        .output()
+        .unwrap();
+    ok(out, "helm lint --strict");
+    for entry in std::fs::read_dir(repo_path("crds")).unwrap() {
+        let entry = entry.unwrap();
+        let copy = repo_path("charts/kco/crds").join(entry.file_name());
+        assert_eq!(
+            std::fs::read_to_string(entry.path()).unwrap(),
+            std::fs::read_to_string(&copy).unwrap_or_default(),
+            "charts/kco/crds/{:?} differs from crds/: run ./build.sh crds",
+            entry.file_name()
+        );
+    }
+    // values.schema.json refuses nonsense.
+    let out = helm(cp)
+        .args(["template", "kco"])
+        .arg(repo_path("charts/kco"))
+        .args([
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            "webhooks.failurePolicy=Sometimes",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failurePolicy"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn rendered_manifests_are_accepted_by_the_apiserver() {
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace("chart-dry").await;
+    for (name, args) in [
+        ("default", vec![]),
+        (
+            "custom",
+            vec![
+                "--set",
+                "replicaCount=5",
+                "--set",
+                "webhooks.failurePolicy=Fail",
+                "--set",
+                "networkPolicy.enabled=false",
+                "--set",
+                "defaultQuota.allowedActions={restart_pod,exec_command}",
+                "--set",
+                "logLevel=debug",
+            ],
+        ),
+    ] {
+        let text = render(cp, &ns, &args);
+        let file = cp.dir.join(format!("chart-{name}.yaml"));
+        std::fs::write(&file, &text).unwrap();
+        let out = kubectl_apply(cp, &file, &["--dry-run=server"]);
+        for kind in [
+            "deployment.apps/kco",
+            "clusterrole.rbac.authorization.k8s.io/kco",
+            "validatingwebhookconfiguration.admissionregistration.k8s.io/kco",
+            "mutatingwebhookconfiguration.admissionregistration.k8s.io/kco",
+            "poddisruptionbudget.policy/kco",
+            "service/kco-webhook",
+        ] {
+            assert!(out.contains(kind), "{name}: {kind} not in {out}");
+        }
+        if name == "custom" {
+            assert!(text.contains("replicas: 5") && text.contains("failurePolicy: Fail"));
+            assert!(!text.contains("kind: NetworkPolicy"));
+        } else {
+            assert!(text.contains("kind: NetworkPolicy"));
+            assert!(text.contains("readOnlyRootFilesystem: true"));
+            assert!(text.contains("runAsUser: 1000"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kco_works_with_the_charts_rbac_and_no_more() {
+    kco::tls::install_crypto_provider();
+    let mut bed = Bed::new("chart-rbac", 2).await;
+    bed.grant_actions().await;
+    let cp = bed.cp;
+    let system = cp.namespace("chart-system").await;
+    // The chart's ServiceAccount, RBAC and webhook configurations, for real.
+    let text = render(
+        cp,
+        &system,
+        &[
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/webhooks.yaml",
+        ],
+    );
+    let file = cp.dir.join("chart-rbac.yaml");
+    std::fs::write(&file, text).unwrap();
+    kubectl_apply(cp, &file, &[]);
+
+    // KCO as the chart's identity.
+    let mut config = cp.config(&User::Admin).await.unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{system}:kco"));
+    config.auth_info.impersonate_groups = None;
+    let as_kco = kube::Client::try_from(config.clone()).unwrap();
+    // The authorizer learns of the new bindings through its informer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Api::<Pod>::all(as_kco.clone())
+        .list(&Default::default())
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the chart's binding never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut settings = kco::config::Settings::test();
+    settings.instance = "kco-chart".into();
+    settings.lease_namespace = system.clone();
+    settings.namespace = None;
+    settings.graphql_max_retries = 0;
+    settings.election = Some(kco::election::Timing {
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_secs(1),
+    });
+    settings.sharding = Some(kco::shard::Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_period: Duration::from_secs(1),
+    });
+    settings.webhooks = Some(kco::config::WebhookSettings {
+        address: ([127, 0, 0, 1], support::process::free_port().unwrap()).into(),
+        cert_dir: None,
+        secret: "kco-webhook-tls".into(),
+        config_name: "kco".into(),
+        hosts: vec!["127.0.0.1".into()],
+        ca_validity: Duration::from_secs(3600),
+        cert_validity: Duration::from_secs(1800),
+        check_period: Duration::from_secs(1),
+    });
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let running = kco::operator::start(settings, config, cancel)
+        .await
+        .unwrap();
+    support::webhooks::wait_ready(&running).await;
+    bed.admin = running.admin_addr;
+
+    // Monitoring and an action through impersonation.
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "serviceAccountName": "kco-actions",
+                     "actions": [{"name": "offline", "action": "restart_pod", "parameters": {"gracePeriod": 0},
+                                  "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}}]}))
+        .await;
+    bed.wait_status(30, "2/2", |s| s.targets_ready.as_deref() == Some("2/2"))
+        .await;
+    bed.set_state(1, SyncStatus::Offline).await;
+    bed.wait_event(20, "ActionSucceeded", "mina-1").await;
+
+    // Leader election, membership and the certificates in its own namespace.
+    let leases: Api<Lease> = Api::namespaced(cp.admin().await, &system);
+    let leader = leases.get("kco-leader").await.unwrap().spec.unwrap();
+    assert_eq!(leader.holder_identity.as_deref(), Some("kco-chart"));
+    assert!(
+        leases
+            .get_opt("kco-member-kco-chart")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let secrets: Api<Secret> = Api::namespaced(cp.admin().await, &system);
+    assert!(secrets.get_opt("kco-webhook-tls").await.unwrap().is_some());
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(cp.admin().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while configs
+        .get("kco")
+        .await
+        .unwrap()
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .any(|h| h.client_config.ca_bundle.is_none())
+    {
+        assert!(Instant::now() < deadline, "caBundle never written");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Not one Forbidden (or any other) error on the way.
+    let metrics = bed.metrics().await;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("operator_kco_errors_total"))
+    {
+        assert!(
+            line.ends_with(" 0"),
+            "an error under the chart's RBAC: {line}\n{metrics}"
+        );
+    }
+
+    // And no more: no Secrets outside its namespace, no direct writes to tenants'
+    // workloads (only by impersonating their ServiceAccount).
+    let tenant_secrets: Api<Secret> = Api::namespaced(as_kco.clone(), &bed.ns);
+    let err = tenant_secrets.list(&Default::default()).await.unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    let pods: Api<Pod> = Api::namespaced(as_kco.clone(), &bed.ns);
+    let err = pods
+        .delete("mina-0", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    let own_secrets: Api<Secret> = Api::namespaced(as_kco, &system);
+    assert!(
+        own_secrets.get("kco-webhook-tls").await.is_ok(),
+        "its own Secret, by name"
+    );
+    assert!(
+        own_secrets.list(&Default::default()).await.is_err(),
+        "not every Secret of its namespace"
+    );
+}
