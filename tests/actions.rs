@@ -268,15 +268,7 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     );
     let file = cp.dir.join(format!("{ns}-deleter.yaml"));
     std::fs::write(&file, role).unwrap();
-    assert!(
-        cp.kubectl(&User::Admin)
-            .unwrap()
-            .args(["apply", "-f"])
-            .arg(&file)
-            .status()
-            .unwrap()
-            .success()
-    );
+    cp.apply(&file, &[]);
     let config = cp.config(&User::Admin).await.unwrap();
     // The authorizer learns of the binding through its informer: wait until it applies.
     let mut as_default = config.clone();

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -53,19 +52,6 @@ fn render(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
         .output()
         .unwrap();
     ok(out, "helm template")
-}
-
-fn kubectl_apply(cp: &ControlPlane, file: &Path, extra: &[&str]) -> String {
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .arg("apply")
-        .args(extra)
-        .arg("-f")
-        .arg(file)
-        .output()
-        .unwrap();
-    ok(out, "kubectl apply")
 }
 
 #[test]
@@ -133,7 +119,7 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
         let text = render(cp, &ns, &args);
         let file = cp.dir.join(format!("chart-{name}.yaml"));
         std::fs::write(&file, &text).unwrap();
-        let out = kubectl_apply(cp, &file, &["--dry-run=server"]);
+        let out = cp.apply(&file, &["--dry-run=server"]);
         for kind in [
             "deployment.apps/kco",
             "clusterrole.rbac.authorization.k8s.io/kco",
@@ -177,7 +163,7 @@ async fn kco_works_with_the_charts_rbac_and_no_more() {
     );
     let file = cp.dir.join("chart-rbac.yaml");
     std::fs::write(&file, text).unwrap();
-    kubectl_apply(cp, &file, &[]);
+    cp.apply(&file, &[]);
 
     // KCO as the chart's identity.
     let mut config = cp.config(&User::Admin).await.unwrap();

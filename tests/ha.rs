@@ -19,7 +19,7 @@ use serde_json::json;
 use support::fixtures;
 use support::receiver::Receiver;
 use support::replicas::{LEASE, MEMBER_LEASE, RETRY, Replicas, fleet};
-use support::{ControlPlane, User};
+use support::ControlPlane;
 
 /// Tests here run one at a time: each runs its own replicas, which watch every
 /// namespace of the shared control plane.
@@ -300,14 +300,7 @@ async fn grant_webhook_rights(cp: &ControlPlane, client: &kube::Client, ns: &str
     );
     let file = cp.dir.join(format!("{ns}-actions.yaml"));
     std::fs::write(&file, manifests).unwrap();
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    cp.apply(&file, &[]);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "metadata": {"name": "kco-webhook-ca"}, "stringData": {"ca.crt": ca}

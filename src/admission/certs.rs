@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -388,53 +388,60 @@ impl Manager {
     /// Writes `bundle` into every webhook of both configurations (when they exist).
     async fn trust(&self, bundle: &str) -> Result<(), String> {
         let wanted = ByteString(bundle.as_bytes().to_vec());
-        if let Some(mut config) = self
-            .validating
+        self.trust_in(&self.validating, &wanted, |c| {
+            c.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|h| &mut h.client_config)
+                .collect()
+        })
+        .await?;
+        self.trust_in(&self.mutating, &wanted, |c| {
+            c.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|h| &mut h.client_config)
+                .collect()
+        })
+        .await
+    }
+
+    /// Sets the caBundle of every webhook of one configuration, if it differs.
+    async fn trust_in<K>(
+        &self,
+        api: &Api<K>,
+        wanted: &ByteString,
+        hooks: impl Fn(&mut K) -> Vec<&mut WebhookClientConfig>,
+    ) -> Result<(), String>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let kind = K::kind(&());
+        let Some(mut config) = api
             .get_opt(&self.config_name)
             .await
-            .map_err(|e| format!("cannot read ValidatingWebhookConfiguration: {e}"))?
-        {
-            let hooks = config.webhooks.get_or_insert_with(Vec::new);
-            if hooks
-                .iter()
-                .any(|h| h.client_config.ca_bundle.as_ref() != Some(&wanted))
-            {
-                for hook in hooks.iter_mut() {
-                    hook.client_config.ca_bundle = Some(wanted.clone());
-                }
-                if !self.leadership.confirm() {
-                    return Err("no longer the leader".to_owned());
-                }
-                self.validating
-                    .replace(&self.config_name, &PostParams::default(), &config)
-                    .await
-                    .map_err(|e| format!("cannot update ValidatingWebhookConfiguration: {e}"))?;
-            }
+            .map_err(|e| format!("cannot read {kind} {}: {e}", self.config_name))?
+        else {
+            return Ok(());
+        };
+        let mut clients = hooks(&mut config);
+        if clients.iter().all(|c| c.ca_bundle.as_ref() == Some(wanted)) {
+            return Ok(());
         }
-        if let Some(mut config) = self
-            .mutating
-            .get_opt(&self.config_name)
+        for client in clients.iter_mut() {
+            client.ca_bundle = Some(wanted.clone());
+        }
+        if !self.leadership.confirm() {
+            return Err("no longer the leader".to_owned());
+        }
+        api.replace(&self.config_name, &PostParams::default(), &config)
             .await
-            .map_err(|e| format!("cannot read MutatingWebhookConfiguration: {e}"))?
-        {
-            let hooks = config.webhooks.get_or_insert_with(Vec::new);
-            if hooks
-                .iter()
-                .any(|h| h.client_config.ca_bundle.as_ref() != Some(&wanted))
-            {
-                for hook in hooks.iter_mut() {
-                    hook.client_config.ca_bundle = Some(wanted.clone());
-                }
-                if !self.leadership.confirm() {
-                    return Err("no longer the leader".to_owned());
-                }
-                self.mutating
-                    .replace(&self.config_name, &PostParams::default(), &config)
-                    .await
-                    .map_err(|e| format!("cannot update MutatingWebhookConfiguration: {e}"))?;
-            }
-        }
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| format!("cannot update {kind} {}: {e}", self.config_name))
     }
 }
 

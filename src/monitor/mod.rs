@@ -209,14 +209,7 @@ pub async fn run(
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = quotas.tick() => {
-                let namespaces: BTreeSet<String> = shard
-                    .apps
-                    .values()
-                    .filter_map(|a| a.metadata.namespace.clone())
-                    .collect();
-                for namespace in namespaces {
-                    shard.refresh(&ctx, &namespace).await;
-                }
+                shard.refresh_all(&ctx).await;
                 if ctx.leadership.confirm() {
                     write_quota_usage(&ctx, &shard.apps).await;
                 }
@@ -264,14 +257,7 @@ pub async fn run(
                 }
                 shard.listed = true;
                 shard.publish(&ctx);
-                let namespaces: BTreeSet<String> = shard
-                    .apps
-                    .values()
-                    .filter_map(|a| a.metadata.namespace.clone())
-                    .collect();
-                for namespace in namespaces {
-                    shard.refresh(&ctx, &namespace).await;
-                }
+                shard.refresh_all(&ctx).await;
             }
             Some(Ok(watcher::Event::Apply(app))) => shard.apply(&ctx, app).await,
             Some(Ok(watcher::Event::Delete(app))) => shard.delete(&ctx, &key(&app)).await,
@@ -311,6 +297,18 @@ impl Shard {
         self.publish(ctx);
         if let Some((namespace, _)) = k.split_once('/') {
             self.refresh(ctx, namespace).await;
+        }
+    }
+
+    /// [`Shard::refresh`] for every namespace with TargetApps.
+    async fn refresh_all(&mut self, ctx: &Arc<Context>) {
+        let namespaces: BTreeSet<String> = self
+            .apps
+            .values()
+            .filter_map(|a| a.metadata.namespace.clone())
+            .collect();
+        for namespace in namespaces {
+            self.refresh(ctx, &namespace).await;
         }
     }
 

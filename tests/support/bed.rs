@@ -120,14 +120,7 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         );
         let file = cp.dir.join(format!("{ns}-rbac.yaml"));
         std::fs::write(&file, manifests).unwrap();
-        let out = cp
-            .kubectl(&User::Admin)
-            .unwrap()
-            .args(["apply", "-f"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        cp.apply(&file, &[]);
 
         let config = cp.config(&User::Admin).await.unwrap();
         // The authorizer learns of new bindings through its informer: wait until it applies.

@@ -367,6 +367,30 @@ impl ControlPlane {
         )
     }
 
+    /// `kubectl apply <extra> -f <file>` as the admin; its output. Panics (failing
+    /// the test) with kubectl's output when it fails.
+    pub fn apply(&self, file: &Path, extra: &[&str]) -> String {
+        let out = self
+            .kubectl(&User::Admin)
+            .and_then(|mut k| {
+                k.arg("apply")
+                    .args(extra)
+                    .arg("-f")
+                    .arg(file)
+                    .output()
+                    .map_err(io("run kubectl apply"))
+            })
+            .unwrap_or_else(|e| panic!("kubectl apply {}: {e}", file.display()));
+        assert!(
+            out.status.success(),
+            "kubectl apply {}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Installs KCO's CRDs from `crds/`; panics (failing the test) if it cannot.
     pub fn install_kco_crds(&self) {
         for crd in [

@@ -78,14 +78,7 @@ pub async fn register(cp: &ControlPlane, name: &str, ns: &str, urls: &[String]) 
     }
     let file = cp.dir.join(format!("{name}-webhooks.json"));
     std::fs::write(&file, docs.join("\n")).unwrap();
-    let out = cp
-        .kubectl(&User::Admin)
-        .unwrap()
-        .args(["apply", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    cp.apply(&file, &[]);
 }
 
 pub async fn labelled_namespace(cp: &ControlPlane, prefix: &str) -> String {
