@@ -16,10 +16,10 @@ use kco::simulator::{StatePatch, SyncStatus};
 use kco::targetapp::TargetApp;
 use kube::api::Api;
 use serde_json::json;
+use support::ControlPlane;
 use support::fixtures;
 use support::receiver::Receiver;
 use support::replicas::{LEASE, MEMBER_LEASE, RETRY, Replicas, fleet};
-use support::ControlPlane;
 
 /// Tests here run one at a time: each runs its own replicas, which watch every
 /// namespace of the shared control plane.
