@@ -523,6 +523,16 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
         .env_remove("KUBECONFIG")
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the process running.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _reaper = KillOnDrop(child.id());
     let http = fixtures::http_client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
