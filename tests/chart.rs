@@ -287,3 +287,96 @@ async fn kco_works_with_the_charts_rbac_and_no_more() {
         "not every Secret of its namespace"
     );
 }
+
+#[tokio::test]
+async fn the_validating_admission_policy_enforces_invariants_without_kco() {
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace("vap").await;
+    // The policy of policies/, its binding narrowed to this test's namespace.
+    let text =
+        std::fs::read_to_string(repo_path("policies/targetapp-invariants.vap.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut out = Vec::new();
+    for mut doc in docs {
+        if doc["kind"] == "ValidatingAdmissionPolicyBinding" {
+            doc["spec"]["matchResources"] =
+                json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}});
+        }
+        out.push(serde_json::to_string(&doc).unwrap());
+    }
+    let file = cp.dir.join("vap.json");
+    std::fs::write(&file, out.join("\n")).unwrap();
+    cp.apply(&file, &[]);
+    let apps: Api<kco::targetapp::TargetApp> = Api::namespaced(cp.admin().await, &ns);
+    let app = |name: &str, spec: serde_json::Value| -> kco::targetapp::TargetApp {
+        serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap()
+    };
+    let rule = |name: &str, action: &str, parameters: serde_json::Value| {
+        json!({"name": name, "action": action, "parameters": parameters,
+               "trigger": {"field": "$up", "condition": "equals", "value": false}})
+    };
+    // The apiserver learns of a new policy within a second or so: retry the first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = apps
+            .create(&Default::default(), &app("no-selector", json!({})))
+            .await;
+        match refused {
+            Err(e) if e.to_string().contains("spec.selector: required") => break,
+            Ok(_) => {
+                apps.delete("no-selector", &DeleteParams::default())
+                    .await
+                    .unwrap();
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the policy never applied");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (name, spec, needle) in [
+        (
+            "metadata",
+            json!({"graphqlEndpoint": "http://169.254.169.254/latest"}),
+            "loopback, link-local and unspecified",
+        ),
+        (
+            "ftp",
+            json!({"graphqlEndpoint": "ftp://x.example/"}),
+            "a path or an http(s) URL",
+        ),
+        (
+            "twins",
+            json!({"selector": {}, "actions": [rule("a", "restart_pod", json!({})), rule("a", "restart_pod", json!({}))]}),
+            "rule names must be unique",
+        ),
+        (
+            "reboot",
+            json!({"selector": {}, "actions": [rule("a", "reboot_node", json!({}))]}),
+            "not a built-in action",
+        ),
+        (
+            "hook",
+            json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": "http://127.0.0.1:9/x"}))]}),
+            "a webhook needs a URL",
+        ),
+    ] {
+        let err = apps
+            .create(&Default::default(), &app(name, spec))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+    apps.create(
+        &Default::default(),
+        &app("fine", json!({"selector": {"matchLabels": {"app": "mina"}},
+            "actions": [rule("notify", "webhook", json!({"url": "https://hooks.example.com/kco"}))]})),
+    )
+    .await
+    .unwrap();
+}
