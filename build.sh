@@ -4,7 +4,9 @@
 #   ./build.sh test    build what is missing, then fmt check, clippy and every test
 #   ./build.sh demo    a local control plane, simulated Mina pods, a TargetApp and `kco run`
 #   ./build.sh tools   only build the local control plane tools into the cache
-#   ./build.sh build   build the kco binary (release)
+#   ./build.sh build   build the kco binary (release; what the Containerfile runs)
+#   ./build.sh image   build the container image with Podman (Docker when Podman is
+#                      absent); IMAGE=name:tag to name it (default kco:dev)
 #   ./build.sh crds    regenerate crds/ (and the chart's copy) from the Rust types
 #
 # Tools (kube-apiserver, etcd, kubectl, helm) are built from source once and kept in
@@ -68,8 +70,22 @@ case "${1:-}" in
     cargo build --locked --release --bin kco
     echo "target/release/kco"
     ;;
+  image)
+    if command -v podman >/dev/null 2>&1; then engine=podman
+    elif command -v docker >/dev/null 2>&1; then engine=docker
+    else die "neither podman nor docker is installed: the image needs one of them"
+    fi
+    "$engine" info >/dev/null 2>&1 || die "$engine is installed but cannot build here (is its daemon or service running?)"
+    image="${IMAGE:-kco:dev}"
+    step "building $image with $engine"
+    "$engine" build -f Containerfile \
+      --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" \
+      --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+      -t "$image" .
+    echo "$image"
+    ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

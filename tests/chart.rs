@@ -380,3 +380,30 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
     .await
     .unwrap();
 }
+
+#[test]
+fn the_containerfile_builds_what_ci_builds() {
+    // No container engine runs here: the image's build step must be the exact
+    // command `./build.sh build` runs (and CI proves), and the runtime stage must
+    // run KCO as the chart's non-root user without a shell.
+    let containerfile = std::fs::read_to_string(repo_path("Containerfile")).unwrap();
+    let build_sh = std::fs::read_to_string(repo_path("build.sh")).unwrap();
+    let command = "cargo build --locked --release --bin kco";
+    assert!(
+        containerfile.contains(&format!("RUN {command}")),
+        "{containerfile}"
+    );
+    assert!(
+        build_sh.contains(&format!("    {command}\n")),
+        "build.sh build runs {command}"
+    );
+    let runtime = containerfile.rsplit("FROM ").next().unwrap();
+    assert!(runtime.starts_with("gcr.io/distroless/"), "{runtime}");
+    assert!(runtime.contains("USER 1000:1000"));
+    assert!(runtime.contains("org.opencontainers.image.source"));
+    let workflow = std::fs::read_to_string(repo_path(".github/workflows/ci.yml")).unwrap();
+    assert!(
+        workflow.contains("./build.sh build"),
+        "CI builds the release binary"
+    );
+}
