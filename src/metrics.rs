@@ -283,6 +283,37 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric family KCO exports (also those with no series yet).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 19] = [
+            &self.polls,
+            &self.poll_duration,
+            &self.poll_lateness,
+            &self.events,
+            &self.actions,
+            &self.action_duration,
+            &self.errors,
+            &self.targets,
+            &self.firings,
+            &self.leader,
+            &self.leader_transitions,
+            &self.shard_members,
+            &self.shard_namespaces,
+            &self.shard_handoffs,
+            &self.webhook_requests,
+            &self.webhook_duration,
+            &self.webhook_cert_expiry,
+            &self.throttled,
+            &self.throttle_wait,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

@@ -407,3 +407,45 @@ fn the_containerfile_builds_what_ci_builds() {
         "CI builds the release binary"
     );
 }
+
+#[test]
+fn every_alert_has_a_runbook_and_uses_only_exported_metrics() {
+    let text = std::fs::read_to_string(repo_path("charts/kco/alerts/kco.rules.yaml")).unwrap();
+    let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let exported = kco::metrics::Metrics::new().unwrap().names();
+    let metric = regex::Regex::new(r"operator_kco_[a-z_]+").unwrap();
+    let mut alerts = Vec::new();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let name = rule["alert"].as_str().unwrap().to_owned();
+        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+        let file = url.rsplit("/blob/main/").next().unwrap();
+        assert!(repo_path(file).is_file(), "{name}: no runbook at {file}");
+        assert!(rule["labels"]["severity"].is_string(), "{name}");
+        for used in metric.find_iter(rule["expr"].as_str().unwrap()) {
+            let base = used
+                .as_str()
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(
+                exported.iter().any(|e| e == base),
+                "{name} uses {} which KCO does not export",
+                used.as_str()
+            );
+        }
+        alerts.push(name);
+    }
+    for wanted in [
+        "KCONoLeader",
+        "KCOFewReplicas",
+        "KCOWebhookErrors",
+        "KCOWebhookSlow",
+        "KCOPollFailures",
+        "KCOActionFailures",
+        "KCOTenantThrottled",
+        "KCOWebhookCertificateExpiring",
+        "KCOTargetAppDegraded",
+    ] {
+        assert!(alerts.iter().any(|a| a == wanted), "{wanted} missing");
+    }
+}
