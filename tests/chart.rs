@@ -114,6 +114,8 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
                 "defaultQuota.allowedActions={restart_pod,exec_command}",
                 "--set",
                 "logLevel=debug",
+                "--set",
+                "metrics.grafanaDashboard.enabled=true",
             ],
         ),
     ] {
@@ -133,6 +135,7 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
         }
         if name == "custom" {
             assert!(text.contains("replicas: 5") && text.contains("failurePolicy: Fail"));
+            assert!(out.contains("configmap/kco-dashboard"), "{out}");
             assert!(!text.contains("kind: NetworkPolicy"));
         } else {
             assert!(text.contains("kind: NetworkPolicy"));
@@ -420,6 +423,31 @@ fn the_containerfile_builds_what_ci_builds() {
         workflow.contains("./build.sh build"),
         "CI builds the release binary"
     );
+}
+
+#[test]
+fn the_dashboard_queries_only_exported_metrics() {
+    let text = std::fs::read_to_string(repo_path("charts/kco/dashboards/kco.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exported = kco::metrics::Metrics::new().unwrap().names();
+    let metric = regex::Regex::new(r"operator_kco_[a-z_]+").unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let used: Vec<&str> = metric.find_iter(expr).map(|m| m.as_str()).collect();
+            assert!(!used.is_empty(), "{expr}");
+            for name in used {
+                let base = name.trim_end_matches("_bucket");
+                assert!(
+                    exported.iter().any(|e| e == base),
+                    "{}: {name}",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }
 
 #[test]
