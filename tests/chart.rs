@@ -507,3 +507,49 @@ impl std::io::Write for Sink {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn promtool_checks_the_alerts_and_kcos_real_metrics() {
+    let cp = ControlPlane::shared();
+    let promtool = cp.tools().binary("promtool").unwrap();
+    let alerts = repo_path("charts/kco/alerts");
+    let out = Command::new(&promtool)
+        .args(["check", "rules", "kco.rules.yaml"])
+        .current_dir(&alerts)
+        .output()
+        .unwrap();
+    assert!(ok(out, "promtool check rules").contains("9 rules found"));
+    // Each alert fires on the series that should fire it, and stays silent otherwise.
+    let out = Command::new(&promtool)
+        .args(["test", "rules", "kco.tests.yaml"])
+        .current_dir(&alerts)
+        .output()
+        .unwrap();
+    ok(out, "promtool test rules");
+
+    // The exposition of a working operator passes promtool's lint.
+    let mut bed = Bed::new("chart-metrics", 1).await;
+    bed.start_operator(|s| s.graphql_max_retries = 0).await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    bed.wait_status(30, "1/1", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+    let metrics = bed.metrics().await;
+    assert!(metrics.contains("operator_kco_tapp_polls_total"));
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    ok(out, "promtool check metrics");
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the tools KCO's tests and demo need into a cache, once:
-#   kube-apiserver, kubectl (Kubernetes), etcd, helm  -> $KCO_CACHE_DIR/tools/<versions>/bin
+#   kube-apiserver, kubectl (Kubernetes), etcd, helm, promtool  -> $KCO_CACHE_DIR/tools/<versions>/bin
 #   the mina-sdk wheel's GraphQL introspection file  -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
 # Everything is built from source through the Go module proxy and PyPI; nothing
 # else is downloaded. A tool that is already in the cache and runs is left alone.
@@ -70,6 +70,8 @@ build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_ldflags)"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$(k8s_ldflags)"
 build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+# promtool (alert rule tests): its version is pinned by promtool/go.mod.
+build promtool promtool github.com/prometheus/prometheus/cmd/promtool "-s -w"
 rm -rf "$GOCACHE"
 fi
 
