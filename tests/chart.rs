@@ -553,3 +553,30 @@ async fn promtool_checks_the_alerts_and_kcos_real_metrics() {
     let out = check.wait_with_output().unwrap();
     ok(out, "promtool check metrics");
 }
+
+#[tokio::test]
+async fn the_policy_examples_are_accepted_by_the_apiserver() {
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    // The namespaced examples name namespace `mina`.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cp.admin().await);
+    if namespaces.get_opt("mina").await.unwrap().is_none() {
+        let ns = serde_json::from_value(json!({"metadata": {"name": "mina"}})).unwrap();
+        let _ = namespaces.create(&Default::default(), &ns).await;
+    }
+    let mut files: Vec<_> = std::fs::read_dir(repo_path("policies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        let out = cp.apply(&file, &["--dry-run=server"]);
+        assert!(
+            out.contains("(server dry run)"),
+            "{}: {out}",
+            file.display()
+        );
+    }
+}
