@@ -63,6 +63,8 @@ case "${1:-}" in
     cargo run --locked --quiet --bin kco -- crds --out-dir crds
     # Helm installs CRDs only from the chart's own crds/ (a test checks they match).
     cp crds/*.yaml charts/kco/crds/
+    mkdir -p docs/reference
+    cargo run --locked --quiet --bin kco -- crds --reference > docs/reference/crds.md
     ls crds
     ;;
   build)

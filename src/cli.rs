@@ -56,6 +56,9 @@ pub enum Command {
         /// Write one file per CRD into this directory instead.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of the CRDs' fields instead.
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: bool,
     },
 }
 
@@ -113,7 +116,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Crds { out_dir } => print_crds(out_dir.as_deref()),
+        Command::Crds {
+            reference: true, ..
+        } => {
+            print!("{}", crate::crds::reference());
+            ExitCode::SUCCESS
+        }
+        Command::Crds { out_dir, .. } => print_crds(out_dir.as_deref()),
         Command::Validate { files, schema } => validate_files(&files, schema.as_deref()),
     }
 }

@@ -572,11 +572,89 @@ async fn the_policy_examples_are_accepted_by_the_apiserver() {
     files.sort();
     assert!(files.len() >= 6, "{files:?}");
     for file in files {
-        let out = cp.apply(&file, &["--dry-run=server"]);
+        // Server-side: no conflict with the VAP test applying the same policy.
+        let out = cp.apply(
+            &file,
+            &["--server-side", "--force-conflicts", "--dry-run=server"],
+        );
         assert!(
             out.contains("(server dry run)"),
             "{}: {out}",
             file.display()
         );
     }
+}
+
+#[tokio::test]
+async fn helm_install_creates_every_object() {
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let ns = cp.namespace("chart-install").await;
+    let kubeconfig = cp.kubeconfig(&User::Admin).unwrap();
+    // Another release name than the other tests' objects (cluster-scoped names).
+    let release = "kco-install";
+    let out = helm(cp)
+        .args(["install", release])
+        .arg(repo_path("charts/kco"))
+        .args(["--namespace", &ns, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--set", "metrics.grafanaDashboard.enabled=true"])
+        .output()
+        .unwrap();
+    let notes = ok(out, "helm install");
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(
+        notes.contains("get leases"),
+        "NOTES.txt tells how to see it working: {notes}"
+    );
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args([
+            "get",
+            "-n",
+            &ns,
+            "deployment,service,serviceaccount,poddisruptionbudget,networkpolicy,role,rolebinding,configmap",
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    let listed = ok(out, "kubectl get");
+    for object in [
+        format!("deployment.apps/{release}"),
+        format!("service/{release}-webhook"),
+        format!("service/{release}-metrics"),
+        format!("serviceaccount/{release}"),
+        format!("poddisruptionbudget.policy/{release}"),
+        format!("networkpolicy.networking.k8s.io/{release}"),
+        format!("role.rbac.authorization.k8s.io/{release}"),
+        format!("rolebinding.rbac.authorization.k8s.io/{release}"),
+        format!("configmap/{release}-dashboard"),
+    ] {
+        assert!(listed.contains(&object), "{object} not in {listed}");
+    }
+    let out = cp
+        .kubectl(&User::Admin)
+        .unwrap()
+        .args([
+            "get",
+            &format!("clusterrole/{release}"),
+            &format!("clusterrolebinding/{release}"),
+            &format!("validatingwebhookconfiguration/{release}"),
+            &format!("mutatingwebhookconfiguration/{release}"),
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(ok(out, "kubectl get").lines().count(), 4);
+    let out = helm(cp)
+        .args(["uninstall", release, "--namespace", &ns, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    ok(out, "helm uninstall");
 }

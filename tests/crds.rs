@@ -14,6 +14,25 @@ use support::controlplane::repo_path;
 use support::{ControlPlane, User};
 
 #[test]
+fn the_crd_reference_is_generated_from_the_schemas() {
+    let reference = kco::crds::reference();
+    let committed =
+        std::fs::read_to_string(repo_path("docs/reference/crds.md")).unwrap_or_default();
+    assert!(
+        committed == reference,
+        "docs/reference/crds.md has drifted from the CRD schemas: run `./build.sh crds`"
+    );
+    for row in [
+        "| `spec.pollingInterval` | integer |",
+        "| `spec.actions[].trigger.condition` | string |",
+        "| `spec.maxPollsPerSecond` | number |",
+        "| `status.usage.targetApps` | integer |",
+    ] {
+        assert!(reference.contains(row), "{row} missing");
+    }
+}
+
+#[test]
 fn committed_crds_match_the_rust_types() {
     let files = kco::crds::files().unwrap();
     assert!(!files.is_empty());
