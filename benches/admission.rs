@@ -24,7 +24,9 @@ use kco::targetapp::TargetApp;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::ControlPlane;
-use support::webhooks::{labelled_namespace, register, replica, wait_ca_bundle, wait_ready};
+use support::webhooks::{
+    labelled_namespace, register, replica, wait_ca_bundle, wait_ready, wait_serving,
+};
 use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -117,7 +119,7 @@ async fn main() {
     wait_ca_bundle(cp, "kco-bench").await;
     wait_ready(&replica).await;
     // The apiserver learns of the configuration through its informer.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_serving(cp, &hooked).await;
     let client = cp.admin().await;
     let mut without = Vec::new();
     let mut with = Vec::new();

@@ -19,7 +19,9 @@ use kco::targetapp::TargetApp;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::controlplane::repo_path;
-use support::webhooks::{labelled_namespace, register, replica, wait_ca_bundle, wait_ready};
+use support::webhooks::{
+    labelled_namespace, register, replica, wait_ca_bundle, wait_ready, wait_serving,
+};
 use support::{ControlPlane, User};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -265,6 +267,7 @@ async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_def
     wait_ca_bundle(cp, "kco-adm").await;
     wait_ready(&a).await;
     wait_ready(&b).await;
+    wait_serving(cp, &ns).await;
 
     // Valid: stored, with the defaults written by the mutating webhook.
     let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, &ns);
@@ -347,6 +350,7 @@ async fn a_short_lived_certificate_rotates_while_creates_keep_succeeding() {
     register(cp, "kco-rot", &ns, &[url]).await;
     wait_ca_bundle(cp, "kco-rot").await;
     wait_ready(&a).await;
+    wait_serving(cp, &ns).await;
 
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(cp.admin().await, &lease_ns);

@@ -21,7 +21,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::ControlPlane;
 use support::bed::Bed;
-use support::webhooks::{labelled_namespace, register, replica, wait_ca_bundle, wait_ready};
+use support::webhooks::{
+    labelled_namespace, register, replica, wait_ca_bundle, wait_ready, wait_serving,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Tests here change cluster-wide objects (TenantQuotas, webhooks): one at a time.
@@ -87,6 +89,8 @@ async fn a_tenant_over_its_targetapp_quota_is_refused_and_another_is_not() {
     register(cp, "kco-tq", &a, &[url]).await;
     wait_ca_bundle(cp, "kco-tq").await;
     wait_ready(&r).await;
+    wait_serving(cp, &a).await;
+    wait_serving(cp, &b).await;
 
     let client = cp.admin().await;
     let apps_a: Api<TargetApp> = Api::namespaced(client.clone(), &a);

@@ -132,3 +132,30 @@ pub async fn wait_ca_bundle(cp: &ControlPlane, name: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until the apiserver calls the webhooks successfully for namespace `ns`
+/// (it picks a new caBundle up from its informer a moment after it is written):
+/// a server-side dry-run create of a valid TargetApp must pass.
+pub async fn wait_serving(cp: &ControlPlane, ns: &str) {
+    let apps: Api<kco::targetapp::TargetApp> = Api::namespaced(cp.admin().await, ns);
+    let probe: kco::targetapp::TargetApp = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": "webhook-probe"}, "spec": {"selector": {"matchLabels": {"app": "probe"}}}
+    }))
+    .expect("a TargetApp");
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..kube::api::PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match apps.create(&dry, &probe).await {
+            Ok(_) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the apiserver cannot call the webhooks: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
