@@ -65,9 +65,7 @@ impl Action for ExecCommand {
         params: &'a Params,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
-            let pod = ctx.pod.as_deref().ok_or_else(|| {
-                ActionError::Invalid("exec_command needs a pod target, not a URL endpoint".into())
-            })?;
+            let pod = ctx.target_pod(self.name())?;
             let command: Vec<String> = params
                 .get("command")
                 .and_then(Value::as_array)

@@ -57,6 +57,14 @@ pub struct ActionContext {
 }
 
 impl ActionContext {
+    /// The pod that fired, for actions that act on a pod (`action` names the
+    /// action in the error for URL targets).
+    pub fn target_pod(&self, action: &str) -> Result<&str, ActionError> {
+        self.pod.as_deref().ok_or_else(|| {
+            ActionError::Invalid(format!("{action} needs a pod target, not a URL endpoint"))
+        })
+    }
+
     /// Appended to an outcome's message: what a dry run proved.
     pub fn dry_run_note(&self) -> &'static str {
         if self.dry_run {

@@ -31,9 +31,7 @@ impl Action for RestartPod {
         params: &'a Params,
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
-            let pod = ctx.pod.as_deref().ok_or_else(|| {
-                ActionError::Invalid("restart_pod needs a pod target, not a URL endpoint".into())
-            })?;
+            let pod = ctx.target_pod(self.name())?;
             let mut ignored = Vec::new();
             let grace = params.int("gracePeriod", 0, 86_400, &mut ignored);
             let delete = DeleteParams {
