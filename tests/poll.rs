@@ -69,8 +69,40 @@ async fn every_fault_fails_the_poll_with_its_own_reason() {
                 http_status: Some(429),
                 ..Default::default()
             },
-            "http_4xx",
-            1 + RETRIES,
+            "rate_limited",
+            1,
+        ),
+        (
+            Faults {
+                trickle_ms: 50,
+                ..Default::default()
+            },
+            "slow_body",
+            1,
+        ),
+        (
+            Faults {
+                nested_depth: Some(10_000),
+                ..Default::default()
+            },
+            "too_deep",
+            1,
+        ),
+        (
+            Faults {
+                invalid_utf8: true,
+                ..Default::default()
+            },
+            "invalid_utf8",
+            1,
+        ),
+        (
+            Faults {
+                redirect_to: Some("http://169.254.169.254/latest/meta-data".into()),
+                ..Default::default()
+            },
+            "redirect",
+            1,
         ),
         (
             Faults {
@@ -193,4 +225,89 @@ async fn nobody_listening_is_a_connect_failure() {
         matches!(failure, PollFailure::Connect(ref m) if m.contains("refused")),
         "{failure}"
     );
+}
+
+#[tokio::test]
+async fn a_429_names_its_retry_after_and_is_not_retried() {
+    let (sim, addr, poller) = bed().await;
+    let faults = Faults {
+        http_status: Some(429),
+        retry_after_secs: Some(4000),
+        ..Default::default()
+    };
+    sim.set_faults(addr, faults).await.unwrap();
+    let report = poller
+        .poll(&url(addr), "{ version }", Duration::from_secs(2))
+        .await;
+    assert_eq!(report.attempts, 1);
+    let failure = report.result.unwrap_err();
+    assert_eq!(
+        failure,
+        PollFailure::RateLimited(Some(kco::monitor::poll::MAX_RETRY_AFTER)),
+        "capped"
+    );
+    assert_eq!(sim.node(addr).await.unwrap().requests, 1);
+}
+
+#[tokio::test]
+async fn a_certificate_nobody_trusts_is_a_tls_failure() {
+    let (sim, addr, poller) = bed().await;
+    let faults = Faults {
+        untrusted_tls: true,
+        ..Default::default()
+    };
+    sim.set_faults(addr, faults).await.unwrap();
+    let report = poller
+        .poll(
+            &format!("https://{addr}/graphql"),
+            "{ version }",
+            Duration::from_secs(2),
+        )
+        .await;
+    let failure = report.result.unwrap_err();
+    assert_eq!(failure.reason(), "tls", "{failure}");
+    assert!(failure.to_string().contains("UnknownIssuer"), "{failure}");
+    assert_eq!(report.attempts, 1, "a bad certificate stays bad");
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_forbidden_address_is_refused_by_the_egress_client() {
+    let (sim, addr, poller) = bed().await;
+    let host = "mina.chain.svc";
+    let mut quota = kco::tenancy::Quota::default();
+    quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(addr.ip())];
+    let egress = kco::tenancy::Egress::new(
+        kco::tenancy::Tenants::new(quota),
+        Vec::new(),
+        std::sync::Arc::new([(host.to_owned(), vec![addr.ip()])].into_iter().collect()),
+        "kco-test".into(),
+    );
+    let client = egress
+        .client("chain", kco::tenancy::Purpose::Graphql, None)
+        .unwrap();
+    let poller = poller.with_client(client);
+    let target = format!("http://{host}:{}/graphql", addr.port());
+    // The client follows redirects the policy allows: healthy, it answers.
+    poller
+        .poll(&target, "{ version }", Duration::from_secs(2))
+        .await
+        .result
+        .unwrap();
+    for location in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fd00:ec2::254]/latest/meta-data",
+    ] {
+        let faults = Faults {
+            redirect_to: Some(location.into()),
+            ..Default::default()
+        };
+        sim.set_faults(addr, faults).await.unwrap();
+        let report = poller
+            .poll(&target, "{ version }", Duration::from_secs(2))
+            .await;
+        let failure = report.result.unwrap_err();
+        assert_eq!(failure.reason(), "redirect_forbidden", "{failure}");
+        assert!(failure.to_string().contains("endpoint policy"), "{failure}");
+        assert_eq!(report.attempts, 1);
+    }
 }

@@ -259,6 +259,119 @@ async fn answer_faults_break_the_answer_the_way_they_say() {
 }
 
 #[tokio::test]
+async fn hostile_faults_misbehave_the_way_they_say() {
+    let bed = Bed::new().await;
+    let addr = bed.add(json!({})).await;
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |client: &reqwest::Client, url: String| {
+        client
+            .post(url)
+            .json(&json!({"query": "{ version }"}))
+            .send()
+    };
+
+    bed.faults(addr, json!({"httpStatus": 429, "retryAfterSecs": 7}))
+        .await;
+    let response = bed.raw(addr).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+
+    bed.faults(
+        addr,
+        json!({"redirectTo": "http://169.254.169.254/latest/meta-data"}),
+    )
+    .await;
+    let response = post(&no_redirects, url(addr)).await.unwrap();
+    assert_eq!(response.status(), 307);
+    assert_eq!(
+        response.headers()["location"],
+        "http://169.254.169.254/latest/meta-data"
+    );
+
+    bed.faults(addr, json!({"invalidUtf8": true})).await;
+    let body = bed.raw(addr).await.bytes().await.unwrap();
+    assert!(std::str::from_utf8(&body).is_err(), "{body:?}");
+    assert!(body.starts_with(b"{\"data\""), "{body:?}");
+
+    // Nested: valid JSON (well-formed brackets), deeper than any parser's limit.
+    bed.faults(addr, json!({"nestedDepth": 100_000})).await;
+    let body = bed.raw(addr).await.bytes().await.unwrap();
+    let opened = body.iter().filter(|b| **b == b'[').count();
+    assert_eq!(opened, 100_000 - 2);
+    assert_eq!(body.iter().filter(|b| **b == b']').count(), opened);
+    assert!(body.starts_with(b"{\"data\":{\"nested\":[[") && body.ends_with(b"]]}}"));
+
+    // Trickle: the headers at once, then the body a byte every 20 ms.
+    bed.faults(addr, json!({"trickleMs": 20})).await;
+    let started = std::time::Instant::now();
+    let mut response = post(&bed.http, url(addr)).await.unwrap();
+    let headers_after = started.elapsed();
+    let mut body = Vec::new();
+    let mut pieces = 0;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+        pieces += 1;
+    }
+    let took = started.elapsed();
+    let parsed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parsed["data"]["version"], "3.0.0-simulated");
+    assert!(
+        headers_after < Duration::from_millis(500),
+        "{headers_after:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(20) * (body.len() as u32 - 1),
+        "{} bytes in {took:?}",
+        body.len()
+    );
+    assert!(
+        pieces >= body.len() / 2,
+        "{pieces} pieces for {} bytes",
+        body.len()
+    );
+
+    // Untrusted TLS: HTTPS with a certificate no client trusts (plain HTTP fails).
+    bed.faults(addr, json!({"untrustedTls": true})).await;
+    let https = format!("https://{addr}/graphql");
+    let err = post(&bed.http, https.clone()).await.unwrap_err();
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    let trusting = reqwest::Client::builder()
+        .no_proxy()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let response = post(&trusting, https).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A new connection speaks TLS only (pooled ones keep their protocol).
+    assert!(post(&fixtures::http_client(), url(addr)).await.is_err());
+
+    // Refused combinations, with the reason.
+    for (faults, needle) in [
+        (json!({"retryAfterSecs": 3}), "needs httpStatus"),
+        (json!({"nestedDepth": 0}), "nestedDepth"),
+        (json!({"invalidUtf8": true, "bodyBytes": 10}), "at most one"),
+        (json!({"redirectTo": "http://x/\r\nX: y"}), "redirectTo"),
+    ] {
+        let (status, body) = bed
+            .control(
+                reqwest::Method::PUT,
+                &format!("/nodes/{addr}/faults"),
+                Some(&faults.to_string()),
+            )
+            .await;
+        assert_eq!(status, 422, "{faults}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
+    bed.faults(addr, json!({})).await;
+    let (status, _) = bed.query(addr).await.unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn connection_faults_reset_delay_and_hang() {
     let bed = Bed::new().await;
     let addr = bed.add(json!({})).await;

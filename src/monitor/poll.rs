@@ -1,10 +1,16 @@
 //! One GraphQL poll of one target: POST the query, bounded in time and size,
 //! retried with exponential backoff and jitter, classified when it fails.
+//!
+//! A hostile target cannot hold more than the response cap in memory (the body is
+//! read chunk by chunk and dropped at the cap), nor a poll longer than its timeout
+//! (one deadline covers the headers and the body), nor the parser's stack (nesting
+//! is counted while reading, before anything is parsed).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value;
+use tokio::time::Instant;
 
 /// Why a poll failed. `reason()` is a bounded label for metrics and Events; the
 /// Display text is for the message (never a response body).
@@ -12,16 +18,31 @@ use serde_json::Value;
 pub enum PollFailure {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("the response started but its body did not finish within {0:?}")]
+    SlowBody(Duration),
     #[error("cannot connect: {0}")]
     Connect(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("the connection failed: {0}")]
     Transport(String),
     #[error("HTTP status {0}")]
     Status(u16),
+    #[error("rate limited (HTTP 429){}", match .0 {
+        Some(after) => format!("; the next poll waits {}s as Retry-After asks", after.as_secs()),
+        None => String::new(),
+    })]
+    RateLimited(Option<Duration>),
     #[error("redirect (HTTP {0}) not followed")]
     Redirect(u16),
+    #[error("redirect refused: {0}")]
+    RedirectForbidden(String),
     #[error("the response is larger than {0} bytes")]
     TooLarge(u64),
+    #[error("the response nests deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("the response is not valid UTF-8 (at byte {0})")]
+    InvalidUtf8(usize),
     #[error("the response is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("the response is not a GraphQL response (no data and no errors)")]
@@ -35,27 +56,71 @@ impl PollFailure {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
+            Self::SlowBody(_) => "slow_body",
             Self::Connect(_) => "connect",
+            Self::Tls(_) => "tls",
             Self::Transport(_) => "transport",
             Self::Status(s) if *s >= 500 => "http_5xx",
             Self::Status(_) => "http_4xx",
+            Self::RateLimited(_) => "rate_limited",
             Self::Redirect(_) => "redirect",
+            Self::RedirectForbidden(_) => "redirect_forbidden",
             Self::TooLarge(_) => "too_large",
+            Self::TooDeep(_) => "too_deep",
+            Self::InvalidUtf8(_) => "invalid_utf8",
             Self::InvalidJson(_) => "invalid_json",
             Self::NotGraphql => "not_graphql",
             Self::GraphqlErrors(_) => "graphql_errors",
         }
     }
 
-    /// Whether trying again soon may help.
+    /// Every label `reason()` can return (for docs and tests).
+    pub const REASONS: &'static [&'static str] = &[
+        "timeout",
+        "slow_body",
+        "connect",
+        "tls",
+        "transport",
+        "http_5xx",
+        "http_4xx",
+        "rate_limited",
+        "redirect",
+        "redirect_forbidden",
+        "too_large",
+        "too_deep",
+        "invalid_utf8",
+        "invalid_json",
+        "not_graphql",
+        "graphql_errors",
+    ];
+
+    /// Whether trying again soon may help. A slow body would be as slow again, and a
+    /// rate-limited target asked for fewer requests, not more.
     fn retryable(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::Connect(_) | Self::Transport(_) => true,
-            Self::Status(s) => *s >= 500 || *s == 429,
+            Self::Status(s) => *s >= 500,
             _ => false,
         }
     }
+
+    /// How long the target asked to be left alone (Retry-After of a 429), at most
+    /// [`MAX_RETRY_AFTER`]: the poll loop delays the next poll by it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited(after) => *after,
+            _ => None,
+        }
+    }
 }
+
+/// The longest Retry-After honoured: a target cannot silence its monitoring for
+/// longer than this per 429.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The deepest nesting of arrays and objects read in a response (below
+/// serde_json's own limit of 128, so the reason is always `too_deep`).
+pub const MAX_RESPONSE_DEPTH: usize = 100;
 
 /// A successful poll: the `data` object, and the messages of any GraphQL errors
 /// that came with it (a partial result).
@@ -157,27 +222,32 @@ impl Poller {
         body: &Value,
         timeout: Duration,
     ) -> Result<PollData, PollFailure> {
-        match tokio::time::timeout(timeout, self.exchange(url, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(PollFailure::Timeout(timeout)),
-        }
-    }
-
-    async fn exchange(&self, url: &str, body: &Value) -> Result<PollData, PollFailure> {
-        let mut response = self
-            .http
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(classify)?;
+        // One deadline for the whole exchange; where it strikes names the failure.
+        let deadline = Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, self.http.post(url).json(body).send()).await;
+        let response = match sent {
+            Ok(response) => response.map_err(classify)?,
+            Err(_) => return Err(PollFailure::Timeout(timeout)),
+        };
         let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(PollFailure::RateLimited(retry_after(response.headers())));
+        }
         if status.is_redirection() {
             return Err(PollFailure::Redirect(status.as_u16()));
         }
         if !status.is_success() {
             return Err(PollFailure::Status(status.as_u16()));
         }
+        match tokio::time::timeout_at(deadline, self.read_body(response)).await {
+            Ok(bytes) => parse_response(&bytes?),
+            Err(_) => Err(PollFailure::SlowBody(timeout)),
+        }
+    }
+
+    /// Reads the body up to the cap, counting nesting as it arrives: never more
+    /// than `max_bytes` in memory, and a too-deep body stops at the offending byte.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, PollFailure> {
         if response
             .content_length()
             .is_some_and(|len| len > self.max_bytes)
@@ -186,17 +256,38 @@ impl Poller {
         }
         // Enforced while reading: a body without (or lying about) its length stops at the cap.
         let mut bytes = Vec::new();
+        let mut depth = DepthScanner::default();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if bytes.len() as u64 + chunk.len() as u64 > self.max_bytes {
                 return Err(PollFailure::TooLarge(self.max_bytes));
             }
+            depth.feed(&chunk)?;
             bytes.extend_from_slice(&chunk);
         }
-        parse_response(&bytes)
+        Ok(bytes)
     }
 }
 
+/// A 429's Retry-After in seconds (an HTTP date is not honoured), capped.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 fn classify(e: reqwest::Error) -> PollFailure {
+    if e.is_redirect() {
+        // Only the egress client follows redirects, and only where its policy allows.
+        return PollFailure::RedirectForbidden(root_cause(&e));
+    }
+    if let Some(tls) = tls_error(&e) {
+        return PollFailure::Tls(truncate(&tls.to_string()));
+    }
     let text = root_cause(&e);
     if e.is_connect() {
         PollFailure::Connect(text)
@@ -205,6 +296,28 @@ fn classify(e: reqwest::Error) -> PollFailure {
     } else {
         PollFailure::Transport(text)
     }
+}
+
+/// The rustls error behind a failed request, if any. `io::Error::source()` skips
+/// the error it wraps, so wrapped errors are looked into as well.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An io::Error wrapping another: its source() skips both, get_ref() does not.
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            current = Some(inner);
+            continue;
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// The innermost error's text: "connection refused", not reqwest's URL-laden wrapper.
@@ -223,9 +336,51 @@ fn truncate(text: &str) -> String {
     }
 }
 
+/// Counts the nesting of JSON arrays and objects over a body read in pieces.
+/// Strings are skipped (brackets inside them do not count); invalid JSON is left
+/// to the parser.
+#[derive(Debug, Default)]
+struct DepthScanner {
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl DepthScanner {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), PollFailure> {
+        for &b in bytes {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth > MAX_RESPONSE_DEPTH {
+                        return Err(PollFailure::TooDeep(MAX_RESPONSE_DEPTH));
+                    }
+                }
+                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads a GraphQL response body: `data` (possibly partial) and `errors`.
+/// Checked in order: nesting (before the recursive parser runs), UTF-8, JSON.
 pub fn parse_response(bytes: &[u8]) -> Result<PollData, PollFailure> {
-    // serde_json refuses nesting deeper than 128 levels and invalid UTF-8.
+    DepthScanner::default().feed(bytes)?;
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(PollFailure::InvalidUtf8(e.valid_up_to()));
+    }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| PollFailure::InvalidJson(truncate(&e.to_string())))?;
     let Value::Object(mut top) = value else {
@@ -273,19 +428,88 @@ mod tests {
             parse_response(br#"{"data": 3}"#),
             Err(PollFailure::NotGraphql)
         );
-        assert!(matches!(
+        assert_eq!(
             parse_response(b"{\"data\": {\"a\": \"\xff\"}}"),
-            Err(PollFailure::InvalidJson(_))
-        ));
+            Err(PollFailure::InvalidUtf8(16))
+        );
         assert!(matches!(
             parse_response(br#"{"data": {"#),
             Err(PollFailure::InvalidJson(_))
         ));
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(matches!(
+        assert_eq!(
             parse_response(deep.as_bytes()),
-            Err(PollFailure::InvalidJson(_))
-        ));
+            Err(PollFailure::TooDeep(MAX_RESPONSE_DEPTH))
+        );
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            r#"{{"data": {{"x": {}1{}}}}}"#,
+            "[".repeat(depth - 2),
+            "]".repeat(depth - 2)
+        )
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_and_across_chunks() {
+        assert!(parse_response(nested(MAX_RESPONSE_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            parse_response(nested(MAX_RESPONSE_DEPTH + 1).as_bytes()),
+            Err(PollFailure::TooDeep(MAX_RESPONSE_DEPTH))
+        );
+        // Brackets in strings, escaped quotes included, are text.
+        let text = format!(r#"{{"data": {{"x": "\"{}"}}}}"#, "[{".repeat(500));
+        assert!(parse_response(text.as_bytes()).is_ok(), "{text}");
+        // Fed a byte at a time (a trickled body), the count is the same.
+        let body = nested(MAX_RESPONSE_DEPTH + 1);
+        let mut scanner = DepthScanner::default();
+        let fed: Result<Vec<()>, _> = body.as_bytes().chunks(1).map(|b| scanner.feed(b)).collect();
+        assert_eq!(fed, Err(PollFailure::TooDeep(MAX_RESPONSE_DEPTH)));
+        let mut scanner = DepthScanner::default();
+        for piece in text.as_bytes().chunks(3) {
+            scanner.feed(piece).unwrap();
+        }
+        assert_eq!(scanner.depth, 0);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let headers = |value: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).unwrap(),
+            );
+            h
+        };
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(" 0 ")), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("86400")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-3")), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+        let limited = PollFailure::RateLimited(Some(Duration::from_secs(7)));
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
+        assert!(limited.to_string().contains("waits 7s"), "{limited}");
+        assert_eq!(PollFailure::Status(503).retry_after(), None);
+    }
+
+    #[test]
+    fn tls_errors_are_found_inside_io_errors() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        // io::Error::source() skips what it wraps: the wrapped error is looked into.
+        assert!(std::error::Error::source(&io).is_none());
+        let found = tls_error(&io).unwrap();
+        assert!(found.to_string().contains("UnknownIssuer"), "{found}");
+        // As hyper's connector wraps it: an io::Error in an io::Error.
+        let twice = std::io::Error::other(io);
+        assert!(tls_error(&twice).is_some());
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(tls_error(&plain).is_none());
     }
 
     #[test]
@@ -299,9 +523,32 @@ mod tests {
 
     #[test]
     fn reasons_are_bounded_labels() {
+        let every = [
+            PollFailure::Timeout(Duration::ZERO),
+            PollFailure::SlowBody(Duration::ZERO),
+            PollFailure::Connect(String::new()),
+            PollFailure::Tls(String::new()),
+            PollFailure::Transport(String::new()),
+            PollFailure::Status(503),
+            PollFailure::Status(404),
+            PollFailure::RateLimited(None),
+            PollFailure::Redirect(302),
+            PollFailure::RedirectForbidden(String::new()),
+            PollFailure::TooLarge(1),
+            PollFailure::TooDeep(1),
+            PollFailure::InvalidUtf8(0),
+            PollFailure::InvalidJson(String::new()),
+            PollFailure::NotGraphql,
+            PollFailure::GraphqlErrors(String::new()),
+        ];
+        let labels: Vec<&str> = every.iter().map(PollFailure::reason).collect();
+        assert_eq!(labels, PollFailure::REASONS, "one distinct label each");
+        assert!(!PollFailure::Status(429).retryable());
+        assert!(!PollFailure::RateLimited(None).retryable());
+        assert!(!PollFailure::SlowBody(Duration::ZERO).retryable());
+        assert!(!PollFailure::Tls(String::new()).retryable());
         assert_eq!(PollFailure::Status(503).reason(), "http_5xx");
         assert_eq!(PollFailure::Status(404).reason(), "http_4xx");
-        assert!(PollFailure::Status(429).retryable());
         assert!(!PollFailure::Status(404).retryable());
         assert!(!PollFailure::TooLarge(1).retryable());
         assert!(PollFailure::Timeout(Duration::ZERO).retryable());

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::poll::{PollReport, Poller};
+use super::poll::{PollFailure, PollReport, Poller};
 
 /// One finished poll, for the TargetApp's task.
 #[derive(Debug)]
@@ -60,7 +60,8 @@ impl Gate {
 
 /// Polls `url` every `schedule.interval` until cancelled. The first poll comes after
 /// a random part of the interval (at most 2 s), so that many targets started together
-/// spread out; later polls keep the rhythm with ±5% jitter and never overlap.
+/// spread out; later polls keep the rhythm with ±5% jitter and never overlap. A
+/// 429's Retry-After delays the next poll (at most [`super::poll::MAX_RETRY_AFTER`]).
 pub async fn poll_loop(
     target: String,
     url: String,
@@ -96,6 +97,12 @@ pub async fn poll_loop(
             // loop's own task (one per target, always alive) stays small.
             report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
         };
+        // A rate-limited target's Retry-After (capped) pushes the next poll back.
+        let asked = report
+            .result
+            .as_ref()
+            .err()
+            .and_then(PollFailure::retry_after);
         let sent = reports
             .send(Report {
                 target: target.clone(),
@@ -118,6 +125,9 @@ pub async fn poll_loop(
         // Behind schedule (a slow poll, a busy runtime): poll now rather than in a burst.
         if next < Instant::now() {
             next = Instant::now();
+        }
+        if let Some(after) = asked {
+            next = next.max(Instant::now() + after);
         }
     }
 }

@@ -12,6 +12,26 @@
 //! DELETE /nodes/{address}/faults      clear all faults
 //! DELETE /nodes/{address}/requests    reset the request count (returns the old one)
 //! ```
+//!
+//! Faults (all off by default; at most one of those that replace the answer):
+//!
+//! ```text
+//! latencyMs        delay before answering
+//! hang             accept the request and never answer (until cleared)
+//! reset            close the connection with a TCP RST            (replaces the answer)
+//! httpStatus       answer this status, 400-599                     (replaces the answer)
+//! retryAfterSecs   with httpStatus: send Retry-After: <seconds>
+//! graphqlError     a GraphQL error; partialData keeps the data
+//! malformedJson    200 with a body that is not JSON                (replaces the answer)
+//! bodyBytes        200 with a valid JSON body of this many bytes,
+//!                  streamed (100 MB costs no memory)               (replaces the answer)
+//! nestedDepth      200 with valid JSON nested this deep, streamed  (replaces the answer)
+//! invalidUtf8      200 with JSON holding bytes that are not UTF-8  (replaces the answer)
+//! redirectTo       307 to this absolute URL                        (replaces the answer)
+//! trickleMs        send whatever body one byte at a time, this many ms apart
+//! untrustedTls     serve HTTPS with a self-signed certificate (for connections
+//!                  accepted from then on)
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;

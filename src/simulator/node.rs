@@ -127,10 +127,33 @@ pub struct Faults {
     pub reset: bool,
     /// Accept the request and never answer, until this fault is cleared.
     pub hang: bool,
+    /// Send the answer's body one byte at a time, this many milliseconds apart
+    /// (the headers go at once). 0: off.
+    pub trickle_ms: u64,
+    /// Answer 200 with a valid JSON body whose arrays nest this many levels deep.
+    pub nested_depth: Option<u32>,
+    /// Answer 200 with a JSON body holding bytes that are not UTF-8.
+    pub invalid_utf8: bool,
+    /// Answer 307 Temporary Redirect to this absolute URL.
+    pub redirect_to: Option<String>,
+    /// With `httpStatus`: send `Retry-After: <seconds>` (429 and 503 use it).
+    pub retry_after_secs: Option<u64>,
+    /// Serve HTTPS with a self-signed certificate that no client trusts. Read when a
+    /// connection is accepted: connections already open keep their protocol.
+    pub untrusted_tls: bool,
 }
 
 /// The largest latency a node can be told to add (10 minutes).
 pub const MAX_LATENCY_MS: u64 = 600_000;
+
+/// The deepest nesting a node can be told to answer with (a 2 MB body).
+pub const MAX_NESTED_DEPTH: u32 = 1_000_000;
+
+/// The longest `redirectTo` URL.
+pub const MAX_REDIRECT_LEN: usize = 2048;
+
+/// The slowest trickle: one byte a minute.
+pub const MAX_TRICKLE_MS: u64 = 60_000;
 
 impl Faults {
     /// Checks that the faults make sense together.
@@ -151,15 +174,44 @@ impl Faults {
         if self.partial_data && self.graphql_error.is_none() {
             return Err("partialData needs graphqlError".to_owned());
         }
+        if self.retry_after_secs.is_some() && self.http_status.is_none() {
+            return Err("retryAfterSecs needs httpStatus".to_owned());
+        }
+        if self.trickle_ms > MAX_TRICKLE_MS {
+            return Err(format!(
+                "trickleMs {} is above the maximum {MAX_TRICKLE_MS}",
+                self.trickle_ms
+            ));
+        }
+        if let Some(depth) = self.nested_depth
+            && !(1..=MAX_NESTED_DEPTH).contains(&depth)
+        {
+            return Err(format!(
+                "nestedDepth {depth} is outside 1..={MAX_NESTED_DEPTH}"
+            ));
+        }
+        if let Some(url) = &self.redirect_to {
+            if url.is_empty() || url.len() > MAX_REDIRECT_LEN {
+                return Err(format!(
+                    "redirectTo must be 1..={MAX_REDIRECT_LEN} characters"
+                ));
+            }
+            if url.chars().any(|c| c.is_control() || !c.is_ascii()) {
+                return Err("redirectTo must be printable ASCII (a header value)".to_owned());
+            }
+        }
         let answers = [
             self.http_status.is_some(),
             self.malformed_json,
             self.body_bytes.is_some(),
             self.reset,
+            self.nested_depth.is_some(),
+            self.invalid_utf8,
+            self.redirect_to.is_some(),
         ];
         if answers.iter().filter(|on| **on).count() > 1 {
             return Err(
-                "at most one of httpStatus, malformedJson, bodyBytes and reset can be set"
+                "at most one of httpStatus, malformedJson, bodyBytes, reset, nestedDepth, invalidUtf8 and redirectTo can be set"
                     .to_owned(),
             );
         }
@@ -171,11 +223,20 @@ impl Faults {
         if self.reset {
             Answer::Reset
         } else if let Some(status) = self.http_status {
-            Answer::HttpStatus(status)
+            match self.retry_after_secs {
+                Some(secs) => Answer::RetryAfter(status, secs),
+                None => Answer::HttpStatus(status),
+            }
         } else if self.malformed_json {
             Answer::MalformedJson
         } else if let Some(bytes) = self.body_bytes {
             Answer::Sized(bytes)
+        } else if let Some(depth) = self.nested_depth {
+            Answer::Nested(depth)
+        } else if self.invalid_utf8 {
+            Answer::InvalidUtf8
+        } else if let Some(url) = &self.redirect_to {
+            Answer::Redirect(url.clone())
         } else {
             match &self.graphql_error {
                 Some(message) => Answer::GraphqlError {
@@ -192,10 +253,20 @@ impl Faults {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Normal,
-    GraphqlError { message: String, partial: bool },
+    GraphqlError {
+        message: String,
+        partial: bool,
+    },
     HttpStatus(u16),
+    /// The status, with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
     MalformedJson,
     Sized(u64),
+    /// A JSON body nested this deep.
+    Nested(u32),
+    InvalidUtf8,
+    /// 307 to this URL.
+    Redirect(String),
     Reset,
 }
 
@@ -285,6 +356,31 @@ mod tests {
                 latency_ms: MAX_LATENCY_MS + 1,
                 ..Default::default()
             },
+            Faults {
+                retry_after_secs: Some(3),
+                ..Default::default()
+            },
+            Faults {
+                nested_depth: Some(0),
+                ..Default::default()
+            },
+            Faults {
+                nested_depth: Some(MAX_NESTED_DEPTH + 1),
+                ..Default::default()
+            },
+            Faults {
+                invalid_utf8: true,
+                redirect_to: Some("http://x/".into()),
+                ..Default::default()
+            },
+            Faults {
+                redirect_to: Some("http://x/\r\nSet-Cookie: a=b".into()),
+                ..Default::default()
+            },
+            Faults {
+                trickle_ms: MAX_TRICKLE_MS + 1,
+                ..Default::default()
+            },
         ] {
             assert!(bad.check().is_err(), "{bad:?} should be refused");
         }
@@ -294,5 +390,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(reset_wins.answer(), Answer::Reset);
+        let limited = Faults {
+            http_status: Some(429),
+            retry_after_secs: Some(3),
+            ..Default::default()
+        };
+        assert!(limited.check().is_ok());
+        assert_eq!(limited.answer(), Answer::RetryAfter(429, 3));
+        let hostile = Faults {
+            nested_depth: Some(500),
+            trickle_ms: 10,
+            untrusted_tls: true,
+            ..Default::default()
+        };
+        assert!(
+            hostile.check().is_ok(),
+            "trickle and TLS go with any answer"
+        );
+        assert_eq!(hostile.answer(), Answer::Nested(500));
     }
 }

@@ -2,7 +2,7 @@
 //! faults can act on the connection itself (a TCP reset) as well as on answers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -55,11 +55,13 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
                 continue;
             }
         };
+        let tls = node.faults.borrow().untrusted_tls;
         tokio::spawn(connection(
             stream,
             router.clone(),
             node.cancel.clone(),
             node.addr,
+            tls,
         ));
     }
 }
@@ -69,6 +71,7 @@ async fn connection(
     router: Router,
     cancel: CancellationToken,
     addr: SocketAddr,
+    tls: bool,
 ) {
     // A second handle on the socket, to set SO_LINGER=0 (an RST on close) when a
     // reset fault fires while hyper owns the stream.
@@ -78,9 +81,32 @@ async fn connection(
     let switch = ResetSwitch(Arc::new(Notify::new()));
     let service = router.layer(axum::Extension(switch.clone()));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let served = async {
+        if !tls {
+            return builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .await;
+        }
+        let Some(acceptor) = untrusted_tls() else {
+            return Ok(());
+        };
+        let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(stream)) => {
+                builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .await
+            }
+            // The client refused the certificate, as it should.
+            Ok(Err(e)) => {
+                tracing::debug!(node = %addr, error = %e, "TLS handshake failed");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    };
     tokio::select! {
-        result = conn => {
+        result = served => {
             if let Err(e) = result {
                 tracing::debug!(node = %addr, error = %e, "connection ended with an error");
             }
@@ -92,6 +118,38 @@ async fn connection(
         }
         _ = cancel.cancelled() => {}
     }
+}
+
+/// A TLS acceptor with a self-signed certificate for `untrusted.invalid`: what the
+/// `untrustedTls` fault serves. Made once per process.
+fn untrusted_tls() -> Option<tokio_rustls::TlsAcceptor> {
+    static ACCEPTOR: OnceLock<Option<tokio_rustls::TlsAcceptor>> = OnceLock::new();
+    ACCEPTOR
+        .get_or_init(|| {
+            let made = (|| -> Result<rustls::ServerConfig, String> {
+                let key = rcgen::generate_simple_self_signed(vec!["untrusted.invalid".to_owned()])
+                    .map_err(|e| e.to_string())?;
+                let der =
+                    rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der())
+                        .map_err(|e| e.to_owned())?;
+                rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_single_cert(vec![key.cert.der().clone()], der)
+                .map_err(|e| e.to_string())
+            })();
+            match made {
+                Ok(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot make the untrusted TLS certificate");
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 fn split_handle(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {
@@ -131,24 +189,73 @@ async fn graphql(
     } else {
         faults
     };
-    match faults.answer() {
+    let response = match faults.answer() {
         Answer::Reset => {
             switch.0.notify_one();
             std::future::pending().await
         }
-        Answer::HttpStatus(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, format!("simulated HTTP {code}\n")).into_response()
+        Answer::HttpStatus(code) => status_response(code),
+        Answer::RetryAfter(code, secs) => {
+            let mut response = status_response(code);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
         }
         Answer::MalformedJson => json_response(Body::from(
             r#"{"data": {"daemonStatus": {"syncStatus": "SYN"#,
         )),
         Answer::Sized(bytes) => json_response(sized_body(bytes)),
+        Answer::Nested(depth) => json_response(nested_body(depth)),
+        Answer::InvalidUtf8 => json_response(Body::from(
+            &b"{\"data\": {\"version\": \"3.0.0-\xff\xfe\"}}"[..],
+        )),
+        Answer::Redirect(url) => match HeaderValue::from_str(&url) {
+            Ok(location) => {
+                let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            Err(_) => status_response(500),
+        },
         Answer::Normal => execute(&ctx, &body, None).await,
         Answer::GraphqlError { message, partial } => {
             execute(&ctx, &body, Some((message, partial))).await
         }
+    };
+    if faults.trickle_ms > 0 {
+        trickled(response, Duration::from_millis(faults.trickle_ms))
+    } else {
+        response
     }
+}
+
+fn status_response(code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, format!("simulated HTTP {code}\n")).into_response()
+}
+
+/// The same response with its body sent one byte at a time, `delay` apart.
+fn trickled(response: Response, delay: Duration) -> Response {
+    let (mut parts, body) = response.into_parts();
+    // The length no longer says when the body ends: it is chunked now.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let bytes = body
+        .into_data_stream()
+        .flat_map(|chunk| match chunk {
+            Ok(chunk) => futures::stream::iter(
+                (0..chunk.len())
+                    .map(move |i| Ok(chunk.slice(i..i + 1)))
+                    .collect::<Vec<_>>(),
+            )
+            .left_stream(),
+            Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+        })
+        .then(move |byte| async move {
+            tokio::time::sleep(delay).await;
+            byte
+        });
+    Response::from_parts(parts, Body::from_stream(bytes))
 }
 
 async fn execute(ctx: &NodeCtx, body: &[u8], error: Option<(String, bool)>) -> Response {
@@ -196,23 +303,59 @@ fn json_response(body: Body) -> Response {
 fn sized_body(bytes: u64) -> Body {
     const HEAD: &[u8] = br#"{"data":{"version":""#;
     const TAIL: &[u8] = br#""}}"#;
-    const CHUNK: usize = 64 * 1024;
     let overhead = (HEAD.len() + TAIL.len()) as u64;
-    let mut padding = bytes.saturating_sub(overhead);
-    let chunks = futures::stream::iter(std::iter::once(bytes::Bytes::from_static(HEAD)))
-        .chain(futures::stream::iter(std::iter::from_fn(move || {
-            if padding == 0 {
+    streamed(&[
+        Piece::Text(HEAD),
+        Piece::Repeat(b'x', bytes.saturating_sub(overhead)),
+        Piece::Text(TAIL),
+    ])
+}
+
+/// `{"data":{"nested":[[...1...]]}}` with `depth` levels in all, streamed.
+fn nested_body(depth: u32) -> Body {
+    let arrays = u64::from(depth.saturating_sub(2));
+    streamed(&[
+        Piece::Text(br#"{"data":{"nested":"#),
+        Piece::Repeat(b'[', arrays),
+        Piece::Text(b"1"),
+        Piece::Repeat(b']', arrays),
+        Piece::Text(b"}}"),
+    ])
+}
+
+/// Part of a streamed body: fixed text, or one byte repeated.
+#[derive(Clone, Copy)]
+enum Piece {
+    Text(&'static [u8]),
+    Repeat(u8, u64),
+}
+
+/// A body made of `pieces`, produced in chunks of at most 64 KiB as it is sent.
+fn streamed(pieces: &[Piece]) -> Body {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = futures::stream::iter(pieces.to_vec()).flat_map(|piece| {
+        let mut left = match piece {
+            Piece::Text(_) => 1,
+            Piece::Repeat(_, n) => n,
+        };
+        futures::stream::iter(std::iter::from_fn(move || {
+            if left == 0 {
                 return None;
             }
-            let n = usize::try_from(padding.min(CHUNK as u64)).unwrap_or(CHUNK);
-            padding -= n as u64;
-            Some(bytes::Bytes::from(vec![b'x'; n]))
-        })))
-        .chain(futures::stream::iter(std::iter::once(
-            bytes::Bytes::from_static(TAIL),
-        )))
-        .map(Ok::<_, std::convert::Infallible>);
-    Body::from_stream(chunks)
+            match piece {
+                Piece::Text(text) => {
+                    left = 0;
+                    Some(bytes::Bytes::from_static(text))
+                }
+                Piece::Repeat(byte, _) => {
+                    let n = left.min(CHUNK);
+                    left -= n;
+                    Some(bytes::Bytes::from(vec![byte; n as usize]))
+                }
+            }
+        }))
+    });
+    Body::from_stream(chunks.map(Ok::<_, std::convert::Infallible>))
 }
 
 impl Node {
