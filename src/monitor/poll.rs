@@ -255,13 +255,20 @@ impl Poller {
             return Err(PollFailure::TooLarge(self.max_bytes));
         }
         // Enforced while reading: a body without (or lying about) its length stops at the cap.
+        let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         let mut bytes = Vec::new();
         let mut depth = DepthScanner::default();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if bytes.len() as u64 + chunk.len() as u64 > self.max_bytes {
+            let needed = bytes.len().saturating_add(chunk.len());
+            if needed > cap {
                 return Err(PollFailure::TooLarge(self.max_bytes));
             }
             depth.feed(&chunk)?;
+            if needed > bytes.capacity() {
+                // Doubling, but never past the cap: a poll holds at most `max_bytes`.
+                let target = needed.max(bytes.capacity().saturating_mul(2)).min(cap);
+                bytes.reserve_exact(target - bytes.len());
+            }
             bytes.extend_from_slice(&chunk);
         }
         Ok(bytes)
