@@ -193,6 +193,136 @@ async fn the_router_answers_every_kind_of_review() {
     assert!(answer["response"]["patch"].is_null(), "{answer}");
 }
 
+/// The webhooks' timeout (`webhooks/*.yaml`): every answer must come well within it.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn rule(i: usize, trigger: Value) -> Value {
+    json!({"name": format!("r{i}"), "action": "restart_pod", "trigger": trigger})
+}
+
+/// Hostile manifests, each through both hooks in-process: (what, spec, the refusal
+/// expected, or None when it must be allowed).
+fn hostile_manifests() -> Vec<(&'static str, Value, Option<String>)> {
+    let up = json!({"field": "$up", "condition": "equals", "value": false});
+    let text_query = "query { version daemonStatus { syncStatus } }";
+    let backtracking = json!({"field": "version", "condition": "matches", "value": "^(a+)+$"});
+    // Unicode \w is large: 2,500 of them compile past the regex size limit.
+    let too_big = json!({"field": "version", "condition": "matches", "value": "(\\w{50}){50}"});
+    let unicode =
+        json!({"field": "version", "condition": "matches", "value": "[\\w.-]+@[\\w.-]+\\.\\w+"});
+    vec![
+        (
+            "a 1 MiB TargetApp",
+            json!({"selector": {}, "stateQuery": format!("query {{ {} }}", "v: version ".repeat(95_326))}),
+            Some("spec: the spec is 1048".to_owned()),
+        ),
+        (
+            "a 16 KiB query",
+            json!({"selector": {}, "stateQuery": format!("query {{ {} }}", "v: version ".repeat(1_500))}),
+            Some("spec.stateQuery: the query is 16510 bytes; at most 16384 are allowed".to_owned()),
+        ),
+        (
+            "1,000 rules",
+            json!({"selector": {}, "actions": (0..1000).map(|i| rule(i, up.clone())).collect::<Vec<_>>()}),
+            Some("spec.actions: 1000 rules; at most 100 are allowed per TargetApp".to_owned()),
+        ),
+        (
+            "100 rules (the limit)",
+            json!({"selector": {}, "actions": (0..100).map(|i| rule(i, up.clone())).collect::<Vec<_>>()}),
+            None,
+        ),
+        (
+            "a query nested 500 levels deep",
+            json!({"selector": {}, "stateQuery": format!("query {{ {}version{} }}",
+                "daemonStatus { ".repeat(499), " }".repeat(499))}),
+            Some(
+                "spec.stateQuery: the query nests 500 levels deep; at most 32 are allowed"
+                    .to_owned(),
+            ),
+        ),
+        (
+            "a regex built to backtrack (the regex crate matches in linear time)",
+            json!({"selector": {}, "stateQuery": text_query, "actions": [rule(0, backtracking)]}),
+            None,
+        ),
+        (
+            "100 rules, each a Unicode-class regex within the size limit",
+            json!({"selector": {}, "stateQuery": text_query,
+                "actions": (0..100).map(|i| rule(i, unicode.clone())).collect::<Vec<_>>()}),
+            None,
+        ),
+        (
+            "100 rules, each a regex past the compiled size limit",
+            json!({"selector": {}, "stateQuery": text_query,
+                "actions": (0..100).map(|i| rule(i, too_big.clone())).collect::<Vec<_>>()}),
+            Some(
+                "spec.actions[99].trigger.value: invalid regex: Compiled regex exceeds size limit"
+                    .to_owned(),
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_manifests_are_answered_within_the_timeout_and_refused_with_the_field() {
+    for (what, spec, refusal) in hostile_manifests() {
+        let body = serde_json::to_vec(&review(targetapp_kind(), app(spec))).unwrap();
+        assert!(
+            body.len() <= MAX_REVIEW_BYTES,
+            "{what}: {} bytes",
+            body.len()
+        );
+        for hook in ["/validate/targetapp", "/mutate/targetapp"] {
+            let started = Instant::now();
+            let (status, answer) = call(hook, body.clone()).await;
+            let took = started.elapsed();
+            println!(
+                "{what}: {hook} answered in {took:?} ({} KiB)",
+                body.len() / 1024
+            );
+            assert!(took < WEBHOOK_TIMEOUT, "{what}: {hook} took {took:?}");
+            assert_eq!(status, 200, "{what}: {answer}");
+            if hook == "/mutate/targetapp" {
+                assert_eq!(answer["response"]["allowed"], true, "{what}: {answer}");
+                continue;
+            }
+            let message = answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap_or_default();
+            match &refusal {
+                Some(needle) => {
+                    assert_eq!(answer["response"]["allowed"], false, "{what}: {answer}");
+                    assert!(
+                        message.contains(needle.as_str()),
+                        "{what}: {needle:?} not in {message}"
+                    );
+                }
+                None => assert_eq!(answer["response"]["allowed"], true, "{what}: {message}"),
+            }
+        }
+    }
+
+    // The accepted backtracking regex stays linear when it runs: a 1 MB string that
+    // almost matches is decided at once.
+    let trigger: kco::targetapp::Trigger = serde_json::from_value(
+        json!({"field": "version", "condition": "matches", "value": "^(a+)+$"}),
+    )
+    .unwrap();
+    let condition = kco::triggers::Condition::compile(&trigger).unwrap();
+    let data = json!({"version": format!("{}b", "a".repeat(1_000_000))});
+    let started = Instant::now();
+    let observation = kco::triggers::Observation {
+        data: Some(&data),
+        up: true,
+    };
+    assert!(!condition.holds(&observation, None));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn base64_decode(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
@@ -331,6 +461,37 @@ async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_def
         apps.get_opt("worse").await.unwrap().is_none(),
         "nothing stored"
     );
+
+    // Hostile manifests reach the webhooks (the apiserver takes up to 3 MiB) and are
+    // refused with the field, in time.
+    let up = json!({"field": "$up", "condition": "equals", "value": false});
+    for (name, spec, needle) in [
+        (
+            "megabyte",
+            json!({"selector": {}, "stateQuery": format!("query {{ {} }}", "v: version ".repeat(95_326))}),
+            "spec: the spec is 1048",
+        ),
+        (
+            "many-rules",
+            json!({"selector": {}, "actions": (0..1000).map(|i| rule(i, up.clone())).collect::<Vec<_>>()}),
+            "spec.actions: 1000 rules; at most 100",
+        ),
+    ] {
+        let started = Instant::now();
+        let err = apps
+            .create(&PostParams::default(), &targetapp(name, spec))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        println!("{name}: refused through the apiserver in {took:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("denied the request") && text.contains(needle),
+            "{name}: {text}"
+        );
+        assert!(took < WEBHOOK_TIMEOUT, "{name}: {took:?}");
+        assert!(apps.get_opt(name).await.unwrap().is_none(), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

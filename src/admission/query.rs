@@ -98,9 +98,73 @@ pub struct QueryShape {
     leaf_types: BTreeMap<String, LeafType>,
 }
 
+/// The longest state query accepted, in bytes (Mina's health query is ~200).
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+/// The deepest nesting of selection sets, lists and input objects in a query.
+/// Checked on the text before parsing, so a hostile query never reaches the
+/// recursive parser and validator.
+pub const MAX_QUERY_DEPTH: usize = 32;
+
+/// How deep `{`, `[` and `(` nest in a GraphQL document, skipping strings, block
+/// strings and comments.
+fn query_depth(query: &str) -> usize {
+    let bytes = query.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    // An escaped triple quote does not end a block string.
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
+}
+
 /// Checks that `query` parses, is valid against `schema`, holds exactly one
-/// operation, and that it is a query. Returns every problem found.
+/// operation, and that it is a query. Returns every problem found. Queries longer
+/// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_QUERY_DEPTH`] are refused
+/// before they are parsed.
 pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<String>> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(vec![format!(
+            "the query is {} bytes; at most {MAX_QUERY_BYTES} are allowed",
+            query.len()
+        )]);
+    }
+    let depth = query_depth(query);
+    if depth > MAX_QUERY_DEPTH {
+        return Err(vec![format!(
+            "the query nests {depth} levels deep; at most {MAX_QUERY_DEPTH} are allowed"
+        )]);
+    }
     let document = match ExecutableDocument::parse_and_validate(&schema.schema, query, "stateQuery")
     {
         Ok(document) => document,
@@ -383,6 +447,64 @@ mod tests {
 
     fn path(p: &str) -> FieldPath {
         p.parse().unwrap()
+    }
+
+    #[test]
+    fn depth_counts_nesting_outside_strings_and_comments() {
+        assert_eq!(query_depth(DEFAULT_STATE_QUERY), 3);
+        assert_eq!(query_depth("{ a(x: [[1]], y: {z: 2}) }"), 4);
+        assert_eq!(query_depth("{ a(s: \"{{{{\\\"{{\") }"), 2);
+        assert_eq!(query_depth("{ a(s: \"\"\" {{{ \\\"\"\" {{ \"\"\") }"), 2);
+        assert_eq!(query_depth("# {{{{{{\n{ a }"), 1);
+        assert_eq!(query_depth("}}}} { a }"), 1);
+        // Unterminated strings and block strings end the scan, never panic.
+        assert_eq!(query_depth("{ a(s: \"{{{"), 2);
+        assert_eq!(query_depth("{ a(s: \"\"\"{{{"), 2);
+        assert_eq!(query_depth("\"\\"), 0);
+    }
+
+    #[test]
+    fn hostile_queries_are_refused_before_parsing() {
+        let schema = QuerySchema::mina();
+        let deep = format!(
+            "query {{ {}version{} }}",
+            "daemonStatus { ".repeat(499),
+            " }".repeat(499)
+        );
+        assert_eq!(
+            check_query(&schema, &deep).unwrap_err(),
+            ["the query nests 500 levels deep; at most 32 are allowed"]
+        );
+        let long = format!("query {{ {} }}", "version ".repeat(3000));
+        let refused = check_query(&schema, &long).unwrap_err();
+        assert!(
+            refused[0].starts_with("the query is 24010 bytes; at most 16384"),
+            "{refused:?}"
+        );
+        // At the limits: parsed and checked as usual.
+        let nested = |depth: usize| {
+            format!(
+                "query {{ {}b{} }}",
+                "a { ".repeat(depth - 1),
+                " }".repeat(depth - 1)
+            )
+        };
+        let at_limit = check_query(&schema, &nested(MAX_QUERY_DEPTH)).unwrap_err();
+        assert!(
+            at_limit.iter().all(|p| !p.contains("nests")),
+            "{at_limit:?}"
+        );
+        let over = check_query(&schema, &nested(MAX_QUERY_DEPTH + 1)).unwrap_err();
+        assert_eq!(
+            over,
+            ["the query nests 33 levels deep; at most 32 are allowed"]
+        );
+        let just = format!(
+            "query {{ daemonStatus {{ peers {{ peerId }} }} {} }}",
+            "v: version ".repeat(1000)
+        );
+        assert!(just.len() <= MAX_QUERY_BYTES);
+        assert!(check_query(&schema, &just).is_ok());
     }
 
     #[test]

@@ -46,6 +46,14 @@ impl Verdict {
     }
 }
 
+/// The most rules (`spec.actions`) one TargetApp may hold: every rule is evaluated
+/// on every poll of every target.
+pub const MAX_RULES: usize = 100;
+
+/// The largest spec accepted, in bytes of JSON: far above any real TargetApp, far
+/// below what would make validation or a poll's evaluation slow.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
 /// Validates TargetApps against the built-in Mina schema, or a schema given for
 /// objects that name a ConfigMap schema.
 pub struct Validator {
@@ -96,6 +104,27 @@ impl Validator {
         let spec = &app.spec;
         let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
         let quota = self.tenants.effective(namespace);
+
+        // Size limits first: beyond them nothing else is looked at, so that a hostile
+        // object costs no more than reading it.
+        let size = serde_json::to_vec(spec).map_or(usize::MAX, |bytes| bytes.len());
+        if size > MAX_SPEC_BYTES {
+            v.refuse(
+                "spec",
+                format!("the spec is {size} bytes of JSON; at most {MAX_SPEC_BYTES} are allowed"),
+            );
+            return v;
+        }
+        if spec.actions.len() > MAX_RULES {
+            v.refuse(
+                "spec.actions",
+                format!(
+                    "{} rules; at most {MAX_RULES} are allowed per TargetApp (split them across TargetApps)",
+                    spec.actions.len()
+                ),
+            );
+            return v;
+        }
 
         if spec.polling_interval == Some(0) {
             v.refuse("spec.pollingInterval", "must be at least 1 second");
@@ -195,8 +224,19 @@ impl Validator {
             None => None,
         };
 
+        // Triggers that failed here are not compiled again below (a regex at the size
+        // limit costs milliseconds to refuse).
+        let mut failed_triggers = std::collections::BTreeSet::new();
         if let Err(problems) = triggers::compile(&spec.actions) {
             for p in problems {
+                if let Some(index) = p
+                    .path
+                    .strip_prefix("spec.actions[")
+                    .and_then(|rest| rest.split_once("].trigger"))
+                    .and_then(|(index, _)| index.parse::<usize>().ok())
+                {
+                    failed_triggers.insert(index);
+                }
                 v.refuse(p.path, p.message);
             }
         }
@@ -247,6 +287,9 @@ impl Validator {
                     };
                     v.refuse(path, p.message);
                 }
+            }
+            if failed_triggers.contains(&i) {
+                continue;
             }
             let (Some(shape), Ok(condition)) =
                 (&shape, triggers::Condition::compile(&rule.trigger))
@@ -362,6 +405,39 @@ mod tests {
                 .warnings
                 .iter()
                 .any(|w| w.contains("serviceAccountName"))
+        );
+    }
+
+    #[test]
+    fn size_limits_refuse_before_anything_else_is_checked() {
+        let rule = json!({"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}});
+        let v = Validator::new();
+        let at_limit = v.validate(
+            &app(json!({"selector": {}, "actions": vec![rule.clone(); MAX_RULES]})),
+            None,
+        );
+        assert!(!paths(&at_limit).contains(&"spec.actions"), "{at_limit:?}");
+        let over = v.validate(
+            &app(json!({"pollingInterval": 0, "actions": vec![rule; MAX_RULES + 1]})),
+            None,
+        );
+        assert_eq!(
+            over.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "spec.actions: 101 rules; at most 100 are allowed per TargetApp (split them across TargetApps)"
+            ]
+        );
+        let huge = v.validate(
+            &app(json!({"selector": {}, "stateQuery": "x".repeat(MAX_SPEC_BYTES)})),
+            None,
+        );
+        assert_eq!(paths(&huge), ["spec"], "{huge:?}");
+        assert!(
+            huge.problems[0].message.contains("at most 262144"),
+            "{huge:?}"
         );
     }
 
