@@ -71,7 +71,7 @@ impl FromStr for FieldPath {
             if segment == "$up" {
                 return Err(PathError::MisplacedUp);
             }
-            if !is_name(segment) && segment.parse::<usize>().is_err() {
+            if !is_name(segment) && !is_index(segment) {
                 return Err(PathError::BadSegment(segment.clone()));
             }
         }
@@ -89,6 +89,11 @@ fn is_name(s: &str) -> bool {
         .next()
         .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// A list index: ASCII digits only (`usize`'s parser alone would also take `+1`).
+fn is_index(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<usize>().is_ok()
 }
 
 impl fmt::Display for FieldPath {

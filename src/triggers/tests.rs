@@ -215,6 +215,17 @@ fn paths_index_lists_count_them_and_read_up() {
 }
 
 #[test]
+fn fuzz_regression_an_index_is_digits_only() {
+    // fuzz/ (trigger_path) found `+01` accepted: `usize::from_str` takes a sign.
+    for bad in ["+01", "a.+0.b", "bestChain.+1.stateHash", "a. 1"] {
+        assert!(bad.parse::<FieldPath>().is_err(), "{bad:?}");
+    }
+    let data = json!({"list": ["zero", "one"]});
+    let path = "list.01".parse::<FieldPath>().unwrap();
+    assert_eq!(path.resolve(Some(&data), true), Some(json!("one")));
+}
+
+#[test]
 fn up_and_list_length_as_triggers() {
     let down =
         Condition::compile(&trigger("$up", ConditionKind::Equals, Some(json!(false)))).unwrap();
@@ -568,4 +579,26 @@ fn numbers_parse_strictly() {
         );
     }
     assert_eq!(Num::from_value(&json!(true)), None);
+}
+
+#[test]
+fn an_offset_never_overflows() {
+    // Found while writing fuzz/ (trigger_eval): the largest integer a digit string
+    // can hold plus an offset overflowed i128 (a panic in debug builds, a wrap in release).
+    let mut t = trigger("d.a", ConditionKind::GreaterThan, None);
+    t.value_from = Some(ValueFrom {
+        field: "d.b".into(),
+        offset: Some(1.0),
+    });
+    let c = Condition::compile(&t).unwrap();
+    let max = i128::MAX.to_string();
+    assert!(!c.holds(&obs(&json!({"d": {"a": max, "b": max}})), None));
+    assert_eq!(
+        Num::Int(i128::MAX).plus(1.0),
+        Num::Float(i128::MAX as f64 + 1.0)
+    );
+    assert_eq!(
+        Num::Int(i128::MIN).plus(-1.0),
+        Num::Float(i128::MIN as f64 - 1.0)
+    );
 }

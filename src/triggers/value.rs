@@ -62,7 +62,10 @@ impl Num {
     pub fn plus(self, offset: f64) -> Num {
         match self {
             Num::Int(i) if offset.fract() == 0.0 && offset.abs() < 9.0e15 => {
-                Num::Int(i + offset as i128)
+                match i.checked_add(offset as i128) {
+                    Some(sum) => Num::Int(sum),
+                    None => Num::Float(i as f64 + offset),
+                }
             }
             other => Num::Float(other.as_f64() + offset),
         }

@@ -1,0 +1,127 @@
+//! The input as an AdmissionReview body, answered by each webhook endpoint
+//! (`/validate/targetapp`, `/mutate/targetapp`, `/validate/tenantquota`) exactly
+//! as the HTTPS server does (`Admission::review`, no I/O).
+//!
+//! Invariants: every answer is a 200 AdmissionReview whose response carries the
+//! request's uid, or a 400 with an error when (and only when) the body is not a
+//! decodable review with a request; a refusal always says why and never "internal
+//! error"; a defaulting patch is base64 JSONPatch that applies to the object,
+//! writes exactly the defaults, and defaulting the patched object changes nothing.
+
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use base64::Engine as _;
+use kco::admission::Validator;
+use kco::admission::cache::Caches;
+use kco::admission::defaults::{self, Defaults};
+use kco::admission::review::{Admission, Hook, MAX_REVIEW_BYTES};
+use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionRequest, AdmissionReview};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+static ADMISSION: LazyLock<Admission> = LazyLock::new(|| {
+    let caches = Caches::default();
+    caches.mark_synced();
+    caches.put_account("chain", "kco-actions");
+    caches.put_configmap(
+        "chain",
+        "schema",
+        BTreeMap::from([(
+            "sdl".to_owned(),
+            "type Query { status: Status! peers: [String!]! }\n\
+             type Status { height: Int! sync: Sync! }\n\
+             enum Sync { SYNCED CATCHUP }"
+                .to_owned(),
+        )]),
+    );
+    Admission::new(
+        Arc::new(Validator::new()),
+        kco::tenancy::Tenants::new(kco::tenancy::Quota::default()),
+        Defaults::default(),
+        caches,
+    )
+});
+
+fn request(body: &[u8]) -> Option<AdmissionRequest<DynamicObject>> {
+    if body.len() > MAX_REVIEW_BYTES {
+        return None;
+    }
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).ok()?;
+    review.try_into().ok()
+}
+
+fn check(hook: Hook, body: &[u8], request: Option<&AdmissionRequest<DynamicObject>>) -> Value {
+    let answer = ADMISSION.review(hook, body);
+    let Some(request) = request else {
+        assert_eq!(answer.status, 400, "{hook:?}: {}", answer.body);
+        assert!(answer.body["error"].is_string(), "{}", answer.body);
+        return Value::Null;
+    };
+    assert_eq!(answer.status, 200, "{hook:?}: {}", answer.body);
+    let review = &answer.body;
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1", "{review}");
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    let response = &review["response"];
+    assert_eq!(
+        response["uid"].as_str(),
+        Some(request.uid.as_str()),
+        "{review}"
+    );
+    let allowed = response["allowed"].as_bool().expect("allowed is a boolean");
+    if !allowed {
+        let message = response["status"]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "a refusal says why: {review}");
+        assert!(!message.contains("internal error"), "{review}");
+        assert!(response.get("patch").is_none_or(Value::is_null), "{review}");
+    }
+    response.clone()
+}
+
+fuzz_target!(|body: &[u8]| {
+    let request = request(body);
+    check(Hook::Validate, body, request.as_ref());
+    check(Hook::ValidateQuota, body, request.as_ref());
+    let response = check(Hook::Mutate, body, request.as_ref());
+
+    let Some(patch) = response.get("patch").and_then(Value::as_str) else {
+        return;
+    };
+    assert_eq!(response["patchType"], "JSONPatch", "{response}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .expect("the patch is base64");
+    let ops: json_patch::Patch = serde_json::from_slice(&bytes).expect("the patch is a JSON patch");
+    assert!(!ops.0.is_empty(), "an empty patch is not sent");
+    let Some(request) = request else {
+        unreachable!("a patch answers a request");
+    };
+    let mut object = serde_json::to_value(request.object.as_ref().expect("a patched object"))
+        .expect("the object encodes");
+    let mut expected = object["spec"].clone();
+    defaults::apply(&mut expected, Defaults::default());
+    json_patch::patch(&mut object, &ops).expect("the defaulting patch applies to the object");
+    assert_eq!(
+        object["spec"], expected,
+        "the patch writes exactly the defaults"
+    );
+    assert!(
+        defaults::patch(&object, Defaults::default()).0.is_empty(),
+        "defaulting is idempotent: {object}"
+    );
+
+    // The defaulted object, reviewed again, needs no patch.
+    let mut again: Value = serde_json::from_slice(body).expect("the review was JSON");
+    again["request"]["object"] = object;
+    let again = serde_json::to_vec(&again).expect("encodes");
+    if let Some(request) = self::request(&again) {
+        let response = check(Hook::Mutate, &again, Some(&request));
+        assert!(
+            response.get("patch").is_none_or(Value::is_null),
+            "{response}"
+        );
+    }
+});
