@@ -71,6 +71,18 @@ impl Admission {
             Ok(review) => review,
             Err(e) => return bad_request(format!("cannot decode the AdmissionReview: {e}")),
         };
+        // The answer echoes the review's type: answer only what the webhooks are
+        // registered for (admissionReviewVersions: [v1]).
+        if (
+            review.types.api_version.as_str(),
+            review.types.kind.as_str(),
+        ) != ("admission.k8s.io/v1", "AdmissionReview")
+        {
+            return bad_request(format!(
+                "the body is {} {}, not an admission.k8s.io/v1 AdmissionReview",
+                review.types.api_version, review.types.kind
+            ));
+        }
         let request: AdmissionRequest<DynamicObject> = match review.try_into() {
             Ok(request) => request,
             Err(_) => return bad_request("the AdmissionReview has no request".to_owned()),
@@ -242,5 +254,50 @@ fn bad_request(message: String) -> Answer {
     Answer {
         status: 400,
         body: serde_json::json!({ "error": message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuzz_regression_only_a_v1_admission_review_is_answered() {
+        // fuzz/ (admission_review) found the request's kind echoed into the answer.
+        let caches = Caches::default();
+        caches.mark_synced();
+        let admission = Admission::new(
+            Arc::new(Validator::new()),
+            Tenants::new(crate::tenancy::Quota::default()),
+            Defaults::default(),
+            caches,
+        );
+        let review = |api_version: &str, kind: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "apiVersion": api_version, "kind": kind,
+                "request": {
+                    "uid": "705ab4f5", "operation": "DELETE", "userInfo": {},
+                    "kind": {"group": "operator.kco.local", "version": "v1alpha1", "kind": "TargetApp"},
+                    "resource": {"group": "operator.kco.local", "version": "v1alpha1", "resource": "targetapps"}
+                }
+            }))
+            .unwrap()
+        };
+        for (api_version, kind) in [
+            ("admission.k8s.io/v1", "AdmissiobjectonReview"),
+            ("admission.k8s.io/v1beta1", "AdmissionReview"),
+            ("", ""),
+        ] {
+            let answer = admission.review(Hook::Validate, &review(api_version, kind));
+            assert_eq!(answer.status, 400, "{api_version} {kind}: {}", answer.body);
+            assert!(answer.body["error"].as_str().unwrap().contains(kind));
+        }
+        let answer = admission.review(
+            Hook::Validate,
+            &review("admission.k8s.io/v1", "AdmissionReview"),
+        );
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body["kind"], "AdmissionReview");
+        assert_eq!(answer.body["response"]["uid"], "705ab4f5");
     }
 }
