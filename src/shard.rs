@@ -4,8 +4,9 @@
 //! (namespace, member), so when a member joins or leaves only its share moves, and
 //! every replica computes the same owner without a coordinator.
 //!
-//! A replica that cannot renew its own Lease within its duration owns nothing
-//! (the others have taken its namespaces over by then).
+//! A replica that cannot renew its own Lease for three lease durations owns
+//! nothing (the others have taken its namespaces over by then). For shorter
+//! failures, and while the Leases cannot be read, the ownership stays as it was.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -115,6 +116,36 @@ fn score(namespace: &str, member: &str) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The live members given the membership `leases` read at `now`. This replica
+/// (`me`) counts only while its own renewals succeed (`alive`). During `grace`
+/// (just after the Leases could not be read for a while, when nobody could renew)
+/// a member in `known` whose Lease still exists counts as live too: it gets one
+/// lease duration to renew before its namespaces move. A deleted Lease (a member
+/// that left) never counts.
+pub fn live_members(
+    leases: &[(String, Held)],
+    now: Timestamp,
+    me: &str,
+    alive: bool,
+    known: &[String],
+    grace: bool,
+) -> Vec<String> {
+    leases
+        .iter()
+        .filter_map(|(_, held)| {
+            let member = held.holder.clone()?;
+            // This replica knows best whether it renews: a slow apiserver can make
+            // its own Lease look stale to itself when the list arrives.
+            let counts = if member == me {
+                alive
+            } else {
+                held.live(now) || (grace && known.contains(&member))
+            };
+            counts.then_some(member)
+        })
+        .collect()
+}
+
 /// Timing of membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -152,29 +183,86 @@ impl Membership {
         }
     }
 
-    pub async fn run(self, ownership: watch::Sender<Ownership>, cancel: CancellationToken) {
+    /// Joins the shard once `listed` is set (the monitor knows every TargetApp, so
+    /// it polls what it owns at once: a replica restarting under the same name
+    /// would otherwise renew its Lease and own namespaces it cannot poll yet),
+    /// then renews and follows the membership until `cancel`.
+    pub async fn run(
+        self,
+        ownership: watch::Sender<Ownership>,
+        cancel: CancellationToken,
+        listed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        while !listed.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
         let mut renewed: Option<Instant> = None;
+        // While the Leases cannot be read (the apiserver is down or restarting), no
+        // member can renew: keep the ownership as it was, and for one lease
+        // duration after they can be read again, do not judge the members known
+        // before by Leases they could not renew (see `live_members`).
+        let mut unreadable = false;
+        let mut grace_until: Option<Instant> = None;
+        let mut waited_for_others = false;
         loop {
-            match self.renew().await {
-                Ok(()) => renewed = Some(Instant::now()),
+            let renewed_now = match self.renew().await {
+                Ok(()) => {
+                    renewed = Some(Instant::now());
+                    true
+                }
                 Err(e) => {
                     self.metrics
                         .errors
                         .with_label_values(&["shard_membership"])
                         .inc();
                     tracing::warn!(error = %e, "cannot renew the membership Lease");
+                    false
                 }
-            }
+            };
             let alive = renewed.is_some_and(|at| at.elapsed() < self.timing.lease_duration);
-            match self.members().await {
+            // Renewals failing for a short while (an apiserver restarting, shutting
+            // down or overloaded): the ownership stays frozen, as it does when the
+            // Leases cannot be read. Failing for three lease durations: this replica
+            // is cut off, and owns nothing.
+            let cut_off = renewed.is_none_or(|at| at.elapsed() >= self.timing.lease_duration * 3);
+            let read = match self.members().await {
+                Ok(_) if !renewed_now && !cut_off => Err(
+                    "the membership Lease could not be renewed; keeping the current ownership"
+                        .to_owned(),
+                ),
+                Ok(leases) => Ok(leases),
+                Err(e) => Err(format!(
+                    "cannot list the membership Leases; keeping the current ownership: {e}"
+                )),
+            };
+            match read {
                 Ok(leases) => {
+                    if std::mem::take(&mut unreadable) {
+                        grace_until = Some(Instant::now() + self.timing.lease_duration);
+                        tracing::info!("membership Leases readable again");
+                    }
                     let now = Timestamp::now();
-                    let live: Vec<String> = leases
-                        .iter()
-                        .filter(|(_, held)| held.live(now))
-                        .filter_map(|(_, held)| held.holder.clone())
-                        .filter(|m| alive || *m != self.me)
-                        .collect();
+                    let known = ownership.borrow().members().to_vec();
+                    let mut grace = grace_until.is_some_and(|until| Instant::now() < until);
+                    let mut live = live_members(&leases, now, &self.me, alive, &known, grace);
+                    // Every other member gone at once is far more often a stalled
+                    // apiserver (renewals late) than two crashes: give them one lease
+                    // duration to show up before their namespaces move.
+                    let others = |members: &[String]| members.iter().any(|m| *m != self.me);
+                    if others(&live) {
+                        waited_for_others = false;
+                    } else if !grace && !waited_for_others && others(&known) {
+                        waited_for_others = true;
+                        grace_until = Some(Instant::now() + self.timing.lease_duration);
+                        grace = true;
+                        live = live_members(&leases, now, &self.me, alive, &known, grace);
+                        tracing::warn!(
+                            "every other member's Lease looks expired; waiting one lease duration before moving their namespaces"
+                        );
+                    }
                     let next = Ownership::of(&self.me, live);
                     self.metrics.shard_members.set(next.members().len() as i64);
                     ownership.send_if_modified(|current| {
@@ -188,21 +276,16 @@ impl Membership {
                     });
                     self.collect_expired(&leases, now).await;
                 }
-                Err(e) => {
+                Err(why) => {
                     self.metrics
                         .errors
                         .with_label_values(&["shard_membership"])
                         .inc();
-                    tracing::warn!(error = %e, "cannot list the membership Leases");
-                    if !alive {
-                        // Unsure of our own membership: own nothing rather than poll twice.
-                        ownership.send_if_modified(|current| {
-                            let next = Ownership::of(&self.me, Vec::<String>::new());
-                            let changed = *current != next;
-                            *current = next;
-                            changed
-                        });
-                    }
+                    tracing::warn!("{why}");
+                    // Every replica is in the same position, so the split stays as it
+                    // was: polls go on (they need no apiserver), and actions wait for
+                    // their status fence, which decides on fresh status afterwards.
+                    unreadable = true;
                 }
             }
             tokio::select! {
@@ -303,6 +386,8 @@ impl Membership {
 mod tests {
     use std::collections::BTreeMap;
 
+    use k8s_openapi::jiff::SignedDuration;
+
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
@@ -351,6 +436,63 @@ mod tests {
         assert_eq!(owner("mina", &names(3)), owner("mina", &names(3)));
         assert_ne!(score("mina", "kco-0"), score("mina", "kco-1"));
         assert_ne!(score("ab", "c"), score("a", "bc"), "the separator counts");
+    }
+
+    fn lease(holder: &str, renewed: Timestamp) -> (String, Held) {
+        (
+            member_lease(holder),
+            Held {
+                holder: Some(holder.to_owned()),
+                renewed: Some(renewed),
+                duration_seconds: Some(3),
+            },
+        )
+    }
+
+    #[test]
+    fn after_an_outage_known_members_get_a_lease_duration_to_renew() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let stale = now - SignedDuration::from_secs(30);
+        // Only kco-0 has renewed since the apiserver came back.
+        let leases = vec![
+            lease("kco-0", now),
+            lease("kco-1", stale),
+            lease("kco-2", stale),
+            lease("kco-9", stale),
+        ];
+        let known = names(3);
+        // Without the grace, kco-0 would own every namespace for a moment.
+        assert_eq!(
+            live_members(&leases, now, "kco-0", true, &known, false),
+            vec!["kco-0".to_owned()]
+        );
+        // With it, the split stays as it was; a stale member not known before
+        // (kco-9) does not come back, and a deleted Lease counts for nothing.
+        assert_eq!(
+            live_members(&leases, now, "kco-0", true, &known, true),
+            names(3)
+        );
+        assert_eq!(
+            live_members(&leases[..2], now, "kco-0", true, &known, true),
+            names(2)
+        );
+        // A replica that renews counts itself even when the list shows its Lease
+        // stale (a slow apiserver); one whose own renewals fail never does.
+        assert_eq!(
+            live_members(
+                &[lease("kco-0", stale), lease("kco-1", now)],
+                now,
+                "kco-0",
+                true,
+                &known,
+                false
+            ),
+            names(2)
+        );
+        assert_eq!(
+            live_members(&leases, now, "kco-0", false, &known, true),
+            vec!["kco-1".to_owned(), "kco-2".to_owned()]
+        );
     }
 
     #[test]

@@ -363,6 +363,15 @@ pub struct RuleFiring {
     /// replica taking over does not fire the rule again for this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared: Option<Time>,
+    /// When its action finished (succeeded, failed or was refused). A firing
+    /// recorded but not finished means the replica running it stopped midway: a
+    /// replica taking over runs the action again as the same firing (same time,
+    /// so the same webhook idempotency key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<Time>,
+    /// When a replica took an unfinished firing over to run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Time>,
 }
 
 fn any_value(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {

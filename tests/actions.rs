@@ -334,11 +334,54 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     assert!(pods.get_opt("mina-1").await.unwrap().is_some());
     let firings = apps.get("mina").await.unwrap().status.unwrap().firings;
     assert_eq!(firings.len(), 1, "{firings:?}");
+    assert!(firings[0].done.is_some(), "the finished action is recorded: {firings:?}");
     // A third dispatcher later, inside the cooldown, skips too.
     assert!(matches!(
         one.dispatch(firing()).await.unwrap(),
         Dispatched::Skipped(kco::actions::Skip::Cooldown { .. })
     ));
+
+    // A replica that recorded a firing for mina-1 and died before its action
+    // finished: a pod restart is not repeated without knowing its outcome
+    // (at-most-once for actions that are not resumable).
+    let died_at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
+    unfinished_firing(&apps, "offline", "mina-1", died_at).await;
+    let again = Firing {
+        target: "mina-1".into(),
+        pod: Some("mina-1".into()),
+        cooldown: Duration::ZERO,
+        ..firing()
+    };
+    assert!(matches!(
+        one.dispatch(again).await.unwrap(),
+        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at }) if at == died_at
+    ));
+    assert!(pods.get_opt("mina-1").await.unwrap().is_some(), "not restarted");
+}
+
+/// Adds to status a firing of `rule` for `target` at `at` that a replica recorded
+/// but never finished (it died midway).
+async fn unfinished_firing(
+    apps: &Api<TargetApp>,
+    rule: &str,
+    target: &str,
+    at: k8s_openapi::jiff::Timestamp,
+) {
+    let mut current = apps.get_status("mina").await.unwrap();
+    let mut status = current.status.clone().unwrap_or_default();
+    status.firings.push(kco::targetapp::RuleFiring {
+        rule: rule.into(),
+        target: target.into(),
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at),
+        cleared: None,
+        done: None,
+        resumed: None,
+    });
+    current.status = Some(status);
+    apps.replace_status("mina", &PostParams::default(), &current)
+        .await
+        .unwrap();
 }
 
 /// Creates a Secret with one key in the bed's namespace.
@@ -462,6 +505,30 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
         "{note}"
     );
     assert_eq!(receiver.received().len(), 3, "nothing else was sent");
+
+    // A replica recorded a firing of `notify` for mina-0 and died before it
+    // finished: the replica that sees the episode next sends it as that firing
+    // (same firedAt, so the same idempotency key), and records that it finished.
+    let died_at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
+    unfinished_firing(&bed.apps(), "notify", "mina-0", died_at).await;
+    bed.set_state(0, SyncStatus::Offline).await;
+    let note = bed.wait_event(20, "ActionSucceeded", "resumed the firing").await;
+    assert!(note.contains(&died_at.to_string()), "{note}");
+    let got = receiver.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let body: Value = serde_json::from_slice(&got[3].body).unwrap();
+    assert_eq!(body["firedAt"], died_at.to_string());
+    assert_eq!(body["pod"], "mina-0");
+    let record = bed
+        .status()
+        .await
+        .firings
+        .into_iter()
+        .find(|f| f.rule == "notify" && f.target == "mina-0")
+        .unwrap();
+    assert_eq!(record.time.0, died_at);
+    assert!(record.done.is_some() && record.resumed.is_some(), "{record:?}");
 }
 
 #[tokio::test]

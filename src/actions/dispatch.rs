@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -17,7 +18,24 @@ use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
 use crate::tenancy::{Egress, Tenants};
 
 /// How many times the fence re-reads after a conflict caused by other status writes.
-const FENCE_ATTEMPTS: usize = 5;
+const FENCE_ATTEMPTS: usize = 10;
+
+/// How long a firing waits for an unavailable apiserver (restarting, overloaded)
+/// before its fence gives up; the wait backs off from 250 ms to 2 s.
+pub const FENCE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long recording that an action finished waits for an unavailable apiserver.
+const FINISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Backoff from 250 ms to 2 s, with jitter, for at most `total`.
+pub fn patience(total: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_total_delay(Some(total))
+        .without_max_times()
+        .with_jitter()
+}
 
 /// One firing to act on.
 pub struct Firing {
@@ -58,11 +76,13 @@ pub enum Skip {
 #[derive(Debug)]
 pub enum Dispatched {
     Skipped(Skip),
-    /// The action ran (for real, or as a dry run).
+    /// The action ran (for real, or as a dry run), as the firing at `fired_at`
+    /// (earlier than this firing's own time when it resumed an unfinished one).
     Ran {
         result: Result<Outcome, ActionError>,
         dry_run: bool,
         duration: Duration,
+        fired_at: Timestamp,
     },
 }
 
@@ -123,8 +143,9 @@ impl Dispatcher {
     }
 
     /// Records the firing in status unless it is inside the cooldown or another
-    /// dispatcher recorded it first.
-    pub async fn fence(&self, firing: &Firing) -> Result<Result<(), Skip>, ActionError> {
+    /// dispatcher recorded it first; the time the action runs as (the firing's
+    /// own, or that of an unfinished firing of the same episode it resumes).
+    pub async fn fence(&self, firing: &Firing) -> Result<Result<Timestamp, Skip>, ActionError> {
         let namespace = firing.app.namespace().unwrap_or_default();
         let name = firing.app.name_any();
         let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
@@ -144,46 +165,66 @@ impl Dispatcher {
                 .cloned()
         };
         let seen = find(&app);
-        if let Some(record) = &seen {
-            let last = record.time.0;
-            let since =
-                Duration::try_from(firing.now.duration_since(last)).unwrap_or(Duration::ZERO);
-            if since < firing.cooldown {
-                return Ok(Err(Skip::Cooldown { last }));
-            }
+        let mut record = RuleFiring {
+            rule: firing.rule_name.clone(),
+            target: firing.target.clone(),
+            time: Time(firing.now),
+            cleared: None,
+            done: None,
+            resumed: None,
+        };
+        if let Some(previous) = &seen {
+            let last = previous.time.0;
             // Status times have one-second precision.
             let ended_here = firing.after.map(Timestamp::as_second) == Some(last.as_second());
-            if record.cleared.is_none() && !ended_here {
-                return Ok(Err(Skip::AlreadyFired { at: last }));
+            let open = previous.cleared.is_none() && !ended_here;
+            let resumable = self
+                .registry
+                .get(firing.rule.action.as_str())
+                .is_some_and(|a| a.resumable());
+            if open && previous.done.is_none() && resumable {
+                // Recorded, never finished: the replica running it stopped midway.
+                // Run it again as that same firing.
+                record = RuleFiring {
+                    resumed: Some(Time(Timestamp::now())),
+                    ..previous.clone()
+                };
+            } else {
+                let since =
+                    Duration::try_from(firing.now.duration_since(last)).unwrap_or(Duration::ZERO);
+                if since < firing.cooldown {
+                    return Ok(Err(Skip::Cooldown { last }));
+                }
+                if open {
+                    return Ok(Err(Skip::AlreadyFired { at: last }));
+                }
             }
         }
         for _ in 0..FENCE_ATTEMPTS {
             let mut status = app.status.clone().unwrap_or_default();
-            record_firing(
-                &mut status.firings,
-                RuleFiring {
-                    rule: firing.rule_name.clone(),
-                    target: firing.target.clone(),
-                    time: Time(firing.now),
-                    cleared: None,
-                },
-            );
+            record_firing(&mut status.firings, record.clone());
             app.status = Some(status);
             // replace_status carries metadata.resourceVersion: a concurrent write fails it.
             match apps
                 .replace_status(&name, &PostParams::default(), &app)
                 .await
             {
-                Ok(_) => return Ok(Ok(())),
+                Ok(_) => return Ok(Ok(record.time.0)),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     app = apps
                         .get_status(&name)
                         .await
                         .map_err(|e| ActionError::from_kube(&what, e))?;
                     let now = find(&app);
-                    if now.as_ref().map(|f| &f.time) != seen.as_ref().map(|f| &f.time)
-                        && let Some(theirs) = now
-                    {
+                    let moved = |a: &RuleFiring, b: &RuleFiring| {
+                        a.time != b.time || a.resumed != b.resumed || a.done != b.done
+                    };
+                    let changed = match (&now, &seen) {
+                        (Some(now), Some(seen)) => moved(now, seen),
+                        (Some(_), None) => true,
+                        _ => false,
+                    };
+                    if changed && let Some(theirs) = now {
                         return Ok(Err(Skip::LostRace { at: theirs.time.0 }));
                     }
                 }
@@ -193,6 +234,23 @@ impl Dispatcher {
         Err(ActionError::Refused(format!(
             "{what}: status kept changing; gave up"
         )))
+    }
+
+    /// Records that the action of the firing of `rule` for `target` at `fired_at`
+    /// finished, so that no replica runs it again. Waits out a short apiserver
+    /// outage; a record it cannot update is at worst run once more, with the same
+    /// idempotency key.
+    pub async fn finish(
+        &self,
+        app: &TargetApp,
+        rule: &str,
+        target: &str,
+        fired_at: Timestamp,
+    ) -> Result<(), ActionError> {
+        self.update_record(app, rule, target, fired_at, "record that an action finished", |r| {
+            r.done.is_none().then(|| r.done = Some(Time(Timestamp::now()))).is_some()
+        })
+        .await
     }
 
     /// Records that the episode of `rule` for `target` that fired at `fired_at`
@@ -205,10 +263,33 @@ impl Dispatcher {
         target: &str,
         fired_at: Timestamp,
     ) -> Result<(), ActionError> {
+        self.update_record(
+            app,
+            rule,
+            target,
+            fired_at,
+            "record the end of an episode",
+            |r| r.cleared.is_none().then(|| r.cleared = Some(Time(Timestamp::now()))).is_some(),
+        )
+        .await
+    }
+
+    /// Applies `change` (which says whether it changed anything) to the status
+    /// record of the firing of `rule` for `target` at `fired_at`, with optimistic
+    /// concurrency. Nothing to do when status holds another firing by then.
+    async fn update_record(
+        &self,
+        app: &TargetApp,
+        rule: &str,
+        target: &str,
+        fired_at: Timestamp,
+        doing: &str,
+        change: impl Fn(&mut RuleFiring) -> bool,
+    ) -> Result<(), ActionError> {
         let namespace = app.namespace().unwrap_or_default();
         let name = app.name_any();
         let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
-        let what = format!("record the end of an episode in TargetApp {namespace}/{name}");
+        let what = format!("{doing} in TargetApp {namespace}/{name}");
         for _ in 0..FENCE_ATTEMPTS {
             let mut current = apps
                 .get_status(&name)
@@ -223,10 +304,9 @@ impl Dispatcher {
             }) else {
                 return Ok(());
             };
-            if record.cleared.is_some() {
+            if !change(record) {
                 return Ok(());
             }
-            record.cleared = Some(Time(Timestamp::now()));
             match apps
                 .replace_status(&name, &PostParams::default(), &current)
                 .await
@@ -241,28 +321,65 @@ impl Dispatcher {
         )))
     }
 
-    /// Fences `firing` and, if it is ours, runs its action.
+    /// Fences `firing` and, if it is ours, runs its action, then records that it
+    /// finished.
     pub async fn dispatch(&self, firing: Firing) -> Result<Dispatched, ActionError> {
-        if let Err(skip) = self.fence(&firing).await? {
-            return Ok(Dispatched::Skipped(skip));
-        }
+        // A firing seen while the apiserver is down is not lost: the fence waits for
+        // it (bounded), and then decides on fresh status as always.
+        let fired_at = match (|| self.fence(&firing))
+            .retry(patience(FENCE_PATIENCE))
+            .when(ActionError::is_transient)
+            .await?
+        {
+            Ok(at) => at,
+            Err(skip) => return Ok(Dispatched::Skipped(skip)),
+        };
         let dry_run = firing.app.spec.dry_run;
-        if !dry_run {
-            let namespace = firing.app.namespace().unwrap_or_default();
-            if let Err(why) = self.tenants.action_permit(&namespace) {
-                return Ok(Dispatched::Skipped(Skip::QuotaExceeded { why }));
+        let namespace = firing.app.namespace().unwrap_or_default();
+        let outcome = match (!dry_run)
+            .then(|| self.tenants.action_permit(&namespace))
+            .transpose()
+        {
+            Err(why) => Dispatched::Skipped(Skip::QuotaExceeded { why }),
+            Ok(_) => {
+                let started = std::time::Instant::now();
+                // An action that is safe to repeat (see `Action::resumable`) is tried
+                // again while the apiserver is unavailable (reading its Secrets).
+                let resumable = self
+                    .registry
+                    .get(firing.rule.action.as_str())
+                    .is_some_and(|a| a.resumable());
+                let result = (|| self.run(&firing, fired_at, dry_run))
+                    .retry(patience(FINISH_PATIENCE))
+                    .when(|e: &ActionError| resumable && e.is_transient())
+                    .await;
+                Dispatched::Ran {
+                    result,
+                    dry_run,
+                    duration: started.elapsed(),
+                    fired_at,
+                }
             }
-        }
-        let started = std::time::Instant::now();
-        let result = self.run(&firing, dry_run).await;
-        Ok(Dispatched::Ran {
-            result,
-            dry_run,
-            duration: started.elapsed(),
+        };
+        let finished = (|| {
+            self.finish(&firing.app, &firing.rule_name, &firing.target, fired_at)
         })
+        .retry(patience(FINISH_PATIENCE))
+        .when(ActionError::is_transient)
+        .await;
+        if let Err(e) = finished {
+            tracing::warn!(namespace = %namespace, tapp = %firing.app.name_any(), target = %firing.target,
+                rule = %firing.rule_name, error = %e, "cannot record that the action finished; a replica taking over may run it again (same idempotency key)");
+        }
+        Ok(outcome)
     }
 
-    async fn run(&self, firing: &Firing, dry_run: bool) -> Result<Outcome, ActionError> {
+    async fn run(
+        &self,
+        firing: &Firing,
+        fired_at: Timestamp,
+        dry_run: bool,
+    ) -> Result<Outcome, ActionError> {
         let name = firing.rule.action.as_str();
         self.registry
             .validate(name, firing.rule.parameters.as_ref())
@@ -300,7 +417,7 @@ impl Dispatcher {
             field: firing.field.clone(),
             old: firing.old.clone(),
             new: firing.new.clone(),
-            fired_at: firing.now,
+            fired_at,
             state: firing.state.clone(),
             egress: self.egress.clone(),
             max_replicas: quota.max_replicas,

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-pub use dispatch::{Dispatched, Dispatcher, Firing, Skip};
+pub use dispatch::{Dispatched, Dispatcher, FENCE_PATIENCE, Firing, Skip, patience};
 pub use params::{ParamProblem, Params};
 
 use crate::targetapp::TargetApp;
@@ -120,15 +120,24 @@ impl ActionError {
     }
 
     /// Classifies an apiserver error from `what` ("evict pod mina/mina-0").
+    /// Whether the apiserver was unavailable (unreachable, or a 5xx): trying the
+    /// same call again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
     pub fn from_kube(what: &str, e: kube::Error) -> Self {
         match e {
             kube::Error::Api(status) => match status.code {
                 403 => Self::Forbidden(format!("{what}: {}", status.message)),
                 404 => Self::NotFound(format!("{what}: {}", status.message)),
                 409 | 422 | 429 => Self::Refused(format!("{what}: {}", status.message)),
+                500.. => Self::Unavailable(format!("{what}: {} ({})", status.message, status.code)),
                 _ => Self::Failed(format!("{what}: {} ({})", status.message, status.code)),
             },
-            other => Self::Failed(format!("{what}: {other}")),
+            // The apiserver could not be reached or the connection broke: it may be
+            // restarting. Nothing was decided.
+            other => Self::Unavailable(format!("{what}: {other}")),
         }
     }
 }
@@ -144,6 +153,14 @@ pub trait Action: Send + Sync {
     /// A timeout this action's parameters ask for, overriding ACTION_EXECUTION_TIMEOUT.
     fn timeout(&self, params: &Params) -> Option<Duration> {
         params.seconds("timeoutSeconds")
+    }
+
+    /// Whether running it again for the same firing is safe when the replica that
+    /// started it stopped before recording the outcome. Only then does a replica
+    /// taking over resume an unfinished firing; otherwise KCO stays at-most-once
+    /// (a pod restarted twice is worse than a restart missed and reported).
+    fn resumable(&self) -> bool {
+        false
     }
 
     /// Runs the action (validated parameters), honouring `ctx.dry_run`.

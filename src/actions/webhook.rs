@@ -50,6 +50,12 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 impl Action for Webhook {
+    /// The same firing is sent with the same idempotency key, which receivers
+    /// use to apply it once.
+    fn resumable(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "webhook"
     }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,7 +23,7 @@ use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Gate, Report, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
-use crate::actions::{Dispatched, Firing, Skip};
+use crate::actions::{ActionError, Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::tenancy::Purpose;
@@ -153,7 +154,7 @@ pub async fn run(
                 None => break,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
-            Some((target, rule, at)) = adopted.recv() => monitor.adopt(&target, &rule, at),
+            Some((target, rule, at, done)) = adopted.recv() => monitor.adopt(&target, &rule, at, done),
             _ = tick.tick() => monitor.write_status(None).await,
         }
     }
@@ -411,6 +412,10 @@ impl Monitor {
         let Some(rule) = self.rules.get(index).cloned() else {
             return;
         };
+        // A firing is known by its time in status, which has one-second precision:
+        // the action runs as that time, so that a replica resuming it after a crash
+        // sends the same idempotency key and firedAt.
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
         self.ctx
             .metrics
             .firings
@@ -429,6 +434,8 @@ impl Monitor {
                 target: target.name().to_owned(),
                 time: Time(now),
                 cleared: None,
+                done: None,
+                resumed: None,
             },
         );
         let c = &rule.condition;
@@ -484,9 +491,11 @@ impl Monitor {
         ));
     }
 
-    /// The fence found `rule` already fired for `target`'s episode at `at`: this
-    /// stretch's firing is that one (its end will be recorded under that time).
-    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp) {
+    /// The fence found `rule` already fired for `target`'s episode at `at` (or
+    /// this replica ran it as that firing): this stretch's firing is that one (its
+    /// end will be recorded under that time). `done`: its action has finished, so
+    /// this replica's own status writes must keep saying so.
+    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp, done: bool) {
         let Some(index) = self.rules.iter().position(|r| r.name == rule) else {
             return;
         };
@@ -497,6 +506,15 @@ impl Monitor {
         {
             firing.adopt(at);
         }
+        let finished = done.then(|| Time(Timestamp::now()));
+        if let Some(record) = self.firings.iter_mut().find(|f| {
+            f.rule == rule && f.target == target && f.time.0.as_second() == at.as_second()
+        }) {
+            if record.done.is_none() {
+                record.done = finished;
+            }
+            return;
+        }
         status::record_firing(
             &mut self.firings,
             RuleFiring {
@@ -504,6 +522,8 @@ impl Monitor {
                 target: target.to_owned(),
                 time: Time(at),
                 cleared: None,
+                done: finished,
+                resumed: None,
             },
         );
     }
@@ -526,16 +546,40 @@ impl Monitor {
         if self.app.spec.actions.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .ctx
-            .dispatcher
-            .clear(&self.app, &rule.name, target.name(), fired_at)
-            .await
-        {
-            self.ctx.metrics.errors.with_label_values(&["fence"]).inc();
+        let what = || {
+            self.ctx
+                .dispatcher
+                .clear(&self.app, &rule.name, target.name(), fired_at)
+        };
+        let Err(e) = what().await else {
+            return;
+        };
+        self.ctx.metrics.errors.with_label_values(&["fence"]).inc();
+        if !e.is_transient() {
             tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
                 rule = %rule.name, error = %e, "cannot record the end of an episode");
+            return;
         }
+        // The apiserver is down: keep trying in the background (a graceful shutdown
+        // waits for it), so that a replica taking over later knows the episode ended.
+        tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
+            rule = %rule.name, error = %e, "cannot record the end of an episode yet; retrying");
+        let (dispatcher, app, rule, target) = (
+            self.ctx.dispatcher.clone(),
+            self.app.clone(),
+            rule.name.clone(),
+            target.name().to_owned(),
+        );
+        self.ctx.actions.spawn(async move {
+            let retried = (|| dispatcher.clear(&app, &rule, &target, fired_at))
+                .retry(crate::actions::patience(crate::actions::FENCE_PATIENCE))
+                .when(ActionError::is_transient)
+                .await;
+            if let Err(e) = retried {
+                tracing::warn!(tapp = %app.name_any(), target = %target, rule = %rule, error = %e,
+                    "cannot record the end of an episode");
+            }
+        });
     }
 
     /// Publishes an Event on the TargetApp and, for a pod target, on the pod too.
@@ -681,8 +725,9 @@ fn publish(
 }
 
 /// Fences a firing, runs its action, and reports what happened.
-/// A firing another replica recorded for this episode: (target, rule, when).
-type Adopt = (String, String, Timestamp);
+/// A firing recorded for this episode (by another replica, or run here as an
+/// earlier unfinished one): (target, rule, when, whether its action finished).
+type Adopt = (String, String, Timestamp, bool);
 
 async fn act(
     ctx: Arc<Context>,
@@ -698,6 +743,7 @@ async fn act(
     let rule = firing.rule_name.clone();
     let cooldown = firing.cooldown;
     let correlation_id = firing.correlation_id.clone();
+    let fired_at = firing.now;
     let count = |result: &str| {
         ctx.metrics
             .actions
@@ -715,6 +761,7 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::QuotaExceeded { why })) => {
             count("throttled");
+            let _ = adopt.send((target.clone(), rule.clone(), fired_at, true)).await;
             ctx.metrics
                 .throttled
                 .with_label_values(&[namespace.as_str(), "action"])
@@ -732,7 +779,7 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::AlreadyFired { at })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
+            let _ = adopt.send((target.clone(), rule.clone(), at, true)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: it already ran for this episode at {at} (the condition has not been seen false since)"
             );
@@ -740,7 +787,7 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::LostRace { at })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
+            let _ = adopt.send((target.clone(), rule.clone(), at, false)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
             );
@@ -750,7 +797,14 @@ async fn act(
             result,
             dry_run,
             duration,
+            fired_at: ran_as,
         }) => {
+            let _ = adopt.send((target.clone(), rule.clone(), ran_as, true)).await;
+            let resumed = if ran_as.as_second() == fired_at.as_second() {
+                String::new()
+            } else {
+                format!(" (resumed the firing of {ran_as}, whose replica stopped before it finished)")
+            };
             ctx.metrics
                 .action_duration
                 .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str()])
@@ -770,7 +824,10 @@ async fn act(
                     count("success");
                     (
                         Reason::ActionSucceeded,
-                        format!("{action} for {target} (rule {rule}): {}", outcome.message),
+                        format!(
+                            "{action} for {target} (rule {rule}): {}{resumed}",
+                            outcome.message
+                        ),
                     )
                 }
                 Err(e) => {

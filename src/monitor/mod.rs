@@ -52,6 +52,9 @@ pub struct Context {
     pub stats: Arc<RwLock<BTreeMap<String, AppStats>>>,
     /// True once the TargetApp list has been read and the shard membership is known.
     pub ready: Arc<AtomicBool>,
+    /// Set once the TargetApps have been listed: until then this replica does not
+    /// join the shard (it could not poll what it would own).
+    pub listed: Arc<AtomicBool>,
     /// True once the admission webhooks can answer (certificate and caches loaded),
     /// or when they are off.
     pub webhook_ready: Arc<AtomicBool>,
@@ -159,6 +162,7 @@ impl Context {
             events,
             stats: Arc::default(),
             ready: Arc::default(),
+            listed: Arc::default(),
             leadership,
             shard: RwLock::default(),
             actions: tokio_util::task::TaskTracker::new(),
@@ -256,6 +260,7 @@ pub async fn run(
                     shard.delete(&ctx, &k).await;
                 }
                 shard.listed = true;
+                ctx.listed.store(true, Ordering::Release);
                 shard.publish(&ctx);
                 shard.refresh_all(&ctx).await;
             }

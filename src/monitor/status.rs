@@ -266,6 +266,8 @@ mod tests {
                     target: format!("p{i}"),
                     time: Time(at(i)),
                     cleared: None,
+                    done: None,
+                    resumed: None,
                 },
             );
         }
@@ -276,6 +278,8 @@ mod tests {
                 target: "p299".into(),
                 time: Time(at(999)),
                 cleared: None,
+                done: None,
+                resumed: None,
             },
         );
         assert_eq!(firings.len(), MAX_STATUS_FIRINGS);

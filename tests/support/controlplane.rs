@@ -56,8 +56,13 @@ pub struct ControlPlane {
     client_ca: Authority,
     server_ca_path: PathBuf,
     // Field order is drop order: the apiserver stops before etcd.
-    apiserver: Supervised,
+    apiserver: std::sync::Mutex<Supervised>,
+    /// How the apiserver was started, to start it again ([`ControlPlane::restart_apiserver`]).
+    apiserver_command: (PathBuf, Vec<String>),
     etcd: Supervised,
+    /// Apiservers stopped by a restart. The first one removes the directory when
+    /// dropped, so they go last.
+    retired: std::sync::Mutex<Vec<Supervised>>,
     _tempdir: tempfile::TempDir,
 }
 
@@ -162,30 +167,31 @@ impl ControlPlane {
 
         let secure_port = free_port()?;
         let url = format!("https://127.0.0.1:{secure_port}");
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure_port}"),
+            format!("--cert-dir={}", pki_dir.display()),
+            format!("--tls-cert-file={}", serving_cert.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--client-ca-file={}", client_ca_path.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            // No controller-manager creates `default` service accounts here.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--profiling=false".into(),
+            "--v=0".into(),
+        ];
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &apiserver_bin,
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={secure_port}"),
-                format!("--cert-dir={}", pki_dir.display()),
-                format!("--tls-cert-file={}", serving_cert.display()),
-                format!("--tls-private-key-file={}", serving_key.display()),
-                format!("--client-ca-file={}", client_ca_path.display()),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=RBAC".into(),
-                "--allow-privileged=true".into(),
-                // No controller-manager creates `default` service accounts here.
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--profiling=false".into(),
-                "--v=0".into(),
-            ],
+            &apiserver_args,
             &dir.join("kube-apiserver.log"),
             // The last process to stop removes the whole directory.
             Some(&dir),
@@ -198,8 +204,10 @@ impl ControlPlane {
             tools: tools.clone(),
             client_ca,
             server_ca_path,
-            apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
+            apiserver_command: (apiserver_bin, apiserver_args),
             etcd,
+            retired: std::sync::Mutex::new(Vec::new()),
             _tempdir: tempdir,
         };
         cp.wait_ready().await?;
@@ -208,16 +216,29 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
+        if let Some(status) = self.etcd.exited() {
+            return Err(HarnessError::Died {
+                name: self.etcd.name.clone(),
+                status,
+                log: self.etcd.log_tail(30),
+            });
+        }
+        self.wait_apiserver_ready().await
+    }
+
+    /// Waits until the apiserver answers `/readyz` with `ok`.
+    async fn wait_apiserver_ready(&self) -> Result<()> {
         let client = self.client(&User::Admin).await?;
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last;
         loop {
-            for process in [&mut self.etcd, &mut self.apiserver] {
-                if let Some(status) = process.exited() {
+            {
+                let mut apiserver = self.apiserver();
+                if let Some(status) = apiserver.exited() {
                     return Err(HarnessError::Died {
-                        name: process.name.clone(),
+                        name: apiserver.name.clone(),
                         status,
-                        log: process.log_tail(30),
+                        log: apiserver.log_tail(30),
                     });
                 }
             }
@@ -231,12 +252,13 @@ impl ControlPlane {
                 Err(_) => last = "/readyz did not answer within 5s".into(),
             }
             if Instant::now() > deadline {
+                let apiserver = self.apiserver();
                 return Err(HarnessError::Timeout {
                     what: format!("kube-apiserver at {}", self.url),
                     seconds: START_TIMEOUT.as_secs(),
                     last,
-                    name: self.apiserver.name.clone(),
-                    log: self.apiserver.log_tail(30),
+                    name: apiserver.name.clone(),
+                    log: apiserver.log_tail(30),
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -405,7 +427,43 @@ impl ControlPlane {
 
     /// The apiserver's log so far.
     pub fn apiserver_log(&self) -> String {
-        self.apiserver.log_tail(usize::MAX)
+        self.apiserver().log_tail(usize::MAX)
+    }
+
+    fn apiserver(&self) -> std::sync::MutexGuard<'_, Supervised> {
+        self.apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade would),
+    /// keeps it down for `down`, starts it again on the same port and etcd, and
+    /// waits until it is ready. Clients see connection errors meanwhile.
+    pub async fn restart_apiserver(&self, down: Duration) -> Result<()> {
+        {
+            let mut apiserver = self.apiserver();
+            if !apiserver.signal("TERM") {
+                return Err(HarnessError::Kube("cannot signal kube-apiserver".into()));
+            }
+            // It drains its watches and requests first; a crash-like stop after 10 s.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while apiserver.exited().is_none() {
+                if Instant::now() > deadline {
+                    apiserver.signal("KILL");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        tokio::time::sleep(down).await;
+        let restarts = self.retired.lock().map(|r| r.len()).unwrap_or(0) + 1;
+        let (bin, args) = &self.apiserver_command;
+        let log = self.dir.join(format!("kube-apiserver-{restarts}.log"));
+        let fresh = Supervised::spawn("kube-apiserver", bin, args, &log, None)?;
+        let old = std::mem::replace(&mut *self.apiserver(), fresh);
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.push(old);
+        }
+        self.wait_apiserver_ready().await
     }
 
     pub fn tools(&self) -> &Tools {

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod process;
 pub mod receiver;
 pub mod replicas;
+pub mod scenario;
 pub mod tools;
 pub mod webhooks;
 

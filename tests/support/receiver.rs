@@ -115,6 +115,11 @@ impl Receiver {
         self.failures.store(n, Ordering::SeqCst);
     }
 
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
     }

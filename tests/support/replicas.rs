@@ -158,6 +158,29 @@ impl Replicas {
         }
     }
 
+    /// The process id of replica `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.processes[i].as_ref()?.pid()
+    }
+
+    /// The log file of replica `i`'s current process, if it runs.
+    pub fn log(&self, i: usize) -> Option<PathBuf> {
+        Some(self.processes[i].as_ref()?.log.clone())
+    }
+
+    /// How many replicas this set has (running or not).
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Replica `i`'s `/metrics` text, if it answers.
+    pub async fn metrics(&self, i: usize) -> Option<String> {
+        self.processes[i].as_ref()?;
+        let url = format!("http://127.0.0.1:{}/metrics", self.ports[i]);
+        let response = self.http.get(url).send().await.ok()?;
+        response.text().await.ok()
+    }
+
     /// The replicas that say they lead.
     pub async fn leaders(&self) -> Vec<usize> {
         let mut leaders = Vec::new();
@@ -237,15 +260,29 @@ pub async fn fleet(prefix: &str, n: usize, spec: impl Fn(&str) -> Value) -> Flee
     kco::tls::install_crypto_provider();
     let cp = ControlPlane::shared();
     cp.install_kco_crds();
-    let client = cp.admin().await;
     let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mut nodes = BTreeMap::new();
+    let mut fleet = Fleet {
+        sim,
+        nodes: BTreeMap::new(),
+    };
     for _ in 0..n {
+        fleet.add(prefix, &spec).await;
+    }
+    fleet
+}
+
+impl Fleet {
+    /// One more namespace with a node, its pod and a TargetApp `mina` with `spec`;
+    /// returns the namespace.
+    pub async fn add(&mut self, prefix: &str, spec: impl Fn(&str) -> Value) -> String {
+        let cp = ControlPlane::shared();
+        let client = cp.admin().await;
         let ns = cp.namespace(prefix).await;
         let ip = fixtures::loopback_ip();
-        let node = sim
+        let node = self
+            .sim
             .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
             .await
             .unwrap();
@@ -264,9 +301,9 @@ pub async fn fleet(prefix: &str, n: usize, spec: impl Fn(&str) -> Value) -> Flee
             )
             .await
             .unwrap();
-        nodes.insert(ns, node.address);
+        self.nodes.insert(ns.clone(), node.address);
+        ns
     }
-    Fleet { sim, nodes }
 }
 
 impl Fleet {

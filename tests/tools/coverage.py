@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Line coverage per module from `cargo llvm-cov --json --summary-only`, and the
+gate on KCO's critical paths.
+
+    coverage.py SUMMARY.json [--markdown OUT.md]
+
+Prints a table of every source file under src/ (lines covered / lines, percent),
+grouped by module, then the critical paths with their bar. Exits 1 when a critical
+path is below its bar, naming it. The critical paths are the ones the project's
+plan sets at 80% or more: polling, diffing, trigger evaluation, action dispatch and
+fencing, admission validation and defaulting, leader election and sharding, tenancy
+checks and the endpoint policy.
+"""
+import json
+import os
+import sys
+
+BAR = 80.0
+
+# Critical path -> the files that implement it (paths relative to the repository).
+CRITICAL = {
+    "polling": ["src/monitor/poll.rs"],
+    "diffing (observed state)": ["src/monitor/state.rs"],
+    "trigger evaluation": [
+        "src/triggers/mod.rs",
+        "src/triggers/path.rs",
+        "src/triggers/condition.rs",
+        "src/triggers/firing.rs",
+        "src/triggers/value.rs",
+    ],
+    "action dispatch and fencing": ["src/actions/dispatch.rs"],
+    "admission validation": [
+        "src/admission/validate.rs",
+        "src/admission/query.rs",
+        "src/admission/review.rs",
+    ],
+    "admission defaulting": ["src/admission/defaults.rs"],
+    "leader election": ["src/election.rs"],
+    "sharding": ["src/shard.rs"],
+    "tenancy checks": ["src/tenancy/quota.rs", "src/tenancy/tenants.rs"],
+    "endpoint policy": ["src/tenancy/endpoint.rs", "src/tenancy/egress.rs"],
+}
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    with open(sys.argv[1]) as f:
+        summary = json.load(f)
+    root = os.getcwd().rstrip("/") + "/"
+    files = {}
+    for data in summary["data"]:
+        for entry in data["files"]:
+            name = entry["filename"]
+            if name.startswith(root):
+                name = name[len(root):]
+            if not name.startswith("src/"):
+                continue
+            lines = entry["summary"]["lines"]
+            files[name] = (lines["covered"], lines["count"])
+
+    def pct(covered, count):
+        return 100.0 * covered / count if count else 100.0
+
+    out = []
+    out.append("| Module / file | Lines covered | Lines | Coverage |")
+    out.append("|---|---:|---:|---:|")
+    modules = {}
+    for name in sorted(files):
+        parts = name[len("src/"):].split("/")
+        module = parts[0].removesuffix(".rs")
+        modules.setdefault(module, []).append(name)
+    for module, names in sorted(modules.items()):
+        covered = sum(files[n][0] for n in names)
+        count = sum(files[n][1] for n in names)
+        out.append(f"| **{module}** | {covered} | {count} | **{pct(covered, count):.1f}%** |")
+        if len(names) > 1:
+            for n in names:
+                c, t = files[n]
+                out.append(f"| &nbsp;&nbsp;{n} | {c} | {t} | {pct(c, t):.1f}% |")
+    total_c = sum(c for c, _ in files.values())
+    total_t = sum(t for _, t in files.values())
+    out.append(f"| **all of src/** | {total_c} | {total_t} | **{pct(total_c, total_t):.1f}%** |")
+
+    out.append("")
+    out.append(f"Critical paths (bar: {BAR:.0f}% of lines):")
+    out.append("")
+    out.append("| Critical path | Files | Coverage | Bar |")
+    out.append("|---|---|---:|---|")
+    failures = []
+    for path, names in CRITICAL.items():
+        missing = [n for n in names if n not in files]
+        if missing:
+            failures.append(f"{path}: no coverage data for {', '.join(missing)}")
+            continue
+        covered = sum(files[n][0] for n in names)
+        count = sum(files[n][1] for n in names)
+        p = pct(covered, count)
+        ok = p >= BAR
+        if not ok:
+            failures.append(f"{path}: {p:.1f}% of lines ({covered}/{count}) is below {BAR:.0f}%")
+        listed = ", ".join(f"`{n}` {pct(*files[n]):.0f}%" for n in names)
+        out.append(f"| {path} | {listed} | {p:.1f}% | {'met' if ok else '**below**'} |")
+
+    text = "\n".join(out)
+    print(text)
+    if "--markdown" in sys.argv:
+        target = sys.argv[sys.argv.index("--markdown") + 1]
+        with open(target, "w") as f:
+            f.write(text + "\n")
+    if failures:
+        print("\ncoverage gate failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f}", file=sys.stderr)
+        return 1
+    print("\ncoverage gate passed: every critical path is at or above the bar")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
