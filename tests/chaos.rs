@@ -47,8 +47,14 @@ async fn every_firing_acts_once_through_kills_and_an_apiserver_restart() {
         "the run killed replicas: {}",
         outcome.kills
     );
-    assert!(outcome.apiserver_outage.is_some(), "the apiserver restarted");
-    assert!(outcome.total_firings() >= 200, "every target fired at least once");
+    assert!(
+        outcome.apiserver_outage.is_some(),
+        "the apiserver restarted"
+    );
+    assert!(
+        outcome.total_firings() >= 200,
+        "every target fired at least once"
+    );
     assert_eq!(
         outcome.missed(),
         vec![],
@@ -76,5 +82,9 @@ async fn every_firing_acts_once_through_kills_and_an_apiserver_restart() {
         "every replica that ran through the restart polls new TargetApps: {:?}",
         outcome.after_restart
     );
-    assert_eq!(outcome.unexpected_exits, Vec::<String>::new(), "no replica exited on its own");
+    assert_eq!(
+        outcome.unexpected_exits,
+        Vec::<String>::new(),
+        "no replica exited on its own"
+    );
 }

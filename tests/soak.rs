@@ -56,7 +56,11 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
         "firings with two actions (namespace, firings, actions)\n{}",
         outcome.explain()
     );
-    assert_eq!(outcome.unexpected_exits, Vec::<String>::new(), "no replica exited on its own");
+    assert_eq!(
+        outcome.unexpected_exits,
+        Vec::<String>::new(),
+        "no replica exited on its own"
+    );
     // The replicas that never restarted: no leak of descriptors or memory over the
     // run (generous bounds: a short run only catches gross leaks; the long run's
     // report shows the trend).
@@ -77,6 +81,9 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
             first.rss_kib,
             last.rss_kib
         );
-        assert!(samples.iter().all(|s| s.polls > 0.0), "kco-{replica} kept polling");
+        assert!(
+            samples.iter().all(|s| s.polls > 0.0),
+            "kco-{replica} kept polling"
+        );
     }
 }

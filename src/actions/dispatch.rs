@@ -247,9 +247,19 @@ impl Dispatcher {
         target: &str,
         fired_at: Timestamp,
     ) -> Result<(), ActionError> {
-        self.update_record(app, rule, target, fired_at, "record that an action finished", |r| {
-            r.done.is_none().then(|| r.done = Some(Time(Timestamp::now()))).is_some()
-        })
+        self.update_record(
+            app,
+            rule,
+            target,
+            fired_at,
+            "record that an action finished",
+            |r| {
+                r.done
+                    .is_none()
+                    .then(|| r.done = Some(Time(Timestamp::now())))
+                    .is_some()
+            },
+        )
         .await
     }
 
@@ -269,7 +279,12 @@ impl Dispatcher {
             target,
             fired_at,
             "record the end of an episode",
-            |r| r.cleared.is_none().then(|| r.cleared = Some(Time(Timestamp::now()))).is_some(),
+            |r| {
+                r.cleared
+                    .is_none()
+                    .then(|| r.cleared = Some(Time(Timestamp::now())))
+                    .is_some()
+            },
         )
         .await
     }
@@ -361,12 +376,10 @@ impl Dispatcher {
                 }
             }
         };
-        let finished = (|| {
-            self.finish(&firing.app, &firing.rule_name, &firing.target, fired_at)
-        })
-        .retry(patience(FINISH_PATIENCE))
-        .when(ActionError::is_transient)
-        .await;
+        let finished = (|| self.finish(&firing.app, &firing.rule_name, &firing.target, fired_at))
+            .retry(patience(FINISH_PATIENCE))
+            .when(ActionError::is_transient)
+            .await;
         if let Err(e) = finished {
             tracing::warn!(namespace = %namespace, tapp = %firing.app.name_any(), target = %firing.target,
                 rule = %firing.rule_name, error = %e, "cannot record that the action finished; a replica taking over may run it again (same idempotency key)");

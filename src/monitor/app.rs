@@ -761,7 +761,9 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::QuotaExceeded { why })) => {
             count("throttled");
-            let _ = adopt.send((target.clone(), rule.clone(), fired_at, true)).await;
+            let _ = adopt
+                .send((target.clone(), rule.clone(), fired_at, true))
+                .await;
             ctx.metrics
                 .throttled
                 .with_label_values(&[namespace.as_str(), "action"])
@@ -799,11 +801,15 @@ async fn act(
             duration,
             fired_at: ran_as,
         }) => {
-            let _ = adopt.send((target.clone(), rule.clone(), ran_as, true)).await;
+            let _ = adopt
+                .send((target.clone(), rule.clone(), ran_as, true))
+                .await;
             let resumed = if ran_as.as_second() == fired_at.as_second() {
                 String::new()
             } else {
-                format!(" (resumed the firing of {ran_as}, whose replica stopped before it finished)")
+                format!(
+                    " (resumed the firing of {ran_as}, whose replica stopped before it finished)"
+                )
             };
             ctx.metrics
                 .action_duration

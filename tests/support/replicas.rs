@@ -33,6 +33,8 @@ pub struct Replicas {
     pub webhook_ports: Vec<u16>,
     processes: Vec<Option<Supervised>>,
     extra: Vec<String>,
+    /// Leader and membership Lease durations (s) the replicas run with.
+    pub timing: (u64, u64),
     http: reqwest::Client,
 }
 
@@ -40,6 +42,17 @@ impl Replicas {
     /// Starts `n` replicas of `binary` (the `kco` executable) with `extra` flags,
     /// their Leases in a new namespace named after `prefix`; waits until all are ready.
     pub async fn start(binary: PathBuf, prefix: &str, n: usize, extra: &[&str]) -> Self {
+        Self::start_with(binary, prefix, n, extra, (LEASE, MEMBER_LEASE)).await
+    }
+
+    /// [`Replicas::start`] with other leader and membership Lease durations (s).
+    pub async fn start_with(
+        binary: PathBuf,
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        timing: (u64, u64),
+    ) -> Self {
         kco::tls::install_crypto_provider();
         let cp = ControlPlane::shared();
         cp.install_kco_crds();
@@ -53,6 +66,7 @@ impl Replicas {
             webhook_ports: Vec::new(),
             processes: Vec::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            timing,
             http: fixtures::http_client(),
         };
         for i in 0..n {
@@ -85,13 +99,13 @@ impl Replicas {
             "--lease-namespace",
             &self.lease_ns,
             "--lease-duration",
-            &LEASE.to_string(),
+            &self.timing.0.to_string(),
             "--lease-renew-deadline",
-            &(LEASE - 1).to_string(),
+            &(self.timing.0 - 1).to_string(),
             "--lease-retry-period",
             &RETRY.to_string(),
             "--member-lease-duration",
-            &MEMBER_LEASE.to_string(),
+            &self.timing.1.to_string(),
             "--member-renew-period",
             "1",
             "--graphql-timeout",

@@ -24,7 +24,11 @@ use tokio::sync::Mutex;
 use super::ControlPlane;
 use super::fixtures;
 use super::receiver::Receiver;
-use super::replicas::{Fleet, MEMBER_LEASE, Replicas, fleet};
+use super::replicas::{Fleet, Replicas, fleet};
+
+/// Leader and membership Lease durations of the scenario's replicas (s).
+pub const SCENARIO_LEASE: u64 = 10;
+pub const SCENARIO_MEMBER_LEASE: u64 = 6;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -346,14 +350,18 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
     grant_webhook_rights(cp, fleet.nodes.keys(), &receiver.ca_pem);
     let cidr = format!("{receiver_ip}/32");
     let resolve = format!("hooks.example.com={receiver_ip}");
-    let replicas = Replicas::start(
+    // Lease timing between the tests' (4 s / 3 s) and production's (15 s / 10 s):
+    // two cores run the control plane, three replicas and the load, and renewals
+    // are sometimes seconds late.
+    let replicas = Replicas::start_with(
         kco,
         &format!("{}-leases", plan.prefix),
         3,
         &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+        (SCENARIO_LEASE, SCENARIO_MEMBER_LEASE),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
+    tokio::time::sleep(Duration::from_secs(SCENARIO_MEMBER_LEASE)).await;
     println!(
         "{}: {} targets and 3 replicas set up in {:?}",
         plan.prefix,
