@@ -1,0 +1,490 @@
+//! Memory per TargetApp at scale: one `kco run` process (the release build under
+//! `cargo bench`) against the local control plane, with N TargetApps of one target
+//! each, polled every 10 s by simulated Mina nodes. Each size gets a fresh `kco`
+//! process; memory per TargetApp is a difference against a baseline with none.
+//!
+//! ```text
+//! cargo bench --bench scale                               # 0, 1k and 10k pod targets
+//! cargo bench --bench scale -- --apps 1000,10000 --kind url
+//! cargo bench --bench scale -- --apps 2000 --namespaces 20 --interval 10 --window 20
+//! ```
+//!
+//! `--kind pod` (default): each TargetApp selects one pod (created, then marked
+//! Running and Ready at its node's address, as a kubelet would), so `kco` keeps one
+//! pod watch per TargetApp. `--kind url`: each TargetApp names its node by absolute
+//! URL (`--endpoint-allowed-cidrs 127.0.0.0/8`), no pod and no watch.
+//! TargetApps are spread over `--namespaces` (50) and created `--concurrency` (32)
+//! at a time; sizes grow in place (1k, then 9k more). The nodes are `kco simulate`
+//! child processes (4,000 nodes each: 20,000 open files per process). For each
+//! size: start `kco`, wait until every node has been polled, let it settle one
+//! interval, then measure over `--window` seconds (20): CPU time and polls, then
+//! VmRSS, VmHWM and open fds from /proc.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kco::simulator::NodeInfo;
+use kco::targetapp::TargetApp;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::ControlPlane;
+use support::fixtures;
+use support::replicas::Replicas;
+
+const NODES_PER_SIMULATOR: usize = 4000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pod,
+    Url,
+}
+
+struct Args {
+    apps: Vec<usize>,
+    kind: Kind,
+    namespaces: usize,
+    concurrency: usize,
+    interval: u64,
+    window: u64,
+    wait: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        apps: vec![1000, 10_000],
+        kind: Kind::Pod,
+        namespaces: 50,
+        concurrency: 32,
+        interval: 10,
+        window: 20,
+        wait: 300,
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < raw.len() {
+        let value = raw.get(i + 1).cloned().unwrap_or_default();
+        let number = |flag: &str| -> u64 {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{flag} needs a number, got {value:?}"))
+        };
+        match raw[i].as_str() {
+            "--apps" => {
+                a.apps = value
+                    .split(',')
+                    .map(|v| v.parse().expect("--apps N[,N...]"))
+                    .collect();
+            }
+            "--kind" => {
+                a.kind = match value.as_str() {
+                    "pod" => Kind::Pod,
+                    "url" => Kind::Url,
+                    other => panic!("--kind pod|url, got {other:?}"),
+                }
+            }
+            "--namespaces" => a.namespaces = number("--namespaces").max(1) as usize,
+            "--concurrency" => a.concurrency = number("--concurrency").max(1) as usize,
+            "--interval" => a.interval = number("--interval").max(1),
+            "--window" => a.window = number("--window").max(1),
+            "--wait" => a.wait = number("--wait"),
+            // cargo bench passes --bench; ignore what is not ours.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a.apps.retain(|n| *n > 0);
+    a.apps.sort_unstable();
+    a.apps.dedup();
+    a
+}
+
+/// `kco simulate` processes serving the nodes; killed on drop.
+struct Simulators {
+    children: Vec<Child>,
+    controls: Vec<SocketAddr>,
+    nodes: Vec<SocketAddr>,
+}
+
+impl Drop for Simulators {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn simulators(kco: &Path, n: usize) -> Simulators {
+    let mut sims = Simulators {
+        children: Vec::new(),
+        controls: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for (k, start) in (0..n).step_by(NODES_PER_SIMULATOR).enumerate() {
+        let count = NODES_PER_SIMULATOR.min(n - start);
+        // 127.100.0.0/14 and up: away from fixtures::loopback_ip (127.1.x.y) and the
+        // pipeline bench (127.20.x.y), which other test binaries may use meanwhile.
+        let first = Ipv4Addr::new(127, 100 + k as u8, 0, 1);
+        let control = support::process::free_port().expect("a free port for a simulator");
+        let control = SocketAddr::from(([127, 0, 0, 1], control));
+        let mut child = Command::new(kco)
+            .args(["simulate", "--log-level", "warn"])
+            .args(["--control", &control.to_string()])
+            .args(["--count", &count.to_string()])
+            .args(["--first-ip", &first.to_string(), "--port", "3085"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} simulate: {e}", kco.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("simulator stdout"))
+            .read_line(&mut line)
+            .expect("read the simulator's first line");
+        assert!(line.contains("node(s)"), "simulator did not start: {line}");
+        sims.children.push(child);
+        sims.controls.push(control);
+        let base = u32::from(first);
+        sims.nodes
+            .extend((0..count as u32).map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085))));
+    }
+    sims
+}
+
+impl Simulators {
+    /// Requests each node has received so far.
+    async fn requests(&self, http: &reqwest::Client) -> HashMap<SocketAddr, u64> {
+        let mut all = HashMap::new();
+        for control in &self.controls {
+            let url = format!("http://{control}/nodes");
+            let nodes: Vec<NodeInfo> = http
+                .get(&url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: not a node list: {e}"));
+            all.extend(nodes.into_iter().map(|n| (n.address, n.requests)));
+        }
+        all
+    }
+}
+
+/// A number from `/proc/<pid>/status` (VmRSS, VmHWM, RssAnon in KiB; Threads).
+fn status_field(pid: u32, key: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100 on Linux)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+}
+
+/// Creates TargetApps `from..to` (and their pods for `Kind::Pod`).
+async fn create_apps(
+    client: &kube::Client,
+    namespaces: &[String],
+    nodes: &[SocketAddr],
+    kind: Kind,
+    interval: u64,
+    concurrency: usize,
+    range: std::ops::Range<usize>,
+) {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let total = range.len();
+    futures::stream::iter(range)
+        .map(|i| {
+            let ns = &namespaces[i % namespaces.len()];
+            let name = format!("mina-{i:05}");
+            let node = nodes[i];
+            let done = &done;
+            async move {
+                let spec = match kind {
+                    Kind::Pod => {
+                        let ip = match node.ip() {
+                            std::net::IpAddr::V4(ip) => ip,
+                            std::net::IpAddr::V6(ip) => panic!("node {ip} is not IPv4"),
+                        };
+                        let pod: Pod =
+                            fixtures::mina_pod(&name, json!({"app": "mina", "target": name}));
+                        fixtures::create_running_pod(client, ns, &pod, ip).await;
+                        json!({"selector": {"matchLabels": {"target": name}},
+                               "pollingInterval": interval})
+                    }
+                    Kind::Url => json!({"graphqlEndpoint": format!("http://{node}/graphql"),
+                                        "pollingInterval": interval}),
+                };
+                let app: TargetApp = serde_json::from_value(json!({
+                    "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+                    "metadata": {"name": name, "namespace": ns}, "spec": spec
+                }))
+                .expect("a TargetApp from the bench's JSON");
+                Api::<TargetApp>::namespaced(client.clone(), ns)
+                    .create(&PostParams::default(), &app)
+                    .await
+                    .unwrap_or_else(|e| panic!("create TargetApp {ns}/{name}: {e}"));
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n.is_multiple_of(1000) || n == total {
+                    eprintln!("  created {n}/{total}");
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+struct Row {
+    apps: usize,
+    rss_kib: f64,
+    hwm_kib: f64,
+    anon_kib: f64,
+    cpu_percent: f64,
+    polls_per_s: f64,
+    fds: usize,
+    threads: f64,
+    polled: usize,
+    stats_targets: Option<u64>,
+    setup: Duration,
+    to_polled: Duration,
+}
+
+/// Starts a fresh `kco run`, waits until the first `apps` nodes have each been
+/// polled (or `wait` runs out), settles, measures.
+async fn measure(
+    kco: &Path,
+    extra: &[&str],
+    sims: &Simulators,
+    http: &reqwest::Client,
+    a: &Args,
+    apps: usize,
+    setup: Duration,
+) -> Row {
+    let before = sims.requests(http).await;
+    let started = Instant::now();
+    let replicas = Replicas::start(kco.to_owned(), "scale-leases", 1, extra).await;
+    let pid = replicas.pid(0).expect("the kco process's pid");
+    let nodes = &sims.nodes[..apps];
+    let deadline = started + Duration::from_secs(a.wait);
+    let mut polled;
+    loop {
+        let now = sims.requests(http).await;
+        polled = nodes
+            .iter()
+            .filter(|n| now.get(n).copied().unwrap_or(0) > before.get(n).copied().unwrap_or(0))
+            .count();
+        if polled == apps || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let to_polled = started.elapsed();
+    eprintln!(
+        "  {apps} apps: {polled} polled {:.1}s after kco started",
+        to_polled.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(a.interval)).await;
+    let before = sims.requests(http).await;
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.window)).await;
+    let cpu = cpu_seconds(pid) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    let after = sims.requests(http).await;
+    let polls: u64 = nodes
+        .iter()
+        .map(|n| after.get(n).copied().unwrap_or(0) - before.get(n).copied().unwrap_or(0))
+        .sum();
+    let stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
+    let row = Row {
+        apps,
+        rss_kib: status_field(pid, "VmRSS:"),
+        hwm_kib: status_field(pid, "VmHWM:"),
+        anon_kib: status_field(pid, "RssAnon:"),
+        cpu_percent: cpu / wall * 100.0,
+        polls_per_s: polls as f64 / wall,
+        fds: open_fds(pid),
+        threads: status_field(pid, "Threads:"),
+        polled,
+        stats_targets,
+        setup,
+        to_polled,
+    };
+    if let Some(log) = replicas.log(0) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let warnings = text.lines().filter(|l| l.contains("\"WARN\"")).count();
+        let errors = text.lines().filter(|l| l.contains("\"ERROR\"")).count();
+        eprintln!(
+            "  kco log: {warnings} warnings, {errors} errors ({})",
+            log.display()
+        );
+        if let Some(last) = text.lines().rfind(|l| l.contains("\"ERROR\"")) {
+            eprintln!("  last error: {}", truncate(last, 400));
+        }
+    }
+    drop(replicas);
+    row
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --all-targets` runs benches too, without `--bench`: a measurement
+    // of several minutes is not a test, so it only builds there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale bench: not run (use `cargo bench --bench scale`)");
+        return;
+    }
+    let a = args();
+    let kco = PathBuf::from(env!("CARGO_BIN_EXE_kco"));
+    let max = a.apps.last().copied().unwrap_or(0);
+    let kind = match a.kind {
+        Kind::Pod => "pod",
+        Kind::Url => "url",
+    };
+    eprintln!(
+        "scale bench: {} ({kind} targets, {}s interval, {} namespaces, {} in flight)",
+        kco.display(),
+        a.interval,
+        a.namespaces,
+        a.concurrency
+    );
+    kco::tls::install_crypto_provider();
+    let cp = ControlPlane::shared();
+    cp.install_kco_crds();
+    let client = cp.admin().await;
+    let http = fixtures::http_client();
+    let sims = simulators(&kco, max);
+    let mut namespaces = Vec::new();
+    for _ in 0..a.namespaces {
+        namespaces.push(cp.namespace("scale").await);
+    }
+    let extra: &[&str] = match a.kind {
+        Kind::Pod => &[],
+        Kind::Url => &["--endpoint-allowed-cidrs", "127.0.0.0/8"],
+    };
+
+    let mut rows = Vec::new();
+    eprintln!("baseline: no TargetApps");
+    rows.push(measure(&kco, extra, &sims, &http, &a, 0, Duration::ZERO).await);
+    let mut have = 0;
+    for &n in &a.apps {
+        eprintln!("creating TargetApps {have}..{n}");
+        let t0 = Instant::now();
+        create_apps(
+            &client,
+            &namespaces,
+            &sims.nodes,
+            a.kind,
+            a.interval,
+            a.concurrency,
+            have..n,
+        )
+        .await;
+        let setup = t0.elapsed();
+        eprintln!(
+            "  {} TargetApps in {:.1}s ({:.0}/s)",
+            n - have,
+            setup.as_secs_f64(),
+            (n - have) as f64 / setup.as_secs_f64()
+        );
+        have = n;
+        rows.push(measure(&kco, extra, &sims, &http, &a, n, setup).await);
+    }
+
+    let base = &rows[0];
+    let (base_rss, base_hwm, base_anon) = (base.rss_kib, base.hwm_kib, base.anon_kib);
+    println!(
+        "\nscale bench: {kind} targets, {}s interval, {} namespaces, {}s measured, {}\n",
+        a.interval,
+        a.namespaces,
+        a.window,
+        kco.display()
+    );
+    println!(
+        "| TargetApps | polled | RSS MiB | peak RSS MiB | KiB per TargetApp (RSS) | KiB per TargetApp (peak) | CPU % of a core | polls/s | fds | threads | setup s | start to all polled s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let per = |v: f64, b: f64| {
+            if r.apps == 0 {
+                "—".to_owned()
+            } else {
+                format!("{:.1}", (v - b) / r.apps as f64)
+            }
+        };
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.0} | {} | {} | {:.0} | {:.1} |",
+            r.apps,
+            r.polled,
+            r.rss_kib / 1024.0,
+            r.hwm_kib / 1024.0,
+            per(r.rss_kib, base_rss),
+            per(r.hwm_kib, base_hwm),
+            r.cpu_percent,
+            r.polls_per_s,
+            r.fds,
+            r.threads,
+            r.setup.as_secs_f64(),
+            r.to_polled.as_secs_f64(),
+        );
+    }
+    println!();
+    for r in &rows {
+        let anon_per = if r.apps == 0 {
+            0.0
+        } else {
+            (r.anon_kib - base_anon) / r.apps as f64
+        };
+        println!(
+            "- {} TargetApps: RssAnon {:.1} MiB ({anon_per:.1} KiB per TargetApp), /stats targets {}",
+            r.apps,
+            r.anon_kib / 1024.0,
+            r.stats_targets
+                .map_or_else(|| "unavailable".to_owned(), |t| t.to_string()),
+        );
+    }
+}
