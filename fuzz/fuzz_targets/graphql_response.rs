@@ -79,6 +79,8 @@ fuzz_target!(|input: &[u8]| {
                     matches!(
                         failure,
                         PollFailure::InvalidJson(_)
+                            | PollFailure::InvalidUtf8(_)
+                            | PollFailure::TooDeep(_)
                             | PollFailure::NotGraphql
                             | PollFailure::GraphqlErrors(_)
                     ),
