@@ -235,9 +235,11 @@ impl Replicas {
         assert!(process.signal(signal), "cannot signal {}", process.name);
     }
 
-    /// Waits until replica `i` has exited; its exit status.
+    /// Waits until replica `i` has exited; its exit status. After SIGTERM a
+    /// replica first lets its running actions finish (bounded by the action
+    /// timeout, 30 s), so this waits up to a minute.
     pub async fn wait_exit(&mut self, i: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let process = self.processes[i].as_mut().unwrap();
             if let Some(status) = process.exited() {

@@ -114,6 +114,16 @@ impl Outcome {
         self.deliveries.values().map(BTreeMap::len).sum()
     }
 
+    /// Firings without an action, over all namespaces.
+    pub fn missed_firings(&self) -> usize {
+        self.missed().iter().map(|(_, f, a)| f - a).sum()
+    }
+
+    /// Actions beyond one per firing, over all namespaces.
+    pub fn extra_actions(&self) -> usize {
+        self.duplicated().iter().map(|(_, f, a)| a - f).sum()
+    }
+
     /// Namespaces with more distinct actions than firings: (namespace, firings, actions).
     pub fn duplicated(&self) -> Vec<(String, usize, usize)> {
         self.compare(|firings, actions| actions > firings)
