@@ -82,11 +82,11 @@ for target in $targets; do
     fi
     exit 1
   fi
-  stats="$(grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1 || true)"
+  stats="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true)"
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   speed="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
   summary+=("$(printf '%-18s %10s runs %8s exec/s   %s' "$target" "${runs:-?}" "${speed:-?}" \
-    "$(sed -E 's/^#[0-9]+ +DONE +//; s/ +exec\/s.*//' <<<"$stats")")")
+    "$(sed -E 's/^#[0-9]+[[:space:]]+DONE[[:space:]]+//; s/[[:space:]]+exec\/s.*//' <<<"$stats")")")
 done
 
 say "no crash in $(echo $targets) (${seconds}s each):"
