@@ -194,8 +194,8 @@ pub async fn start(
     // leader Lease released) only once this replica no longer polls.
     let leases = CancellationToken::new();
     let election = election.map(|e| tokio::spawn(e.run(leases.clone())));
-    let membership = membership
-        .map(|m| tokio::spawn(m.run(ownership_tx, leases.clone(), ctx.listed.clone())));
+    let membership =
+        membership.map(|m| tokio::spawn(m.run(ownership_tx, leases.clone(), ctx.listed.clone())));
     let monitoring = monitor::run(
         ctx.clone(),
         settings.namespace.clone(),

@@ -334,7 +334,10 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     assert!(pods.get_opt("mina-1").await.unwrap().is_some());
     let firings = apps.get("mina").await.unwrap().status.unwrap().firings;
     assert_eq!(firings.len(), 1, "{firings:?}");
-    assert!(firings[0].done.is_some(), "the finished action is recorded: {firings:?}");
+    assert!(
+        firings[0].done.is_some(),
+        "the finished action is recorded: {firings:?}"
+    );
     // A third dispatcher later, inside the cooldown, skips too.
     assert!(matches!(
         one.dispatch(firing()).await.unwrap(),
@@ -344,7 +347,8 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     // A replica that recorded a firing for mina-1 and died before its action
     // finished: a pod restart is not repeated without knowing its outcome
     // (at-most-once for actions that are not resumable).
-    let died_at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let died_at =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
     unfinished_firing(&apps, "offline", "mina-1", died_at).await;
     let again = Firing {
@@ -357,7 +361,10 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         one.dispatch(again).await.unwrap(),
         Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at }) if at == died_at
     ));
-    assert!(pods.get_opt("mina-1").await.unwrap().is_some(), "not restarted");
+    assert!(
+        pods.get_opt("mina-1").await.unwrap().is_some(),
+        "not restarted"
+    );
 }
 
 /// Adds to status a firing of `rule` for `target` at `at` that a replica recorded
@@ -509,11 +516,14 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     // A replica recorded a firing of `notify` for mina-0 and died before it
     // finished: the replica that sees the episode next sends it as that firing
     // (same firedAt, so the same idempotency key), and records that it finished.
-    let died_at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let died_at =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
     unfinished_firing(&bed.apps(), "notify", "mina-0", died_at).await;
     bed.set_state(0, SyncStatus::Offline).await;
-    let note = bed.wait_event(20, "ActionSucceeded", "resumed the firing").await;
+    let note = bed
+        .wait_event(20, "ActionSucceeded", "resumed the firing")
+        .await;
     assert!(note.contains(&died_at.to_string()), "{note}");
     let got = receiver.received();
     assert_eq!(got.len(), 4, "{got:?}");
@@ -528,7 +538,10 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
         .find(|f| f.rule == "notify" && f.target == "mina-0")
         .unwrap();
     assert_eq!(record.time.0, died_at);
-    assert!(record.done.is_some() && record.resumed.is_some(), "{record:?}");
+    assert!(
+        record.done.is_some() && record.resumed.is_some(),
+        "{record:?}"
+    );
 }
 
 #[tokio::test]

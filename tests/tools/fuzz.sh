@@ -39,6 +39,9 @@ if [ "$(cargo-fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]
 fi
 
 cd "$fuzz"
+# The instrumented build lives in the cache, so that a fresh clone (CI) does not
+# rebuild the whole dependency tree with AddressSanitizer every time.
+export CARGO_TARGET_DIR="${KCO_FUZZ_TARGET_DIR:-$cache_root/fuzz/target}"
 all_targets="$(cargo fuzz list)"
 targets="${FUZZ_TARGETS:-$all_targets}"
 for target in $targets; do
