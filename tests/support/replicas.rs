@@ -296,12 +296,24 @@ impl Fleet {
         let cp = ControlPlane::shared();
         let client = cp.admin().await;
         let ns = cp.namespace(prefix).await;
-        let ip = fixtures::loopback_ip();
-        let node = self
-            .sim
-            .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
-            .await
-            .unwrap();
+        // Another test process may hold an address of this range (two binaries
+        // running at once): take the next one.
+        let mut attempt = 0;
+        let (ip, node) = loop {
+            let ip = fixtures::loopback_ip();
+            match self
+                .sim
+                .add_node((ip, MINA_GRAPHQL_PORT).into(), NodeState::default())
+                .await
+            {
+                Ok(node) => break (ip, node),
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    eprintln!("simulated node at {ip}: {e}; trying another address");
+                }
+                Err(e) => panic!("no free loopback address for a simulated node: {e}"),
+            }
+        };
         let pod = fixtures::mina_pod("mina-0", json!({"app": "mina"}));
         fixtures::create_running_pod(&client, &ns, &pod, ip).await;
         let app: TargetApp = serde_json::from_value(json!({
