@@ -70,16 +70,18 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
         Vec::<String>::new(),
         "no replica exited on its own"
     );
-    // The replicas that never restarted: no leak of descriptors or memory over the
-    // run (generous bounds: a short run only catches gross leaks; the long run's
-    // report shows the trend).
+    // The replicas that never restarted: no gross leak of descriptors or memory.
+    // The bounds are generous: a replica's share of namespaces (and so its pod
+    // watches and pooled connections) grows while kco-2 restarts, and idle pooled
+    // connections close only after their idle timeout. The long run's report shows
+    // the trend.
     for (replica, samples) in outcome.longest_lived() {
         if replica == 2 || samples.len() < 4 {
             continue;
         }
         let (first, last) = (samples[1], samples[samples.len() - 1]);
         assert!(
-            last.fds <= first.fds + 32,
+            last.fds <= first.fds * 2 + 64,
             "kco-{replica} open descriptors grew from {} to {}",
             first.fds,
             last.fds
