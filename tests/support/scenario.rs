@@ -539,7 +539,16 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
     let firings = firings.into_inner().unwrap();
     let expected: usize = firings.values().sum();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver.count() < expected && Instant::now() < deadline {
+    // (Distinct keys: a redelivery must not end the wait early.)
+    let distinct = |receiver: &Receiver| {
+        receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.headers.get("idempotency-key").cloned())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    while distinct(&receiver) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
