@@ -60,22 +60,7 @@ async fn every_firing_acts_once_through_kills_and_an_apiserver_restart() {
     // moves, before the end of an episode is recorded. Until it is, the run bounds
     // what it measured (30% of firings missed at most, 1% extra actions), so
     // that a regression fails it, and prints the namespaces concerned.
-    let (firings, missed, extra) = (
-        outcome.total_firings(),
-        outcome.missed_firings(),
-        outcome.extra_actions(),
-    );
-    println!("exactly once: {firings} firings, {missed} missed, {extra} extra actions");
-    assert!(
-        missed * 100 <= firings * 30,
-        "{missed} of {firings} firings without an action\n{}",
-        outcome.explain()
-    );
-    assert!(
-        extra * 100 <= firings,
-        "{extra} actions beyond one per firing ({firings} firings)\n{}",
-        outcome.explain()
-    );
+    outcome.assert_bounded_misses(30);
     // No zombie: after the restart every replica that ran through it polls new
     // TargetApps (so its TargetApp, pod and Namespace watches came back).
     let pollers: std::collections::BTreeSet<&String> =

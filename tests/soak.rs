@@ -49,22 +49,7 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
     // moves, before the end of an episode is recorded. Until it is, the run bounds
     // what it measured (2% of firings missed at most, 1% extra actions), so
     // that a regression fails it, and prints the namespaces concerned.
-    let (firings, missed, extra) = (
-        outcome.total_firings(),
-        outcome.missed_firings(),
-        outcome.extra_actions(),
-    );
-    println!("exactly once: {firings} firings, {missed} missed, {extra} extra actions");
-    assert!(
-        missed * 100 <= firings * 2,
-        "{missed} of {firings} firings without an action\n{}",
-        outcome.explain()
-    );
-    assert!(
-        extra * 100 <= firings,
-        "{extra} actions beyond one per firing ({firings} firings)\n{}",
-        outcome.explain()
-    );
+    outcome.assert_bounded_misses(2);
     assert_eq!(
         outcome.unexpected_exits,
         Vec::<String>::new(),
