@@ -495,7 +495,8 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
                 replicas.spawn(victim);
                 kills += 1;
                 kill_log.push((now - started, victim));
-                next_kill = plan.kill_every.map(|every| at + every);
+                // From now: after a pause (the outage) kills do not come in a burst.
+                next_kill = plan.kill_every.map(|every| Instant::now() + every);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
