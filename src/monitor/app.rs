@@ -154,7 +154,7 @@ pub async fn run(
                 None => break,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
-            Some((target, rule, at, done)) = adopted.recv() => monitor.adopt(&target, &rule, at, done),
+            Some((target, rule, at)) = adopted.recv() => monitor.adopt(&target, &rule, at),
             _ = tick.tick() => monitor.write_status(None).await,
         }
     }
@@ -491,11 +491,10 @@ impl Monitor {
         ));
     }
 
-    /// The fence found `rule` already fired for `target`'s episode at `at` (or
-    /// this replica ran it as that firing): this stretch's firing is that one (its
-    /// end will be recorded under that time). `done`: its action has finished, so
-    /// this replica's own status writes must keep saying so.
-    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp, done: bool) {
+    /// The fence found `rule` already fired for `target`'s episode at `at` (or this
+    /// replica ran it as that earlier, unfinished firing): this stretch's firing is
+    /// that one (its end will be recorded under that time).
+    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp) {
         let Some(index) = self.rules.iter().position(|r| r.name == rule) else {
             return;
         };
@@ -506,15 +505,6 @@ impl Monitor {
         {
             firing.adopt(at);
         }
-        let finished = done.then(|| Time(Timestamp::now()));
-        if let Some(record) = self.firings.iter_mut().find(|f| {
-            f.rule == rule && f.target == target && f.time.0.as_second() == at.as_second()
-        }) {
-            if record.done.is_none() {
-                record.done = finished;
-            }
-            return;
-        }
         status::record_firing(
             &mut self.firings,
             RuleFiring {
@@ -522,7 +512,7 @@ impl Monitor {
                 target: target.to_owned(),
                 time: Time(at),
                 cleared: None,
-                done: finished,
+                done: None,
                 resumed: None,
             },
         );
@@ -726,8 +716,8 @@ fn publish(
 
 /// Fences a firing, runs its action, and reports what happened.
 /// A firing recorded for this episode (by another replica, or run here as an
-/// earlier unfinished one): (target, rule, when, whether its action finished).
-type Adopt = (String, String, Timestamp, bool);
+/// earlier unfinished one): (target, rule, when).
+type Adopt = (String, String, Timestamp);
 
 async fn act(
     ctx: Arc<Context>,
@@ -761,9 +751,6 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::QuotaExceeded { why })) => {
             count("throttled");
-            let _ = adopt
-                .send((target.clone(), rule.clone(), fired_at, true))
-                .await;
             ctx.metrics
                 .throttled
                 .with_label_values(&[namespace.as_str(), "action"])
@@ -781,7 +768,7 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::AlreadyFired { at })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at, true)).await;
+            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: it already ran for this episode at {at} (the condition has not been seen false since)"
             );
@@ -789,7 +776,7 @@ async fn act(
         }
         Ok(Dispatched::Skipped(Skip::LostRace { at })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at, false)).await;
+            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
             );
@@ -801,12 +788,10 @@ async fn act(
             duration,
             fired_at: ran_as,
         }) => {
-            let _ = adopt
-                .send((target.clone(), rule.clone(), ran_as, true))
-                .await;
             let resumed = if ran_as.as_second() == fired_at.as_second() {
                 String::new()
             } else {
+                let _ = adopt.send((target.clone(), rule.clone(), ran_as)).await;
                 format!(
                     " (resumed the firing of {ran_as}, whose replica stopped before it finished)"
                 )
