@@ -27,6 +27,15 @@ pub const FENCE_PATIENCE: Duration = Duration::from_secs(120);
 /// How long recording that an action finished waits for an unavailable apiserver.
 const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Sets an unset time to now; whether it changed anything.
+fn stamp(slot: &mut Option<Time>) -> bool {
+    if slot.is_some() {
+        return false;
+    }
+    *slot = Some(Time(Timestamp::now()));
+    true
+}
+
 /// Backoff from 250 ms to 2 s, with jitter, for at most `total`.
 pub fn patience(total: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -237,9 +246,9 @@ impl Dispatcher {
     }
 
     /// Records that the action of the firing of `rule` for `target` at `fired_at`
-    /// finished, so that no replica runs it again. Waits out a short apiserver
-    /// outage; a record it cannot update is at worst run once more, with the same
-    /// idempotency key.
+    /// finished, so that no replica runs it again (`dispatch` retries it through a
+    /// short apiserver outage); a record it cannot update is at worst run once
+    /// more, with the same idempotency key.
     pub async fn finish(
         &self,
         app: &TargetApp,
@@ -253,12 +262,7 @@ impl Dispatcher {
             target,
             fired_at,
             "record that an action finished",
-            |r| {
-                r.done
-                    .is_none()
-                    .then(|| r.done = Some(Time(Timestamp::now())))
-                    .is_some()
-            },
+            |r| stamp(&mut r.done),
         )
         .await
     }
@@ -279,12 +283,7 @@ impl Dispatcher {
             target,
             fired_at,
             "record the end of an episode",
-            |r| {
-                r.cleared
-                    .is_none()
-                    .then(|| r.cleared = Some(Time(Timestamp::now())))
-                    .is_some()
-            },
+            |r| stamp(&mut r.cleared),
         )
         .await
     }
