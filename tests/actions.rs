@@ -295,6 +295,7 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         correlation_id: "race".into(),
         now: k8s_openapi::jiff::Timestamp::now(),
         after: None,
+        false_at: None,
     };
     let dispatcher = |config: kube::Config| {
         let tenants = Tenants::new(Quota::default());
@@ -358,12 +359,50 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         ..firing()
     };
     assert!(matches!(
-        one.dispatch(again).await.unwrap(),
-        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at }) if at == died_at
+        one.dispatch(again.clone()).await.unwrap(),
+        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at, pending: true }) if at == died_at
     ));
     assert!(
         pods.get_opt("mina-1").await.unwrap().is_some(),
         "not restarted"
+    );
+
+    // Its replica's end of that episode, seen after this firing, is recorded: the
+    // firing came while the episode went on, so it stays skipped, for good.
+    let seconds = |s: i64| k8s_openapi::jiff::SignedDuration::from_secs(s);
+    let later = again.now + seconds(5);
+    one.clear(&app, "offline", "mina-1", died_at, later)
+        .await
+        .unwrap();
+    assert!(matches!(
+        one.dispatch(again.clone()).await.unwrap(),
+        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at, pending: false }) if at == died_at
+    ));
+    // A second end recorded for the same firing changes nothing.
+    one.clear(&app, "offline", "mina-1", died_at, died_at)
+        .await
+        .unwrap();
+    let record = apps.get_status("mina").await.unwrap().status.unwrap();
+    let record = record
+        .firings
+        .iter()
+        .find(|f| f.target == "mina-1")
+        .unwrap();
+    assert_eq!(
+        record.cleared.as_ref().map(|c| c.0.as_second()),
+        Some(later.as_second())
+    );
+    // A firing after that end is a new episode: it runs.
+    let next = Firing {
+        now: later + seconds(1),
+        ..again
+    };
+    assert!(
+        matches!(
+            one.dispatch(next).await.unwrap(),
+            Dispatched::Ran { result: Ok(_), .. }
+        ),
+        "a new episode after the recorded end"
     );
 }
 
@@ -516,11 +555,34 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     // A replica recorded a firing of `notify` for mina-0 and died before it
     // finished: the replica that sees the episode next sends it as that firing
     // (same firedAt, so the same idempotency key), and records that it finished.
+    // The take-over is modelled by suspending the TargetApp meanwhile: when it is
+    // resumed, its monitor starts again from status, like a replica taking over
+    // (one that had seen the condition false since would fire a new episode).
+    let suspend = |on: bool| {
+        let apps = bed.apps();
+        async move {
+            apps.patch(
+                "mina",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspend": on}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    suspend(true).await;
+    bed.wait_status(20, "Suspended", |s| {
+        s.phase == Some(kco::targetapp::Phase::Suspended)
+    })
+    .await;
+    // (Two hours ago, beyond the rule's cooldown: a firing restored from status
+    // holds the next one back for the cooldown, like one made here.)
     let died_at =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(7200);
     let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
     unfinished_firing(&bed.apps(), "notify", "mina-0", died_at).await;
     bed.set_state(0, SyncStatus::Offline).await;
+    suspend(false).await;
     let note = bed
         .wait_event(20, "ActionSucceeded", "resumed the firing")
         .await;

@@ -27,12 +27,12 @@ pub const FENCE_PATIENCE: Duration = Duration::from_secs(120);
 /// How long recording that an action finished waits for an unavailable apiserver.
 const FINISH_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Sets an unset time to now; whether it changed anything.
-fn stamp(slot: &mut Option<Time>) -> bool {
+/// Sets an unset time; whether it changed anything.
+fn set_once(slot: &mut Option<Time>, at: Timestamp) -> bool {
     if slot.is_some() {
         return false;
     }
-    *slot = Some(Time(Timestamp::now()));
+    *slot = Some(Time(at));
     true
 }
 
@@ -47,6 +47,7 @@ pub fn patience(total: Duration) -> ExponentialBuilder {
 }
 
 /// One firing to act on.
+#[derive(Clone)]
 pub struct Firing {
     pub app: Arc<TargetApp>,
     pub rule_name: String,
@@ -65,6 +66,9 @@ pub struct Firing {
     /// The previous firing whose episode this replica saw end (its condition turned
     /// false): a recorded firing at that time does not make this one a repeat.
     pub after: Option<Timestamp>,
+    /// The last time this replica saw the condition not hold: a firing recorded at
+    /// least a second before it belongs to an episode that has ended.
+    pub false_at: Option<Timestamp>,
 }
 
 /// Why a firing's action did not run.
@@ -77,8 +81,10 @@ pub enum Skip {
     /// The tenant's hourly action budget is used up.
     QuotaExceeded { why: String },
     /// The rule already fired for this episode (recorded by another replica, and
-    /// its condition not seen false since).
-    AlreadyFired { at: Timestamp },
+    /// its condition not seen false since). `pending`: no end of that episode is
+    /// recorded yet, so one may still arrive from the replica that saw it (see
+    /// `Dispatcher::fence`); otherwise its recorded end came after this firing.
+    AlreadyFired { at: Timestamp, pending: bool },
 }
 
 /// What dispatching a firing came to.
@@ -93,6 +99,76 @@ pub enum Dispatched {
         duration: Duration,
         fired_at: Timestamp,
     },
+}
+
+/// What a replica knows of a firing's episode, for `judge`.
+#[derive(Debug, Clone, Copy)]
+pub struct Episode {
+    /// The firing's time (whole seconds).
+    pub now: Timestamp,
+    pub cooldown: Duration,
+    /// The firing whose episode this replica saw end.
+    pub after: Option<Timestamp>,
+    /// The last time this replica saw the condition not hold.
+    pub false_at: Option<Timestamp>,
+}
+
+impl Episode {
+    fn of(firing: &Firing) -> Self {
+        Self {
+            now: firing.now,
+            cooldown: firing.cooldown,
+            after: firing.after,
+            false_at: firing.false_at,
+        }
+    }
+}
+
+/// What the fence does with a firing, given the latest recorded firing of the
+/// same rule for the same target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precedent {
+    /// Record this firing and run its action.
+    Fire,
+    /// Run the recorded firing's action again as that firing: it was recorded and
+    /// never finished (its replica stopped midway), its episode goes on, and the
+    /// action is safe to repeat.
+    Resume,
+    Skip(Skip),
+}
+
+/// Judges a firing against the latest recorded one (pure: the fence reads status).
+///
+/// The recorded firing's episode has ended before this firing when this replica
+/// saw it end, or saw the condition false after it was recorded, or its end is
+/// recorded no later than this firing. Status times have one-second precision, so
+/// "after" means a later second; an end recorded in the same second as this
+/// firing counts as before it.
+pub fn judge(previous: &RuleFiring, episode: &Episode, resumable: bool) -> Precedent {
+    let last = previous.time.0.as_second();
+    let ended_here = episode.after.map(Timestamp::as_second) == Some(last);
+    let seen_false = episode.false_at.is_some_and(|f| f.as_second() > last);
+    let cleared = previous.cleared.as_ref().map(|c| c.0.as_second());
+    let recorded_end = cleared.is_some_and(|c| c <= episode.now.as_second());
+    let open = !(ended_here || seen_false || recorded_end);
+    if open && previous.done.is_none() && resumable {
+        return Precedent::Resume;
+    }
+    let since =
+        Duration::try_from(episode.now.duration_since(previous.time.0)).unwrap_or(Duration::ZERO);
+    if since < episode.cooldown {
+        return Precedent::Skip(Skip::Cooldown {
+            last: previous.time.0,
+        });
+    }
+    if open {
+        // With no end recorded, one may still come from the replica that saw it.
+        return Precedent::Skip(Skip::AlreadyFired {
+            at: previous.time.0,
+            pending: cleared.is_none(),
+        });
+    }
+    Precedent::Fire
 }
 
 /// Fences firings and runs their actions.
@@ -183,30 +259,19 @@ impl Dispatcher {
             resumed: None,
         };
         if let Some(previous) = &seen {
-            let last = previous.time.0;
-            // Status times have one-second precision.
-            let ended_here = firing.after.map(Timestamp::as_second) == Some(last.as_second());
-            let open = previous.cleared.is_none() && !ended_here;
             let resumable = self
                 .registry
                 .get(firing.rule.action.as_str())
                 .is_some_and(|a| a.resumable());
-            if open && previous.done.is_none() && resumable {
-                // Recorded, never finished: the replica running it stopped midway.
-                // Run it again as that same firing.
-                record = RuleFiring {
-                    resumed: Some(Time(Timestamp::now())),
-                    ..previous.clone()
-                };
-            } else {
-                let since =
-                    Duration::try_from(firing.now.duration_since(last)).unwrap_or(Duration::ZERO);
-                if since < firing.cooldown {
-                    return Ok(Err(Skip::Cooldown { last }));
+            match judge(previous, &Episode::of(firing), resumable) {
+                Precedent::Fire => {}
+                Precedent::Resume => {
+                    record = RuleFiring {
+                        resumed: Some(Time(Timestamp::now())),
+                        ..previous.clone()
+                    };
                 }
-                if open {
-                    return Ok(Err(Skip::AlreadyFired { at: last }));
-                }
+                Precedent::Skip(skip) => return Ok(Err(skip)),
             }
         }
         for _ in 0..FENCE_ATTEMPTS {
@@ -262,20 +327,22 @@ impl Dispatcher {
             target,
             fired_at,
             "record that an action finished",
-            |r| stamp(&mut r.done),
+            |r| set_once(&mut r.done, Timestamp::now()),
         )
         .await
     }
 
     /// Records that the episode of `rule` for `target` that fired at `fired_at`
-    /// ended, so that a replica taking over fires the next one. Nothing to do when
-    /// status holds another firing by then.
+    /// ended, as seen at `ended_at` (the poll that saw its condition false), so
+    /// that a replica taking over fires the next one. Nothing to do when status
+    /// holds another firing by then, or this one's end already.
     pub async fn clear(
         &self,
         app: &TargetApp,
         rule: &str,
         target: &str,
         fired_at: Timestamp,
+        ended_at: Timestamp,
     ) -> Result<(), ActionError> {
         self.update_record(
             app,
@@ -283,7 +350,7 @@ impl Dispatcher {
             target,
             fired_at,
             "record the end of an episode",
-            |r| stamp(&mut r.cleared),
+            |r| set_once(&mut r.cleared, ended_at),
         )
         .await
     }
@@ -442,5 +509,122 @@ impl Dispatcher {
             Ok(result) => result,
             Err(_) => Err(ActionError::Timeout(timeout)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn recorded(time: i64, cleared: Option<i64>, done: bool) -> RuleFiring {
+        RuleFiring {
+            rule: "r".into(),
+            target: "t".into(),
+            time: Time(at(time)),
+            cleared: cleared.map(|c| Time(at(c))),
+            done: done.then(|| Time(at(time))),
+            resumed: None,
+        }
+    }
+
+    fn episode(now: i64) -> Episode {
+        Episode {
+            now: at(now),
+            cooldown: Duration::ZERO,
+            after: None,
+            false_at: None,
+        }
+    }
+
+    fn already(at_: i64, pending: bool) -> Precedent {
+        Precedent::Skip(Skip::AlreadyFired {
+            at: at(at_),
+            pending,
+        })
+    }
+
+    #[test]
+    fn an_open_episode_is_not_fired_again() {
+        let open = recorded(0, None, true);
+        assert_eq!(judge(&open, &episode(30), false), already(0, true));
+        // Seen false in the same second as the record: it may be the record's own
+        // stretch starting, so it proves nothing.
+        let same_second = Episode {
+            false_at: Some(at(0)),
+            ..episode(30)
+        };
+        assert_eq!(judge(&open, &same_second, false), already(0, true));
+    }
+
+    #[test]
+    fn an_episode_seen_to_end_here_fires_anew() {
+        let open = recorded(0, None, true);
+        let ended_here = Episode {
+            after: Some(at(0)),
+            ..episode(30)
+        };
+        assert_eq!(judge(&open, &ended_here, false), Precedent::Fire);
+        let seen_false = Episode {
+            false_at: Some(at(1)),
+            ..episode(30)
+        };
+        assert_eq!(judge(&open, &seen_false, false), Precedent::Fire);
+    }
+
+    #[test]
+    fn a_recorded_end_counts_only_before_the_firing() {
+        // Ended at 20 as seen by its replica: a firing at 30 is a new episode.
+        assert_eq!(
+            judge(&recorded(0, Some(20), true), &episode(30), false),
+            Precedent::Fire
+        );
+        // The same second counts as before.
+        assert_eq!(
+            judge(&recorded(0, Some(30), true), &episode(30), false),
+            Precedent::Fire
+        );
+        // Ended at 40: the firing at 30 came while that episode went on.
+        assert_eq!(
+            judge(&recorded(0, Some(40), true), &episode(30), false),
+            already(0, false)
+        );
+    }
+
+    #[test]
+    fn the_cooldown_holds_back_even_a_new_episode() {
+        let previous = recorded(0, Some(5), true);
+        let cooled = Episode {
+            cooldown: Duration::from_secs(60),
+            ..episode(30)
+        };
+        assert_eq!(
+            judge(&previous, &cooled, false),
+            Precedent::Skip(Skip::Cooldown { last: at(0) })
+        );
+    }
+
+    #[test]
+    fn only_an_unfinished_open_firing_of_a_resumable_action_is_resumed() {
+        let unfinished = recorded(0, None, false);
+        assert_eq!(judge(&unfinished, &episode(30), true), Precedent::Resume);
+        assert_eq!(
+            judge(&unfinished, &episode(30), false),
+            already(0, true),
+            "not resumable: never repeated without knowing its outcome"
+        );
+        assert_eq!(
+            judge(&recorded(0, None, true), &episode(30), true),
+            already(0, true),
+            "finished"
+        );
+        assert_eq!(
+            judge(&recorded(0, Some(10), false), &episode(30), true),
+            Precedent::Fire,
+            "its episode ended: this is a new one"
+        );
     }
 }

@@ -27,8 +27,8 @@ use crate::actions::{ActionError, Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::tenancy::Purpose;
-use crate::triggers::Recorded;
 use crate::triggers::{self, FieldPath, Rule};
+use crate::triggers::{Adoption, Recorded};
 
 /// A running poll loop.
 struct Running {
@@ -53,13 +53,15 @@ struct Monitor {
     written: Option<TargetAppStatus>,
     written_at: Option<Timestamp>,
     reports: mpsc::Sender<Report>,
+    /// Cancelled when this monitor stops (its actions' waits end with it).
+    cancel: CancellationToken,
     /// Firings the fence found recorded by another replica, back to this loop.
     adopt: mpsc::Sender<Adopt>,
 }
 
 /// Monitors `app` until `cancel` fires; then stops every poll loop it started.
-/// Monitors `app` until `cancel` fires. `over_quota` says why the app is beyond its
-/// tenant's TargetApp quota: then it is reported, not polled.
+/// `over_quota` says why the app is beyond its tenant's TargetApp quota: then it
+/// is reported, not polled.
 pub async fn run(
     ctx: Arc<Context>,
     app: Arc<TargetApp>,
@@ -102,6 +104,7 @@ pub async fn run(
         written_at: None,
         reports: tx,
         adopt: adopt_tx,
+        cancel: cancel.clone(),
         ctx,
         namespace,
         name,
@@ -154,7 +157,7 @@ pub async fn run(
                 None => break,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
-            Some((target, rule, at)) = adopted.recv() => monitor.adopt(&target, &rule, at),
+            Some(adopted) = adopted.recv() => monitor.adopt(adopted).await,
             _ = tick.tick() => monitor.write_status(None).await,
         }
     }
@@ -384,6 +387,7 @@ impl Monitor {
                     old,
                     new,
                     after,
+                    false_at,
                 } => {
                     self.fired(
                         rule,
@@ -391,11 +395,15 @@ impl Monitor {
                         now,
                         &report.correlation_id,
                         (old, new),
-                        after,
+                        (after, false_at),
                     )
                     .await
                 }
-                Observed::Ended { rule, fired_at } => self.ended(rule, &target, fired_at).await,
+                Observed::Ended { rule, fired_at } => {
+                    if let Some(rule) = self.rules.get(rule).map(|r| r.name.clone()) {
+                        self.ended(&rule, target.name(), fired_at, now).await;
+                    }
+                }
             }
         }
     }
@@ -407,7 +415,7 @@ impl Monitor {
         now: Timestamp,
         correlation_id: &str,
         (old, new): (Option<serde_json::Value>, Option<serde_json::Value>),
-        after: Option<Timestamp>,
+        (after, false_at): (Option<Timestamp>, Option<Timestamp>),
     ) {
         let Some(rule) = self.rules.get(index).cloned() else {
             return;
@@ -480,6 +488,7 @@ impl Monitor {
             correlation_id: correlation_id.to_owned(),
             now,
             after,
+            false_at,
         };
         // Off the monitor's loop: an action may take up to its timeout. Tracked, so
         // that a graceful shutdown lets running actions finish.
@@ -488,50 +497,64 @@ impl Monitor {
             self.reference.clone(),
             firing,
             self.adopt.clone(),
+            self.cancel.clone(),
         ));
     }
 
-    /// The fence found `rule` already fired for `target`'s episode at `at` (or this
-    /// replica ran it as that earlier, unfinished firing): this stretch's firing is
-    /// that one (its end will be recorded under that time).
-    fn adopt(&mut self, target: &str, rule: &str, at: Timestamp) {
+    /// The fence found that this replica's firing at `adopted.own` belongs to the
+    /// episode recorded as the firing at `adopted.at`: this stretch's firing is
+    /// that one (its end is recorded under that time). If the stretch has already
+    /// ended here and the adoption is settled, that end is recorded now.
+    async fn adopt(&mut self, adopted: Adopt) {
+        let Adopt {
+            target,
+            rule,
+            own,
+            at,
+            settled,
+        } = adopted;
         let Some(index) = self.rules.iter().position(|r| r.name == rule) else {
             return;
         };
-        if let Some(firing) = self
+        let Some(firing) = self
             .targets
-            .get_mut(target)
+            .get_mut(&target)
             .and_then(|t| t.firing.get_mut(index))
-        {
-            firing.adopt(at);
+        else {
+            return;
+        };
+        let adoption = firing.adopt(own, at);
+        if adoption == Adoption::Stale {
+            return;
         }
         status::record_firing(
             &mut self.firings,
             RuleFiring {
-                rule: rule.to_owned(),
-                target: target.to_owned(),
+                rule: rule.clone(),
+                target: target.clone(),
                 time: Time(at),
                 cleared: None,
                 done: None,
                 resumed: None,
             },
         );
+        if let Adoption::Ended { seen_false } = adoption
+            && settled
+        {
+            let ended_at = seen_false.unwrap_or_else(Timestamp::now);
+            self.ended(&rule, &target, at, ended_at).await;
+        }
     }
 
-    /// A rule's episode ended: recorded in status before the next poll report is
-    /// handled, so that a replica taking over fires the next episode (and this one's
-    /// own next firing is never mistaken for a repeat).
-    async fn ended(&mut self, index: usize, target: &Target, fired_at: Timestamp) {
-        let Some(rule) = self.rules.get(index) else {
-            return;
-        };
-        let cleared = Time(Timestamp::now());
+    /// The episode of `rule` for `target` that fired at `fired_at` was seen to end
+    /// at `ended_at`: recorded in status before the next poll report is handled,
+    /// so that a replica taking over fires the next episode (and this one's own
+    /// next firing is never mistaken for a repeat).
+    async fn ended(&mut self, rule: &str, target: &str, fired_at: Timestamp, ended_at: Timestamp) {
         if let Some(record) = self.firings.iter_mut().find(|f| {
-            f.rule == rule.name
-                && f.target == target.name()
-                && f.time.0.as_second() == fired_at.as_second()
+            f.rule == rule && f.target == target && f.time.0.as_second() == fired_at.as_second()
         }) {
-            record.cleared = Some(cleared);
+            record.cleared = Some(Time(ended_at));
         }
         if self.app.spec.actions.is_empty() {
             return;
@@ -539,29 +562,29 @@ impl Monitor {
         let what = || {
             self.ctx
                 .dispatcher
-                .clear(&self.app, &rule.name, target.name(), fired_at)
+                .clear(&self.app, rule, target, fired_at, ended_at)
         };
         let Err(e) = what().await else {
             return;
         };
         self.ctx.metrics.errors.with_label_values(&["fence"]).inc();
         if !e.is_transient() {
-            tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
-                rule = %rule.name, error = %e, "cannot record the end of an episode");
+            tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target,
+                rule = %rule, error = %e, "cannot record the end of an episode");
             return;
         }
         // The apiserver is down: keep trying in the background (a graceful shutdown
         // waits for it), so that a replica taking over later knows the episode ended.
-        tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
-            rule = %rule.name, error = %e, "cannot record the end of an episode yet; retrying");
+        tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target,
+            rule = %rule, error = %e, "cannot record the end of an episode yet; retrying");
         let (dispatcher, app, rule, target) = (
             self.ctx.dispatcher.clone(),
             self.app.clone(),
-            rule.name.clone(),
-            target.name().to_owned(),
+            rule.to_owned(),
+            target.to_owned(),
         );
         self.ctx.actions.spawn(async move {
-            let retried = (|| dispatcher.clear(&app, &rule, &target, fired_at))
+            let retried = (|| dispatcher.clear(&app, &rule, &target, fired_at, ended_at))
                 .retry(crate::actions::patience(crate::actions::FENCE_PATIENCE))
                 .when(ActionError::is_transient)
                 .await;
@@ -714,16 +737,39 @@ fn publish(
     }
 }
 
-/// Fences a firing, runs its action, and reports what happened.
-/// A firing recorded for this episode (by another replica, or run here as an
-/// earlier unfinished one): (target, rule, when).
-type Adopt = (String, String, Timestamp);
+/// This replica's firing of `rule` for `target` at `own` turned out to be the
+/// firing recorded at `at` (by another replica, or run here as an earlier
+/// unfinished one), or the other way round after a late end.
+struct Adopt {
+    target: String,
+    rule: String,
+    own: Timestamp,
+    at: Timestamp,
+    /// Whether this is final: only then does an end this replica saw become the
+    /// recorded firing's end (while the fence waits for the end recorded by the
+    /// replica that fired, that one is the true end).
+    settled: bool,
+}
 
+/// How long a firing that found its episode already fired, with no recorded end,
+/// waits for that end, in steps (about 30 s in all): the replica that saw it may
+/// still be writing it (a hand-off in progress, an apiserver coming back). An end
+/// recorded before this firing makes it a new episode, fired late.
+const END_WAITS: [Duration; 5] = [
+    Duration::from_secs(2),
+    Duration::from_secs(3),
+    Duration::from_secs(5),
+    Duration::from_secs(8),
+    Duration::from_secs(12),
+];
+
+/// Fences a firing, runs its action, and reports what happened.
 async fn act(
     ctx: Arc<Context>,
     reference: ObjectReference,
     firing: Firing,
     adopt: mpsc::Sender<Adopt>,
+    cancel: CancellationToken,
 ) {
     let namespace = firing.app.namespace().unwrap_or_default();
     let app = firing.app.name_any();
@@ -740,7 +786,46 @@ async fn act(
             .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str(), result])
             .inc();
     };
-    let (reason, note) = match ctx.dispatcher.dispatch(firing).await {
+    let adopted = |own: Timestamp, at: Timestamp, settled: bool| Adopt {
+        target: target.clone(),
+        rule: rule.clone(),
+        own,
+        at,
+        settled,
+    };
+    let mut dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
+    // Adopted at once (so that this stretch is not fired again), then re-judged
+    // while the end of the episode may still be recorded.
+    let mut waited_on = None;
+    for wait in END_WAITS {
+        let Ok(Dispatched::Skipped(Skip::AlreadyFired { at, pending: true })) = &dispatched else {
+            break;
+        };
+        if waited_on != Some(*at) {
+            let _ = adopt.send(adopted(fired_at, *at, false)).await;
+            waited_on = Some(*at);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
+    }
+    // What this stretch's firing is known as in the end, for the monitor's state.
+    let known_as = match &dispatched {
+        Ok(Dispatched::Skipped(Skip::AlreadyFired { at, .. } | Skip::LostRace { at })) => Some(*at),
+        Ok(Dispatched::Ran {
+            fired_at: ran_as, ..
+        }) => Some(*ran_as),
+        _ => waited_on,
+    };
+    if let Some(at) = known_as
+        && (waited_on.is_some() || at.as_second() != fired_at.as_second())
+    {
+        let own = waited_on.unwrap_or(fired_at);
+        let _ = adopt.send(adopted(own, at, true)).await;
+    }
+    let (reason, note) = match dispatched {
         Ok(Dispatched::Skipped(Skip::Cooldown { last })) => {
             count("skipped");
             let note = format!(
@@ -766,17 +851,15 @@ async fn act(
             let note = format!("{action} for {target} (rule {rule}) skipped: {why}");
             (Reason::ActionSkipped, note)
         }
-        Ok(Dispatched::Skipped(Skip::AlreadyFired { at })) => {
+        Ok(Dispatched::Skipped(Skip::AlreadyFired { at, .. })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: it already ran for this episode at {at} (the condition has not been seen false since)"
             );
             (Reason::ActionSkipped, note)
         }
-        Ok(Dispatched::Skipped(Skip::LostRace { at })) => {
+        Ok(Dispatched::Skipped(Skip::LostRace { .. })) => {
             count("skipped");
-            let _ = adopt.send((target.clone(), rule.clone(), at)).await;
             let note = format!(
                 "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
             );
@@ -789,9 +872,12 @@ async fn act(
             fired_at: ran_as,
         }) => {
             let resumed = if ran_as.as_second() == fired_at.as_second() {
-                String::new()
+                if waited_on.is_some() {
+                    " (late: the end of the episode before it was recorded meanwhile)".to_owned()
+                } else {
+                    String::new()
+                }
             } else {
-                let _ = adopt.send((target.clone(), rule.clone(), ran_as)).await;
                 format!(
                     " (resumed the firing of {ran_as}, whose replica stopped before it finished)"
                 )

@@ -37,12 +37,14 @@ pub enum Observed {
     /// A field a trigger references changed.
     StateChanged(Change),
     /// Rule number `rule` fired; its field was `old` in the previous poll and is `new`.
-    /// `after` is the previous firing whose episode this replica saw end.
+    /// `after` is the previous firing whose episode this replica saw end;
+    /// `false_at` the last time this replica saw the condition not hold.
     Fired {
         rule: usize,
         old: Option<Value>,
         new: Option<Value>,
         after: Option<Timestamp>,
+        false_at: Option<Timestamp>,
     },
     /// The episode of rule number `rule` that fired at `fired_at` ended: its
     /// condition no longer holds (to be recorded, so that another replica taking
@@ -138,6 +140,7 @@ impl TargetState {
                     old: previous.as_ref().and_then(|p| field.resolve(p.data, p.up)),
                     new: field.resolve(current.data, current.up),
                     after: firing.ended(),
+                    false_at: firing.false_at(),
                 });
             }
         }
@@ -159,6 +162,7 @@ mod tests {
 
     use super::*;
     use crate::targetapp::ActionRule;
+    use crate::triggers::Adoption;
     use crate::triggers::{compile, referenced_fields};
 
     fn rules() -> Vec<Rule> {
@@ -214,7 +218,8 @@ mod tests {
                 rule: 0,
                 old: Some(json!("SYNCED")),
                 new: Some(json!("OFFLINE")),
-                after: None
+                after: None,
+                false_at: Some(at(1)),
             }
         );
         assert_eq!(
@@ -238,7 +243,8 @@ mod tests {
                     rule: 1,
                     old: Some(json!(true)),
                     new: Some(json!(false)),
-                    after: None
+                    after: None,
+                    false_at: Some(at(3)),
                 }
             ]
         );
@@ -315,7 +321,8 @@ mod tests {
                 rule: 0,
                 old: Some(json!("OFFLINE")),
                 new: Some(json!("OFFLINE")),
-                after: Some(at(0))
+                after: Some(at(0)),
+                false_at: None,
             }]
         );
     }
@@ -350,7 +357,11 @@ mod tests {
             ),
             "{seen:?}"
         );
-        t.firing[0].adopt(at(0));
+        assert_eq!(
+            t.firing[0].adopt(at(10), at(0)),
+            Adoption::Ongoing,
+            "the stretch goes on: its end is still to come"
+        );
         assert_eq!(
             t.observe(ok("OFFLINE", 2), &rules, &fields, at(11)),
             vec![],
@@ -373,8 +384,9 @@ mod tests {
         );
         let seen = t.observe(ok("OFFLINE", 4), &rules, &fields, at(13));
         assert!(
-            matches!(seen.last(), Some(Observed::Fired { rule: 0, after: Some(a), .. }) if *a == at(0)),
-            "a new episode fires, naming the one it follows: {seen:?}"
+            matches!(seen.last(), Some(Observed::Fired { rule: 0, after: Some(a), false_at: Some(f), .. })
+                if *a == at(0) && *f == at(12)),
+            "a new episode fires, naming the one it follows and when it was seen false: {seen:?}"
         );
 
         // Taken over while the condition no longer holds: the end is reported at once.
@@ -386,6 +398,52 @@ mod tests {
                 rule: 0,
                 fired_at: at(0)
             }]
+        );
+    }
+
+    #[test]
+    fn an_adoption_arriving_after_the_stretch_ended_names_the_end() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: Some("mina-0".into()),
+            url: "u".into(),
+        };
+        let latched = |name: &str| {
+            (name == "offline").then_some(Recorded {
+                time: at(0),
+                cleared: false,
+            })
+        };
+        let mut t = TargetState::new(target, &rules, latched);
+        let seen = t.observe(ok("OFFLINE", 1), &rules, &fields, at(10));
+        assert!(matches!(seen.as_slice(), [Observed::Fired { rule: 0, .. }]));
+        // The stretch ends here before the fence answers: the end is reported under
+        // this replica's own firing time, which status does not know.
+        let seen = t.observe(ok("SYNCED", 2), &rules, &fields, at(12));
+        assert!(
+            seen.contains(&Observed::Ended {
+                rule: 0,
+                fired_at: at(10)
+            }),
+            "{seen:?}"
+        );
+        // The fence then says the firing was the one recorded at 0: its episode
+        // ended when the condition was seen false, at 12, for the caller to record.
+        assert_eq!(
+            t.firing[0].adopt(at(10), at(0)),
+            Adoption::Ended {
+                seen_false: Some(at(12))
+            }
+        );
+        assert_eq!(t.firing[0].ended(), Some(at(0)));
+        // A stale adoption (the rule fired again since) changes nothing.
+        assert_eq!(t.firing[0].adopt(at(10), at(5)), Adoption::Stale);
+        assert_eq!(t.firing[0].last_fired(), Some(at(0)));
+        let seen = t.observe(ok("OFFLINE", 3), &rules, &fields, at(13));
+        assert!(
+            matches!(seen.last(), Some(Observed::Fired { rule: 0, after: Some(a), .. }) if *a == at(0)),
+            "the next episode follows the adopted firing: {seen:?}"
         );
     }
 }

@@ -24,6 +24,8 @@ pub struct FiringState {
     ended: Option<Timestamp>,
     /// `last_fired` came from status and its episode's end was not recorded.
     unconfirmed: bool,
+    /// The last time the condition was seen not to hold.
+    false_at: Option<Timestamp>,
 }
 
 /// A firing recorded in status by this or another replica.
@@ -32,6 +34,18 @@ pub struct Recorded {
     pub time: Timestamp,
     /// Whether the condition was seen false after it (the episode ended).
     pub cleared: bool,
+}
+
+/// What adopting a recorded firing came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// The rule fired again since: nothing changed.
+    Stale,
+    /// Adopted; its stretch goes on.
+    Ongoing,
+    /// Adopted, and its stretch had already ended here (the condition was seen
+    /// false at `seen_false`): the caller records that end under the adopted time.
+    Ended { seen_false: Option<Timestamp> },
 }
 
 /// The outcome of one evaluation.
@@ -85,10 +99,21 @@ impl FiringState {
         }
     }
 
-    /// The fence found the rule already fired for this episode at `at` (by another
-    /// replica): this stretch's firing is that one.
-    pub fn adopt(&mut self, at: Timestamp) {
+    /// The fence found that the firing at `own` belongs to an episode recorded as
+    /// the firing at `at` (by another replica, or resumed): this stretch's firing
+    /// is that one, unless the rule fired again since `own`.
+    pub fn adopt(&mut self, own: Timestamp, at: Timestamp) -> Adoption {
+        if self.last_fired.map(|t| t.as_second()) != Some(own.as_second()) {
+            return Adoption::Stale;
+        }
         self.last_fired = Some(at);
+        if self.fired || self.ended.map(|t| t.as_second()) != Some(own.as_second()) {
+            return Adoption::Ongoing;
+        }
+        self.ended = Some(at);
+        Adoption::Ended {
+            seen_false: self.false_at,
+        }
     }
 
     /// When the rule last fired for this target.
@@ -99,6 +124,12 @@ impl FiringState {
     /// The last firing whose episode was seen to end.
     pub fn ended(&self) -> Option<Timestamp> {
         self.ended
+    }
+
+    /// The last time the condition was seen not to hold: every firing recorded
+    /// (here or elsewhere) before it belongs to an episode that has ended.
+    pub fn false_at(&self) -> Option<Timestamp> {
+        self.false_at
     }
 
     /// Advances the state with one evaluation. `new_edge` marks an observation that
@@ -112,6 +143,7 @@ impl FiringState {
         cooldown: Duration,
     ) -> Decision {
         if !holds {
+            self.false_at = Some(now);
             if self.fired || self.unconfirmed {
                 self.ended = self.last_fired;
             }

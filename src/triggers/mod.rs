@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use condition::{Condition, Observation, Operand, TriggerProblem};
-pub use firing::{Decision, FiringState, Recorded};
+pub use firing::{Adoption, Decision, FiringState, Recorded};
 pub use path::{FieldPath, PathError, Segment};
 pub use value::Num;
 

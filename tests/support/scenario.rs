@@ -347,7 +347,10 @@ impl Outcome {
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("samples.csv"), self.csv())?;
-        std::fs::write(dir.join("report.txt"), self.report())
+        std::fs::write(
+            dir.join("report.txt"),
+            format!("{}\n{}", self.report(), self.explain()),
+        )
     }
 }
 
