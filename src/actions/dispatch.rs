@@ -141,15 +141,24 @@ pub enum Precedent {
 ///
 /// The recorded firing's episode has ended before this firing when this replica
 /// saw it end, or saw the condition false after it was recorded, or its end is
-/// recorded no later than this firing. Status times have one-second precision, so
-/// "after" means a later second; an end recorded in the same second as this
-/// firing counts as before it.
+/// recorded before this firing. Status times have one-second precision, so
+/// "after" and "before" mean another second: when the same second leaves the
+/// order open, the firing is taken as a repeat (a duplicate restart is worse than
+/// a missed one, and that needs a state shorter than a second).
 pub fn judge(previous: &RuleFiring, episode: &Episode, resumable: bool) -> Precedent {
     let last = previous.time.0.as_second();
+    let now = episode.now.as_second();
+    if last > now {
+        // A later firing is recorded: this one is overtaken.
+        return Precedent::Skip(Skip::AlreadyFired {
+            at: previous.time.0,
+            pending: false,
+        });
+    }
     let ended_here = episode.after.map(Timestamp::as_second) == Some(last);
     let seen_false = episode.false_at.is_some_and(|f| f.as_second() > last);
     let cleared = previous.cleared.as_ref().map(|c| c.0.as_second());
-    let recorded_end = cleared.is_some_and(|c| c <= episode.now.as_second());
+    let recorded_end = cleared.is_some_and(|c| c < now);
     let open = !(ended_here || seen_false || recorded_end);
     if open && previous.done.is_none() && resumable {
         return Precedent::Resume;
@@ -582,16 +591,22 @@ mod tests {
             judge(&recorded(0, Some(20), true), &episode(30), false),
             Precedent::Fire
         );
-        // The same second counts as before.
+        // The same second leaves the order open: taken as a repeat.
         assert_eq!(
             judge(&recorded(0, Some(30), true), &episode(30), false),
-            Precedent::Fire
+            already(0, false)
         );
         // Ended at 40: the firing at 30 came while that episode went on.
         assert_eq!(
             judge(&recorded(0, Some(40), true), &episode(30), false),
             already(0, false)
         );
+    }
+
+    #[test]
+    fn a_firing_overtaken_by_a_later_record_is_skipped() {
+        let later = recorded(40, None, false);
+        assert_eq!(judge(&later, &episode(30), true), already(40, false));
     }
 
     #[test]

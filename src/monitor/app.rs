@@ -45,7 +45,7 @@ struct Monitor {
     rules: Vec<Rule>,
     fields: BTreeSet<FieldPath>,
     schedule: Schedule,
-    pods: BTreeMap<String, Pod>,
+    pods: discovery::Pods,
     discovered: bool,
     targets: BTreeMap<String, TargetState>,
     loops: BTreeMap<String, Running>,
@@ -96,7 +96,7 @@ pub async fn run(
             timeout,
             query: Arc::from(spec.state_query.as_str()),
         },
-        pods: BTreeMap::new(),
+        pods: discovery::Pods::default(),
         discovered: false,
         targets: BTreeMap::new(),
         loops: BTreeMap::new(),
@@ -190,28 +190,15 @@ impl Monitor {
     }
 
     async fn on_pod_event(&mut self, event: watcher::Event<Pod>) {
-        match event {
-            watcher::Event::Init => self.pods.clear(),
-            watcher::Event::InitApply(pod) => {
-                self.pods.insert(pod.name_any(), pod);
-                return;
-            }
-            watcher::Event::InitDone => self.discovered = true,
-            watcher::Event::Apply(pod) => {
-                self.pods.insert(pod.name_any(), pod);
-            }
-            watcher::Event::Delete(pod) => {
-                self.pods.remove(&pod.name_any());
-            }
-        }
-        if self.discovered {
+        if self.pods.apply(event) {
+            self.discovered = self.pods.listed();
             self.reconcile_targets().await;
         }
     }
 
     /// Starts loops for new targets, stops them for lost ones, restarts moved ones.
     async fn reconcile_targets(&mut self) {
-        let wanted = discovery::targets(&self.app.spec, &self.pods);
+        let wanted = discovery::targets(&self.app.spec, self.pods.current());
         let lost: Vec<String> = self
             .loops
             .iter()
@@ -227,6 +214,7 @@ impl Monitor {
             {
                 let why = match self
                     .pods
+                    .current()
                     .get(&name)
                     .map(|pod| discovery::target_of(pod, &self.app.spec))
                 {
@@ -504,14 +492,13 @@ impl Monitor {
     /// The fence found that this replica's firing at `adopted.own` belongs to the
     /// episode recorded as the firing at `adopted.at`: this stretch's firing is
     /// that one (its end is recorded under that time). If the stretch has already
-    /// ended here and the adoption is settled, that end is recorded now.
+    /// ended here, that end is recorded now.
     async fn adopt(&mut self, adopted: Adopt) {
         let Adopt {
             target,
             rule,
             own,
             at,
-            settled,
         } = adopted;
         let Some(index) = self.rules.iter().position(|r| r.name == rule) else {
             return;
@@ -538,9 +525,7 @@ impl Monitor {
                 resumed: None,
             },
         );
-        if let Adoption::Ended { seen_false } = adoption
-            && settled
-        {
+        if let Adoption::Ended { seen_false } = adoption {
             let ended_at = seen_false.unwrap_or_else(Timestamp::now);
             self.ended(&rule, &target, at, ended_at).await;
         }
@@ -745,10 +730,6 @@ struct Adopt {
     rule: String,
     own: Timestamp,
     at: Timestamp,
-    /// Whether this is final: only then does an end this replica saw become the
-    /// recorded firing's end (while the fence waits for the end recorded by the
-    /// replica that fired, that one is the true end).
-    settled: bool,
 }
 
 /// How long a firing that found its episode already fired, with no recorded end,
@@ -786,25 +767,16 @@ async fn act(
             .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str(), result])
             .inc();
     };
-    let adopted = |own: Timestamp, at: Timestamp, settled: bool| Adopt {
-        target: target.clone(),
-        rule: rule.clone(),
-        own,
-        at,
-        settled,
-    };
     let mut dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
-    // Adopted at once (so that this stretch is not fired again), then re-judged
-    // while the end of the episode may still be recorded.
-    let mut waited_on = None;
+    // Re-judged while the end of the episode may still be recorded. Meanwhile the
+    // monitor knows this stretch by its own time, so that an end it sees is not
+    // written as the end of the recorded firing (that one's replica saw its end).
+    let mut waited = false;
     for wait in END_WAITS {
-        let Ok(Dispatched::Skipped(Skip::AlreadyFired { at, pending: true })) = &dispatched else {
+        let Ok(Dispatched::Skipped(Skip::AlreadyFired { pending: true, .. })) = &dispatched else {
             break;
         };
-        if waited_on != Some(*at) {
-            let _ = adopt.send(adopted(fired_at, *at, false)).await;
-            waited_on = Some(*at);
-        }
+        waited = true;
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -817,13 +789,19 @@ async fn act(
         Ok(Dispatched::Ran {
             fired_at: ran_as, ..
         }) => Some(*ran_as),
-        _ => waited_on,
+        _ => None,
     };
     if let Some(at) = known_as
-        && (waited_on.is_some() || at.as_second() != fired_at.as_second())
+        && at.as_second() != fired_at.as_second()
     {
-        let own = waited_on.unwrap_or(fired_at);
-        let _ = adopt.send(adopted(own, at, true)).await;
+        let _ = adopt
+            .send(Adopt {
+                target: target.clone(),
+                rule: rule.clone(),
+                own: fired_at,
+                at,
+            })
+            .await;
     }
     let (reason, note) = match dispatched {
         Ok(Dispatched::Skipped(Skip::Cooldown { last })) => {
@@ -872,7 +850,7 @@ async fn act(
             fired_at: ran_as,
         }) => {
             let resumed = if ran_as.as_second() == fired_at.as_second() {
-                if waited_on.is_some() {
+                if waited {
                     " (late: the end of the episode before it was recorded meanwhile)".to_owned()
                 } else {
                     String::new()

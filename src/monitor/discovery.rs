@@ -100,6 +100,61 @@ pub fn targets(spec: &TargetAppSpec, pods: &BTreeMap<String, Pod>) -> BTreeMap<S
         .collect()
 }
 
+/// The selected pods, as a pod watch reports them. A (re-)list replaces them only
+/// once it is complete, so that a watch that restarts (an apiserver restart, an
+/// expired resource version) neither loses targets for a moment nor their state.
+#[derive(Debug, Default)]
+pub struct Pods {
+    current: BTreeMap<String, Pod>,
+    /// The pods of a list in progress.
+    listing: Option<BTreeMap<String, Pod>>,
+    /// Whether a first list completed.
+    listed: bool,
+}
+
+impl Pods {
+    /// Takes one watch event in; whether the targets are to be reconciled.
+    pub fn apply(&mut self, event: kube::runtime::watcher::Event<Pod>) -> bool {
+        use kube::runtime::watcher::Event;
+        let name = |pod: &Pod| pod.metadata.name.clone().unwrap_or_default();
+        match event {
+            Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(pod) => {
+                self.listing
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name(&pod), pod);
+                false
+            }
+            Event::InitDone => {
+                self.current = self.listing.take().unwrap_or_default();
+                self.listed = true;
+                true
+            }
+            Event::Apply(pod) => {
+                self.current.insert(name(&pod), pod);
+                self.listed
+            }
+            Event::Delete(pod) => {
+                self.current.remove(&name(&pod));
+                self.listed
+            }
+        }
+    }
+
+    /// Whether a first list completed (until then the targets are unknown).
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    /// The current pods, by name.
+    pub fn current(&self) -> &BTreeMap<String, Pod> {
+        &self.current
+    }
+}
+
 /// A label selector in the apiserver's query syntax (`app=mina,tier in (a,b),!x`).
 pub fn selector_query(selector: &LabelSelector) -> Result<String, String> {
     let mut parts: Vec<String> = selector
@@ -222,5 +277,33 @@ mod tests {
             serde_json::from_value(json!({"matchExpressions": [{"key": "k", "operator": "Near"}]}))
                 .unwrap();
         assert!(selector_query(&bad).is_err());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_pods_only_once_complete() {
+        use kube::runtime::watcher::Event;
+        let pod = |name: &str| {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(name.to_owned());
+            pod
+        };
+        let names = |pods: &Pods| pods.current().keys().cloned().collect::<Vec<_>>();
+        let mut pods = Pods::default();
+        assert!(!pods.apply(Event::Init));
+        assert!(!pods.apply(Event::InitApply(pod("a"))));
+        assert!(!pods.listed(), "not listed before InitDone");
+        assert!(pods.apply(Event::InitDone));
+        assert!(pods.listed());
+        assert!(pods.apply(Event::Apply(pod("b"))));
+        assert_eq!(names(&pods), ["a", "b"]);
+
+        // The watch restarts: until the new list is complete, the targets stay.
+        assert!(!pods.apply(Event::Init));
+        assert!(!pods.apply(Event::InitApply(pod("b"))));
+        assert_eq!(names(&pods), ["a", "b"], "kept while listing");
+        assert!(pods.apply(Event::InitDone));
+        assert_eq!(names(&pods), ["b"], "then replaced: a went away meanwhile");
+        assert!(pods.apply(Event::Delete(pod("b"))));
+        assert!(names(&pods).is_empty());
     }
 }

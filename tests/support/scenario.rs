@@ -412,22 +412,26 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
     let started = Instant::now();
     let end = started + plan.duration;
 
-    // Flip the nodes on schedule. A CATCHUP episode starts only if it can hold its
-    // whole time before the end, so that each one is seen.
+    // Flip the nodes on schedule. Every state holds at least `hold` once it began
+    // (a state shorter than a poll interval cannot be seen, by KCO or anyone), and a
+    // CATCHUP episode starts only if it can hold its whole time before the end, so
+    // that each one is seen.
     let drive = async {
         let mut current: Vec<SyncStatus> = vec![SyncStatus::Synced; namespaces.len()];
-        let mut until: Vec<Option<Instant>> = vec![None; namespaces.len()];
+        let mut since: Vec<Option<Instant>> = vec![None; namespaces.len()];
         loop {
             let now = Instant::now();
             let done = now >= end;
             for (k, ns) in namespaces.iter().enumerate() {
                 let mut want = scheduled(k, namespaces.len(), now - started, plan.hold);
-                if want == SyncStatus::Catchup && current[k] == SyncStatus::Synced {
-                    if done || now + plan.hold > end {
-                        want = SyncStatus::Synced;
-                    }
-                } else if current[k] == SyncStatus::Catchup && until[k].is_some_and(|u| now < u) {
-                    want = SyncStatus::Catchup;
+                if since[k].is_some_and(|s| now < s + plan.hold) {
+                    want = current[k];
+                }
+                if want == SyncStatus::Catchup
+                    && current[k] == SyncStatus::Synced
+                    && (done || now + plan.hold > end)
+                {
+                    want = SyncStatus::Synced;
                 }
                 if want == current[k] {
                     continue;
@@ -438,8 +442,8 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
                 };
                 fleet.sim.patch_state(fleet.nodes[ns], patch).await.unwrap();
                 current[k] = want;
+                since[k] = Some(now);
                 if want == SyncStatus::Catchup {
-                    until[k] = Some(now + plan.hold);
                     *firings.lock().unwrap().entry(ns.clone()).or_default() += 1;
                     episodes
                         .lock()
