@@ -44,12 +44,8 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
     println!("{}\n(report in {})", outcome.report(), dir.display());
 
     assert!(outcome.total_firings() > 0);
-    // Exactly once is the goal and is NOT yet met under this stress (issue 9):
-    // firings can still go without an action when a replica dies, or ownership
-    // moves, before the end of an episode is recorded. Until it is, the run bounds
-    // what it measured (5% of firings missed at most, 1% extra actions), so
-    // that a regression fails it, and prints the namespaces concerned.
-    outcome.assert_bounded_misses(5);
+    // Exactly once: every episode got one action through the restarts.
+    outcome.assert_exactly_once();
     assert_eq!(
         outcome.unexpected_exits,
         Vec::<String>::new(),

@@ -124,24 +124,20 @@ impl Outcome {
         self.duplicated().iter().map(|(_, f, a)| a - f).sum()
     }
 
-    /// Fails when more than `missed_pct`% of the firings went without an action,
-    /// or more than 1% of them got a second one (exactly once is the goal; see the
-    /// callers for why they bound instead), printing the namespaces concerned.
-    pub fn assert_bounded_misses(&self, missed_pct: usize) {
+    /// Fails unless every firing got exactly one action (redeliveries of one
+    /// action, under one idempotency key, are counted apart), printing the
+    /// namespaces concerned.
+    pub fn assert_exactly_once(&self) {
         let (firings, missed, extra) = (
             self.total_firings(),
             self.missed_firings(),
             self.extra_actions(),
         );
         println!("exactly once: {firings} firings, {missed} missed, {extra} extra actions");
-        assert!(
-            missed * 100 <= firings * missed_pct,
-            "{missed} of {firings} firings without an action\n{}",
-            self.explain()
-        );
-        assert!(
-            extra * 100 <= firings,
-            "{extra} actions beyond one per firing ({firings} firings)\n{}",
+        assert_eq!(
+            (missed, extra),
+            (0, 0),
+            "{missed} of {firings} firings without an action, {extra} actions beyond one per firing\n{}",
             self.explain()
         );
     }
