@@ -12,7 +12,7 @@ pub mod state;
 pub mod status;
 pub mod target;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -202,7 +202,7 @@ pub async fn run(
         owns: ownership.borrow_and_update().clone(),
         listed: false,
     };
-    let mut listing: Option<Vec<String>> = None;
+    let mut listing: Option<HashSet<String>> = None;
     // Without sharding nobody sends ownership changes: the channel closes at once.
     let mut follow = true;
     // TenantQuotas change without a TargetApp event: re-check now and then; the
@@ -240,10 +240,10 @@ pub async fn run(
                     .inc();
                 tracing::warn!(error = %e, "TargetApp watch failed; retrying");
             }
-            Some(Ok(watcher::Event::Init)) => listing = Some(Vec::new()),
+            Some(Ok(watcher::Event::Init)) => listing = Some(HashSet::new()),
             Some(Ok(watcher::Event::InitApply(app))) => {
                 if let Some(keys) = listing.as_mut() {
-                    keys.push(key(&app));
+                    keys.insert(key(&app));
                 }
                 // Tasks start once the whole list is in (quotas order TargetApps).
                 shard.apps.insert(key(&app), app);
@@ -253,7 +253,7 @@ pub async fn run(
                 let gone: Vec<String> = shard
                     .apps
                     .keys()
-                    .filter(|k| !keys.contains(k))
+                    .filter(|k| !keys.contains(*k))
                     .cloned()
                     .collect();
                 for k in gone {

@@ -381,6 +381,9 @@ impl DepthScanner {
     }
 }
 
+/// How many GraphQL error messages a poll result keeps.
+const MAX_ERRORS: usize = 5;
+
 /// Reads a GraphQL response body: `data` (possibly partial) and `errors`.
 /// Checked in order: nesting (before the recursive parser runs), UTF-8, JSON.
 pub fn parse_response(bytes: &[u8]) -> Result<PollData, PollFailure> {
@@ -393,17 +396,25 @@ pub fn parse_response(bytes: &[u8]) -> Result<PollData, PollFailure> {
     let Value::Object(mut top) = value else {
         return Err(PollFailure::NotGraphql);
     };
+    // At most MAX_ERRORS messages are kept: they end up in Events and logs.
     let errors: Vec<String> = match top.remove("errors") {
-        Some(Value::Array(errors)) => errors
-            .iter()
-            .map(|e| {
-                truncate(
-                    e.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("(no message)"),
-                )
-            })
-            .collect(),
+        Some(Value::Array(errors)) => {
+            let mut kept: Vec<String> = errors
+                .iter()
+                .take(MAX_ERRORS)
+                .map(|e| {
+                    truncate(
+                        e.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("(no message)"),
+                    )
+                })
+                .collect();
+            if errors.len() > MAX_ERRORS {
+                kept.push(format!("(and {} more)", errors.len() - MAX_ERRORS));
+            }
+            kept
+        }
         _ => Vec::new(),
     };
     match top.remove("data") {
@@ -429,6 +440,15 @@ mod tests {
         assert_eq!(
             parse_response(br#"{"data": null, "errors": [{"message": "x"}, {"nope": 1}]}"#),
             Err(PollFailure::GraphqlErrors("x; (no message)".into()))
+        );
+        let many = serde_json::json!({
+            "errors": (0..1000).map(|i| serde_json::json!({"message": format!("e{i}")})).collect::<Vec<_>>()
+        });
+        assert_eq!(
+            parse_response(many.to_string().as_bytes()),
+            Err(PollFailure::GraphqlErrors(
+                "e0; e1; e2; e3; e4; (and 995 more)".into()
+            ))
         );
         assert_eq!(parse_response(b"[]"), Err(PollFailure::NotGraphql));
         assert_eq!(

@@ -602,3 +602,12 @@ fn an_offset_never_overflows() {
         Num::Float(i128::MIN as f64 - 1.0)
     );
 }
+
+#[test]
+fn negative_zero_equals_zero() {
+    let c = Condition::compile(&trigger("d.a", ConditionKind::Equals, Some(json!(0)))).unwrap();
+    assert!(c.holds(&obs(&json!({"d": {"a": -0.0}})), None));
+    assert!(c.holds(&obs(&json!({"d": {"a": "-0.0"}})), None));
+    let c = Condition::compile(&trigger("d.a", ConditionKind::LessThan, Some(json!(0)))).unwrap();
+    assert!(!c.holds(&obs(&json!({"d": {"a": -0.0}})), None));
+}

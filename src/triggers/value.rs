@@ -71,11 +71,14 @@ impl Num {
         }
     }
 
-    /// Total order on the numbers we produce (all finite).
+    /// Numeric order on the numbers we produce (all finite): `-0.0` equals `0`.
     pub fn compare(self, other: Num) -> Ordering {
         match (self, other) {
             (Num::Int(a), Num::Int(b)) => a.cmp(&b),
-            (a, b) => a.as_f64().total_cmp(&b.as_f64()),
+            (a, b) => {
+                let (a, b) = (a.as_f64(), b.as_f64());
+                a.partial_cmp(&b).unwrap_or_else(|| a.total_cmp(&b))
+            }
         }
     }
 }
