@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 /// Mina's daemon health query, polled when a TargetApp names no `stateQuery`.
 pub const DEFAULT_STATE_QUERY: &str = "query { daemonStatus { syncStatus blockchainLength highestBlockLengthReceived \
@@ -21,6 +22,12 @@ pub const DEFAULT_PORT: i32 = 3085;
 
 /// The cooldown of a rule that does not name one.
 pub const DEFAULT_COOLDOWN: &str = "5m";
+
+/// How deep a free-form field (a value of `parameters`, `trigger.value`) may nest
+/// arrays and objects. Far above what an action or a comparison needs, and far below
+/// serde_json's limit of 128 levels for a whole object, which a list of TargetApps
+/// must stay under (with the 7 levels above a parameter's value there).
+pub const MAX_VALUE_DEPTH: usize = 32;
 
 /// Pods serving a GraphQL API that KCO polls, diffs and acts on.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -167,7 +174,7 @@ impl Default for SchemaSource {
 pub struct MinaSchema {}
 
 /// One rule: when `trigger` fires for a target, run `action` with `parameters`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionRule {
     /// Unique in the list; defaults to `rule-<index>`. Events and status name rules by it.
@@ -187,6 +194,111 @@ pub struct ActionRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
     pub cooldown: Option<String>,
+    /// The free-form fields of this rule that nest deeper than [`MAX_VALUE_DEPTH`],
+    /// left out when the rule is decoded: a value too deep to decode would fail the
+    /// whole object, and with it the list of every TargetApp it is in. Validation
+    /// refuses a rule with any. Not part of the resource.
+    #[serde(skip)]
+    pub too_deep: Vec<TooDeep>,
+}
+
+/// A free-form field left out of a decoded rule because it nests too deep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TooDeep {
+    /// The field, from the rule: `parameters.<key>` or `trigger.value`.
+    pub field: String,
+    /// How deep it nests.
+    pub depth: usize,
+}
+
+/// Decodes through `wire::Rule`: the free-form fields are measured on their raw
+/// JSON before they are decoded.
+impl<'de> Deserialize<'de> for ActionRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let rule = wire::Rule::deserialize(deserializer)?;
+        let mut too_deep = Vec::new();
+        let parameters = match rule.parameters {
+            None => None,
+            Some(raw) => {
+                let mut parameters = BTreeMap::new();
+                for (key, value) in raw {
+                    if let Some(value) = shallow(&value, format!("parameters.{key}"), &mut too_deep)
+                        .map_err(serde::de::Error::custom)?
+                    {
+                        parameters.insert(key, value);
+                    }
+                }
+                Some(parameters)
+            }
+        };
+        let value = match rule.trigger.value {
+            None => None,
+            Some(raw) => shallow(&raw, "trigger.value".to_owned(), &mut too_deep)
+                .map_err(serde::de::Error::custom)?,
+        };
+        Ok(Self {
+            name: rule.name,
+            trigger: Trigger {
+                field: rule.trigger.field,
+                condition: rule.trigger.condition,
+                value,
+                value_from: rule.trigger.value_from,
+                for_: rule.trigger.for_,
+            },
+            action: rule.action,
+            parameters,
+            cooldown: rule.cooldown,
+            too_deep,
+        })
+    }
+}
+
+/// `raw` decoded, or None (and a [`TooDeep`] for `field`) when it nests deeper than
+/// [`MAX_VALUE_DEPTH`].
+fn shallow(
+    raw: &RawValue,
+    field: String,
+    too_deep: &mut Vec<TooDeep>,
+) -> Result<Option<serde_json::Value>, serde_json::Error> {
+    let depth = crate::nesting::depth(raw.get().as_bytes());
+    if depth > MAX_VALUE_DEPTH {
+        too_deep.push(TooDeep { field, depth });
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get()).map(Some)
+}
+
+/// A rule as it is read: its free-form fields kept as raw JSON, which serde_json
+/// captures without recursion, until their depth is known. The fields and their
+/// serde attributes are [`ActionRule`]'s and [`Trigger`]'s.
+mod wire {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Rule {
+        #[serde(default)]
+        pub name: Option<String>,
+        pub trigger: Trigger,
+        pub action: String,
+        #[serde(default)]
+        pub parameters: Option<BTreeMap<String, Box<RawValue>>>,
+        #[serde(default)]
+        pub cooldown: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Trigger {
+        pub field: String,
+        pub condition: ConditionKind,
+        #[serde(default)]
+        pub value: Option<Box<RawValue>>,
+        #[serde(default)]
+        pub value_from: Option<ValueFrom>,
+        #[serde(default, rename = "for")]
+        pub for_: Option<String>,
+    }
 }
 
 /// A condition on one field of a target's poll result.
@@ -380,4 +492,133 @@ fn any_value(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
 
 fn any_object(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::ObjectList;
+    use kube::core::WatchEvent;
+    use serde_json::json;
+
+    use super::*;
+
+    /// `{"a":{"a":...1...}}`: `depth` nested objects, as text (a serde_json Value
+    /// this deep could not be decoded, which is the point).
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+    }
+
+    fn app_json(parameters: &str, value: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"operator.kco.local/v1alpha1","kind":"TargetApp",
+                "metadata":{{"name":"deep","namespace":"chain"}},
+                "spec":{{"selector":{{}},"actions":[{{"action":"patch_resource",
+                "parameters":{parameters},"cooldown":"1m",
+                "trigger":{{"field":"version","condition":"in","value":{value},"for":"5s"}}}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn free_form_fields_too_deep_are_left_out_and_recorded() {
+        let text = app_json(
+            &format!(
+                r#"{{"kind":"Deployment","patch":{},"x":{}}}"#,
+                nested(200),
+                nested(32)
+            ),
+            &nested(9_000),
+        );
+        let app: TargetApp = serde_json::from_str(&text).unwrap();
+        let rule = &app.spec.actions[0];
+        assert_eq!(
+            rule.too_deep,
+            [
+                TooDeep {
+                    field: "parameters.patch".to_owned(),
+                    depth: 200
+                },
+                TooDeep {
+                    field: "trigger.value".to_owned(),
+                    depth: 9_000
+                },
+            ]
+        );
+        let parameters = rule.parameters.as_ref().unwrap();
+        assert_eq!(
+            parameters.keys().collect::<Vec<_>>(),
+            ["kind", "x"],
+            "the field at the limit is kept"
+        );
+        assert_eq!(parameters["kind"], "Deployment");
+        assert_eq!(rule.trigger.value, None);
+        assert_eq!(rule.trigger.condition, ConditionKind::In);
+        assert_eq!(rule.trigger.for_.as_deref(), Some("5s"));
+        assert_eq!(rule.cooldown.as_deref(), Some("1m"));
+
+        // The same through a JSON value (the webhook and `kco validate` read so).
+        let value: serde_json::Value = serde_json::from_str(&app_json(
+            &format!(r#"{{"patch":{}}}"#, nested(MAX_VALUE_DEPTH + 1)),
+            "null",
+        ))
+        .unwrap();
+        let app: TargetApp = serde_json::from_value(value).unwrap();
+        assert_eq!(app.spec.actions[0].too_deep[0].depth, MAX_VALUE_DEPTH + 1);
+        assert_eq!(app.spec.actions[0].parameters, Some(BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_list_or_watch_event_holding_a_deep_targetapp_decodes() {
+        let deep = app_json(&format!(r#"{{"patch":{}}}"#, nested(5_000)), "1");
+        let fine = app_json("{}", "[1, 2]");
+        let list = format!(
+            r#"{{"apiVersion":"operator.kco.local/v1alpha1","kind":"TargetAppList","metadata":{{}},"items":[{deep},{fine}]}}"#
+        );
+        let list: ObjectList<TargetApp> = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.items.len(), 2);
+        assert_eq!(list.items[0].spec.actions[0].too_deep.len(), 1);
+        assert!(list.items[1].spec.actions[0].too_deep.is_empty());
+        assert_eq!(
+            list.items[1].spec.actions[0].trigger.value,
+            Some(json!([1, 2]))
+        );
+        let event = format!(r#"{{"type":"ADDED","object":{deep}}}"#);
+        let event: WatchEvent<TargetApp> = serde_json::from_str(&event).unwrap();
+        assert!(matches!(event, WatchEvent::Added(app) if app.spec.actions[0].too_deep.len() == 1));
+    }
+
+    #[test]
+    fn a_rule_decodes_to_what_it_encodes() {
+        // Every field set: a field the decoding copy misses fails here.
+        let rule = ActionRule {
+            name: Some("r".to_owned()),
+            trigger: Trigger {
+                field: "daemonStatus.blockchainLength".to_owned(),
+                condition: ConditionKind::LessThan,
+                value: Some(json!({"a": [1, "b", null]})),
+                value_from: Some(ValueFrom {
+                    field: "daemonStatus.highestBlockLengthReceived".to_owned(),
+                    offset: Some(-2.5),
+                }),
+                for_: Some("1m".to_owned()),
+            },
+            action: "webhook".to_owned(),
+            parameters: Some(BTreeMap::from([
+                ("url".to_owned(), json!("https://hooks.example.com")),
+                ("headers".to_owned(), json!({"x": "y"})),
+            ])),
+            cooldown: Some("10m".to_owned()),
+            too_deep: Vec::new(),
+        };
+        let text = serde_json::to_string(&rule).unwrap();
+        assert_eq!(serde_json::from_str::<ActionRule>(&text).unwrap(), rule);
+        let value = serde_json::to_value(&rule).unwrap();
+        assert!(value.get("tooDeep").is_none(), "{value}");
+        assert_eq!(serde_json::from_value::<ActionRule>(value).unwrap(), rule);
+        // Absent and null free-form fields are None, as before.
+        let bare: ActionRule = serde_json::from_str(
+            r#"{"action":"restart_pod","parameters":null,"trigger":{"field":"$up","condition":"exists","value":null}}"#,
+        )
+        .unwrap();
+        assert_eq!((bare.parameters, bare.trigger.value), (None, None));
+    }
 }

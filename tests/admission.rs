@@ -492,6 +492,52 @@ async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_def
         assert!(took < WEBHOOK_TIMEOUT, "{name}: {took:?}");
         assert!(apps.get_opt(name).await.unwrap().is_none(), "{name}");
     }
+
+    // Nested deeper than a JSON decoder takes (128 levels; the apiserver stores up
+    // to 10,000): denied with the field, not answered 400, which the webhooks'
+    // failurePolicy (Ignore) would turn into storing the object.
+    let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+    let admin = cp.admin().await;
+    for (name, parameters, value, needle) in [
+        (
+            "deep-parameters",
+            format!(r#"{{"deep":{}}}"#, nested(200)),
+            "false".to_owned(),
+            "spec.actions[0].parameters.deep: nests 200 levels deep; at most 32 are allowed",
+        ),
+        (
+            "deep-value",
+            "{}".to_owned(),
+            nested(9_990),
+            "spec.actions[0].trigger.value: nests 9990 levels deep; at most 32 are allowed",
+        ),
+    ] {
+        let body = format!(
+            r#"{{"apiVersion":"operator.kco.local/v1alpha1","kind":"TargetApp","metadata":{{"name":"{name}"}},
+                "spec":{{"selector":{{}},"actions":[{{"action":"restart_pod","parameters":{parameters},
+                "trigger":{{"field":"$up","condition":"equals","value":{value}}}}}]}}}}"#
+        );
+        let request = Request::post(format!(
+            "/apis/operator.kco.local/v1alpha1/namespaces/{ns}/targetapps"
+        ))
+        .header("content-type", "application/json")
+        .body(body.into_bytes())
+        .unwrap();
+        let err = admin.request_text(request).await.unwrap_err().to_string();
+        assert!(
+            err.contains("denied the request") && err.contains(needle),
+            "{name}: {err}"
+        );
+        let names: Vec<String> = apps
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|a| a.metadata.name)
+            .collect();
+        assert!(!names.iter().any(|n| n == name), "{name} stored: {names:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

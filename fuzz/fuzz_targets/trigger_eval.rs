@@ -230,6 +230,7 @@ fn rule(r: &RuleIn) -> ActionRule {
         action: "restart_pod".to_owned(),
         parameters: None,
         cooldown: r.cooldown.as_ref().map(duration),
+        too_deep: Vec::new(),
     }
 }
 

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::GroupVersionKind;
+use kube::core::admission::{AdmissionResponse, Operation};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::cache::Caches;
 use super::defaults::{self, Defaults};
-use super::validate::{Validator, parse_targetapp};
+use super::validate::{MAX_OBJECT_DEPTH, Validator, parse_targetapp, too_deep};
 use crate::targetapp::TargetApp;
 use crate::tenancy::Tenants;
 
@@ -28,11 +30,43 @@ pub enum Hook {
 /// The largest AdmissionReview accepted (the apiserver's own request limit).
 pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
 
+/// The steps of the path to a too-deep point that a refusal names.
+const PATH_STEPS: usize = 8;
+
 /// The outcome of one review: an HTTP status and a JSON body.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+}
+
+/// The parts of an AdmissionReview the webhooks read. The object stays raw JSON
+/// until its depth is measured; the rest, the old object included, is skipped
+/// unread (serde_json skips and captures raw JSON without recursion). So a body
+/// nesting deeper than serde_json decodes (128 levels; the apiserver stores objects
+/// of up to 10,000) still gets an answer: a refusal naming the field, or, for an
+/// update of such an object stored before the webhook, the review of the new one.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    operation: Operation,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
 }
 
 /// Validates and defaults TargetApps from warm caches: no network call.
@@ -67,25 +101,22 @@ impl Admission {
                 body.len()
             ));
         }
-        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        let review: Review = match serde_json::from_slice(body) {
             Ok(review) => review,
             Err(e) => return bad_request(format!("cannot decode the AdmissionReview: {e}")),
         };
         // The answer echoes the review's type: answer only what the webhooks are
         // registered for (admissionReviewVersions: [v1]).
-        if (
-            review.types.api_version.as_str(),
-            review.types.kind.as_str(),
-        ) != ("admission.k8s.io/v1", "AdmissionReview")
+        if (review.api_version.as_str(), review.kind.as_str())
+            != ("admission.k8s.io/v1", "AdmissionReview")
         {
             return bad_request(format!(
                 "the body is {} {}, not an admission.k8s.io/v1 AdmissionReview",
-                review.types.api_version, review.types.kind
+                review.api_version, review.kind
             ));
         }
-        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-            Ok(request) => request,
-            Err(_) => return bad_request("the AdmissionReview has no request".to_owned()),
+        let Some(request) = review.request else {
+            return bad_request("the AdmissionReview has no request".to_owned());
         };
         let response = self.respond(hook, &request);
         match serde_json::to_value(response.into_review()) {
@@ -114,8 +145,8 @@ impl Admission {
         }
     }
 
-    fn respond(&self, hook: Hook, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-        let allowed = AdmissionResponse::from(request);
+    fn respond(&self, hook: Hook, request: &Request) -> AdmissionResponse {
+        let allowed = allow(&request.uid);
         let kind = &request.kind;
         let handles = if hook == Hook::ValidateQuota {
             "TenantQuota"
@@ -136,15 +167,16 @@ impl Admission {
         if matches!(request.operation, Operation::Delete | Operation::Connect) {
             return allowed;
         }
-        let Some(object) = &request.object else {
+        let Some(object) = request.object else {
             return allowed.deny("the request carries no object");
         };
-        let mut value = match serde_json::to_value(object) {
+        let deepest = crate::nesting::deepest(object.get().as_bytes(), PATH_STEPS);
+        if deepest.depth > MAX_OBJECT_DEPTH {
+            return allowed.deny(too_deep(&deepest).to_string());
+        }
+        let mut value: Value = match serde_json::from_str(object.get()) {
             Ok(value) => value,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot re-encode an admitted object");
-                return allowed.deny("internal error");
-            }
+            Err(e) => return allowed.deny(format!("cannot read the object: {e}")),
         };
         if let (Some(ns), Some(meta)) = (
             request.namespace.as_deref(),
@@ -250,6 +282,15 @@ impl Admission {
     }
 }
 
+/// An answer allowing the request `uid`, to deny or patch.
+fn allow(uid: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid(String::new());
+    response.uid = uid.to_owned();
+    response.allowed = true;
+    response.result = Default::default();
+    response
+}
+
 fn bad_request(message: String) -> Answer {
     Answer {
         status: 400,
@@ -261,17 +302,119 @@ fn bad_request(message: String) -> Answer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fuzz_regression_only_a_v1_admission_review_is_answered() {
-        // fuzz/ (admission_review) found the request's kind echoed into the answer.
+    fn admission() -> Admission {
         let caches = Caches::default();
         caches.mark_synced();
-        let admission = Admission::new(
+        Admission::new(
             Arc::new(Validator::new()),
             Tenants::new(crate::tenancy::Quota::default()),
             Defaults::default(),
             caches,
+        )
+    }
+
+    /// `{"a":{"a":...1...}}`: `depth` nested objects, as text.
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+    }
+
+    /// A TargetApp whose only rule has `parameters` and `trigger.value` as given.
+    fn targetapp(parameters: &str, value: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"operator.kco.local/v1alpha1","kind":"TargetApp","metadata":{{"name":"mina","namespace":"chain"}},
+                "spec":{{"selector":{{}},"actions":[{{"action":"restart_pod","parameters":{parameters},
+                "trigger":{{"field":"$up","condition":"equals","value":{value}}}}}]}}}}"#
+        )
+    }
+
+    fn review(operation: &str, kind: &str, object: &str, old_object: &str) -> Vec<u8> {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{
+                "uid":"705ab4f5","operation":"{operation}","userInfo":{{}},"namespace":"chain",
+                "kind":{{"group":"operator.kco.local","version":"v1alpha1","kind":"{kind}"}},
+                "resource":{{"group":"operator.kco.local","version":"v1alpha1","resource":"targetapps"}},
+                "object":{object},"oldObject":{old_object}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// (allowed, message) of a 200 answer with the request's uid.
+    fn verdict(answer: Answer) -> (bool, String) {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["kind"], "AdmissionReview");
+        let response = &answer.body["response"];
+        assert_eq!(response["uid"], "705ab4f5", "{}", answer.body);
+        (
+            response["allowed"].as_bool().unwrap(),
+            response["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+
+    #[test]
+    fn an_object_too_deep_to_decode_is_denied_with_the_field_not_answered_400() {
+        let admission = admission();
+        for (object, field, depth) in [
+            // Past what the webhook decodes (64 levels), measured on the bytes.
+            (
+                targetapp(&format!(r#"{{"deep":{}}}"#, nested(200)), "false"),
+                "parameters.deep",
+                200,
+            ),
+            // Close to the apiserver's own limit (10,000 levels in all).
+            (targetapp("{}", &nested(9_990)), "trigger.value", 9_990),
+            // Decoded, then refused by the validator, in the same words.
+            (
+                targetapp(&format!(r#"{{"deep":{}}}"#, nested(50)), "false"),
+                "parameters.deep",
+                50,
+            ),
+        ] {
+            let body = review("CREATE", "TargetApp", &object, "null");
+            let (allowed, message) = verdict(admission.review(Hook::Validate, &body));
+            assert!(!allowed);
+            assert_eq!(
+                message,
+                format!(
+                    "spec.actions[0].{field}: nests {depth} levels deep; at most 32 are allowed"
+                )
+            );
+            if depth > MAX_OBJECT_DEPTH {
+                let (allowed, mutated) = verdict(admission.review(Hook::Mutate, &body));
+                assert!(!allowed && mutated == message, "{mutated}");
+            }
+        }
+        let quota = format!(
+            r#"{{"apiVersion":"operator.kco.local/v1alpha1","kind":"TenantQuota","metadata":{{"name":"q"}},"spec":{{"x":{}}}}}"#,
+            nested(300)
         );
+        let body = review("CREATE", "TenantQuota", &quota, "null");
+        let (allowed, message) = verdict(admission.review(Hook::ValidateQuota, &body));
+        assert!(!allowed);
+        assert_eq!(
+            message,
+            "spec.x.a.a.a.a.a.a: the object nests 302 levels deep; at most 64 are read"
+        );
+    }
+
+    #[test]
+    fn a_deep_object_stored_past_the_webhook_can_be_fixed_and_deleted() {
+        let admission = admission();
+        let old = targetapp(&format!(r#"{{"deep":{}}}"#, nested(9_000)), "false");
+        let fixed = targetapp("{}", "false");
+        let body = review("UPDATE", "TargetApp", &fixed, &old);
+        assert!(verdict(admission.review(Hook::Validate, &body)).0);
+        assert!(verdict(admission.review(Hook::Mutate, &body)).0);
+        let body = review("DELETE", "TargetApp", "null", &old);
+        assert!(verdict(admission.review(Hook::Validate, &body)).0);
+    }
+
+    #[test]
+    fn fuzz_regression_only_a_v1_admission_review_is_answered() {
+        // fuzz/ (admission_review) found the request's kind echoed into the answer.
+        let admission = admission();
         let review = |api_version: &str, kind: &str| {
             serde_json::to_vec(&serde_json::json!({
                 "apiVersion": api_version, "kind": kind,

@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::query::{QuerySchema, check_condition, check_query};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
-use crate::targetapp::{SchemaSource, TargetApp};
+use crate::nesting::{Deepest, Path, Step};
+use crate::targetapp::{MAX_VALUE_DEPTH, SchemaSource, TargetApp};
 use crate::tenancy::{Egress, Purpose, Quota, Tenants};
 use crate::triggers::{self, Operand};
 
@@ -53,6 +54,51 @@ pub const MAX_RULES: usize = 100;
 /// The largest spec accepted, in bytes of JSON: far above any real TargetApp, far
 /// below what would make validation or a poll's evaluation slow.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// The deepest object the webhooks decode, in nested arrays and objects: above any
+/// TargetApp the validator accepts (37 levels, free-form fields at
+/// [`MAX_VALUE_DEPTH`]), and well below serde_json's limit of 128.
+pub const MAX_OBJECT_DEPTH: usize = 64;
+
+/// Why an object nesting deeper than [`MAX_OBJECT_DEPTH`] is refused, where `deepest`
+/// says it does: in a rule's free-form field, the same problem as
+/// [`Validator::validate`] reports for one; elsewhere, the path to the deepest point.
+pub fn too_deep(deepest: &Deepest) -> Problem {
+    // A rule's free-form field is five steps down: spec, actions, the rule's index,
+    // then parameters and a key, or trigger and value.
+    let free_form = match deepest.path.as_slice() {
+        [
+            Step::Key(spec),
+            Step::Key(actions),
+            Step::Index(_),
+            Step::Key(a),
+            Step::Key(b),
+            ..,
+        ] => {
+            spec == "spec"
+                && actions == "actions"
+                && (a == "parameters" || (a == "trigger" && b == "value"))
+        }
+        _ => false,
+    };
+    if free_form {
+        return Problem {
+            path: Path(&deepest.path[..5]).to_string(),
+            message: nests(deepest.depth.saturating_sub(5)),
+        };
+    }
+    Problem {
+        path: Path(&deepest.path).to_string(),
+        message: format!(
+            "the object nests {} levels deep; at most {MAX_OBJECT_DEPTH} are read",
+            deepest.depth
+        ),
+    }
+}
+
+fn nests(depth: usize) -> String {
+    format!("nests {depth} levels deep; at most {MAX_VALUE_DEPTH} are allowed")
+}
 
 /// Validates TargetApps against the built-in Mina schema, or a schema given for
 /// objects that name a ConfigMap schema.
@@ -123,6 +169,18 @@ impl Validator {
                     spec.actions.len()
                 ),
             );
+            return v;
+        }
+        // Free-form fields too deep to decode were left out when the object was read.
+        for (i, rule) in spec.actions.iter().enumerate() {
+            for field in &rule.too_deep {
+                v.refuse(
+                    format!("spec.actions[{i}].{}", field.field),
+                    nests(field.depth),
+                );
+            }
+        }
+        if !v.accepted() {
             return v;
         }
 
@@ -438,6 +496,73 @@ mod tests {
         assert!(
             huge.problems[0].message.contains("at most 262144"),
             "{huge:?}"
+        );
+    }
+
+    #[test]
+    fn free_form_fields_nest_at_most_32_levels() {
+        let deep = |depth: usize| (0..depth).fold(json!(1), |v, _| json!({"a": v}));
+        let rule = |patch: Value, value: Value| {
+            json!({"action": "patch_resource",
+                   "parameters": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mina", "patch": patch},
+                   "trigger": {"field": "$up", "condition": "equals", "value": value}})
+        };
+        let v = Validator::new();
+        let at_limit = v.validate(
+            &app(json!({"selector": {}, "actions": [rule(deep(MAX_VALUE_DEPTH), json!(false))]})),
+            None,
+        );
+        assert_eq!(at_limit.problems, vec![], "{at_limit:?}");
+        // Beyond it, the fields are refused before anything else is looked at.
+        let over = v.validate(
+            &app(json!({"pollingInterval": 0, "actions": [
+                rule(json!({}), json!(false)),
+                rule(deep(MAX_VALUE_DEPTH + 1), deep(40)),
+            ]})),
+            None,
+        );
+        assert_eq!(
+            over.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "spec.actions[1].parameters.patch: nests 33 levels deep; at most 32 are allowed",
+                "spec.actions[1].trigger.value: nests 40 levels deep; at most 32 are allowed",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_object_too_deep_to_read_is_refused_where_it_nests() {
+        let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        let refusal =
+            |json: String| too_deep(&crate::nesting::deepest(json.as_bytes(), 8)).to_string();
+        let rules = |second: String| {
+            format!(
+                r#"{{"metadata":{{"name":"m"}},"spec":{{"actions":[{{"action":"a","parameters":{{"p":[1]}}}},{second}]}}}}"#
+            )
+        };
+        assert_eq!(
+            refusal(rules(format!(
+                r#"{{"parameters":{{"patch":{}}}}}"#,
+                nested(200)
+            ))),
+            "spec.actions[1].parameters.patch: nests 200 levels deep; at most 32 are allowed"
+        );
+        assert_eq!(
+            refusal(rules(format!(
+                r#"{{"trigger":{{"field":"f","value":[{}]}}}}"#,
+                nested(9_000)
+            ))),
+            "spec.actions[1].trigger.value: nests 9001 levels deep; at most 32 are allowed"
+        );
+        assert_eq!(
+            refusal(format!(
+                r#"{{"spec":{{"selector":{{"x":{}}}}}}}"#,
+                nested(100)
+            )),
+            "spec.selector.x.a.a.a.a.a: the object nests 103 levels deep; at most 64 are read"
         );
     }
 

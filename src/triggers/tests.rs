@@ -336,6 +336,7 @@ fn rule(name: Option<&str>, t: Trigger, cooldown: Option<&str>) -> ActionRule {
         action: "restart_pod".into(),
         parameters: None,
         cooldown: cooldown.map(str::to_owned),
+        too_deep: Vec::new(),
     }
 }
 
