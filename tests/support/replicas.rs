@@ -246,7 +246,16 @@ impl Replicas {
                 self.processes[i] = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "{i} did not exit");
+            if Instant::now() >= deadline {
+                // What it was doing: the end of its log.
+                let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{i} did not exit within 60 s; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
