@@ -339,9 +339,28 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         firings[0].done.is_some(),
         "the finished action is recorded: {firings:?}"
     );
-    // A third dispatcher later, inside the cooldown, skips too.
+    // A third dispatcher later, in the same episode (its end not recorded), skips
+    // too; so does one in a new episode inside the cooldown.
     assert!(matches!(
         one.dispatch(firing()).await.unwrap(),
+        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { pending: true, .. })
+    ));
+    let racing_at = apps
+        .get_status("mina")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .firings[0]
+        .time
+        .0;
+    let next_episode = Firing {
+        false_at: Some(racing_at + k8s_openapi::jiff::SignedDuration::from_secs(1)),
+        now: racing_at + k8s_openapi::jiff::SignedDuration::from_secs(2),
+        ..firing()
+    };
+    assert!(matches!(
+        one.dispatch(next_episode).await.unwrap(),
         Dispatched::Skipped(kco::actions::Skip::Cooldown { .. })
     ));
 
@@ -575,10 +594,10 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
         s.phase == Some(kco::targetapp::Phase::Suspended)
     })
     .await;
-    // (Two hours ago, beyond the rule's cooldown: a firing restored from status
-    // holds the next one back for the cooldown, like one made here.)
+    // (A minute ago, inside the rule's one-hour cooldown: an unfinished firing is
+    // resumed at once, not when the cooldown ends.)
     let died_at =
-        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(7200);
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let died_at = k8s_openapi::jiff::Timestamp::from_second(died_at.as_second()).unwrap();
     unfinished_firing(&bed.apps(), "notify", "mina-0", died_at).await;
     bed.set_state(0, SyncStatus::Offline).await;

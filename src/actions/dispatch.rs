@@ -160,21 +160,21 @@ pub fn judge(previous: &RuleFiring, episode: &Episode, resumable: bool) -> Prece
     let cleared = previous.cleared.as_ref().map(|c| c.0.as_second());
     let recorded_end = cleared.is_some_and(|c| c < now);
     let open = !(ended_here || seen_false || recorded_end);
-    if open && previous.done.is_none() && resumable {
-        return Precedent::Resume;
+    if open {
+        if previous.done.is_none() && resumable {
+            return Precedent::Resume;
+        }
+        // With no end recorded, one may still come from the replica that saw it.
+        return Precedent::Skip(Skip::AlreadyFired {
+            at: previous.time.0,
+            pending: cleared.is_none(),
+        });
     }
     let since =
         Duration::try_from(episode.now.duration_since(previous.time.0)).unwrap_or(Duration::ZERO);
     if since < episode.cooldown {
         return Precedent::Skip(Skip::Cooldown {
             last: previous.time.0,
-        });
-    }
-    if open {
-        // With no end recorded, one may still come from the replica that saw it.
-        return Precedent::Skip(Skip::AlreadyFired {
-            at: previous.time.0,
-            pending: cleared.is_none(),
         });
     }
     Precedent::Fire
@@ -610,15 +610,24 @@ mod tests {
     }
 
     #[test]
-    fn the_cooldown_holds_back_even_a_new_episode() {
-        let previous = recorded(0, Some(5), true);
+    fn the_cooldown_holds_back_a_new_episode_not_the_same_one() {
         let cooled = Episode {
             cooldown: Duration::from_secs(60),
             ..episode(30)
         };
         assert_eq!(
-            judge(&previous, &cooled, false),
+            judge(&recorded(0, Some(5), true), &cooled, false),
             Precedent::Skip(Skip::Cooldown { last: at(0) })
+        );
+        // The same episode is a repeat, cooldown or not; an unfinished firing of
+        // it is resumed at once (a replica taking over within the cooldown).
+        assert_eq!(
+            judge(&recorded(0, None, true), &cooled, false),
+            already(0, true)
+        );
+        assert_eq!(
+            judge(&recorded(0, None, false), &cooled, true),
+            Precedent::Resume
         );
     }
 

@@ -152,7 +152,6 @@ impl FiringState {
             self.fired = false;
             return Decision::Idle;
         }
-        self.unconfirmed = false;
         if new_edge {
             if self.fired {
                 self.ended = self.last_fired;
@@ -170,7 +169,12 @@ impl FiringState {
                 remaining: hold_for - held,
             };
         }
-        if let Some(last) = self.last_fired {
+        // A firing restored from status whose episode is not known to have ended:
+        // whether this stretch is that episode is for the fence to judge on the
+        // latest status (it resumes that firing if its action never finished), so
+        // the cooldown does not hold it back here.
+        let unconfirmed = std::mem::take(&mut self.unconfirmed);
+        if !unconfirmed && let Some(last) = self.last_fired {
             let gone = elapsed(last, now);
             if gone < cooldown {
                 return Decision::Cooldown {

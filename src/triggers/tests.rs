@@ -612,3 +612,35 @@ fn negative_zero_equals_zero() {
     let c = Condition::compile(&trigger("d.a", ConditionKind::LessThan, Some(json!(0)))).unwrap();
     assert!(!c.holds(&obs(&json!({"d": {"a": -0.0}})), None));
 }
+
+#[test]
+fn an_unconfirmed_firing_leaves_the_cooldown_to_the_fence() {
+    let cooldown = Duration::from_secs(300);
+    let recorded = |cleared| {
+        FiringState::restored(Some(Recorded {
+            time: at(0),
+            cleared,
+        }))
+    };
+    // Its episode may be this one: the fence judges (and resumes an unfinished one).
+    let mut s = recorded(false);
+    assert_eq!(
+        s.step(true, false, at(10), Duration::ZERO, cooldown),
+        Decision::Fire
+    );
+    // Once judged, the cooldown applies as usual.
+    assert_eq!(
+        s.step(false, false, at(11), Duration::ZERO, cooldown),
+        Decision::Idle
+    );
+    assert!(matches!(
+        s.step(true, false, at(12), Duration::ZERO, cooldown),
+        Decision::Cooldown { .. }
+    ));
+    // An ended episode: a new one within the cooldown is held back here.
+    let mut s = recorded(true);
+    assert!(matches!(
+        s.step(true, false, at(10), Duration::ZERO, cooldown),
+        Decision::Cooldown { .. }
+    ));
+}
