@@ -285,19 +285,25 @@ impl Validator {
         // Triggers that failed here are not compiled again below (a regex at the size
         // limit costs milliseconds to refuse).
         let mut failed_triggers = std::collections::BTreeSet::new();
-        if let Err(problems) = triggers::compile(&spec.actions) {
-            for p in problems {
-                if let Some(index) = p
-                    .path
-                    .strip_prefix("spec.actions[")
-                    .and_then(|rest| rest.split_once("].trigger"))
-                    .and_then(|(index, _)| index.parse::<usize>().ok())
-                {
-                    failed_triggers.insert(index);
+        // When every rule compiles, their conditions are reused below (a costly regex
+        // is compiled once).
+        let compiled = match triggers::compile(&spec.actions) {
+            Ok(rules) => Some(rules),
+            Err(problems) => {
+                for p in problems {
+                    if let Some(index) = p
+                        .path
+                        .strip_prefix("spec.actions[")
+                        .and_then(|rest| rest.split_once("].trigger"))
+                        .and_then(|(index, _)| index.parse::<usize>().ok())
+                    {
+                        failed_triggers.insert(index);
+                    }
+                    v.refuse(p.path, p.message);
                 }
-                v.refuse(p.path, p.message);
+                None
             }
-        }
+        };
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
             if self.registry.get(&rule.action).is_some()
@@ -349,10 +355,19 @@ impl Validator {
             if failed_triggers.contains(&i) {
                 continue;
             }
-            let (Some(shape), Ok(condition)) =
-                (&shape, triggers::Condition::compile(&rule.trigger))
-            else {
+            let Some(shape) = &shape else {
                 continue;
+            };
+            let recompiled;
+            let condition = match compiled.as_ref().and_then(|rules| rules.get(i)) {
+                Some(compiled) => &compiled.condition,
+                None => match triggers::Condition::compile(&rule.trigger) {
+                    Ok(condition) => {
+                        recompiled = condition;
+                        &recompiled
+                    }
+                    Err(_) => continue,
+                },
             };
             match shape.resolve(&condition.field) {
                 Err(message) => v.refuse(at("trigger.field"), message),
