@@ -246,17 +246,26 @@ fn hostile_manifests() -> Vec<(&'static str, Value, Option<String>)> {
             None,
         ),
         (
-            "100 rules, each a Unicode-class regex within the size limit",
+            "20 rules (the limit), each a Unicode-class regex within the size limit",
+            json!({"selector": {}, "stateQuery": text_query,
+                "actions": (0..20).map(|i| rule(i, unicode.clone())).collect::<Vec<_>>()}),
+            None,
+        ),
+        (
+            "100 rules, each a Unicode-class regex (past the 20 matches rules allowed)",
             json!({"selector": {}, "stateQuery": text_query,
                 "actions": (0..100).map(|i| rule(i, unicode.clone())).collect::<Vec<_>>()}),
-            None,
+            Some(
+                "spec.actions[20].trigger.condition: more than 20 matches rules in one TargetApp"
+                    .to_owned(),
+            ),
         ),
         (
             "100 rules, each a regex past the compiled size limit",
             json!({"selector": {}, "stateQuery": text_query,
                 "actions": (0..100).map(|i| rule(i, too_big.clone())).collect::<Vec<_>>()}),
             Some(
-                "spec.actions[99].trigger.value: invalid regex: Compiled regex exceeds size limit"
+                "spec.actions[19].trigger.value: invalid regex: Compiled regex exceeds size limit"
                     .to_owned(),
             ),
         ),

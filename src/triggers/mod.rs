@@ -72,11 +72,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed.into())
 }
 
+/// The most `matches` rules one TargetApp may have: each regex costs up to tens of
+/// milliseconds to compile (more in debug builds), and admission must answer
+/// within its timeout.
+pub const MAX_REGEX_RULES: usize = 20;
+
 /// Compiles every rule, reporting every problem of every rule at once.
 pub fn compile(rules: &[ActionRule]) -> Result<Vec<Rule>, Vec<RuleProblem>> {
     let mut compiled = Vec::with_capacity(rules.len());
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
+    let mut regexes = 0;
     for (index, rule) in rules.iter().enumerate() {
         let at = |field: &str| format!("spec.actions[{index}].{field}");
         let name = rule_name(rule, index);
@@ -85,6 +91,19 @@ pub fn compile(rules: &[ActionRule]) -> Result<Vec<Rule>, Vec<RuleProblem>> {
                 path: at("name"),
                 message: format!("rule name {name:?} is used more than once"),
             });
+        }
+        if rule.trigger.condition == ConditionKind::Matches {
+            regexes += 1;
+            if regexes > MAX_REGEX_RULES {
+                // Refused before its regex is compiled.
+                problems.push(RuleProblem {
+                    path: at("trigger.condition"),
+                    message: format!(
+                        "more than {MAX_REGEX_RULES} matches rules in one TargetApp (split them across TargetApps)"
+                    ),
+                });
+                continue;
+            }
         }
         let condition = Condition::compile(&rule.trigger).map_err(|found| {
             problems.extend(found.into_iter().map(|p| RuleProblem {
