@@ -7,13 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +42,8 @@ struct Monitor {
     rules: Vec<Rule>,
     fields: BTreeSet<FieldPath>,
     schedule: Schedule,
-    pods: discovery::Pods,
+    /// The pods the selector selects, from the namespace's shared pod watch.
+    pods: BTreeMap<String, Pod>,
     discovered: bool,
     targets: BTreeMap<String, TargetState>,
     loops: BTreeMap<String, Running>,
@@ -96,7 +94,7 @@ pub async fn run(
             timeout,
             query: Arc::from(spec.state_query.as_str()),
         },
-        pods: discovery::Pods::default(),
+        pods: BTreeMap::new(),
         discovered: false,
         targets: BTreeMap::new(),
         loops: BTreeMap::new(),
@@ -144,17 +142,27 @@ pub async fn run(
         }
     }
 
-    let mut pod_events = monitor.pod_events();
+    // One fixed URL, or the pods of the namespace's shared watch.
+    let subscription = if discovery::is_absolute(&app.spec.graphql_endpoint) {
+        monitor.discovered = true;
+        monitor.reconcile_targets().await;
+        None
+    } else {
+        Some(monitor.ctx.pods.subscribe(&monitor.namespace))
+    };
+    let mut snapshots = subscription.as_ref().map(|s| s.receiver());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            event = pod_events.next() => match event {
-                Some(Ok(event)) => monitor.on_pod_event(event).await,
-                Some(Err(e)) => {
-                    monitor.ctx.metrics.errors.with_label_values(&["pod_watch"]).inc();
-                    tracing::warn!(namespace = %monitor.namespace, tapp = %monitor.name, error = %e, "pod watch failed; retrying");
+            changed = async {
+                match snapshots.as_mut() {
+                    Some(rx) => rx.changed().await.map(|()| rx.borrow_and_update().clone()),
+                    None => std::future::pending().await,
                 }
-                None => break,
+            } => match changed {
+                Ok(snapshot) => monitor.on_pods(&snapshot).await,
+                // The watch stopped (it does not while subscribed): keep the targets.
+                Err(_) => snapshots = None,
             },
             Some(report) = rx.recv() => monitor.on_report(report).await,
             Some(adopted) = adopted.recv() => monitor.adopt(adopted).await,
@@ -167,38 +175,19 @@ pub async fn run(
 }
 
 impl Monitor {
-    fn pod_events(
-        &self,
-    ) -> futures::stream::BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>> {
-        if discovery::is_absolute(&self.app.spec.graphql_endpoint) {
-            // One fixed target: a stream that says "listed, nothing" once.
-            return futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)])
-                .chain(futures::stream::pending())
-                .boxed();
+    /// The namespace's pods changed: this TargetApp's targets follow its selector.
+    async fn on_pods(&mut self, snapshot: &super::pods::Snapshot) {
+        if !snapshot.listed {
+            return;
         }
-        let selector = self
-            .app
-            .spec
-            .selector
-            .as_ref()
-            .and_then(|s| discovery::selector_query(s).ok())
-            .unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        watcher(pods, watcher::Config::default().labels(&selector))
-            .default_backoff()
-            .boxed()
-    }
-
-    async fn on_pod_event(&mut self, event: watcher::Event<Pod>) {
-        if self.pods.apply(event) {
-            self.discovered = self.pods.listed();
-            self.reconcile_targets().await;
-        }
+        self.pods = discovery::selected(&snapshot.pods, self.app.spec.selector.as_ref());
+        self.discovered = true;
+        self.reconcile_targets().await;
     }
 
     /// Starts loops for new targets, stops them for lost ones, restarts moved ones.
     async fn reconcile_targets(&mut self) {
-        let wanted = discovery::targets(&self.app.spec, self.pods.current());
+        let wanted = discovery::targets(&self.app.spec, &self.pods);
         let lost: Vec<String> = self
             .loops
             .iter()
@@ -214,7 +203,6 @@ impl Monitor {
             {
                 let why = match self
                     .pods
-                    .current()
                     .get(&name)
                     .map(|pod| discovery::target_of(pod, &self.app.spec))
                 {

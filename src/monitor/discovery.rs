@@ -1,6 +1,7 @@
 //! Which pods are targets, and at which URL. Pure: pods in, targets out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -100,20 +101,20 @@ pub fn targets(spec: &TargetAppSpec, pods: &BTreeMap<String, Pod>) -> BTreeMap<S
         .collect()
 }
 
-/// The selected pods, as a pod watch reports them. A (re-)list replaces them only
-/// once it is complete, so that a watch that restarts (an apiserver restart, an
-/// expired resource version) neither loses targets for a moment nor their state.
+/// A namespace's pods, as a pod watch reports them. A (re-)list replaces them
+/// only once it is complete, so that a watch that restarts (an apiserver restart,
+/// an expired resource version) neither loses targets for a moment nor their state.
 #[derive(Debug, Default)]
 pub struct Pods {
-    current: BTreeMap<String, Pod>,
+    current: BTreeMap<String, Arc<Pod>>,
     /// The pods of a list in progress.
-    listing: Option<BTreeMap<String, Pod>>,
+    listing: Option<BTreeMap<String, Arc<Pod>>>,
     /// Whether a first list completed.
     listed: bool,
 }
 
 impl Pods {
-    /// Takes one watch event in; whether the targets are to be reconciled.
+    /// Takes one watch event in; whether the current pods changed.
     pub fn apply(&mut self, event: kube::runtime::watcher::Event<Pod>) -> bool {
         use kube::runtime::watcher::Event;
         let name = |pod: &Pod| pod.metadata.name.clone().unwrap_or_default();
@@ -125,7 +126,7 @@ impl Pods {
             Event::InitApply(pod) => {
                 self.listing
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(name(&pod), pod);
+                    .insert(name(&pod), Arc::new(pod));
                 false
             }
             Event::InitDone => {
@@ -134,7 +135,7 @@ impl Pods {
                 true
             }
             Event::Apply(pod) => {
-                self.current.insert(name(&pod), pod);
+                self.current.insert(name(&pod), Arc::new(pod));
                 self.listed
             }
             Event::Delete(pod) => {
@@ -150,8 +151,62 @@ impl Pods {
     }
 
     /// The current pods, by name.
-    pub fn current(&self) -> &BTreeMap<String, Pod> {
+    pub fn current(&self) -> &BTreeMap<String, Arc<Pod>> {
         &self.current
+    }
+}
+
+/// The pods `selector` selects (all of them when there is none).
+pub fn selected(
+    pods: &BTreeMap<String, Arc<Pod>>,
+    selector: Option<&LabelSelector>,
+) -> BTreeMap<String, Pod> {
+    let none = BTreeMap::new();
+    pods.iter()
+        .filter(|(_, pod)| {
+            selector.is_none_or(|s| {
+                crate::tenancy::quota::selector_matches(
+                    s,
+                    pod.metadata.labels.as_ref().unwrap_or(&none),
+                )
+            })
+        })
+        .map(|(name, pod)| (name.clone(), Pod::clone(pod)))
+        .collect()
+}
+
+/// A pod with only what discovery reads (name, labels, deletion, readiness, IP,
+/// container ports): a namespace's pods are kept in memory.
+pub fn slim(pod: Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name,
+            namespace: pod.metadata.namespace,
+            labels: pod.metadata.labels,
+            deletion_timestamp: pod.metadata.deletion_timestamp,
+            resource_version: pod.metadata.resource_version,
+            uid: pod.metadata.uid,
+            ..ObjectMeta::default()
+        },
+        spec: pod.spec.map(|spec| PodSpec {
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        }),
+        status: pod.status.map(|status| PodStatus {
+            conditions: status.conditions,
+            pod_ip: status.pod_ip,
+            ..PodStatus::default()
+        }),
     }
 }
 
@@ -305,5 +360,54 @@ mod tests {
         assert_eq!(names(&pods), ["b"], "then replaced: a went away meanwhile");
         assert!(pods.apply(Event::Delete(pod("b"))));
         assert!(names(&pods).is_empty());
+    }
+
+    #[test]
+    fn a_selector_picks_its_pods_from_the_namespace() {
+        let pod = |name: &str, app: &str| {
+            let mut pod = Pod::default();
+            pod.metadata.name = Some(name.to_owned());
+            pod.metadata.labels = Some(BTreeMap::from([("app".to_owned(), app.to_owned())]));
+            (name.to_owned(), Arc::new(pod))
+        };
+        let pods = BTreeMap::from([pod("m0", "mina"), pod("m1", "mina"), pod("x", "other")]);
+        let mina: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "mina"}})).unwrap();
+        let names = |selector: Option<&LabelSelector>| {
+            selected(&pods, selector).into_keys().collect::<Vec<_>>()
+        };
+        assert_eq!(names(Some(&mina)), ["m0", "m1"]);
+        assert_eq!(names(None), ["m0", "m1", "x"], "no selector: every pod");
+        assert_eq!(names(Some(&LabelSelector::default())), ["m0", "m1", "x"]);
+        let not_mina: LabelSelector = serde_json::from_value(
+            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["mina"]}]}),
+        )
+        .unwrap();
+        assert_eq!(names(Some(&not_mina)), ["x"]);
+    }
+
+    #[test]
+    fn a_slim_pod_is_still_the_same_target() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "mina-0", "labels": {"app": "mina"},
+                         "annotations": {"big": "x".repeat(10_000)},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"containers": [{"name": "mina", "image": "mina:1", "env": [{"name": "A", "value": "b"}],
+                                     "ports": [{"name": "graphql", "containerPort": 3085}]}]},
+            "status": {"podIP": "10.0.0.7", "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let s = spec(json!({"port": "graphql"}));
+        let slim_pod = slim(pod.clone());
+        assert_eq!(target_of(&slim_pod, &s), target_of(&pod, &s));
+        assert!(target_of(&slim_pod, &s).is_ok());
+        let size = |p: &Pod| serde_json::to_vec(p).map(|v| v.len()).unwrap_or_default();
+        assert!(
+            size(&slim_pod) * 10 < size(&pod),
+            "{} vs {}",
+            size(&slim_pod),
+            size(&pod)
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod discovery;
+pub mod pods;
 pub mod poll;
 pub mod state;
 pub mod status;
@@ -60,6 +61,8 @@ pub struct Context {
     pub webhook_ready: Arc<AtomicBool>,
     /// Running actions: a graceful shutdown waits for them.
     pub actions: tokio_util::task::TaskTracker,
+    /// One pod watch per namespace, shared by its TargetApps.
+    pub pods: pods::PodWatches,
     /// Whether this replica leads (for `/stats` and leader-only work).
     pub leadership: Leadership,
     /// The shard as this replica sees it (for `/stats`).
@@ -147,7 +150,9 @@ impl Context {
             tenants.clone(),
             egress.clone(),
         );
+        let pods = pods::PodWatches::new(client.clone(), metrics.clone());
         Ok(Arc::new(Self {
+            pods,
             validator: Arc::new(crate::admission::Validator::with_tenants(
                 tenants.clone(),
                 egress.clone(),
