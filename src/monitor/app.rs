@@ -605,6 +605,9 @@ impl Monitor {
         self.publish_stats(&next);
         let api: Api<TargetApp> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let patch = serde_json::json!({ "status": next });
+        // A bounded number of status writes at once (each holds an apiserver
+        // connection): thousands of TargetApps starting together queue here.
+        let _permit = self.ctx.status_writes.acquire().await;
         match api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

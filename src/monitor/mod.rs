@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 use crate::shard::Ownership;
 use crate::targetapp::{Phase, TargetApp};
 
+/// How many TargetApp status writes one replica has in flight at most.
+pub const STATUS_WRITES: usize = 32;
+
 /// What every monitoring task shares; built once at start-up.
 pub struct Context {
     pub client: kube::Client,
@@ -63,6 +66,8 @@ pub struct Context {
     pub actions: tokio_util::task::TaskTracker,
     /// One pod watch per namespace, shared by its TargetApps.
     pub pods: pods::PodWatches,
+    /// Permits for status writes in flight ([`STATUS_WRITES`]).
+    pub status_writes: tokio::sync::Semaphore,
     /// Whether this replica leads (for `/stats` and leader-only work).
     pub leadership: Leadership,
     /// The shard as this replica sees it (for `/stats`).
@@ -153,6 +158,7 @@ impl Context {
         let pods = pods::PodWatches::new(client.clone(), metrics.clone());
         Ok(Arc::new(Self {
             pods,
+            status_writes: tokio::sync::Semaphore::new(STATUS_WRITES),
             validator: Arc::new(crate::admission::Validator::with_tenants(
                 tenants.clone(),
                 egress.clone(),
