@@ -10,8 +10,8 @@
 //! ```
 //!
 //! `--kind pod` (default): each TargetApp selects one pod (created, then marked
-//! Running and Ready at its node's address, as a kubelet would), so `kco` keeps one
-//! pod watch per TargetApp. `--kind url`: each TargetApp names its node by absolute
+//! Running and Ready at its node's address, as a kubelet would), followed through
+//! `kco`'s one pod watch per namespace. `--kind url`: each TargetApp names its node by absolute
 //! URL (`--endpoint-allowed-cidrs 127.0.0.0/8`), no pod and no watch.
 //! TargetApps are spread over `--namespaces` (50) and created `--concurrency` (32)
 //! at a time; sizes grow in place (1k, then 9k more). The nodes are `kco simulate`
