@@ -313,8 +313,14 @@ impl Monitor {
             tracing::debug!(namespace = %self.namespace, tapp = %self.name, target = %report.target,
                 correlation_id = %report.correlation_id, errors = ?data.errors, "partial result with GraphQL errors");
         }
+        // Times that other replicas compare with (status has one-second precision):
+        // what a poll saw holds from when it was sent (a lower bound: firings, and
+        // when the condition was seen false), and an end recorded from it holds
+        // until the answer was handled (an upper bound). A poll answered slowly, or
+        // handled late, then never looks newer than it is.
+        let sent_at = report.sent_at;
         let now = Timestamp::now();
-        let seen = state.observe(report.report.result, &self.rules, &self.fields, now);
+        let seen = state.observe(report.report.result, &self.rules, &self.fields, sent_at);
         let target = state.target.clone();
         for observed in seen {
             match observed {
@@ -368,7 +374,7 @@ impl Monitor {
                     self.fired(
                         rule,
                         &target,
-                        now,
+                        sent_at,
                         &report.correlation_id,
                         (old, new),
                         (after, false_at),

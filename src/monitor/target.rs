@@ -21,6 +21,8 @@ pub struct Report {
     pub report: PollReport,
     /// How late the poll started against its schedule.
     pub lateness: Duration,
+    /// When the poll was sent (wall clock).
+    pub sent_at: k8s_openapi::jiff::Timestamp,
     pub correlation_id: String,
 }
 
@@ -88,6 +90,7 @@ pub async fn poll_loop(
             }
         }
         let started = Instant::now();
+        let sent_at = k8s_openapi::jiff::Timestamp::now();
         let lateness = started.saturating_duration_since(next);
         let correlation_id = format!("{:016x}", fastrand::u64(..));
         let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
@@ -109,6 +112,7 @@ pub async fn poll_loop(
                 url: url.clone(),
                 report,
                 lateness,
+                sent_at,
                 correlation_id,
             })
             .await;
