@@ -420,6 +420,10 @@ mod tests {
         .unwrap()
     }
 
+    fn messages(verdict: &Verdict) -> Vec<String> {
+        verdict.problems.iter().map(ToString::to_string).collect()
+    }
+
     fn paths(verdict: &Verdict) -> Vec<&str> {
         verdict.problems.iter().map(|p| p.path.as_str()).collect()
     }
@@ -467,7 +471,7 @@ mod tests {
             ],
             "{verdict:#?}"
         );
-        let text: Vec<String> = verdict.problems.iter().map(ToString::to_string).collect();
+        let text = messages(&verdict);
         assert!(
             text[3].contains("not a value of enum SyncStatus"),
             "{text:?}"
@@ -495,10 +499,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            over.problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&over),
             [
                 "spec.actions: 101 rules; at most 100 are allowed per TargetApp (split them across TargetApps)"
             ]
@@ -537,10 +538,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            over.problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            messages(&over),
             [
                 "spec.actions[1].parameters.patch: nests 33 levels deep; at most 32 are allowed",
                 "spec.actions[1].trigger.value: nests 40 levels deep; at most 32 are allowed",
@@ -619,7 +617,7 @@ mod tests {
             })),
             None,
         );
-        let text: Vec<String> = verdict.problems.iter().map(ToString::to_string).collect();
+        let text = messages(&verdict);
         assert_eq!(
             text,
             [

@@ -176,6 +176,14 @@ mod tests {
         compile(&raw).unwrap()
     }
 
+    /// Status as another replica left it: "offline" fired at 0, its end never seen.
+    fn latched(name: &str) -> Option<Recorded> {
+        (name == "offline").then_some(Recorded {
+            time: at(0),
+            cleared: false,
+        })
+    }
+
     fn ok(sync: &str, uptime: u64) -> Result<PollData, PollFailure> {
         Ok(PollData {
             data: json!({"d": {"syncStatus": sync, "uptimeSecs": uptime}}),
@@ -335,13 +343,6 @@ mod tests {
             pod: Some("mina-0".into()),
             url: "u".into(),
         };
-        // Another replica fired "offline" at 0 and never saw it end.
-        let latched = |name: &str| {
-            (name == "offline").then_some(Recorded {
-                time: at(0),
-                cleared: false,
-            })
-        };
         let mut t = TargetState::new(target.clone(), &rules, latched);
         // Still OFFLINE when taken over: whether that is the same episode is for the
         // fence to say (it reads the latest status); here it was, and is adopted.
@@ -408,12 +409,6 @@ mod tests {
         let target = Target {
             pod: Some("mina-0".into()),
             url: "u".into(),
-        };
-        let latched = |name: &str| {
-            (name == "offline").then_some(Recorded {
-                time: at(0),
-                cleared: false,
-            })
         };
         let mut t = TargetState::new(target, &rules, latched);
         let seen = t.observe(ok("OFFLINE", 1), &rules, &fields, at(10));
