@@ -387,7 +387,8 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     );
 
     // Its replica's end of that episode, seen after this firing, is recorded: the
-    // firing came while the episode went on, so it stays skipped, for good.
+    // firing came while the episode went on, so it is still a repeat (pending: an
+    // earlier end may yet come from another replica).
     let seconds = |s: i64| k8s_openapi::jiff::SignedDuration::from_secs(s);
     let later = again.now + seconds(5);
     one.clear(&app, "offline", "mina-1", died_at, later)
@@ -395,30 +396,52 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         .unwrap();
     assert!(matches!(
         one.dispatch(again.clone()).await.unwrap(),
-        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at, pending: false }) if at == died_at
+        Dispatched::Skipped(kco::actions::Skip::AlreadyFired { at, pending: true }) if at == died_at
     ));
-    // A second end recorded for the same firing changes nothing.
+    let cleared = || async {
+        let status = apps.get_status("mina").await.unwrap().status.unwrap();
+        let record = status
+            .firings
+            .iter()
+            .find(|f| f.target == "mina-1")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            record.time.0, died_at,
+            "still the firing that died: {record:?}"
+        );
+        record.cleared.map(|c| c.0.as_second())
+    };
+    // An end in the firing's own second proves nothing; a later view of the end
+    // changes nothing.
     one.clear(&app, "offline", "mina-1", died_at, died_at)
         .await
         .unwrap();
-    let record = apps.get_status("mina").await.unwrap().status.unwrap();
-    let record = record
-        .firings
-        .iter()
-        .find(|f| f.target == "mina-1")
+    one.clear(&app, "offline", "mina-1", died_at, later + seconds(3))
+        .await
         .unwrap();
-    assert_eq!(
-        record.cleared.as_ref().map(|c| c.0.as_second()),
-        Some(later.as_second())
-    );
-    // A firing after that end is a new episode: it runs.
-    let next = Firing {
-        now: later + seconds(1),
-        ..again
-    };
+    assert_eq!(cleared().await, Some(later.as_second()));
+    // The replica waiting to adopt that firing (its own firing at `again.now`)
+    // writes the end it saw under its own firing's time: it lands on the recorded
+    // firing before it, and an earlier end wins.
+    one.clear(&app, "offline", "mina-1", again.now, again.now + seconds(2))
+        .await
+        .unwrap();
+    assert_eq!(cleared().await, Some((again.now + seconds(2)).as_second()));
+    // A firing after the recorded one is another episode's: nothing changes.
+    one.clear(&app, "offline", "mina-1", died_at - seconds(10), again.now)
+        .await
+        .unwrap();
+    assert_eq!(cleared().await, Some((again.now + seconds(2)).as_second()));
+    // The replica that saw the episode end before `again` writes it late: `again`
+    // turns out to be a new episode, and runs.
+    one.clear(&app, "offline", "mina-1", died_at, again.now - seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(cleared().await, Some((again.now - seconds(1)).as_second()));
     assert!(
         matches!(
-            one.dispatch(next).await.unwrap(),
+            one.dispatch(again).await.unwrap(),
             Dispatched::Ran { result: Ok(_), .. }
         ),
         "a new episode after the recorded end"

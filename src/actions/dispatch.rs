@@ -36,6 +36,37 @@ fn set_once(slot: &mut Option<Time>, at: Timestamp) -> bool {
     true
 }
 
+/// Keeps the earliest of two times (an unset one counts as none); whether it
+/// changed anything. Every replica that saw an episode end writes when it saw it:
+/// the earliest is the closest to the real end.
+fn keep_earliest(slot: &mut Option<Time>, at: Timestamp) -> bool {
+    if slot.as_ref().is_some_and(|t| t.0 <= at) {
+        return false;
+    }
+    *slot = Some(Time(at));
+    true
+}
+
+/// Which status record of a rule for a target a write is for.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    /// The firing at this time (whole seconds).
+    At(Timestamp),
+    /// The firing at this time, or one recorded before it (the one whose episode
+    /// this replica's firing at this time was waiting to adopt).
+    AtOrBefore(Timestamp),
+}
+
+impl Which {
+    fn matches(self, record: &RuleFiring) -> bool {
+        let time = record.time.0.as_second();
+        match self {
+            Self::At(at) => time == at.as_second(),
+            Self::AtOrBefore(at) => time <= at.as_second(),
+        }
+    }
+}
+
 /// Backoff from 250 ms to 2 s, with jitter, for at most `total`.
 pub fn patience(total: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -82,8 +113,9 @@ pub enum Skip {
     QuotaExceeded { why: String },
     /// The rule already fired for this episode (recorded by another replica, and
     /// its condition not seen false since). `pending`: no end of that episode is
-    /// recorded yet, so one may still arrive from the replica that saw it (see
-    /// `Dispatcher::fence`); otherwise its recorded end came after this firing.
+    /// recorded before this firing, and an earlier one may still arrive from a
+    /// replica that saw it (see `Dispatcher::clear`); otherwise a later firing is
+    /// recorded, which overtakes this one.
     AlreadyFired { at: Timestamp, pending: bool },
 }
 
@@ -164,10 +196,11 @@ pub fn judge(previous: &RuleFiring, episode: &Episode, resumable: bool) -> Prece
         if previous.done.is_none() && resumable {
             return Precedent::Resume;
         }
-        // With no end recorded, one may still come from the replica that saw it.
+        // With no end recorded before this firing, an earlier one may still come
+        // from a replica that saw it (the earliest end recorded wins).
         return Precedent::Skip(Skip::AlreadyFired {
             at: previous.time.0,
-            pending: cleared.is_none(),
+            pending: true,
         });
     }
     let since =
@@ -334,7 +367,7 @@ impl Dispatcher {
             app,
             rule,
             target,
-            fired_at,
+            Which::At(fired_at),
             "record that an action finished",
             |r| set_once(&mut r.done, Timestamp::now()),
         )
@@ -343,8 +376,15 @@ impl Dispatcher {
 
     /// Records that the episode of `rule` for `target` that fired at `fired_at`
     /// ended, as seen at `ended_at` (the poll that saw its condition false), so
-    /// that a replica taking over fires the next one. Nothing to do when status
-    /// holds another firing by then, or this one's end already.
+    /// that a replica taking over fires the next one.
+    ///
+    /// A firing recorded *before* `fired_at` ended by then too (the condition held
+    /// at `fired_at` and was false at `ended_at`, later): it is the episode this
+    /// replica's firing was still waiting to adopt (see `act` in the monitor), and
+    /// its end is written now, so that it survives this replica stopping during
+    /// the wait. The earliest end seen wins (`keep_earliest`): another replica's
+    /// earlier view of the end may still arrive and make that firing a new episode.
+    /// Nothing to do when status holds a later firing by then.
     pub async fn clear(
         &self,
         app: &TargetApp,
@@ -357,22 +397,25 @@ impl Dispatcher {
             app,
             rule,
             target,
-            fired_at,
+            Which::AtOrBefore(fired_at),
             "record the end of an episode",
-            |r| set_once(&mut r.cleared, ended_at),
+            |r| {
+                r.time.0.as_second() < ended_at.as_second()
+                    && keep_earliest(&mut r.cleared, ended_at)
+            },
         )
         .await
     }
 
     /// Applies `change` (which says whether it changed anything) to the status
-    /// record of the firing of `rule` for `target` at `fired_at`, with optimistic
+    /// record of `rule` for `target` that `which` names, with optimistic
     /// concurrency. Nothing to do when status holds another firing by then.
     async fn update_record(
         &self,
         app: &TargetApp,
         rule: &str,
         target: &str,
-        fired_at: Timestamp,
+        which: Which,
         doing: &str,
         change: impl Fn(&mut RuleFiring) -> bool,
     ) -> Result<(), ActionError> {
@@ -386,11 +429,9 @@ impl Dispatcher {
                 .await
                 .map_err(|e| ActionError::from_kube(&what, e))?;
             let Some(record) = current.status.as_mut().and_then(|s| {
-                s.firings.iter_mut().find(|f| {
-                    f.rule == rule
-                        && f.target == target
-                        && f.time.0.as_second() == fired_at.as_second()
-                })
+                s.firings
+                    .iter_mut()
+                    .find(|f| f.rule == rule && f.target == target && which.matches(f))
             }) else {
                 return Ok(());
             };
@@ -592,14 +633,53 @@ mod tests {
             Precedent::Fire
         );
         // The same second leaves the order open: taken as a repeat.
+        // (An earlier end may still be recorded by another replica: pending.)
         assert_eq!(
             judge(&recorded(0, Some(30), true), &episode(30), false),
-            already(0, false)
+            already(0, true)
         );
         // Ended at 40: the firing at 30 came while that episode went on.
         assert_eq!(
             judge(&recorded(0, Some(40), true), &episode(30), false),
-            already(0, false)
+            already(0, true)
+        );
+    }
+
+    #[test]
+    fn the_earliest_end_seen_is_kept() {
+        let mut cleared = None;
+        assert!(keep_earliest(&mut cleared, at(20)));
+        assert!(
+            !keep_earliest(&mut cleared, at(25)),
+            "a later view changes nothing"
+        );
+        assert!(!keep_earliest(&mut cleared, at(20)));
+        assert!(keep_earliest(&mut cleared, at(12)), "an earlier view wins");
+        assert_eq!(cleared, Some(Time(at(12))));
+        // So a firing at 15, first judged a repeat (end 20 recorded after it), is a
+        // new episode once the earlier end arrives.
+        assert_eq!(
+            judge(&recorded(0, Some(20), true), &episode(15), false),
+            already(0, true)
+        );
+        assert_eq!(
+            judge(&recorded(0, Some(12), true), &episode(15), false),
+            Precedent::Fire
+        );
+    }
+
+    #[test]
+    fn an_end_is_written_to_its_firing_or_the_one_it_was_adopting() {
+        let record = recorded(10, None, true);
+        assert!(Which::At(at(10)).matches(&record));
+        assert!(!Which::At(at(12)).matches(&record));
+        assert!(
+            Which::AtOrBefore(at(12)).matches(&record),
+            "the firing at 12 was waiting to adopt the one at 10"
+        );
+        assert!(
+            !Which::AtOrBefore(at(8)).matches(&record),
+            "a later firing is another episode's"
         );
     }
 

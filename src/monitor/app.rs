@@ -765,9 +765,11 @@ async fn act(
             .inc();
     };
     let mut dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
-    // Re-judged while the end of the episode may still be recorded. Meanwhile the
-    // monitor knows this stretch by its own time, so that an end it sees is not
-    // written as the end of the recorded firing (that one's replica saw its end).
+    // Re-judged while an earlier end of the episode may still be recorded by the
+    // replica that saw it. Meanwhile the monitor knows this stretch by its own
+    // time; an end it sees is written at once to the recorded firing (before this
+    // one: `Dispatcher::clear`), where the earliest end wins, so that it is not
+    // lost if this replica stops during the wait.
     let mut waited = false;
     for wait in END_WAITS {
         let Ok(Dispatched::Skipped(Skip::AlreadyFired { pending: true, .. })) = &dispatched else {
