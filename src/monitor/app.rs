@@ -483,10 +483,15 @@ impl Monitor {
         ));
     }
 
-    /// The fence found that this replica's firing at `adopted.own` belongs to the
-    /// episode recorded as the firing at `adopted.at`: this stretch's firing is
-    /// that one (its end is recorded under that time). If the stretch has already
-    /// ended here, that end is recorded now.
+    /// The fence found that this replica's firing at `adopted.own` is recorded as
+    /// the firing at `adopted.at` (the same time, or that of an earlier firing of
+    /// the same episode): this stretch's firing is that one. If the stretch has
+    /// already ended here, its end is recorded again under that time.
+    ///
+    /// The end was written when it was seen, but it may have found no record yet
+    /// (the fence still waiting for the apiserver, or a firing run late after the
+    /// wait). Written again now, it is an upper bound (this moment); an earlier end
+    /// in status wins over it (`Dispatcher::clear`).
     async fn adopt(&mut self, adopted: Adopt) {
         let Adopt {
             target,
@@ -508,20 +513,21 @@ impl Monitor {
         if adoption == Adoption::Stale {
             return;
         }
-        status::record_firing(
-            &mut self.firings,
-            RuleFiring {
-                rule: rule.clone(),
-                target: target.clone(),
-                time: Time(at),
-                cleared: None,
-                done: None,
-                resumed: None,
-            },
-        );
-        if let Adoption::Ended { seen_false } = adoption {
-            let ended_at = seen_false.unwrap_or_else(Timestamp::now);
-            self.ended(&rule, &target, at, ended_at).await;
+        if at.as_second() != own.as_second() {
+            status::record_firing(
+                &mut self.firings,
+                RuleFiring {
+                    rule: rule.clone(),
+                    target: target.clone(),
+                    time: Time(at),
+                    cleared: None,
+                    done: None,
+                    resumed: None,
+                },
+            );
+        }
+        if adoption == Adoption::Ended {
+            self.ended(&rule, &target, at, Timestamp::now()).await;
         }
     }
 
@@ -719,9 +725,9 @@ fn publish(
     }
 }
 
-/// This replica's firing of `rule` for `target` at `own` turned out to be the
-/// firing recorded at `at` (by another replica, or run here as an earlier
-/// unfinished one), or the other way round after a late end.
+/// This replica's firing of `rule` for `target` at `own` is recorded as the
+/// firing at `at`: its own time, or an earlier firing of the same episode
+/// (recorded by another replica, or run here as an earlier unfinished one).
 struct Adopt {
     target: String,
     rule: String,
@@ -790,9 +796,9 @@ async fn act(
         }) => Some(*ran_as),
         _ => None,
     };
-    if let Some(at) = known_as
-        && at.as_second() != fired_at.as_second()
-    {
+    // Told even when it is this firing's own time: the stretch may have ended
+    // while the fence waited, its end then finding no record to go to.
+    if let Some(at) = known_as {
         let _ = adopt
             .send(Adopt {
                 target: target.clone(),

@@ -43,9 +43,9 @@ pub enum Adoption {
     Stale,
     /// Adopted; its stretch goes on.
     Ongoing,
-    /// Adopted, and its stretch had already ended here (the condition was seen
-    /// false at `seen_false`): the caller records that end under the adopted time.
-    Ended { seen_false: Option<Timestamp> },
+    /// Adopted, and its stretch had already ended here: the caller makes sure
+    /// that end is recorded under the adopted time.
+    Ended,
 }
 
 /// The outcome of one evaluation.
@@ -111,9 +111,7 @@ impl FiringState {
             return Adoption::Ongoing;
         }
         self.ended = Some(at);
-        Adoption::Ended {
-            seen_false: self.false_at,
-        }
+        Adoption::Ended
     }
 
     /// When the rule last fired for this target.
