@@ -428,6 +428,21 @@ mod tests {
         // has ended, for the caller to make sure it is recorded.
         assert_eq!(t.firing[0].adopt(at(10), at(0)), Adoption::Ended);
         assert_eq!(t.firing[0].ended(), Some(at(0)));
+        // A later firing, recorded by another replica, that overtook this one is
+        // not given this stretch's end (that end came before it).
+        let mut overtaken = TargetState::new(
+            Target {
+                pod: Some("mina-1".into()),
+                url: "u".into(),
+            },
+            &rules,
+            latched,
+        );
+        overtaken.observe(ok("OFFLINE", 1), &rules, &fields, at(10));
+        overtaken.observe(ok("SYNCED", 2), &rules, &fields, at(12));
+        assert_eq!(overtaken.firing[0].adopt(at(10), at(20)), Adoption::Ongoing);
+        assert_eq!(overtaken.firing[0].last_fired(), Some(at(20)));
+        assert_eq!(overtaken.firing[0].ended(), Some(at(10)));
         // A stale adoption (the rule fired again since) changes nothing.
         assert_eq!(t.firing[0].adopt(at(10), at(5)), Adoption::Stale);
         assert_eq!(t.firing[0].last_fired(), Some(at(0)));

@@ -41,7 +41,7 @@ pub struct Recorded {
 pub enum Adoption {
     /// The rule fired again since: nothing changed.
     Stale,
-    /// Adopted; its stretch goes on.
+    /// Adopted; its stretch goes on (or a later firing overtook it).
     Ongoing,
     /// Adopted, and its stretch had already ended here: the caller makes sure
     /// that end is recorded under the adopted time.
@@ -102,12 +102,17 @@ impl FiringState {
     /// The fence found that the firing at `own` belongs to an episode recorded as
     /// the firing at `at` (by another replica, or resumed): this stretch's firing
     /// is that one, unless the rule fired again since `own`.
+    ///
+    /// A *later* record (`at` after `own`) overtook this firing: it is the rule's
+    /// last firing from now on, but an end seen here is this stretch's, which came
+    /// before it, so it is never reported as that firing's end.
     pub fn adopt(&mut self, own: Timestamp, at: Timestamp) -> Adoption {
         if self.last_fired.map(|t| t.as_second()) != Some(own.as_second()) {
             return Adoption::Stale;
         }
         self.last_fired = Some(at);
-        if self.fired || self.ended.map(|t| t.as_second()) != Some(own.as_second()) {
+        let overtaken = at.as_second() > own.as_second();
+        if overtaken || self.fired || self.ended.map(|t| t.as_second()) != Some(own.as_second()) {
             return Adoption::Ongoing;
         }
         self.ended = Some(at);
