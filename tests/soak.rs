@@ -73,6 +73,14 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
             first.rss_kib,
             last.rss_kib
         );
+        // The live heap is exported (jemalloc) and bounded like RSS.
+        assert!(last.heap_kib > 1024, "kco-{replica} reports no live heap");
+        assert!(
+            last.heap_kib <= first.heap_kib * 2 + 16 * 1024,
+            "kco-{replica} live heap grew from {} to {} KiB",
+            first.heap_kib,
+            last.heap_kib
+        );
         let idle = samples.iter().filter(|s| s.polls == 0.0).count();
         assert!(
             idle * 10 <= samples.len(),

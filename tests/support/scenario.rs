@@ -59,6 +59,8 @@ pub struct Sample {
     pub replica: usize,
     pub pid: u32,
     pub rss_kib: u64,
+    /// The allocator's live heap (`operator_kco_heap_allocated_bytes`), KiB.
+    pub heap_kib: u64,
     pub fds: usize,
     /// Polls and failed polls since the previous sample of this process.
     pub polls: f64,
@@ -199,16 +201,17 @@ impl Outcome {
     /// The samples as CSV.
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "elapsed_s,replica,pid,rss_kib,open_fds,polls,failed_polls,lateness_mean_ms,lateness_p99_ms,error_lines,deliveries,firings\n",
+            "elapsed_s,replica,pid,rss_kib,heap_kib,open_fds,polls,failed_polls,lateness_mean_ms,lateness_p99_ms,error_lines,deliveries,firings\n",
         );
         for s in &self.samples {
             let _ = writeln!(
                 out,
-                "{:.0},kco-{},{},{},{},{:.0},{:.0},{:.2},{:.0},{},{},{}",
+                "{:.0},kco-{},{},{},{},{},{:.0},{:.0},{:.2},{:.0},{},{},{}",
                 s.at.as_secs_f64(),
                 s.replica,
                 s.pid,
                 s.rss_kib,
+                s.heap_kib,
                 s.fds,
                 s.polls,
                 s.failed_polls,
@@ -245,6 +248,7 @@ impl Outcome {
             let _ = writeln!(out, "kco-{i}: {trend}");
         }
         out.push_str(&self.chart("RSS (MiB)", |s| s.rss_kib as f64 / 1024.0));
+        out.push_str(&self.chart("live heap (MiB)", |s| s.heap_kib as f64 / 1024.0));
         out.push_str(&self.chart("open file descriptors", |s| s.fds as f64));
         out.push_str(&self.chart("poll lateness p99 (ms)", |s| s.lateness_p99_ms));
         out
@@ -266,16 +270,19 @@ impl Outcome {
                 v.iter().map(|s| f(s)).sum::<f64>() / v.len() as f64
             };
             let rss = |s: &Sample| s.rss_kib as f64 / 1024.0;
+            let heap = |s: &Sample| s.heap_kib as f64 / 1024.0;
             let fds = |s: &Sample| s.fds as f64;
             let late = |s: &Sample| s.lateness_mean_ms;
             out.insert(
                 replica,
                 format!(
-                    "pid {} over {:.0} s: RSS {:.1} -> {:.1} MiB, fds {:.0} -> {:.0}, mean lateness {:.2} -> {:.2} ms (first vs last quarter)",
+                    "pid {} over {:.0} s: RSS {:.1} -> {:.1} MiB, live heap {:.1} -> {:.1} MiB, fds {:.0} -> {:.0}, mean lateness {:.2} -> {:.2} ms (first vs last quarter)",
                     samples[0].pid,
                     (samples[n - 1].at - samples[0].at).as_secs_f64(),
                     mean(first, &rss),
                     mean(last, &rss),
+                    mean(first, &heap),
+                    mean(last, &heap),
                     mean(first, &fds),
                     mean(last, &fds),
                     mean(first, &late),
@@ -667,6 +674,8 @@ struct Counters {
     late_sum: f64,
     late_count: f64,
     buckets: [f64; 16],
+    /// A gauge, not a counter: the latest value.
+    heap_bytes: f64,
 }
 
 async fn sample(
@@ -686,6 +695,7 @@ async fn sample(
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     let metrics = replicas.metrics(i).await?;
     let now = parse_counters(&metrics);
+    let heap_kib = (now.heap_bytes / 1024.0) as u64;
     let before = previous.insert(pid, now).unwrap_or_default();
     let late_count = now.late_count - before.late_count;
     let lateness_mean_ms = if late_count > 0.0 {
@@ -709,6 +719,7 @@ async fn sample(
         replica: i,
         pid,
         rss_kib,
+        heap_kib,
         fds,
         polls: now.polls - before.polls,
         failed_polls: now.failed - before.failed,
@@ -746,7 +757,9 @@ fn parse_counters(text: &str) -> Counters {
         let Ok(value) = value.parse::<f64>() else {
             continue;
         };
-        if series.starts_with("operator_kco_tapp_polls_total") {
+        if series == "operator_kco_heap_allocated_bytes" {
+            c.heap_bytes = value;
+        } else if series.starts_with("operator_kco_tapp_polls_total") {
             c.polls += value;
             if series.contains("result=\"failure\"") {
                 c.failed += value;
