@@ -49,8 +49,7 @@ mod heap_profile {
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut out = std::fs::File::create(format!("{file}.csv")).ok();
-            let mut profiler = Some(profiler);
-            while profiler.is_some() {
+            loop {
                 std::thread::sleep(Duration::from_secs(30));
                 let stats = dhat::HeapStats::get();
                 if let Some(out) = out.as_mut() {
@@ -64,10 +63,11 @@ mod heap_profile {
                     );
                 }
                 if started.elapsed().as_secs() >= dump_after {
-                    // Dropping the profiler writes the live blocks' sites.
-                    profiler = None;
+                    break;
                 }
             }
+            // Dropping the profiler writes the live blocks' sites.
+            drop(profiler);
         });
     }
 }
