@@ -286,8 +286,11 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
         .collect();
     for (_, url) in &targets {
         tokio::spawn(poll_loop(
-            url.clone(),
-            url.clone(),
+            kco::monitor::target::Polled {
+                target: url.clone(),
+                url: url.clone(),
+                route: kco::monitor::target::Route::Pod,
+            },
             schedule.clone(),
             poller.clone(),
             None,

@@ -252,8 +252,11 @@ async fn pipeline(
             query: query.clone(),
         };
         tokio::spawn(poll_loop(
-            addr.to_string(),
-            format!("http://{addr}/graphql"),
+            kco::monitor::target::Polled {
+                target: addr.to_string(),
+                url: format!("http://{addr}/graphql"),
+                route: kco::monitor::target::Route::Pod,
+            },
             schedule,
             poller.clone(),
             None,

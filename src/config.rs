@@ -123,6 +123,12 @@ pub struct RunArgs {
     /// (exact or `*.suffix`, comma-separated).
     #[arg(long, env = "DEFAULT_WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub webhook_allowed_hosts: Vec<String>,
+    /// The ServiceAccount names TargetApps' actions may run as (comma-separated;
+    /// empty: any). Set it to the names KCO's RBAC lets it impersonate (the chart's
+    /// `actions.serviceAccountNames`), so that other names are refused at admission
+    /// with a clear reason rather than when an action runs.
+    #[arg(long, env = "ACTION_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub action_service_accounts: Vec<String>,
     /// Test hook: answer HOST with IP instead of asking DNS (HOST=IP, repeatable).
     #[arg(
         long = "resolve",
@@ -157,6 +163,8 @@ pub struct Settings {
     pub default_quota: Quota,
     /// Host names answered without DNS (tests).
     pub dns_overrides: Vec<(String, IpAddr)>,
+    /// The ServiceAccount names actions may run as (empty: any).
+    pub action_accounts: Vec<String>,
 }
 
 /// The admission webhook server and its certificates.
@@ -385,11 +393,24 @@ impl Settings {
                 allowed_hosts: hosts(&a.endpoint_allowed_hosts),
                 allowed_cidrs,
                 allow_external: a.endpoint_allow_external,
-                webhook_allowed_hosts: hosts(&a.webhook_allowed_hosts),
+                // Empty: not narrowed (a default quota that wants no webhooks leaves
+                // `webhook` out of the allowed actions).
+                webhook_allowed_hosts: Some(hosts(&a.webhook_allowed_hosts))
+                    .filter(|list| !list.is_empty()),
             },
         };
+        let action_accounts = hosts(&a.action_service_accounts);
+        for account in &action_accounts {
+            check(
+                "ACTION_SERVICE_ACCOUNTS",
+                account,
+                crate::names::subdomain(account).is_ok(),
+                "each must be a ServiceAccount name",
+            )?;
+        }
         Ok(Self {
             webhooks,
+            action_accounts,
             lease_namespace: a.lease_namespace.clone(),
             election: a.leader_election.then(|| crate::election::Timing {
                 lease_duration: Duration::from_secs(a.lease_duration),
@@ -432,6 +453,7 @@ impl Settings {
             webhooks: None,
             default_quota: Quota::default(),
             dns_overrides: Vec::new(),
+            action_accounts: Vec::new(),
         }
     }
 }

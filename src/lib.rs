@@ -12,6 +12,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod names;
 pub mod nesting;
 pub mod operator;
 pub mod schema;

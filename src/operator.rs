@@ -103,8 +103,12 @@ pub async fn start(
         })?;
 
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let apiserver = apiserver_addresses(&config).await;
-    tracing::info!(addresses = ?apiserver, "the apiserver's addresses are never a target");
+    let apiserver = crate::tenancy::Apiserver::from(apiserver_addresses(&config).await);
+    tokio::spawn(crate::tenancy::services::keep_apiserver_current(
+        client.clone(),
+        apiserver.clone(),
+        cancel.clone(),
+    ));
 
     let me = settings.instance.clone();
     let (election, leadership) = match settings.election {

@@ -301,9 +301,10 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         let tenants = Tenants::new(Quota::default());
         let egress = Egress::new(
             tenants.clone(),
-            Vec::new(),
+            kco::tenancy::Apiserver::default(),
             Arc::default(),
             "kco-test".into(),
+            None,
         );
         Dispatcher::new(
             client.clone(),
@@ -557,10 +558,18 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     assert_eq!(key.len(), 32);
     assert_eq!(request.headers["idempotency-key"], key);
     assert_eq!(request.headers["x-team"], "chain");
+    let signature = request.headers["x-kco-signature"].to_str().unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
     assert_eq!(
-        request.headers["x-kco-signature-256"].to_str().unwrap(),
-        kco::actions::webhook::sign(b"tenant-secret", &request.body),
-        "the body is signed with the tenant's key"
+        kco::actions::webhook::verify(
+            signature,
+            b"tenant-secret",
+            &request.body,
+            now,
+            kco::actions::webhook::SIGNATURE_TOLERANCE
+        ),
+        Ok(()),
+        "the time and body are signed with the tenant's key: {signature}"
     );
     assert!(
         request.headers.get("authorization").is_none(),
@@ -581,7 +590,7 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     );
     assert_ne!(got[1].headers["idempotency-key"], key);
     assert!(
-        got[1].headers.get("x-kco-signature-256").is_none(),
+        got[1].headers.get("x-kco-signature").is_none(),
         "no secretRef, no signature"
     );
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::Request;
+use kco::admission::access::{AccessCheck, Authorize};
 use kco::admission::cache::Caches;
 use kco::admission::defaults::Defaults;
 use kco::admission::review::{Admission, MAX_REVIEW_BYTES};
@@ -62,8 +63,31 @@ fn app(spec: Value) -> Value {
            "metadata": {"name": "mina", "namespace": "chain"}, "spec": spec})
 }
 
+/// In-process reviews: "admin" may act as any ServiceAccount, "no-answer" gets
+/// no answer, anyone else is refused. (The real SubjectAccessReview is proved
+/// against the apiserver below.)
+struct Grants;
+
+impl Authorize for Grants {
+    fn may_act_as<'a>(
+        &'a self,
+        check: &'a AccessCheck,
+    ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            match check.user.username.as_str() {
+                "no-answer" => Err("connection refused".to_owned()),
+                user => Ok(user == "admin"),
+            }
+        })
+    }
+}
+
 async fn call(path: &str, body: Vec<u8>) -> (u16, Value) {
-    let router = server::router(admission(), kco::metrics::Metrics::new().unwrap());
+    let router = server::router(
+        admission(),
+        kco::metrics::Metrics::new().unwrap(),
+        Arc::new(Grants),
+    );
     let response = router
         .oneshot(
             Request::post(path)
@@ -195,6 +219,52 @@ async fn the_router_answers_every_kind_of_review() {
 
 /// The webhooks' timeout (`webhooks/*.yaml`): every answer must come well within it.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn naming_a_service_account_needs_the_right_to_act_as_it() {
+    let named = app(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "serviceAccountName": "kco-actions"}),
+    );
+    let as_user = |user: &str, operation: &str| {
+        let mut r = review(targetapp_kind(), named.clone());
+        r["request"]["userInfo"] = json!({"username": user, "groups": ["team"]});
+        r["request"]["operation"] = json!(operation);
+        serde_json::to_vec(&r).unwrap()
+    };
+    for operation in ["CREATE", "UPDATE"] {
+        let (_, answer) = call("/validate/targetapp", as_user("admin", operation)).await;
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        let (_, answer) = call("/validate/targetapp", as_user("mallory", operation)).await;
+        assert_eq!(
+            answer["response"]["allowed"], false,
+            "{operation}: {answer}"
+        );
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.serviceAccountName: user \"mallory\" may not act as ServiceAccount chain/kco-actions"),
+            "{message}"
+        );
+    }
+    // No answer from the apiserver: refused, saying to try again.
+    let (_, answer) = call("/validate/targetapp", as_user("no-answer", "CREATE")).await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again"),
+        "{answer}"
+    );
+    // Without an account, nothing is borrowed and nothing is asked.
+    let plain = app(json!({"selector": {"matchLabels": {"app": "mina"}}}));
+    let mut r = review(targetapp_kind(), plain);
+    r["request"]["userInfo"] = json!({"username": "mallory"});
+    let (_, answer) = call("/validate/targetapp", serde_json::to_vec(&r).unwrap()).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    // The mutating hook never asks (the validating one does).
+    let (_, answer) = call("/mutate/targetapp", as_user("mallory", "CREATE")).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
 
 fn rule(i: usize, trigger: Value) -> Value {
     json!({"name": format!("r{i}"), "action": "restart_pod", "trigger": trigger})

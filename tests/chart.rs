@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kco::simulator::SyncStatus;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::bed::Bed;
 use support::controlplane::repo_path;
@@ -177,10 +181,28 @@ async fn kco_works_with_the_charts_rbac_and_no_more() {
     std::fs::write(&file, text).unwrap();
     cp.apply(&file, &[]);
 
-    // KCO as the chart's identity.
+    // KCO as the chart's identity: a token of its ServiceAccount, so that every
+    // request, its own impersonation of tenants' accounts included, is
+    // authorized by the chart's RBAC alone.
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(cp.admin().await, &system)
+        .create_token_request("kco", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token for the chart's ServiceAccount");
     let mut config = cp.config(&User::Admin).await.unwrap();
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{system}:kco"));
-    config.auth_info.impersonate_groups = None;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
     let as_kco = kube::Client::try_from(config.clone()).unwrap();
     // The authorizer learns of the new bindings through its informer.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -221,7 +243,7 @@ async fn kco_works_with_the_charts_rbac_and_no_more() {
     });
     let cancel = CancellationToken::new();
     let _guard = cancel.clone().drop_guard();
-    let running = kco::operator::start(settings, config, cancel)
+    let running = kco::operator::start(settings, config.clone(), cancel)
         .await
         .unwrap();
     support::webhooks::wait_ready(&running).await;
@@ -281,6 +303,42 @@ async fn kco_works_with_the_charts_rbac_and_no_more() {
         .filter(|l| !l.ends_with(" 0"))
     {
         println!("{line} (logged warnings:\n{logged})");
+    }
+
+    // It may act as the tenants' action account and no other: not a controller of
+    // kube-system, not another account of the tenant.
+    for (namespace, account, allowed) in [
+        (bed.ns.as_str(), "kco-actions", true),
+        ("kube-system", "replicaset-controller", false),
+        ("kube-system", "namespace-controller", false),
+        ("kube-system", "default", false),
+        (bed.ns.as_str(), "default", false),
+    ] {
+        let mut acting = config.clone();
+        acting.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
+        let client = kube::Client::try_from(acting).unwrap();
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(bed.ns.clone()),
+                    verb: Some("get".into()),
+                    resource: Some("pods".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let asked = Api::<SelfSubjectAccessReview>::all(client)
+            .create(&PostParams::default(), &review)
+            .await;
+        match asked {
+            Ok(_) => assert!(allowed, "KCO could act as {namespace}/{account}"),
+            Err(e) => {
+                assert!(!allowed, "KCO could not act as {namespace}/{account}: {e}");
+                assert!(e.to_string().contains("impersonate"), "{e}");
+            }
+        }
     }
 
     // And no more: no Secrets outside its namespace, no direct writes to tenants'

@@ -278,9 +278,10 @@ async fn a_redirect_to_a_forbidden_address_is_refused_by_the_egress_client() {
     quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(addr.ip())];
     let egress = kco::tenancy::Egress::new(
         kco::tenancy::Tenants::new(quota),
-        Vec::new(),
+        kco::tenancy::Apiserver::default(),
         std::sync::Arc::new([(host.to_owned(), vec![addr.ip()])].into_iter().collect()),
         "kco-test".into(),
+        None,
     );
     let client = egress
         .client("chain", kco::tenancy::Purpose::Graphql, None)

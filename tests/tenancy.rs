@@ -264,7 +264,7 @@ async fn ssrf_targets_are_refused_by_name_address_and_policy() {
             "namespaceSelector": {"matchLabels": {"tenant": "blue"}},
             "allowedActions": ["webhook"],
             "webhookAllowedHosts": ["hooks.example.com"],
-            "minPollingInterval": 10, "maxReplicas": 3
+            "minPollingInterval": 10, "maxReplicas": 3, "maxActionSeconds": 20
         }))
         .unwrap(),
     );
@@ -274,6 +274,7 @@ async fn ssrf_targets_are_refused_by_name_address_and_policy() {
         vec!["10.96.0.1".parse().unwrap()],
         Arc::default(),
         "kco-test".into(),
+        None,
     );
     let validator = Validator::with_tenants(tenants, egress);
     let check = |spec: Value| {
@@ -294,6 +295,10 @@ async fn ssrf_targets_are_refused_by_name_address_and_policy() {
         json!({"selector": {}, "actions": [{"action": "webhook", "parameters": {"url": url},
                "trigger": {"field": "$up", "condition": "equals", "value": false}}]})
     };
+    let hook_with_timeout = |url: &str, seconds: u32| {
+        json!({"selector": {}, "actions": [{"action": "webhook", "parameters": {"url": url, "timeoutSeconds": seconds},
+               "trigger": {"field": "$up", "condition": "equals", "value": false}}]})
+    };
     for (spec, needle) in [
         (
             json!({"graphqlEndpoint": "http://169.254.169.254/latest"}),
@@ -309,7 +314,49 @@ async fn ssrf_targets_are_refused_by_name_address_and_policy() {
         ),
         (
             json!({"graphqlEndpoint": "http://10.96.0.1/graphql"}),
-            "IP address",
+            "an address of the Kubernetes apiserver",
+        ),
+        (
+            json!({"graphqlEndpoint": "http://[64:ff9b::a9fe:a9fe]/graphql"}),
+            "carries 169.254.169.254 (NAT64), a link-local",
+        ),
+        (
+            json!({"graphqlEndpoint": "http://[2002:7f00:1::]/graphql"}),
+            "carries 127.0.0.1 (6to4), a loopback",
+        ),
+        (
+            hook("https://93.184.216.34/x"),
+            "the tenant policy lists the hosts webhooks may call",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "scale_deployment", "parameters": {"name": "web/scale", "replicas": 1},
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "parameters.name: \"web/scale\" is not a valid name",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "patch_resource", "parameters": {"apiVersion": "v1", "kind": "ConfigMap",
+                   "name": "../../../kube-system/configmaps/x", "patch": {"data": {}}},
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "parameters.name: \"../../../kube-system/configmaps/x\" is not a valid name",
+        ),
+        (
+            json!({"selector": {}, "serviceAccountName": "kco:admin"}),
+            "spec.serviceAccountName: \"kco:admin\" is not a valid name",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "scale_deployment", "parameters": {"name": "w", "delta": 1, "min": 50},
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "parameters.min: 50 is above the replica ceiling of 3",
+        ),
+        (
+            json!({"selector": {}, "actions": [{"action": "patch_resource", "parameters": {"apiVersion": "apps/v1", "kind": "Deployment",
+                   "name": "w", "patch": {"spec": {"replicas": 50}}},
+                   "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+            "parameters.patch: the patch sets spec.replicas to 50, above the tenant's replica ceiling of 3",
+        ),
+        (
+            hook_with_timeout("https://hooks.example.com/kco", 60),
+            "parameters.timeoutSeconds: 60s is above the 20s an action may run under TenantQuota blue",
         ),
         (
             json!({"graphqlEndpoint": "http://mina.green.svc:3085/graphql"}),

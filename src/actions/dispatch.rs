@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
 
-use super::{ActionContext, ActionError, Outcome, Params, Registry};
+use super::{ActionContext, ActionError, Outcome, Params, Registry, params};
 use crate::monitor::status::record_firing;
 use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
 use crate::tenancy::{Egress, Tenants};
@@ -252,6 +252,9 @@ impl Dispatcher {
 
     /// A client that acts as `system:serviceaccount:<namespace>:<account>`.
     fn impersonating(&self, namespace: &str, account: &str) -> Result<kube::Client, ActionError> {
+        // A name with a `:` would make another user name than a ServiceAccount's.
+        crate::names::subdomain(account)
+            .map_err(|why| ActionError::Invalid(format!("spec.serviceAccountName: {why}")))?;
         let user = format!("system:serviceaccount:{namespace}:{account}");
         if let Some(client) = self.clients.get(&user) {
             return Ok(client);
@@ -512,15 +515,7 @@ impl Dispatcher {
         let name = firing.rule.action.as_str();
         self.registry
             .validate(name, firing.rule.parameters.as_ref())
-            .map_err(|problems| {
-                ActionError::Invalid(
-                    problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?;
+            .map_err(|problems| ActionError::Invalid(params::joined(&problems)))?;
         let action = self
             .registry
             .get(name)
@@ -555,6 +550,9 @@ impl Dispatcher {
         };
         let params = Params::new(firing.rule.parameters.as_ref());
         let timeout = action.timeout(&params).unwrap_or(self.default_timeout);
+        let timeout = quota
+            .max_action_seconds
+            .map_or(timeout, |max| timeout.min(Duration::from_secs(max.into())));
         match tokio::time::timeout(timeout, action.run(&ctx, &params)).await {
             Ok(result) => result,
             Err(_) => Err(ActionError::Timeout(timeout)),

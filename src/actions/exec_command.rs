@@ -19,7 +19,7 @@ use super::{Action, ActionContext, ActionError, Outcome, ParamProblem};
 
 pub struct ExecCommand;
 
-const PARAMS: &[&str] = &["command", "container", "timeoutSeconds"];
+const PARAMS: &[&str] = &["command", "container", "timeoutSeconds", "reportOutput"];
 
 /// Output kept per stream, in bytes (the rest is counted, not kept).
 pub const MAX_OUTPUT: usize = 1024;
@@ -54,8 +54,11 @@ impl Action for ExecCommand {
                 "must be a list of 1 to 64 strings (the program and its arguments)",
             )),
         }
-        params.string("container", &mut problems);
+        params.object_name("container", crate::names::label, &mut problems);
         params.int("timeoutSeconds", 1, 3600, &mut problems);
+        if params.get("reportOutput").is_some_and(|v| !v.is_boolean()) {
+            problems.push(ParamProblem::at("reportOutput", "must be true or false"));
+        }
         done(problems)
     }
 
@@ -113,7 +116,12 @@ impl Action for ExecCommand {
                 None => None,
             };
             let _ = process.join().await;
-            summarize(&what, status.as_ref(), &stdout, &stderr)
+            let output = Output {
+                stdout: &stdout,
+                stderr: &stderr,
+                reported: params.get("reportOutput").and_then(Value::as_bool) == Some(true),
+            };
+            summarize(&what, status.as_ref(), &output)
         })
     }
 }
@@ -220,19 +228,32 @@ pub fn truncate_output(bytes: &[u8]) -> String {
     format!("{}… ({} more bytes)", &text[..cut], text.len() - cut)
 }
 
+/// What a finished command wrote, and whether the TargetApp asks to see it in
+/// Events (`reportOutput`: output can hold what the pod knows, and Events are
+/// readable by everyone who may read the namespace's Events).
+pub struct Output<'a> {
+    pub stdout: &'a [u8],
+    pub stderr: &'a [u8],
+    pub reported: bool,
+}
+
 /// The outcome of a finished exec.
 pub fn summarize(
     what: &str,
     status: Option<&Status>,
-    stdout: &[u8],
-    stderr: &[u8],
+    output: &Output<'_>,
 ) -> Result<Outcome, ActionError> {
     let code = exit_code(status).map_err(|why| ActionError::Failed(format!("{what}: {why}")))?;
     let mut message = format!("{what}: exit code {code}");
-    for (name, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+    for (name, bytes) in [("stdout", output.stdout), ("stderr", output.stderr)] {
         let text = truncate_output(bytes);
-        if !text.is_empty() {
+        if text.is_empty() {
+            continue;
+        }
+        if output.reported {
             message.push_str(&format!("; {name}: {text}"));
+        } else {
+            message.push_str(&format!("; {name}: {} bytes, not shown", bytes.len()));
         }
     }
     if code == 0 {
@@ -303,21 +324,36 @@ mod tests {
 
     #[test]
     fn a_non_zero_exit_is_a_failure_with_its_output() {
-        let ok = summarize(
-            "exec",
-            Some(&Status {
-                status: Some("Success".into()),
-                ..Status::default()
-            }),
-            b"restarted\n",
-            b"",
-        )
-        .unwrap();
+        let success = Status {
+            status: Some("Success".into()),
+            ..Status::default()
+        };
+        let shown = |stdout: &'static [u8], stderr: &'static [u8]| Output {
+            stdout,
+            stderr,
+            reported: true,
+        };
+        let ok = summarize("exec", Some(&success), &shown(b"restarted\n", b"")).unwrap();
         assert_eq!(ok.message, "exec: exit code 0; stdout: restarted");
-        let err = summarize("exec", Some(&exited(2)), b"", b"no such file").unwrap_err();
+        let err = summarize("exec", Some(&exited(2)), &shown(b"", b"no such file")).unwrap_err();
         assert_eq!(
             err,
             ActionError::Failed("exec: exit code 2; stderr: no such file".into())
         );
+    }
+
+    #[test]
+    fn output_stays_out_of_events_unless_asked_for() {
+        let hidden = Output {
+            stdout: b"token=s3cr3t\n",
+            stderr: b"",
+            reported: false,
+        };
+        let err = summarize("exec", Some(&exited(1)), &hidden).unwrap_err();
+        assert_eq!(
+            err,
+            ActionError::Failed("exec: exit code 1; stdout: 13 bytes, not shown".into())
+        );
+        assert!(!err.to_string().contains("s3cr3t"));
     }
 }

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 pub use dispatch::{Dispatched, Dispatcher, FENCE_PATIENCE, Firing, Skip, patience};
 pub use params::{ParamProblem, Params};
+pub use patch_resource::{ReplicaSetting, check_ceiling, replica_settings};
 
 use crate::targetapp::TargetApp;
 use crate::tenancy::Egress;

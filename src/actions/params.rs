@@ -22,6 +22,15 @@ impl ParamProblem {
     }
 }
 
+/// Problems in one line, `; `-separated (an `ActionError::Invalid`'s text).
+pub fn joined(problems: &[ParamProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl std::fmt::Display for ParamProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.path.is_empty() {
@@ -98,6 +107,25 @@ impl Params {
             Some(s) if !s.is_empty() => Some(s.to_owned()),
             _ => {
                 problems.push(ParamProblem::at(key, "must be a non-empty string"));
+                None
+            }
+        }
+    }
+
+    /// A parameter that names an object, if present: a string that passes `rule`
+    /// (one of [`crate::names`]'s), so that it can only ever be a name in a
+    /// request path, never a subresource or another namespace's path.
+    pub fn object_name(
+        &self,
+        key: &str,
+        rule: fn(&str) -> Result<(), String>,
+        problems: &mut Vec<ParamProblem>,
+    ) -> Option<String> {
+        let name = self.string(key, problems)?;
+        match rule(&name) {
+            Ok(()) => Some(name),
+            Err(why) => {
+                problems.push(ParamProblem::at(key, why));
                 None
             }
         }

@@ -37,8 +37,12 @@ const RESERVED_HEADERS: &[&str] = &[
     "idempotency-key",
 ];
 
-/// The signature header: `sha256=<hex HMAC-SHA256 of the body>`.
-pub const SIGNATURE_HEADER: &str = "x-kco-signature-256";
+/// The signature header: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+/// The time is signed with the body, so that a receiver can refuse a replayed
+/// request (docs/targetapp.md shows how to verify it).
+pub const SIGNATURE_HEADER: &str = "x-kco-signature";
+/// How far a signature's time may be from a receiver's clock in [`verify`].
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 /// The idempotency key header (also in the body).
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
@@ -181,16 +185,18 @@ impl Action for Webhook {
                     }
                 }
             }
-            if let Some(secret) = &secret {
-                request = request.header(SIGNATURE_HEADER, sign(secret, &body));
-            }
-            let request = request.body(body);
+            let request = request.body(body.clone());
             let mut delay = Duration::from_millis(250);
             let mut last = String::new();
             for attempt in 1..=ATTEMPTS {
-                let Some(this) = request.try_clone() else {
+                let Some(mut this) = request.try_clone() else {
                     return Err(ActionError::Failed("cannot repeat the request".into()));
                 };
+                // Each attempt is signed at the time it is sent.
+                if let Some(secret) = &secret {
+                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                    this = this.header(SIGNATURE_HEADER, sign(secret, now, &body));
+                }
                 match this.send().await {
                     Ok(response) => {
                         let status = response.status();
@@ -256,7 +262,13 @@ fn secret_ref(
         .map(|o| o.keys().any(|k| k != "name" && k != "key"))
         .unwrap_or(true);
     match (name, key) {
-        (Some(name), Some(key)) if !extra => Some((name.to_owned(), key.to_owned())),
+        (Some(name), Some(key)) if !extra => match crate::names::subdomain(name) {
+            Ok(()) => Some((name.to_owned(), key.to_owned())),
+            Err(why) => {
+                problems.push(ParamProblem::at(&format!("{field}.name"), why));
+                None
+            }
+        },
         _ => {
             problems.push(ParamProblem::at(
                 field,
@@ -312,10 +324,69 @@ pub fn body(ctx: &ActionContext, key: &str) -> Value {
     })
 }
 
-/// `sha256=<hex>`: HMAC-SHA256 of `body` under `secret`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
+/// `t=<timestamp>,v1=<hex>`: HMAC-SHA256 under `secret` of the timestamp (Unix
+/// seconds), a dot and the body.
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex(&mac(secret, timestamp, body)))
+}
+
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Vec<u8> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    format!("sha256={}", hex(ring::hmac::sign(&key, body).as_ref()))
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    ctx.sign().as_ref().to_vec()
+}
+
+/// What a receiver does with [`SIGNATURE_HEADER`]: checks that `header` signs
+/// `body` under `secret` at a time within `tolerance` of `now` (Unix seconds).
+pub fn verify(
+    header: &str,
+    secret: &[u8],
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), String> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+            Some(("v1", v)) => signatures.push(v),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or("the signature has no valid t=")?;
+    let age = now.abs_diff(timestamp);
+    if age > tolerance.as_secs() {
+        return Err(format!(
+            "the signature is {age}s from now; at most {}s are accepted",
+            tolerance.as_secs()
+        ));
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut message = timestamp.to_string().into_bytes();
+    message.push(b'.');
+    message.extend_from_slice(body);
+    let matches = signatures
+        .iter()
+        .any(|sig| unhex(sig).is_some_and(|tag| ring::hmac::verify(&key, &message, &tag).is_ok()));
+    if matches {
+        Ok(())
+    } else {
+        Err("no v1 signature matches the body".to_owned())
+    }
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -359,12 +430,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signatures_are_hmac_sha256_in_hex() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            sign(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    fn signatures_are_hmac_sha256_of_the_time_and_the_body() {
+        // RFC 4231 test case 2's key and message, with the message written as
+        // "<t>.<body>": the MAC is HMAC-SHA256 of exactly that text.
+        let header = sign(b"Jefe", 1_700_000_000, b"what do ya want for nothing?");
+        let expected = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"Jefe"),
+            b"1700000000.what do ya want for nothing?",
         );
+        assert_eq!(
+            header,
+            format!("t=1700000000,v1={}", hex(expected.as_ref()))
+        );
+        let tolerance = SIGNATURE_TOLERANCE;
+        let body = b"what do ya want for nothing?";
+        assert_eq!(
+            verify(&header, b"Jefe", body, 1_700_000_100, tolerance),
+            Ok(())
+        );
+        for (why, result) in [
+            (
+                "another key",
+                verify(&header, b"other", body, 1_700_000_000, tolerance),
+            ),
+            (
+                "another body",
+                verify(&header, b"Jefe", b"x", 1_700_000_000, tolerance),
+            ),
+            (
+                "replayed late",
+                verify(&header, b"Jefe", body, 1_700_000_301, tolerance),
+            ),
+            (
+                "another time",
+                verify(
+                    &header.replace("t=1700000000", "t=1700000001"),
+                    b"Jefe",
+                    body,
+                    1_700_000_000,
+                    tolerance,
+                ),
+            ),
+            ("no time", verify("v1=00", b"Jefe", body, 0, tolerance)),
+        ] {
+            assert!(result.is_err(), "{why}");
+        }
     }
 
     #[test]

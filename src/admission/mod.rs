@@ -4,10 +4,13 @@
 //!   and the monitor share it), every problem with its field path;
 //! - [`defaults`]: the mutating webhook's defaults, as a JSON patch;
 //! - [`review`]: AdmissionReview in, AdmissionReview out, no I/O;
+//! - [`access`]: who may act as the ServiceAccount a TargetApp names (asked of
+//!   the apiserver by the server, after the review);
 //! - [`cache`]: the warm caches reviews read (schema ConfigMaps, ServiceAccounts);
 //! - [`server`]: HTTPS on every replica, with a certificate swapped in place;
 //! - [`certs`]: the certificates the leader manages (or a mounted directory).
 
+pub mod access;
 pub mod cache;
 pub mod certs;
 pub mod defaults;
@@ -56,7 +59,11 @@ impl Webhooks {
         let address = listener.local_addr()?;
         tracing::info!(address = %address, "admission webhooks listening (HTTPS)");
         let certificate = Arc::new(server::Certificate::default());
-        let router = server::router(self.admission.clone(), self.metrics.clone());
+        let router = server::router(
+            self.admission.clone(),
+            self.metrics.clone(),
+            access::SubjectAccessReviews::new(self.client.clone()),
+        );
         tokio::spawn(server::serve(
             listener,
             router,

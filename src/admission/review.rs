@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::access::{AccessCheck, UserInfo};
 use super::cache::Caches;
 use super::defaults::{self, Defaults};
 use super::validate::{MAX_OBJECT_DEPTH, Validator, parse_targetapp, too_deep};
@@ -33,11 +34,21 @@ pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
 /// The steps of the path to a too-deep point that a refusal names.
 const PATH_STEPS: usize = 8;
 
-/// The outcome of one review: an HTTP status and a JSON body.
+/// The outcome of one review: an HTTP status and a JSON body, and a question
+/// left to the server (who may act as the named ServiceAccount) when the object
+/// is otherwise accepted.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    pub access: Option<AccessCheck>,
+}
+
+impl Answer {
+    /// The answer that denies review `uid` with `message`.
+    pub fn denied(uid: &str, message: impl Into<String>) -> Self {
+        encode(allow(uid).deny(message.into()))
+    }
 }
 
 /// The parts of an AdmissionReview the webhooks read. The object stays raw JSON
@@ -67,6 +78,8 @@ struct Request<'a> {
     namespace: Option<String>,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
+    #[serde(default)]
+    user_info: UserInfo,
 }
 
 /// Validates and defaults TargetApps from warm caches: no network call.
@@ -119,30 +132,13 @@ impl Admission {
             return bad_request("the AdmissionReview has no request".to_owned());
         };
         let response = self.respond(hook, &request);
-        match serde_json::to_value(response.into_review()) {
-            Ok(mut body) => {
-                // The API wants the patch as base64 text ([]byte in Go).
-                if let Some(patch) = body.pointer_mut("/response/patch")
-                    && let Some(bytes) = patch.as_array().map(|items| {
-                        items
-                            .iter()
-                            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-                            .collect::<Vec<u8>>()
-                    })
-                {
-                    use base64::Engine as _;
-                    *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-                }
-                Answer { status: 200, body }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode an AdmissionReview response");
-                Answer {
-                    status: 500,
-                    body: serde_json::json!({"error": "internal error"}),
-                }
-            }
+        let mut answer = encode(response);
+        if hook == Hook::Validate
+            && answer.body.pointer("/response/allowed") == Some(&Value::Bool(true))
+        {
+            answer.access = access_check(&request);
         }
+        answer
     }
 
     fn respond(&self, hook: Hook, request: &Request) -> AdmissionResponse {
@@ -282,6 +278,70 @@ impl Admission {
     }
 }
 
+/// The ServiceAccount question a create or update of a TargetApp naming one asks.
+fn access_check(request: &Request) -> Option<AccessCheck> {
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Named {
+        #[serde(default)]
+        service_account_name: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Object {
+        spec: Option<Named>,
+        metadata: Option<kube::core::ObjectMeta>,
+    }
+    let object: Object = serde_json::from_str(request.object?.get()).ok()?;
+    let account = object.spec?.service_account_name?;
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| object.metadata.and_then(|m| m.namespace))
+        .unwrap_or_default();
+    Some(AccessCheck {
+        uid: request.uid.clone(),
+        user: request.user_info.clone(),
+        namespace,
+        account,
+    })
+}
+
+/// An AdmissionReview body for `response` (status 200), or a 500.
+fn encode(response: AdmissionResponse) -> Answer {
+    match serde_json::to_value(response.into_review()) {
+        Ok(mut body) => {
+            // The API wants the patch as base64 text ([]byte in Go).
+            if let Some(patch) = body.pointer_mut("/response/patch")
+                && let Some(bytes) = patch.as_array().map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect::<Vec<u8>>()
+                })
+            {
+                use base64::Engine as _;
+                *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+            Answer {
+                status: 200,
+                body,
+                access: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an AdmissionReview response");
+            Answer {
+                status: 500,
+                body: serde_json::json!({"error": "internal error"}),
+                access: None,
+            }
+        }
+    }
+}
+
 /// An answer allowing the request `uid`, to deny or patch.
 fn allow(uid: &str) -> AdmissionResponse {
     let mut response = AdmissionResponse::invalid(String::new());
@@ -295,6 +355,7 @@ fn bad_request(message: String) -> Answer {
     Answer {
         status: 400,
         body: serde_json::json!({ "error": message }),
+        access: None,
     }
 }
 

@@ -20,7 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use super::review::{Admission, Hook, MAX_REVIEW_BYTES};
+use super::access::Authorize;
+use super::review::{Admission, Answer, Hook, MAX_REVIEW_BYTES};
 use crate::metrics::Metrics;
 
 /// The serving certificate, replaceable while serving.
@@ -94,10 +95,12 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Stri
 struct Served {
     admission: Admission,
     metrics: Metrics,
+    access: Arc<dyn Authorize>,
 }
 
 /// The webhook routes: `/validate/targetapp`, `/mutate/targetapp`, `/healthz`.
-pub fn router(admission: Admission, metrics: Metrics) -> Router {
+/// `access` answers who may act as the ServiceAccount a TargetApp names.
+pub fn router(admission: Admission, metrics: Metrics, access: Arc<dyn Authorize>) -> Router {
     Router::new()
         .route("/validate/targetapp", post(validate))
         .route("/mutate/targetapp", post(mutate))
@@ -105,29 +108,44 @@ pub fn router(admission: Admission, metrics: Metrics) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         // One byte over the limit so that the review itself reports the size clearly.
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES + 1))
-        .with_state(Served { admission, metrics })
+        .with_state(Served {
+            admission,
+            metrics,
+            access,
+        })
 }
 
 async fn validate(State(s): State<Served>, body: Bytes) -> Response {
-    answer(&s, Hook::Validate, body)
+    answer(&s, Hook::Validate, body).await
 }
 
 async fn mutate(State(s): State<Served>, body: Bytes) -> Response {
-    answer(&s, Hook::Mutate, body)
+    answer(&s, Hook::Mutate, body).await
 }
 
 async fn validate_quota(State(s): State<Served>, body: Bytes) -> Response {
-    answer(&s, Hook::ValidateQuota, body)
+    answer(&s, Hook::ValidateQuota, body).await
 }
 
-fn answer(s: &Served, hook: Hook, body: Bytes) -> Response {
+async fn answer(s: &Served, hook: Hook, body: Bytes) -> Response {
     let started = Instant::now();
     let name = match hook {
         Hook::Validate => "validate",
         Hook::Mutate => "mutate",
         Hook::ValidateQuota => "validate_quota",
     };
-    let answer = s.admission.review(hook, &body);
+    let mut answer = s.admission.review(hook, &body);
+    if let Some(check) = answer.access.take() {
+        answer = match s.access.may_act_as(&check).await {
+            Ok(true) => answer,
+            Ok(false) => Answer::denied(&check.uid, check.refusal()),
+            Err(why) => {
+                tracing::warn!(namespace = %check.namespace, account = %check.account, error = %why,
+                    "cannot check who may act as a ServiceAccount; denying");
+                Answer::denied(&check.uid, check.unanswered("the apiserver did not answer"))
+            }
+        };
+    }
     let result = if answer.status != 200 {
         "error"
     } else if answer.body.pointer("/response/allowed") == Some(&serde_json::Value::Bool(true)) {

@@ -109,6 +109,8 @@ pub struct Validator {
     /// Each namespace's quota (allowed actions, limits, endpoint policy).
     tenants: Arc<Tenants>,
     egress: Egress,
+    /// The ServiceAccount names actions may run as (empty: any).
+    accounts: Vec<String>,
 }
 
 impl Default for Validator {
@@ -124,9 +126,10 @@ impl Validator {
         let tenants = Tenants::new(Quota::default());
         let egress = Egress::new(
             tenants.clone(),
-            Vec::new(),
+            crate::tenancy::Apiserver::default(),
             Arc::default(),
             crate::monitor::poll::user_agent("kco-validate"),
+            None,
         );
         Self::with_tenants(tenants, egress)
     }
@@ -139,7 +142,15 @@ impl Validator {
             registry: Registry::builtin(),
             tenants,
             egress,
+            accounts: Vec::new(),
         }
+    }
+
+    /// Refuses `serviceAccountName`s other than `accounts` (the names KCO's RBAC
+    /// lets it impersonate; empty: any name).
+    pub fn with_action_accounts(mut self, accounts: Vec<String>) -> Self {
+        self.accounts = accounts;
+        self
     }
 
     /// Every problem with `app`. `custom` is the schema for a `configMapRef` schema
@@ -200,6 +211,24 @@ impl Validator {
         }
         if spec.timeout_seconds == Some(0) {
             v.refuse("spec.timeoutSeconds", "must be at least 1 second");
+        }
+        if let Some(account) = &spec.service_account_name {
+            if let Err(why) = crate::names::subdomain(account) {
+                v.refuse("spec.serviceAccountName", why);
+            } else if !self.accounts.is_empty() && !self.accounts.contains(account) {
+                v.refuse(
+                    "spec.serviceAccountName",
+                    format!(
+                        "KCO may run actions only as a ServiceAccount named {} (its RBAC lets it impersonate no other)",
+                        self.accounts.join(" or ")
+                    ),
+                );
+            }
+        }
+        if let Some(reference) = &spec.schema.config_map_ref
+            && let Err(why) = crate::names::subdomain(&reference.name)
+        {
+            v.refuse("spec.schema.configMapRef.name", why);
         }
         if spec.ca_secret_ref.is_some() {
             v.refuse(
@@ -306,39 +335,7 @@ impl Validator {
         };
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
-            if self.registry.get(&rule.action).is_some()
-                && let Some(why) = quota.quota.refuses_action(namespace, &rule.action)
-            {
-                v.refuse(at("action"), why);
-            }
-            if rule.action == "scale_deployment"
-                && let Some(ceiling) = quota.max_replicas
-            {
-                let params = rule.parameters.as_ref();
-                for key in ["replicas", "max"] {
-                    if let Some(n) = params.and_then(|p| p.get(key)).and_then(Value::as_i64)
-                        && n > i64::from(ceiling)
-                    {
-                        v.refuse(
-                            at(&format!("parameters.{key}")),
-                            format!(
-                                "{n} is above the replica ceiling of {ceiling} set by {}",
-                                quota.named()
-                            ),
-                        );
-                    }
-                }
-            }
-            if rule.action == "webhook"
-                && let Some(url) = rule
-                    .parameters
-                    .as_ref()
-                    .and_then(|p| p.get("url"))
-                    .and_then(Value::as_str)
-                && let Err(message) = self.egress.check_url(namespace, Purpose::Webhook, url)
-            {
-                v.refuse(at("parameters.url"), message);
-            }
+            self.check_rule_quota(&mut v, i, rule, namespace, &quota);
             if let Err(problems) = self
                 .registry
                 .validate(&rule.action, rule.parameters.as_ref())
@@ -398,6 +395,84 @@ impl Validator {
             );
         }
         v
+    }
+}
+
+impl Validator {
+    /// What the tenant's quota says of rule `i`: the action is allowed, its replica
+    /// counts are under the ceiling, its URL passes the endpoint policy.
+    fn check_rule_quota(
+        &self,
+        v: &mut Verdict,
+        i: usize,
+        rule: &crate::targetapp::ActionRule,
+        namespace: &str,
+        quota: &crate::tenancy::Effective,
+    ) {
+        let at = |field: &str| format!("spec.actions[{i}].{field}");
+        let params = rule.parameters.as_ref();
+        let param = |key: &str| params.and_then(|p| p.get(key));
+        if self.registry.get(&rule.action).is_some()
+            && let Some(why) = quota.quota.refuses_action(namespace, &rule.action)
+        {
+            v.refuse(at("action"), why);
+        }
+        if let (Some(max), Some(asked)) = (
+            quota.max_action_seconds,
+            param("timeoutSeconds").and_then(Value::as_i64),
+        ) && asked > i64::from(max)
+        {
+            v.refuse(
+                at("parameters.timeoutSeconds"),
+                format!(
+                    "{asked}s is above the {max}s an action may run under {}",
+                    quota.named()
+                ),
+            );
+        }
+        match rule.action.as_str() {
+            "scale_deployment" => {
+                let Some(ceiling) = quota.max_replicas else {
+                    return;
+                };
+                for key in ["replicas", "min", "max"] {
+                    if let Some(n) = param(key).and_then(Value::as_i64)
+                        && n > i64::from(ceiling)
+                    {
+                        v.refuse(
+                            at(&format!("parameters.{key}")),
+                            format!(
+                                "{n} is above the replica ceiling of {ceiling} set by {}",
+                                quota.named()
+                            ),
+                        );
+                    }
+                }
+            }
+            "patch_resource" => {
+                let kind = param("kind").and_then(Value::as_str).unwrap_or_default();
+                let patch_type = param("patchType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("merge");
+                if let Some(patch) = param("patch") {
+                    let settings = crate::actions::replica_settings(kind, patch_type, patch);
+                    if let Err(why) = crate::actions::check_ceiling(&settings, quota.max_replicas) {
+                        v.refuse(
+                            at("parameters.patch"),
+                            format!("{why} (set by {})", quota.named()),
+                        );
+                    }
+                }
+            }
+            "webhook" => {
+                if let Some(url) = param("url").and_then(Value::as_str)
+                    && let Err(message) = self.egress.check_url(namespace, Purpose::Webhook, url)
+                {
+                    v.refuse(at("parameters.url"), message);
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -18,12 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::discovery::{self, NotTarget, Target};
 use super::state::{Observed, TargetState};
 use super::status;
-use super::target::{Gate, Report, Schedule, poll_loop};
+use super::target::{Gate, Polled, Report, Route, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
 use crate::actions::{ActionError, Dispatched, Firing, Skip};
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
-use crate::tenancy::Purpose;
 use crate::triggers::{self, FieldPath, Rule};
 use crate::triggers::{Adoption, Recorded};
 
@@ -237,34 +236,20 @@ impl Monitor {
             });
             self.targets.insert(name.clone(), state);
             let cancel = CancellationToken::new();
-            // Pod IPs come from the apiserver; a URL comes from the user and is polled
-            // through a client that checks every resolved address against the policy.
-            let poller = if target.pod.is_none() {
-                match self
-                    .ctx
-                    .egress
-                    .client(&self.namespace, Purpose::Graphql, None)
-                {
-                    Ok(client) => self.ctx.poller.clone().with_client(client),
-                    Err(e) => {
-                        tracing::error!(namespace = %self.namespace, tapp = %self.name, error = %e,
-                            "cannot build the policy-checked HTTP client; not polling the URL");
-                        continue;
-                    }
-                }
-            } else {
-                self.ctx.poller.clone()
-            };
+            let route = self.route_to(&target);
             let gate = Gate {
                 tenants: self.ctx.tenants.clone(),
                 namespace: self.namespace.clone(),
                 metrics: self.ctx.metrics.clone(),
             };
             tokio::spawn(poll_loop(
-                name.clone(),
-                target.url.clone(),
+                Polled {
+                    target: name.clone(),
+                    url: target.url.clone(),
+                    route,
+                },
                 self.schedule.clone(),
-                poller,
+                self.ctx.poller.clone(),
                 Some(gate),
                 self.reports.clone(),
                 cancel.clone(),
@@ -282,6 +267,25 @@ impl Monitor {
                 Some(&target),
             )
             .await;
+        }
+    }
+
+    /// How `target` is reached: pod IPs come from the apiserver (a pod on its
+    /// node's network is the node, which the policy must allow); a URL comes from
+    /// the user and is checked before every poll.
+    fn route_to(&self, target: &Target) -> Route {
+        let egress = self.ctx.egress.clone();
+        let namespace = self.namespace.clone();
+        match &target.pod {
+            None => Route::Url { egress, namespace },
+            Some(pod) => match self.pods.get(pod).and_then(discovery::node_address) {
+                Some(ip) => Route::NodeAddress {
+                    egress,
+                    namespace,
+                    ip,
+                },
+                None => Route::Pod,
+            },
         }
     }
 

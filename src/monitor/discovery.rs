@@ -86,6 +86,24 @@ pub fn target_of(pod: &Pod, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
     })
 }
 
+/// The pod's address when it is its node's: a pod on the host network, or one
+/// whose IP is its node's IP. Polling it reaches the node, not a pod.
+pub fn node_address(pod: &Pod) -> Option<std::net::IpAddr> {
+    let status = pod.status.as_ref()?;
+    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let on_node_ip = status
+        .host_ip
+        .as_deref()
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        == Some(ip);
+    (host_network || on_node_ip).then_some(ip)
+}
+
 /// The targets among `pods` (by pod name), or the one URL target.
 pub fn targets(spec: &TargetAppSpec, pods: &BTreeMap<String, Pod>) -> BTreeMap<String, Target> {
     if is_absolute(&spec.graphql_endpoint) {

@@ -114,7 +114,7 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         metrics: Metrics,
-        apiserver: Vec<std::net::IpAddr>,
+        apiserver: crate::tenancy::Apiserver,
         leadership: Leadership,
         tenants: Arc<crate::tenancy::Tenants>,
     ) -> Result<Arc<Self>, reqwest::Error> {
@@ -147,6 +147,7 @@ impl Context {
             apiserver,
             Arc::new(overrides),
             poll::user_agent(&settings.instance),
+            Some(crate::tenancy::services::Services::new(client.clone())),
         );
         let dispatcher = crate::actions::Dispatcher::new(
             client.clone(),
@@ -159,10 +160,10 @@ impl Context {
         Ok(Arc::new(Self {
             pods,
             status_writes: tokio::sync::Semaphore::new(STATUS_WRITES),
-            validator: Arc::new(crate::admission::Validator::with_tenants(
-                tenants.clone(),
-                egress.clone(),
-            )),
+            validator: Arc::new(
+                crate::admission::Validator::with_tenants(tenants.clone(), egress.clone())
+                    .with_action_accounts(settings.action_accounts.clone()),
+            ),
             tenants,
             dispatcher,
             egress,

@@ -49,6 +49,9 @@ pub enum PollFailure {
     NotGraphql,
     #[error("GraphQL errors and no data: {0}")]
     GraphqlErrors(String),
+    /// The tenant's endpoint policy refuses the target (checked before every poll).
+    #[error("not allowed by the tenant's endpoint policy: {0}")]
+    NotAllowed(String),
 }
 
 impl PollFailure {
@@ -71,6 +74,7 @@ impl PollFailure {
             Self::InvalidJson(_) => "invalid_json",
             Self::NotGraphql => "not_graphql",
             Self::GraphqlErrors(_) => "graphql_errors",
+            Self::NotAllowed(_) => "not_allowed",
         }
     }
 
@@ -92,6 +96,7 @@ impl PollFailure {
         "invalid_json",
         "not_graphql",
         "graphql_errors",
+        "not_allowed",
     ];
 
     /// Whether trying again soon may help. A slow body would be as slow again, and a
@@ -288,6 +293,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 fn classify(e: reqwest::Error) -> PollFailure {
+    if let Some(refusal) = policy_refusal(&e) {
+        return PollFailure::NotAllowed(truncate(&refusal));
+    }
     if e.is_redirect() {
         // Only the egress client follows redirects, and only where its policy allows.
         return PollFailure::RedirectForbidden(root_cause(&e));
@@ -303,6 +311,19 @@ fn classify(e: reqwest::Error) -> PollFailure {
     } else {
         PollFailure::Transport(text)
     }
+}
+
+/// The endpoint policy's refusal behind a failed request (a name that resolves to
+/// a forbidden address, or a Service that leads out of the namespace), if any.
+fn policy_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if let Some(refusal) = error.downcast_ref::<crate::tenancy::egress::PolicyRefusal>() {
+            return Some(refusal.0.clone());
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// The rustls error behind a failed request, if any. `io::Error::source()` skips
@@ -567,6 +588,7 @@ mod tests {
             PollFailure::InvalidJson(String::new()),
             PollFailure::NotGraphql,
             PollFailure::GraphqlErrors(String::new()),
+            PollFailure::NotAllowed(String::new()),
         ];
         let labels: Vec<&str> = every.iter().map(PollFailure::reason).collect();
         assert_eq!(labels, PollFailure::REASONS, "one distinct label each");

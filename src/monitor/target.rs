@@ -1,6 +1,7 @@
 //! One target's poll loop: on schedule (with jitter), one poll at a time, each
 //! result handed to the TargetApp's task.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::poll::{PollFailure, PollReport, Poller};
+use crate::tenancy::{Egress, Purpose};
 
 /// One finished poll, for the TargetApp's task.
 #[derive(Debug)]
@@ -32,6 +34,60 @@ pub struct Schedule {
     pub interval: Duration,
     pub timeout: Duration,
     pub query: Arc<str>,
+}
+
+/// How a target is reached, and what is checked before each poll of it: the
+/// endpoint policy of the moment applies, so a tightened TenantQuota stops polls
+/// that no longer pass within one interval.
+#[derive(Clone)]
+pub enum Route {
+    /// A selected pod on the pod network: its address came from the apiserver.
+    Pod,
+    /// A selected pod on its node's network (its address is the node's): polled
+    /// only while the tenant's `allowedCIDRs` include the address.
+    NodeAddress {
+        egress: Egress,
+        namespace: String,
+        ip: IpAddr,
+    },
+    /// A user-supplied URL: checked as written (an IP address never meets the
+    /// resolver), then polled through the policy-checked client of the moment.
+    Url { egress: Egress, namespace: String },
+}
+
+impl Route {
+    /// The poller for the next poll of `url`, or why the policy refuses it.
+    pub fn poller(&self, base: &Poller, url: &str) -> Result<Poller, PollFailure> {
+        match self {
+            Self::Pod => Ok(base.clone()),
+            Self::NodeAddress {
+                egress,
+                namespace,
+                ip,
+            } => egress
+                .check_node_address(namespace, *ip)
+                .map(|()| base.clone())
+                .map_err(PollFailure::NotAllowed),
+            Self::Url { egress, namespace } => {
+                egress
+                    .check_url(namespace, Purpose::Graphql, url)
+                    .map_err(PollFailure::NotAllowed)?;
+                let client = egress
+                    .client(namespace, Purpose::Graphql, None)
+                    .map_err(PollFailure::NotAllowed)?;
+                Ok(base.clone().with_client(client))
+            }
+        }
+    }
+}
+
+/// What one poll loop polls: the target's name (pod name or URL), its URL, and
+/// how it is reached.
+#[derive(Clone)]
+pub struct Polled {
+    pub target: String,
+    pub url: String,
+    pub route: Route,
 }
 
 /// A tenant's poll budget, taken before each poll.
@@ -65,14 +121,14 @@ impl Gate {
 /// spread out; later polls keep the rhythm with ±5% jitter and never overlap. A
 /// 429's Retry-After delays the next poll (at most [`super::poll::MAX_RETRY_AFTER`]).
 pub async fn poll_loop(
-    target: String,
-    url: String,
+    polled: Polled,
     schedule: Schedule,
     poller: Poller,
     gate: Option<Gate>,
     reports: mpsc::Sender<Report>,
     cancel: CancellationToken,
 ) {
+    let Polled { target, url, route } = polled;
     let interval = schedule.interval;
     let first = interval
         .min(Duration::from_secs(2))
@@ -94,11 +150,18 @@ pub async fn poll_loop(
         let lateness = started.saturating_duration_since(next);
         let correlation_id = format!("{:016x}", fastrand::u64(..));
         let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
-        let report = tokio::select! {
-            _ = cancel.cancelled() => return,
-            // Boxed: the poll's future is large and lives only while polling, so the
-            // loop's own task (one per target, always alive) stays small.
-            report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
+        let report = match route.poller(&poller, &url) {
+            Err(refused) => PollReport {
+                result: Err(refused),
+                attempts: 0,
+                duration: Duration::ZERO,
+            },
+            Ok(poller) => tokio::select! {
+                _ = cancel.cancelled() => return,
+                // Boxed: the poll's future is large and lives only while polling, so the
+                // loop's own task (one per target, always alive) stays small.
+                report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
+            },
         };
         // A rate-limited target's Retry-After (capped) pushes the next poll back.
         let asked = report

@@ -1,17 +1,19 @@
 //! Outbound HTTP to user-supplied URLs, with the endpoint policy enforced at
 //! connect time: every client resolves names through [`PolicyResolver`], which
-//! drops forbidden addresses (DNS rebinding cannot slip past admission), and
-//! follows a redirect only when its URL passes the policy too. The clients carry
+//! drops forbidden addresses (DNS rebinding cannot slip past admission). A GraphQL
+//! client follows a redirect only when its URL passes the policy too; a webhook
+//! client follows none. The clients carry
 //! no credentials of any kind and ignore proxy settings from the environment.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach};
+use super::endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach, own_service};
+use super::services::Services;
 
 /// How many redirects a client follows (each checked against the policy).
 const MAX_REDIRECTS: usize = 3;
@@ -19,6 +21,37 @@ const MAX_REDIRECTS: usize = 3;
 /// Host names answered from a fixed table instead of DNS: tests use it to make a
 /// name resolve to a forbidden address without touching the machine's resolver.
 pub type DnsOverrides = Arc<HashMap<String, Vec<IpAddr>>>;
+
+/// The apiserver's addresses, never a target: kept current (its Service and
+/// endpoints can move), read at every check.
+#[derive(Clone, Default)]
+pub struct Apiserver(Arc<RwLock<Arc<[IpAddr]>>>);
+
+impl Apiserver {
+    pub fn get(&self) -> Arc<[IpAddr]> {
+        self.0
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn set(&self, mut addresses: Vec<IpAddr>) {
+        addresses.sort();
+        addresses.dedup();
+        match self.0.write() {
+            Ok(mut a) => *a = addresses.into(),
+            Err(e) => *e.into_inner() = addresses.into(),
+        }
+    }
+}
+
+impl From<Vec<IpAddr>> for Apiserver {
+    fn from(addresses: Vec<IpAddr>) -> Self {
+        let this = Self::default();
+        this.set(addresses);
+        this
+    }
+}
 
 /// Outbound clients per (namespace, purpose, trusted CA), each enforcing the
 /// tenant's endpoint policy.
@@ -32,8 +65,11 @@ type ClientKey = (String, Purpose, Option<Vec<u8>>, String);
 
 struct Inner {
     tenants: Arc<super::Tenants>,
-    apiserver: Arc<[IpAddr]>,
+    apiserver: Apiserver,
     overrides: DnsOverrides,
+    /// Resolves the tenant's own Service names through the apiserver (None
+    /// offline: such names are then not resolved at all).
+    services: Option<Services>,
     /// By (namespace, purpose, trusted CA, the policy's text): a changed policy
     /// makes a new client.
     clients: moka::sync::Cache<ClientKey, reqwest::Client>,
@@ -45,15 +81,17 @@ impl Egress {
     /// apiserver's addresses, never reachable; requests say `user_agent`.
     pub fn new(
         tenants: Arc<super::Tenants>,
-        apiserver: Vec<IpAddr>,
+        apiserver: impl Into<Apiserver>,
         overrides: DnsOverrides,
         user_agent: String,
+        services: Option<Services>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tenants,
                 apiserver: apiserver.into(),
                 overrides,
+                services,
                 clients: moka::sync::Cache::builder()
                     .max_capacity(1000)
                     .time_to_idle(Duration::from_secs(600))
@@ -78,9 +116,31 @@ impl Egress {
             policy: &self.policy(namespace),
             namespace,
             purpose,
-            apiserver: &self.inner.apiserver,
+            apiserver: &self.inner.apiserver.get(),
         }
         .url(url)
+    }
+
+    /// Checks the address of a pod on its node's network (the node's address):
+    /// allowed only where the tenant's `allowedCIDRs` name it, and never the
+    /// apiserver's.
+    pub fn check_node_address(&self, namespace: &str, ip: IpAddr) -> Result<(), String> {
+        let policy = self.policy(namespace);
+        let apiserver = self.inner.apiserver.get();
+        let check = EndpointCheck {
+            policy: &policy,
+            namespace,
+            purpose: Purpose::Graphql,
+            apiserver: &apiserver,
+        };
+        check.address(ip, Reach::Internal)?;
+        if check.allowed_by_cidr(ip) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{ip} is the address of the pod's node (host network); the tenant policy allows node addresses only in its allowedCIDRs"
+            ))
+        }
     }
 
     /// A client for `namespace` and `purpose` that trusts `ca` (PEM) instead of the
@@ -107,23 +167,32 @@ impl Egress {
             purpose,
             apiserver: self.inner.apiserver.clone(),
             overrides: self.inner.overrides.clone(),
+            services: self.inner.services.clone(),
         };
-        let redirect_check = resolver.clone();
+        let redirects = match purpose {
+            // A webhook request carries the tenant's headers and signature: a redirect
+            // would hand them to another host, so none is followed.
+            Purpose::Webhook => reqwest::redirect::Policy::none(),
+            Purpose::Graphql => {
+                let redirect_check = resolver.clone();
+                reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                    }
+                    match redirect_check.check_url(attempt.url().as_str()) {
+                        Ok(_) => attempt.follow(),
+                        Err(why) => {
+                            attempt.error(format!("redirect refused by the endpoint policy: {why}"))
+                        }
+                    }
+                })
+            }
+        };
         let mut builder = reqwest::Client::builder()
             .user_agent(&self.inner.user_agent)
             .no_proxy()
             .dns_resolver(resolver)
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-                }
-                match redirect_check.check().url(attempt.url().as_str()) {
-                    Ok(_) => attempt.follow(),
-                    Err(why) => {
-                        attempt.error(format!("redirect refused by the endpoint policy: {why}"))
-                    }
-                }
-            }))
+            .redirect(redirects)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(2);
         if let Some(pem) = ca {
@@ -148,29 +217,40 @@ impl Egress {
 #[error("{0}")]
 pub struct PolicyRefusal(pub String);
 
-/// Resolves names and keeps only the addresses the endpoint policy allows.
+/// Resolves names and keeps only the addresses the endpoint policy allows. The
+/// tenant's own Service names are resolved through their Service objects
+/// ([`Services`]), other names through DNS.
 #[derive(Clone)]
 pub struct PolicyResolver {
     policy: EndpointPolicy,
     namespace: String,
     purpose: Purpose,
-    apiserver: Arc<[IpAddr]>,
+    apiserver: Apiserver,
     overrides: DnsOverrides,
+    services: Option<Services>,
 }
 
 impl PolicyResolver {
-    fn check(&self) -> EndpointCheck<'_> {
+    /// Checks a URL (a redirect's) against the policy.
+    fn check_url(&self, url: &str) -> Result<Reach, String> {
         EndpointCheck {
             policy: &self.policy,
             namespace: &self.namespace,
             purpose: self.purpose,
-            apiserver: &self.apiserver,
+            apiserver: &self.apiserver.get(),
         }
+        .url(url)
     }
 
     /// The allowed addresses among `found` for host `name`, or why there are none.
     fn allowed(&self, name: &str, found: Vec<IpAddr>) -> Result<Vec<IpAddr>, String> {
-        let check = self.check();
+        let apiserver = self.apiserver.get();
+        let check = EndpointCheck {
+            policy: &self.policy,
+            namespace: &self.namespace,
+            purpose: self.purpose,
+            apiserver: &apiserver,
+        };
         let reach = check.host(name)?;
         let mut refused = None;
         let allowed: Vec<IpAddr> = found
@@ -189,6 +269,33 @@ impl PolicyResolver {
             (true, None) => Err(format!("{name} resolves to no address")),
         }
     }
+
+    /// What `name` resolves to: the test table, the tenant's Service, or DNS.
+    async fn lookup(
+        &self,
+        name: &str,
+    ) -> Result<Vec<IpAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(fixed) = self.overrides.get(name) {
+            return Ok(fixed.clone());
+        }
+        let host = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(own) = own_service(&host, &self.namespace) {
+            let services = self.services.as_ref().ok_or_else(|| {
+                PolicyRefusal(format!(
+                    "{name}: Services are resolved only through the apiserver"
+                ))
+            })?;
+            let found = services
+                .resolve(&self.namespace, own.service, own.hostname)
+                .await
+                .map_err(|why| PolicyRefusal(format!("{name}: {why}")))?;
+            return Ok(found.to_vec());
+        }
+        Ok(tokio::net::lookup_host((name, 0))
+            .await?
+            .map(|a| a.ip())
+            .collect())
+    }
 }
 
 impl Resolve for PolicyResolver {
@@ -196,13 +303,7 @@ impl Resolve for PolicyResolver {
         let this = self.clone();
         let name = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<IpAddr> = match this.overrides.get(&name) {
-                Some(fixed) => fixed.clone(),
-                None => tokio::net::lookup_host((name.as_str(), 0))
-                    .await?
-                    .map(|a| a.ip())
-                    .collect(),
-            };
+            let found = this.lookup(&name).await?;
             let allowed = this.allowed(&name, found).map_err(PolicyRefusal)?;
             let addrs: Addrs = Box::new(allowed.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
@@ -221,6 +322,7 @@ mod tests {
             purpose,
             apiserver: vec!["10.96.0.1".parse().unwrap()].into(),
             overrides: Arc::default(),
+            services: None,
         }
     }
 

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::address::{canonical, embedded, is_public, special_purpose};
+
 /// What a URL is for: the two kinds of user-supplied URL have different defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Purpose {
@@ -39,8 +41,9 @@ pub struct EndpointPolicy {
     pub allowed_cidrs: Vec<IpNet>,
     /// Absolute GraphQL URLs may name any public host.
     pub allow_external: bool,
-    /// When not empty, webhook URLs may only name these hosts (exact or `*.suffix`).
-    pub webhook_allowed_hosts: Vec<String>,
+    /// When set, webhook URLs may only name these hosts (exact or `*.suffix`); set
+    /// but empty, no host at all.
+    pub webhook_allowed_hosts: Option<Vec<String>>,
 }
 
 /// What a checked host may resolve to.
@@ -94,25 +97,28 @@ impl EndpointCheck<'_> {
         }
     }
 
-    /// An address written in the URL: allowed only where the policy allows it (for
-    /// GraphQL, absolute URLs must otherwise name a Service).
+    /// An address written in the URL. Allowed only where the policy allows it: a
+    /// GraphQL URL must otherwise name a Service, and where the policy lists the
+    /// hosts a URL may name, an address is not one of them (only `allowedCIDRs`
+    /// open it).
     fn ip_literal(&self, ip: IpAddr) -> Result<Reach, String> {
+        // Never allowed (the apiserver, special-purpose ranges) before anything else.
+        self.address(ip, Reach::Internal)?;
         if self.allowed_by_cidr(ip) {
-            self.address(ip, Reach::Public)?;
             return Ok(Reach::Public);
         }
-        if let Some(why) = always_forbidden(ip) {
-            return Err(why);
-        }
+        let ns = self.namespace;
         match self.purpose {
             Purpose::Graphql if !self.policy.allow_external => Err(format!(
-                "{ip} is an IP address; absolute URLs must name a Service of namespace {}",
-                self.namespace
+                "{ip} is an IP address; absolute URLs must name a Service of namespace {ns}"
             )),
-            _ => {
-                self.address(ip, Reach::Public)?;
-                Ok(Reach::Public)
-            }
+            Purpose::Graphql if !self.policy.allowed_hosts.is_empty() => Err(format!(
+                "{ip} is an IP address; the tenant policy lists the hosts GraphQL URLs may name, and allows addresses only in its allowedCIDRs"
+            )),
+            Purpose::Webhook if self.policy.webhook_allowed_hosts.is_some() => Err(format!(
+                "{ip} is an IP address; the tenant policy lists the hosts webhooks may call, and allows addresses only in its allowedCIDRs"
+            )),
+            _ => self.address(ip, Reach::Public).map(|()| Reach::Public),
         }
     }
 
@@ -126,9 +132,7 @@ impl EndpointCheck<'_> {
             return Err(format!("{host} is the Kubernetes apiserver"));
         }
         let ns = self.namespace;
-        let own_service = [format!(".{ns}.svc"), format!(".{ns}.svc.cluster.local")]
-            .iter()
-            .any(|suffix| host.ends_with(suffix.as_str()));
+        let own_service = own_service(&host, ns).is_some();
         let in_cluster = host.ends_with(".svc") || host.ends_with(".svc.cluster.local");
         match self.purpose {
             Purpose::Graphql => {
@@ -140,46 +144,40 @@ impl EndpointCheck<'_> {
                     Err(format!(
                         "{host} is not a Service of namespace {ns} (<service>.{ns}.svc[.cluster.local]){}",
                         if self.policy.allowed_hosts.is_empty() {
-                            String::new()
+                            ""
                         } else {
-                            format!(
-                                " nor a host the tenant policy allows ({})",
-                                self.policy.allowed_hosts.join(", ")
-                            )
+                            " nor a host the tenant policy allows"
                         }
                     ))
                 }
             }
-            Purpose::Webhook => {
-                let listed = &self.policy.webhook_allowed_hosts;
-                if !listed.is_empty() {
-                    return if matches_any(listed, &host) {
-                        Ok(Reach::Internal)
-                    } else {
-                        Err(format!(
-                            "{host} is not one of the webhook hosts the tenant policy allows ({})",
-                            listed.join(", ")
-                        ))
-                    };
-                }
-                if own_service {
-                    Ok(Reach::Internal)
-                } else if in_cluster {
-                    Err(format!(
-                        "{host} is a Service of another namespace; webhooks may call Services of namespace {ns} only"
-                    ))
-                } else {
-                    Ok(Reach::Public)
-                }
-            }
+            Purpose::Webhook => match &self.policy.webhook_allowed_hosts {
+                Some(listed) if matches_any(listed, &host) => Ok(Reach::Internal),
+                Some(listed) if listed.is_empty() => Err(format!(
+                    "{host}: the tenant policy allows webhooks to no host"
+                )),
+                Some(_) => Err(format!(
+                    "{host} is not one of the webhook hosts the tenant policy allows"
+                )),
+                None if own_service => Ok(Reach::Internal),
+                None if in_cluster => Err(format!(
+                    "{host} is a Service of another namespace; webhooks may call Services of namespace {ns} only"
+                )),
+                None => Ok(Reach::Public),
+            },
         }
     }
 
     /// Checks one address a host resolved to (or was written as).
     pub fn address(&self, ip: IpAddr, reach: Reach) -> Result<(), String> {
-        let ip = canonical(ip);
-        if self.apiserver.iter().any(|a| canonical(*a) == ip) {
-            return Err(format!("{ip} is an address of the Kubernetes apiserver"));
+        let judged = canonical(ip);
+        let shown = if judged == ip {
+            ip.to_string()
+        } else {
+            format!("{ip} (which is {judged})")
+        };
+        if self.apiserver.iter().any(|a| canonical(*a) == judged) {
+            return Err(format!("{shown} is an address of the Kubernetes apiserver"));
         }
         if self.allowed_by_cidr(ip) {
             return Ok(());
@@ -189,19 +187,44 @@ impl EndpointCheck<'_> {
         }
         if reach == Reach::Public && !is_public(ip) {
             return Err(format!(
-                "{ip} is a private address; this host may only reach public addresses"
+                "{shown} is a private address; this host may only reach public addresses"
             ));
         }
         Ok(())
     }
 
-    fn allowed_by_cidr(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+    /// Whether the policy's `allowedCIDRs` name `ip` (or the IPv4 address it spells).
+    pub fn allowed_by_cidr(&self, ip: IpAddr) -> bool {
+        let judged = canonical(ip);
         self.policy
             .allowed_cidrs
             .iter()
-            .any(|net| net.contains(&ip))
+            .any(|net| net.contains(&ip) || net.contains(&judged))
     }
+}
+
+/// A name under a namespace's Service domain: `<service>.<ns>.svc[.cluster.local]`,
+/// or `<hostname>.<service>.<ns>.svc[...]` for one pod of a headless Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceName<'a> {
+    pub service: &'a str,
+    pub hostname: Option<&'a str>,
+}
+
+/// The Service (and pod hostname) `host` names when it is under the Service domain
+/// of namespace `namespace` (lowercase, without a final dot).
+pub fn own_service<'h>(host: &'h str, namespace: &str) -> Option<ServiceName<'h>> {
+    let host = host.strip_suffix(".cluster.local").unwrap_or(host);
+    let rest = host
+        .strip_suffix(".svc")?
+        .strip_suffix(namespace)?
+        .strip_suffix('.')?;
+    let (hostname, service) = match rest.split_once('.') {
+        Some((hostname, service)) => (Some(hostname), service),
+        None => (None, rest),
+    };
+    let label = |s: &str| !s.is_empty() && !s.contains('.');
+    (label(service) && hostname.is_none_or(label)).then_some(ServiceName { service, hostname })
 }
 
 /// `*.example.com` matches names under example.com; other patterns match exactly.
@@ -217,57 +240,22 @@ fn matches_any(patterns: &[String], host: &str) -> bool {
     })
 }
 
-/// IPv4-mapped IPv6 addresses are their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Why an address is never a target unless a cluster admin's `allowedCIDRs`
-/// names it: loopback, link-local (cloud metadata lives there), unspecified.
+/// names it: loopback, link-local (cloud metadata lives there), unspecified,
+/// multicast and the other special-purpose ranges, also when an IPv6 address
+/// carries such an IPv4 address (NAT64, 6to4, Teredo, mapped, compatible).
 pub fn always_forbidden(ip: IpAddr) -> Option<String> {
-    let ip = canonical(ip);
-    let why = match ip {
-        IpAddr::V4(v4) if v4.is_loopback() => "loopback",
-        IpAddr::V4(v4) if v4.is_link_local() => "link-local (cloud metadata lives here)",
-        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() => "unspecified",
-        IpAddr::V6(v6) if v6.is_loopback() => "loopback",
-        IpAddr::V6(v6) if v6.is_unspecified() => "unspecified",
-        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => "link-local",
-        _ => return None,
-    };
-    Some(format!("{ip} is a {why} address, which is never allowed"))
-}
-
-/// Whether an address is reachable on the public internet (not private, shared,
-/// unique-local or reserved).
-fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || a >= 240
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19))
-                || (a == 192 && b == 0))
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+    if let IpAddr::V6(v6) = ip {
+        for (how, v4) in embedded(v6) {
+            if let Some(range) = special_purpose(IpAddr::V4(v4)) {
+                return Some(format!(
+                    "{ip} carries {v4} ({}), a {range} address, which is never allowed",
+                    how.as_str()
+                ));
+            }
         }
     }
+    special_purpose(ip).map(|range| format!("{ip} is a {range} address, which is never allowed"))
 }
 
 #[cfg(test)]
@@ -372,7 +360,7 @@ mod tests {
             allowed_hosts: vec!["*.monitoring.svc".into(), "node.example.org".into()],
             allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
             allow_external: false,
-            webhook_allowed_hosts: vec!["*.hooks.example.com".into()],
+            webhook_allowed_hosts: Some(vec!["*.hooks.example.com".into()]),
         };
         let g = check(&policy, Purpose::Graphql);
         assert_eq!(g.url("http://prom.monitoring.svc/x"), Ok(Reach::Internal));
@@ -394,5 +382,133 @@ mod tests {
         let g = check(&external, Purpose::Graphql);
         assert_eq!(g.url("https://rpc.example.org/graphql"), Ok(Reach::Public));
         assert!(g.url("https://mina.other.svc/graphql").is_err());
+    }
+
+    #[test]
+    fn ipv6_forms_of_forbidden_ipv4_addresses_are_refused_everywhere() {
+        let open = EndpointPolicy {
+            allow_external: true,
+            ..EndpointPolicy::default()
+        };
+        for purpose in [Purpose::Graphql, Purpose::Webhook] {
+            let c = check(&open, purpose);
+            for (url, needle) in [
+                ("http://[64:ff9b::a9fe:a9fe]/", "169.254.169.254 (NAT64)"),
+                ("http://[64:ff9b:1::7f00:1]/", "127.0.0.1 (local-use NAT64)"),
+                ("http://[::a9fe:a9fe]/", "169.254.169.254 (IPv4-compatible)"),
+                ("http://[::ffff:a9fe:a9fe]/", "link-local"),
+                ("http://[2002:a9fe:a9fe::1]/", "169.254.169.254 (6to4)"),
+                ("http://[2002:7f00:1::]/", "127.0.0.1 (6to4)"),
+                (
+                    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+                    "127.0.0.1 (Teredo)",
+                ),
+                ("http://[64:ff9b::a60:1]/", "apiserver"),
+            ] {
+                let err = c.url(url).unwrap_err();
+                assert!(err.contains(needle), "{purpose:?} {url}: {err}");
+                let ip: IpAddr = url
+                    .trim_start_matches("http://[")
+                    .trim_end_matches("]/")
+                    .parse()
+                    .unwrap();
+                // The same verdict at connect time, for a name that resolves there.
+                assert!(c.address(ip, Reach::Internal).is_err(), "{url}");
+            }
+            // A NAT64 form of a private address is private.
+            let err = c.url("http://[64:ff9b::a01:203]/").unwrap_err();
+            assert!(err.contains("private"), "{err}");
+        }
+    }
+
+    #[test]
+    fn special_purpose_ranges_are_refused_unless_allowed() {
+        let policy = EndpointPolicy::default();
+        let c = check(&policy, Purpose::Webhook);
+        for (addr, needle) in [
+            ("224.0.0.251", "multicast"),
+            ("ff02::1", "multicast"),
+            ("fec0::1", "site-local"),
+            ("192.0.2.10", "documentation"),
+            ("2001:db8::10", "documentation"),
+            ("198.18.0.10", "benchmarking"),
+        ] {
+            // Even as the resolved address of an internal name.
+            let err = c.address(ip(addr), Reach::Internal).unwrap_err();
+            assert!(err.contains(needle), "{addr}: {err}");
+        }
+        let lab = EndpointPolicy {
+            allowed_cidrs: vec!["192.0.2.0/24".parse().unwrap()],
+            ..EndpointPolicy::default()
+        };
+        let c = check(&lab, Purpose::Webhook);
+        assert_eq!(c.url("http://192.0.2.10/hook"), Ok(Reach::Public));
+        assert_eq!(c.address(ip("::ffff:192.0.2.10"), Reach::Public), Ok(()));
+    }
+
+    #[test]
+    fn an_allow_list_of_hosts_refuses_addresses_outside_the_allowed_ranges() {
+        let listed = EndpointPolicy {
+            allowed_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            webhook_allowed_hosts: Some(vec!["hooks.example.com".into()]),
+            allowed_hosts: vec!["rpc.example.org".into()],
+            allow_external: true,
+        };
+        let w = check(&listed, Purpose::Webhook);
+        let err = w.url("https://93.184.216.34/x").unwrap_err();
+        assert!(err.contains("lists the hosts webhooks may call"), "{err}");
+        assert!(w.url("https://[2606:4700::1111]/x").is_err());
+        assert_eq!(w.url("https://203.0.113.9/x"), Ok(Reach::Public));
+        let g = check(&listed, Purpose::Graphql);
+        let err = g.url("https://93.184.216.34/graphql").unwrap_err();
+        assert!(
+            err.contains("lists the hosts GraphQL URLs may name"),
+            "{err}"
+        );
+        assert_eq!(g.url("https://203.0.113.9/graphql"), Ok(Reach::Public));
+        // Without a list, an external GraphQL URL may be a public address.
+        let external = EndpointPolicy {
+            allow_external: true,
+            ..EndpointPolicy::default()
+        };
+        let g = check(&external, Purpose::Graphql);
+        assert_eq!(g.url("https://93.184.216.34/graphql"), Ok(Reach::Public));
+    }
+
+    #[test]
+    fn an_empty_webhook_list_allows_no_host() {
+        let none = EndpointPolicy {
+            webhook_allowed_hosts: Some(Vec::new()),
+            ..EndpointPolicy::default()
+        };
+        let w = check(&none, Purpose::Webhook);
+        for url in [
+            "https://hooks.example.com/x",
+            "http://alerts.chain.svc/x",
+            "https://93.184.216.34/x",
+        ] {
+            assert!(w.url(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn own_services_are_recognised_by_their_name_only() {
+        let service = |service, hostname| Some(ServiceName { service, hostname });
+        assert_eq!(
+            own_service("mina.chain.svc", "chain"),
+            service("mina", None)
+        );
+        assert_eq!(
+            own_service("mina.chain.svc.cluster.local", "chain"),
+            service("mina", None)
+        );
+        assert_eq!(
+            own_service("mina-0.mina.chain.svc", "chain"),
+            service("mina", Some("mina-0"))
+        );
+        assert_eq!(own_service("mina.otherchain.svc", "chain"), None);
+        assert_eq!(own_service("a.b.c.chain.svc", "chain"), None);
+        assert_eq!(own_service(".chain.svc", "chain"), None);
+        assert_eq!(own_service("chain.svc", "chain"), None);
     }
 }

@@ -5,12 +5,14 @@
 //! time its poll and action budgets; outbound clients enforce the endpoint policy
 //! at connect time.
 
+pub mod address;
 pub mod egress;
 pub mod endpoint;
 pub mod quota;
+pub mod services;
 pub mod tenants;
 
-pub use egress::{DnsOverrides, Egress};
+pub use egress::{Apiserver, DnsOverrides, Egress};
 pub use endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach};
 pub use quota::{Effective, TenantQuota, TenantQuotaSpec};
 pub use tenants::Tenants;

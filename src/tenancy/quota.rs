@@ -58,10 +58,17 @@ pub struct TenantQuotaSpec {
     /// The actions the tenant may use (default: the operator's DEFAULT_ALLOWED_ACTIONS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_actions: Option<Vec<String>>,
-    /// Ceiling for `scale_deployment`.
+    /// Ceiling for replica counts the tenant's actions set: `scale_deployment`, and
+    /// `patch_resource` patches of `spec.replicas` (or an HPA's min/max replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_replicas: Option<u32>,
+    /// Longest one action may run, in seconds (every attempt of a webhook
+    /// included): a `timeoutSeconds` above it is refused, and ACTION_EXECUTION_TIMEOUT
+    /// is cut to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_action_seconds: Option<u32>,
     /// Where absolute GraphQL endpoints may point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_policy: Option<EndpointPolicySpec>,
@@ -127,6 +134,7 @@ pub struct Effective {
     pub max_polls_per_second: Option<f64>,
     pub max_actions_per_hour: Option<u32>,
     pub max_replicas: Option<u32>,
+    pub max_action_seconds: Option<u32>,
     /// The TenantQuotas that select the namespace (empty: the default quota).
     pub sources: Vec<String>,
 }
@@ -141,6 +149,7 @@ impl Effective {
             max_polls_per_second: None,
             max_actions_per_hour: None,
             max_replicas: None,
+            max_action_seconds: None,
             sources: Vec::new(),
         }
     }
@@ -197,6 +206,12 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 }
 
 /// Combines the TenantQuotas selecting a namespace (name, spec) over the default.
+///
+/// Each TenantQuota stands for its limits, a field it leaves unset standing for
+/// the default quota's; several combine to what every one of them allows: the
+/// smallest maximum, the largest minimum, the actions all allow, the hosts and
+/// ranges all allow (two disjoint host lists allow none), and external hosts only
+/// if all allow them. The result does not depend on the quotas' order or names.
 pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effective {
     let mut e = Effective::default_for(default.clone());
     if quotas.is_empty() {
@@ -206,12 +221,6 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let mut webhook_hosts: Option<BTreeSet<String>> = None;
-    let mut graphql_hosts: Option<BTreeSet<String>> = None;
-    let mut cidrs: Option<BTreeSet<String>> = None;
-    let mut allow_external = true;
-    let mut actions: BTreeSet<String> = default.allowed_actions.iter().cloned().collect();
-    let mut any_endpoint = false;
     for (name, q) in quotas {
         e.sources.push(name.clone());
         e.max_target_apps = min(e.max_target_apps, q.max_target_apps);
@@ -225,56 +234,114 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         };
         e.max_actions_per_hour = min(e.max_actions_per_hour, q.max_actions_per_hour);
         e.max_replicas = min(e.max_replicas, q.max_replicas);
-        if let Some(allowed) = &q.allowed_actions {
-            let allowed: BTreeSet<String> = allowed.iter().cloned().collect();
-            actions = if e.sources.len() == 1 {
-                allowed
-            } else {
-                actions.intersection(&allowed).cloned().collect()
-            };
-        }
-        if let Some(hosts) = &q.webhook_allowed_hosts {
-            let hosts: BTreeSet<String> = hosts.iter().cloned().collect();
-            webhook_hosts = Some(match webhook_hosts {
-                None => hosts,
-                Some(current) => current.intersection(&hosts).cloned().collect(),
-            });
-        }
-        let policy = q.endpoint_policy.clone().unwrap_or_default();
-        any_endpoint |= q.endpoint_policy.is_some();
-        let hosts: BTreeSet<String> = policy.allowed_hosts.into_iter().collect();
-        graphql_hosts = Some(match graphql_hosts {
-            None => hosts,
-            Some(current) => current.intersection(&hosts).cloned().collect(),
-        });
-        let ranges: BTreeSet<String> = policy.allowed_cidrs.into_iter().collect();
-        cidrs = Some(match cidrs {
-            None => ranges,
-            Some(current) => current.intersection(&ranges).cloned().collect(),
-        });
-        allow_external &= policy.allow_external;
+        e.max_action_seconds = min(e.max_action_seconds, q.max_action_seconds);
     }
     e.sources.sort();
-    e.quota.allowed_actions = actions.into_iter().collect();
-    if any_endpoint {
-        e.quota.endpoint_policy = EndpointPolicy {
-            allowed_hosts: graphql_hosts.unwrap_or_default().into_iter().collect(),
-            allowed_cidrs: cidrs
-                .unwrap_or_default()
+    if let Some(combined) = quotas
+        .iter()
+        .map(|(_, q)| own_quota(default, q))
+        .reduce(|a, b| meet(&a, &b))
+    {
+        e.quota = combined;
+    }
+    e
+}
+
+/// What one TenantQuota allows: its own lists, the default's where it sets none.
+fn own_quota(default: &Quota, q: &TenantQuotaSpec) -> Quota {
+    let mut actions: Vec<String> = q
+        .allowed_actions
+        .clone()
+        .unwrap_or_else(|| default.allowed_actions.clone());
+    actions.sort();
+    actions.dedup();
+    let endpoint = match &q.endpoint_policy {
+        Some(policy) => EndpointPolicy {
+            allowed_hosts: policy.allowed_hosts.clone(),
+            // Invalid ranges are refused by the quota's webhook; one that slipped past
+            // allows nothing.
+            allowed_cidrs: policy
+                .allowed_cidrs
                 .iter()
                 .filter_map(|c| c.parse().ok())
                 .collect(),
-            allow_external,
-            webhook_allowed_hosts: webhook_hosts
+            allow_external: policy.allow_external,
+            webhook_allowed_hosts: default.endpoint_policy.webhook_allowed_hosts.clone(),
+        },
+        None => default.endpoint_policy.clone(),
+    };
+    Quota {
+        allowed_actions: actions,
+        endpoint_policy: EndpointPolicy {
+            webhook_allowed_hosts: q
+                .webhook_allowed_hosts
                 .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        };
-    } else if let Some(hosts) = webhook_hosts {
-        e.quota.endpoint_policy.webhook_allowed_hosts = hosts.into_iter().collect();
+                .or(endpoint.webhook_allowed_hosts.clone()),
+            ..endpoint
+        },
     }
-    e
+}
+
+/// What both `a` and `b` allow.
+fn meet(a: &Quota, b: &Quota) -> Quota {
+    let (pa, pb) = (&a.endpoint_policy, &b.endpoint_policy);
+    Quota {
+        allowed_actions: a
+            .allowed_actions
+            .iter()
+            .filter(|action| b.allowed_actions.contains(action))
+            .cloned()
+            .collect(),
+        endpoint_policy: EndpointPolicy {
+            allowed_hosts: meet_hosts(&pa.allowed_hosts, &pb.allowed_hosts),
+            allowed_cidrs: meet_ranges(&pa.allowed_cidrs, &pb.allowed_cidrs),
+            allow_external: pa.allow_external && pb.allow_external,
+            webhook_allowed_hosts: match (&pa.webhook_allowed_hosts, &pb.webhook_allowed_hosts) {
+                (Some(x), Some(y)) => Some(meet_hosts(x, y)),
+                (x, y) => x.clone().or_else(|| y.clone()),
+            },
+        },
+    }
+}
+
+/// The host patterns (exact or `*.suffix`) that both lists allow.
+fn meet_hosts(a: &[String], b: &[String]) -> Vec<String> {
+    let norm = |p: &String| p.trim_end_matches('.').to_ascii_lowercase();
+    // Does pattern `wide` allow every name `narrow` allows?
+    let covers =
+        |wide: &str, narrow: &str| match (wide.strip_prefix("*."), narrow.strip_prefix("*.")) {
+            (None, _) => wide == narrow,
+            (Some(suffix), Some(inner)) => {
+                inner == suffix || inner.ends_with(&format!(".{suffix}"))
+            }
+            (Some(suffix), None) => narrow.ends_with(&format!(".{suffix}")),
+        };
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for x in a.iter().map(norm) {
+        for y in b.iter().map(norm) {
+            if covers(&x, &y) {
+                out.insert(y.clone());
+            } else if covers(&y, &x) {
+                out.insert(x.clone());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The address ranges both lists allow (two CIDRs either nest or are disjoint).
+fn meet_ranges(a: &[ipnet::IpNet], b: &[ipnet::IpNet]) -> Vec<ipnet::IpNet> {
+    let mut out: BTreeSet<ipnet::IpNet> = BTreeSet::new();
+    for x in a {
+        for y in b {
+            if x.contains(y) {
+                out.insert(*y);
+            } else if y.contains(x) {
+                out.insert(*x);
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Problems with a TenantQuota's spec, each with its field path (its webhook).
@@ -313,6 +380,9 @@ pub fn check(spec: &TenantQuotaSpec, known_actions: &[&str]) -> Vec<String> {
     }
     if spec.min_polling_interval == Some(0) {
         problems.push("spec.minPollingInterval: must be at least 1 second".to_owned());
+    }
+    if spec.max_action_seconds == Some(0) {
+        problems.push("spec.maxActionSeconds: must be at least 1 second".to_owned());
     }
     if let Some(rate) = spec.max_polls_per_second
         && !(rate.is_finite() && rate > 0.0)
@@ -418,7 +488,7 @@ mod tests {
         assert_eq!(e.quota.allowed_actions, ["restart_pod", "webhook"]);
         assert_eq!(
             e.quota.endpoint_policy.webhook_allowed_hosts,
-            ["hooks.example.com"]
+            Some(vec!["hooks.example.com".to_owned()])
         );
         // strict names no endpoint policy: nothing extra is allowed.
         assert!(e.quota.endpoint_policy.allowed_hosts.is_empty());
@@ -439,6 +509,130 @@ mod tests {
         assert_eq!(none.quota, default);
         assert_eq!(none.named(), "the default tenant quota");
         assert_eq!(none.tenant("ns"), "namespace/ns");
+    }
+
+    fn endpoint(hosts: &[&str], cidrs: &[&str], external: bool) -> Option<EndpointPolicySpec> {
+        Some(EndpointPolicySpec {
+            allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            allowed_cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
+            allow_external: external,
+        })
+    }
+
+    fn strings(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// Every order of `quotas` gives the same quota; that quota.
+    fn combined(quotas: &[TenantQuotaSpec]) -> Quota {
+        let named = |order: &[usize]| -> Vec<(String, TenantQuotaSpec)> {
+            order
+                .iter()
+                .map(|&i| (format!("q{i}"), quotas[i].clone()))
+                .collect()
+        };
+        let forward: Vec<usize> = (0..quotas.len()).collect();
+        let backward: Vec<usize> = forward.iter().rev().copied().collect();
+        let a = effective(&Quota::default(), &named(&forward)).quota;
+        let b = effective(&Quota::default(), &named(&backward)).quota;
+        assert_eq!(a, b, "the order of the quotas changed the result");
+        a
+    }
+
+    #[test]
+    fn disjoint_webhook_host_lists_allow_no_host() {
+        let a = TenantQuotaSpec {
+            webhook_allowed_hosts: strings(&["a.example.com"]),
+            ..TenantQuotaSpec::default()
+        };
+        let b = TenantQuotaSpec {
+            webhook_allowed_hosts: strings(&["b.example.com"]),
+            ..TenantQuotaSpec::default()
+        };
+        assert_eq!(
+            combined(&[a, b]).endpoint_policy.webhook_allowed_hosts,
+            Some(Vec::new())
+        );
+        // Set but empty on its own: no host either; unset: not narrowed.
+        let empty = TenantQuotaSpec {
+            webhook_allowed_hosts: strings(&[]),
+            ..TenantQuotaSpec::default()
+        };
+        assert_eq!(
+            combined(&[empty]).endpoint_policy.webhook_allowed_hosts,
+            Some(Vec::new())
+        );
+        assert_eq!(
+            combined(&[TenantQuotaSpec::default()])
+                .endpoint_policy
+                .webhook_allowed_hosts,
+            None
+        );
+    }
+
+    #[test]
+    fn host_patterns_and_ranges_meet_at_the_narrower() {
+        let a = TenantQuotaSpec {
+            webhook_allowed_hosts: strings(&["*.example.com", "hooks.other.org"]),
+            endpoint_policy: endpoint(
+                &["*.svc.example.net"],
+                &["10.0.0.0/8", "192.168.0.0/16"],
+                true,
+            ),
+            ..TenantQuotaSpec::default()
+        };
+        let b = TenantQuotaSpec {
+            webhook_allowed_hosts: strings(&["hooks.example.com", "*.eu.example.com"]),
+            endpoint_policy: endpoint(
+                &["rpc.svc.example.net"],
+                &["10.1.0.0/16", "172.16.0.0/12"],
+                false,
+            ),
+            ..TenantQuotaSpec::default()
+        };
+        let q = combined(&[a, b]);
+        assert_eq!(
+            q.endpoint_policy.webhook_allowed_hosts,
+            strings(&["*.eu.example.com", "hooks.example.com"])
+        );
+        assert_eq!(q.endpoint_policy.allowed_hosts, ["rpc.svc.example.net"]);
+        assert_eq!(
+            q.endpoint_policy.allowed_cidrs,
+            ["10.1.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
+        assert!(!q.endpoint_policy.allow_external);
+    }
+
+    #[test]
+    fn allowed_actions_do_not_depend_on_the_quotas_order() {
+        let grants_exec = TenantQuotaSpec {
+            allowed_actions: strings(&["exec_command", "restart_pod"]),
+            ..TenantQuotaSpec::default()
+        };
+        let silent = TenantQuotaSpec::default();
+        // The quota that says nothing stands for the default list, without exec_command.
+        assert_eq!(
+            combined(&[grants_exec.clone(), silent.clone()]).allowed_actions,
+            ["restart_pod"]
+        );
+        assert_eq!(
+            combined(&[grants_exec]).allowed_actions,
+            ["exec_command", "restart_pod"]
+        );
+        let mut default = Quota::default().allowed_actions;
+        default.sort();
+        assert_eq!(combined(&[silent]).allowed_actions, default);
+    }
+
+    #[test]
+    fn a_quota_without_an_endpoint_policy_keeps_the_default_one() {
+        let widening = TenantQuotaSpec {
+            endpoint_policy: endpoint(&["*.monitoring.svc"], &["10.0.0.0/8"], true),
+            ..TenantQuotaSpec::default()
+        };
+        let q = combined(&[widening.clone(), TenantQuotaSpec::default()]);
+        assert_eq!(q.endpoint_policy, EndpointPolicy::default());
+        assert!(combined(&[widening]).endpoint_policy.allow_external);
     }
 
     #[test]
