@@ -617,6 +617,111 @@ async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_def
             .collect();
         assert!(!names.iter().any(|n| n == name), "{name} stored: {names:?}");
     }
+
+    // Borrowing a ServiceAccount's rights: a user who may write TargetApps but may
+    // not impersonate the account it names is refused by the webhooks' question to
+    // the apiserver; once granted that right, the same object is accepted.
+    let writer = "tapp-writer";
+    let file = cp.dir.join(format!("{ns}-writer.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: tapp-writer, namespace: {ns}}}
+rules:
+- apiGroups: [operator.kco.local]
+  resources: [targetapps]
+  verbs: [get, list, create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: tapp-writer, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tapp-writer}}
+subjects: [{{kind: User, name: {writer}, apiGroup: rbac.authorization.k8s.io}}]
+"#
+        ),
+    )
+    .unwrap();
+    cp.apply(&file, &[]);
+    let as_writer: Api<TargetApp> =
+        Api::namespaced(cp.client(&User::named(writer)).await.unwrap(), &ns);
+    let borrowing = |name: &str| {
+        targetapp(
+            name,
+            json!({"selector": {"matchLabels": {"app": "mina"}}, "serviceAccountName": "kco-actions",
+                "actions": [{"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}}]}),
+        )
+    };
+    // The authorizer learns of the binding through its informer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match as_writer
+            .create(&PostParams::default(), &borrowing("borrowed"))
+            .await
+        {
+            Err(e) if e.to_string().contains("may not act as ServiceAccount") => break e,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("forbidden") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("expected a refusal of the borrowed account: {other:?}"),
+        }
+    };
+    assert!(
+        refused.to_string().contains(&format!(
+            "user \"{writer}\" may not act as ServiceAccount {ns}/kco-actions"
+        )),
+        "{refused}"
+    );
+    // Without an account nothing is borrowed: accepted.
+    let plain = targetapp(
+        "plain",
+        json!({"selector": {"matchLabels": {"app": "mina"}}}),
+    );
+    as_writer
+        .create(&PostParams::default(), &plain)
+        .await
+        .unwrap();
+    let grant = cp.dir.join(format!("{ns}-writer-grant.yaml"));
+    std::fs::write(
+        &grant,
+        format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: act-as-kco-actions, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  resourceNames: [kco-actions]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: act-as-kco-actions, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: act-as-kco-actions}}
+subjects: [{{kind: User, name: {writer}, apiGroup: rbac.authorization.k8s.io}}]
+"#
+        ),
+    )
+    .unwrap();
+    cp.apply(&grant, &[]);
+    // Answers are reused for 10 s, and the authorizer learns of the binding.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match as_writer
+            .create(&PostParams::default(), &borrowing("granted"))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().contains("may not act as"), "{e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the granted account is still refused: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -312,3 +312,54 @@ async fn a_redirect_to_a_forbidden_address_is_refused_by_the_egress_client() {
         assert_eq!(report.attempts, 1);
     }
 }
+
+#[tokio::test]
+async fn a_webhook_client_follows_no_redirect_where_a_graphql_client_would() {
+    let (sim, first, _) = bed().await;
+    let second = sim
+        .add_node(
+            (fixtures::loopback_ip(), MINA_GRAPHQL_PORT).into(),
+            NodeState::default(),
+        )
+        .await
+        .unwrap()
+        .address;
+    let mut quota = kco::tenancy::Quota::default();
+    quota.endpoint_policy.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+    quota.endpoint_policy.allow_external = true;
+    let egress = kco::tenancy::Egress::new(
+        kco::tenancy::Tenants::new(quota),
+        kco::tenancy::Apiserver::default(),
+        std::sync::Arc::default(),
+        "kco-test".into(),
+        None,
+    );
+    let faults = Faults {
+        redirect_to: Some(format!("http://{second}/graphql")),
+        ..Default::default()
+    };
+    sim.set_faults(first, faults).await.unwrap();
+    let body = serde_json::json!({"query": "{ version }"});
+    // A GraphQL client follows a redirect its policy allows.
+    let graphql = egress
+        .client("chain", kco::tenancy::Purpose::Graphql, None)
+        .unwrap();
+    let followed = graphql.post(url(first)).json(&body).send().await.unwrap();
+    assert!(followed.status().is_success(), "{}", followed.status());
+    assert_eq!(sim.node(second).await.unwrap().requests, 1);
+    // A webhook client, carrying the tenant's headers and signature, does not:
+    // the redirect comes back as the answer and the other host hears nothing.
+    sim.reset_requests(second).await.unwrap();
+    let webhook = egress
+        .client("chain", kco::tenancy::Purpose::Webhook, None)
+        .unwrap();
+    let answer = webhook
+        .post(url(first))
+        .header(kco::actions::webhook::SIGNATURE_HEADER, "t=1,v1=00")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_redirection(), "{}", answer.status());
+    assert_eq!(sim.node(second).await.unwrap().requests, 0);
+}

@@ -194,7 +194,8 @@ pub fn selected(
 }
 
 /// A pod with only what discovery reads (name, labels, deletion, readiness, IP,
-/// container ports): a namespace's pods are kept in memory.
+/// container ports, and whether it is on its node's network): a namespace's pods
+/// are kept in memory.
 pub fn slim(pod: Pod) -> Pod {
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -218,11 +219,13 @@ pub fn slim(pod: Pod) -> Pod {
                     ..Container::default()
                 })
                 .collect(),
+            host_network: spec.host_network,
             ..PodSpec::default()
         }),
         status: pod.status.map(|status| PodStatus {
             conditions: status.conditions,
             pod_ip: status.pod_ip,
+            host_ip: status.host_ip,
             ..PodStatus::default()
         }),
     }
@@ -426,6 +429,30 @@ mod tests {
             "{} vs {}",
             size(&slim_pod),
             size(&pod)
+        );
+    }
+
+    #[test]
+    fn a_pod_on_its_nodes_network_is_its_node_also_when_slim() {
+        let on = |spec: serde_json::Value, status: serde_json::Value| -> Pod {
+            let mut pod = pod("mina-0", "True", Some("10.0.0.7"));
+            let mut value = serde_json::to_value(&pod).unwrap();
+            json_patch::merge(&mut value, &json!({"spec": spec, "status": status}));
+            pod = serde_json::from_value(value).unwrap();
+            slim(pod)
+        };
+        let node: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            node_address(&on(json!({"hostNetwork": true}), json!({}))),
+            Some(node)
+        );
+        assert_eq!(
+            node_address(&on(json!({}), json!({"hostIP": "10.0.0.7"}))),
+            Some(node)
+        );
+        assert_eq!(
+            node_address(&on(json!({}), json!({"hostIP": "192.168.1.4"}))),
+            None
         );
     }
 }

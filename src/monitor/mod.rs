@@ -184,9 +184,10 @@ impl Context {
 }
 
 struct Running {
-    /// The uid and generation the task was started for, and whether it was over
-    /// quota: a change restarts it.
-    fingerprint: (Option<String>, Option<i64>, bool),
+    /// The uid and generation the task was started for, whether it was over quota,
+    /// and the tenant's quota then (a changed quota can make a TargetApp valid or
+    /// invalid, so it is checked again): a change restarts it.
+    fingerprint: (Option<String>, Option<i64>, bool, u64),
     cancel: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -201,6 +202,14 @@ pub async fn run(
     mut ownership: watch::Receiver<Ownership>,
     cancel: CancellationToken,
 ) {
+    // The TenantQuotas decide what is valid and where polls may go: nothing is
+    // checked or polled under the default quota before they are known.
+    while !ctx.tenants.synced() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
     let api: Api<TargetApp> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -337,12 +346,13 @@ impl Shard {
             return;
         }
         let quota = ctx.tenants.effective(namespace);
+        let version = quota_version(&quota);
         let in_namespace = |app: &&TargetApp| app.metadata.namespace.as_deref() == Some(namespace);
         let Some(max) = quota.max_target_apps else {
             // No TargetApp quota (the common case): nothing to order.
             let apps: Vec<TargetApp> = self.apps.values().filter(in_namespace).cloned().collect();
             for app in apps {
-                ensure(ctx, &mut self.running, app, None).await;
+                ensure(ctx, &mut self.running, app, None, version).await;
             }
             return;
         };
@@ -390,7 +400,7 @@ impl Shard {
             })
             .collect();
         for (app, over) in plan {
-            ensure(ctx, &mut self.running, app, over).await;
+            ensure(ctx, &mut self.running, app, over, version).await;
         }
     }
 
@@ -518,12 +528,14 @@ async fn ensure(
     running: &mut HashMap<String, Running>,
     app: TargetApp,
     over_quota: Option<String>,
+    quota: u64,
 ) {
     let k = key(&app);
     let fingerprint = (
         app.metadata.uid.clone(),
         app.metadata.generation,
         over_quota.is_some(),
+        quota,
     );
     if running
         .get(&k)
@@ -551,6 +563,14 @@ async fn ensure(
             handle,
         },
     );
+}
+
+/// A digest of a namespace's effective quota: equal while the quota is.
+fn quota_version(quota: &crate::tenancy::Effective) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{quota:?}").hash(&mut hasher);
+    hasher.finish()
 }
 
 async fn stop(ctx: &Arc<Context>, running: &mut HashMap<String, Running>, k: &str) {
