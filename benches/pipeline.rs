@@ -5,7 +5,12 @@
 //! ```text
 //! cargo bench --bench pipeline                          # 1k, 5k and 10k targets
 //! cargo bench --bench pipeline -- --targets 2000 --interval 10 --seconds 30
+//! cargo bench --bench pipeline -- --targets 1000 --route url   # URL targets
 //! ```
+//!
+//! `--route url` polls every node as a user-supplied URL, with the endpoint policy
+//! checked before every poll and the policy-checked client (what absolute
+//! `graphqlEndpoint`s get); the default is a pod target's route.
 //!
 //! Each size runs in a fresh process (so peak RSS is its own) with the simulators
 //! in child processes (`kco simulate`, at most 4,000 nodes each: the machine allows
@@ -37,6 +42,8 @@ struct Args {
     interval: u64,
     seconds: u64,
     single: bool,
+    /// Poll as URL targets (the endpoint policy before every poll).
+    url: bool,
 }
 
 fn args() -> Args {
@@ -45,6 +52,7 @@ fn args() -> Args {
         interval: 10,
         seconds: 30,
         single: false,
+        url: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -59,6 +67,7 @@ fn args() -> Args {
             }
             "--interval" => a.interval = value.parse().expect("--interval SECONDS"),
             "--seconds" => a.seconds = value.parse().expect("--seconds SECONDS"),
+            "--route" => a.url = value == "url",
             "--single" => {
                 a.single = true;
                 i += 1;
@@ -88,12 +97,13 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        let row = runtime.block_on(run(a.targets[0], a.interval, a.seconds));
+        let row = runtime.block_on(run(a.targets[0], a.interval, a.seconds, a.url));
         println!("{row}");
         return;
     }
     println!(
-        "pipeline bench: interval {}s, {}s measured per phase, {} cores\n",
+        "pipeline bench: {} targets, interval {}s, {}s measured per phase, {} cores\n",
+        if a.url { "URL" } else { "pod" },
         a.interval,
         a.seconds,
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -112,6 +122,7 @@ fn main() {
                 &a.interval.to_string(),
             ])
             .args(["--seconds", &a.seconds.to_string()])
+            .args(["--route", if a.url { "url" } else { "pod" }])
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -238,7 +249,27 @@ async fn pipeline(
     interval: Duration,
     warmup: Duration,
     seconds: u64,
+    url: bool,
 ) -> (u64, Vec<f64>, f64, f64) {
+    let route = if url {
+        // What an absolute graphqlEndpoint gets: the policy of the moment before
+        // every poll, through the policy-checked client.
+        let mut quota = kco::tenancy::Quota::default();
+        quota.endpoint_policy.allow_external = true;
+        quota.endpoint_policy.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        kco::monitor::target::Route::Url {
+            egress: kco::tenancy::Egress::new(
+                kco::tenancy::Tenants::new(quota),
+                kco::tenancy::Apiserver::default(),
+                Arc::default(),
+                "kco-bench".into(),
+                None,
+            ),
+            namespace: "bench".into(),
+        }
+    } else {
+        kco::monitor::target::Route::Pod
+    };
     let poller = Poller::new(1024 * 1024, 2, "kco-test").unwrap();
     let rules = Arc::new(rules());
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
@@ -255,7 +286,7 @@ async fn pipeline(
             kco::monitor::target::Polled {
                 target: addr.to_string(),
                 url: format!("http://{addr}/graphql"),
-                route: kco::monitor::target::Route::Pod,
+                route: route.clone(),
             },
             schedule,
             poller.clone(),
@@ -355,7 +386,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run(n: usize, interval: u64, seconds: u64) -> serde_json::Value {
+async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Value {
     kco::tls::install_crypto_provider();
     let sims = simulators(n);
     eprintln!("{n} targets: scheduled phase ({interval}s interval, {seconds}s measured)");
@@ -365,6 +396,7 @@ async fn run(n: usize, interval: u64, seconds: u64) -> serde_json::Value {
         interval,
         interval + Duration::from_secs(2),
         seconds,
+        url,
     )
     .await;
     lateness.sort_by(f64::total_cmp);
@@ -379,6 +411,7 @@ async fn run(n: usize, interval: u64, seconds: u64) -> serde_json::Value {
         Duration::from_millis(1),
         Duration::from_secs(2),
         seconds.min(15),
+        url,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -454,6 +454,62 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
     )
     .await
     .unwrap();
+    let err = apps
+        .create(
+            &Default::default(),
+            &app("path", json!({"selector": {}, "actions": [rule("a", "scale_deployment", json!({"name": "web/scale", "replicas": 1}))]})),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("an object name (RFC 1123), never a path"),
+        "{err}"
+    );
+
+    // Without KCO, a user who may write TargetApps but not impersonate the account
+    // one names is still refused; the cluster admin may.
+    let writer = format!("{ns}-writer");
+    let file = cp.dir.join(format!("{ns}-writer.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: writer, namespace: {ns}}}\n\
+             rules: [{{apiGroups: [operator.kco.local], resources: [targetapps], verbs: [create, get]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: writer, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: writer}}\n\
+             subjects: [{{kind: User, name: {writer}, apiGroup: rbac.authorization.k8s.io}}]\n"
+        ),
+    )
+    .unwrap();
+    cp.apply(&file, &[]);
+    let as_writer: Api<kco::targetapp::TargetApp> =
+        Api::namespaced(cp.client(&User::named(&writer)).await.unwrap(), &ns);
+    let borrowing =
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "serviceAccountName": "kco-actions"});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match as_writer
+            .create(&Default::default(), &app("borrowed", borrowing.clone()))
+            .await
+        {
+            Err(e) if e.to_string().contains("may not act as ServiceAccount") => break e,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().contains("forbidden"), "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("expected a refusal: {other:?}"),
+        }
+    };
+    assert!(
+        err.to_string().contains(&format!(
+            "user {writer} may not act as ServiceAccount {ns}/kco-actions"
+        )),
+        "{err}"
+    );
+    apps.create(&Default::default(), &app("lent", borrowing))
+        .await
+        .unwrap();
 }
 
 #[test]

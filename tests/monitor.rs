@@ -624,7 +624,7 @@ async fn url_targets_are_polled_only_where_they_resolve_to_allowed_addresses() {
     .await;
     let note = bed.wait_event(20, "PollFailed", "rebind").await;
     assert!(
-        note.contains("(connect)") && note.contains("resolves to a forbidden address"),
+        note.contains("(not_allowed)") && note.contains("resolves to a forbidden address"),
         "{note}"
     );
 }
