@@ -42,7 +42,13 @@ CRITICAL = {
     "leader election": ["src/election.rs"],
     "sharding": ["src/shard.rs"],
     "tenancy checks": ["src/tenancy/quota.rs", "src/tenancy/tenants.rs"],
-    "endpoint policy": ["src/tenancy/endpoint.rs", "src/tenancy/egress.rs"],
+    "endpoint policy": [
+        "src/tenancy/endpoint.rs",
+        "src/tenancy/egress.rs",
+        "src/tenancy/address.rs",
+        "src/tenancy/services.rs",
+    ],
+    "object names and who may lend an account": ["src/names.rs", "src/admission/access.rs"],
 }
 
 
