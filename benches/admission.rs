@@ -70,6 +70,7 @@ async fn main() {
     let caches = Caches::default();
     caches.mark_synced();
     let tenants = kco::tenancy::Tenants::new(kco::tenancy::Quota::default());
+    tenants.mark_synced();
     let admission = Admission::new(
         Arc::new(Validator::new()),
         tenants,

@@ -35,6 +35,11 @@ pub struct RunArgs {
     /// Address the admin server binds to.
     #[arg(long, env = "ADMIN_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub admin_bind_address: IpAddr,
+    /// A file holding the bearer token that opens /stats to clients off the
+    /// loopback (unset: /stats answers only on the loopback, e.g. kubectl
+    /// port-forward). /stats shows every tenant's targets and errors.
+    #[arg(long, env = "STATS_TOKEN_FILE")]
+    pub stats_token_file: Option<PathBuf>,
     /// Kubeconfig file to use instead of the in-cluster configuration or $KUBECONFIG.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -148,6 +153,8 @@ pub struct Settings {
     pub default_polling_interval: Duration,
     pub action_execution_timeout: Duration,
     pub admin_address: SocketAddr,
+    /// The file of the token that opens /stats off the loopback.
+    pub stats_token_file: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub instance: String,
     pub namespace: Option<String>,
@@ -429,6 +436,7 @@ impl Settings {
             default_polling_interval: Duration::from_secs(u64::from(a.default_polling_interval)),
             action_execution_timeout: Duration::from_secs(a.action_execution_timeout),
             admin_address: SocketAddr::new(a.admin_bind_address, a.metrics_port),
+            stats_token_file: a.stats_token_file.clone(),
             kubeconfig: a.kubeconfig.clone(),
             instance,
             namespace: a.namespace.clone(),
@@ -444,6 +452,7 @@ impl Settings {
             default_polling_interval: Duration::from_secs(1),
             action_execution_timeout: Duration::from_secs(5),
             admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stats_token_file: None,
             kubeconfig: None,
             instance: "kco-test".to_owned(),
             namespace: None,

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Times this replica became leader.
     pub leader_transitions: IntCounter,
+    /// Status writes put off to the next tick: every write permit was taken.
+    pub status_writes_deferred: IntCounter,
     /// Live shard members, as this replica sees them.
     pub shard_members: IntGauge,
     /// Namespaces (with TargetApps) this replica polls.
@@ -118,6 +120,11 @@ impl Metrics {
             "Times this replica became the leader.",
         )?;
         registry.register(Box::new(leader_transitions.clone()))?;
+        let status_writes_deferred = IntCounter::new(
+            "operator_kco_status_writes_deferred_total",
+            "TargetApp status writes put off to the next second because this replica had the most status writes in flight already.",
+        )?;
+        registry.register(Box::new(status_writes_deferred.clone()))?;
         let shard_handoffs = counter(
             "operator_kco_shard_handoffs_total",
             "TargetApps taken over from (acquired) or handed to (released) other replicas.",
@@ -181,6 +188,7 @@ impl Metrics {
                 "1 while this replica holds the leader Lease.",
             )?,
             leader_transitions,
+            status_writes_deferred,
             shard_members: gauge(
                 "operator_kco_shard_members",
                 "Live shard members as this replica sees them.",
@@ -301,7 +309,7 @@ impl Metrics {
     /// The name of every metric family KCO exports (also those with no series yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 19] = [
+        let collectors: [&dyn Collector; 20] = [
             &self.polls,
             &self.poll_duration,
             &self.poll_lateness,
@@ -313,6 +321,7 @@ impl Metrics {
             &self.firings,
             &self.leader,
             &self.leader_transitions,
+            &self.status_writes_deferred,
             &self.shard_members,
             &self.shard_namespaces,
             &self.shard_handoffs,

@@ -151,6 +151,9 @@ pub async fn start(
         tenants,
     )
     .context("cannot build the HTTP client")?;
+    // Schema ConfigMaps and ServiceAccounts: admission and the monitor's re-check
+    // read the same caches.
+    tokio::spawn(ctx.caches.clone().run(ctx.client.clone(), cancel.clone()));
     let webhook_addr =
         match &settings.webhooks {
             None => {
@@ -159,7 +162,7 @@ pub async fn start(
                 None
             }
             Some(hooks) => {
-                let caches = crate::admission::cache::Caches::default();
+                let caches = ctx.caches.clone();
                 let admission = crate::admission::review::Admission::new(
                     ctx.validator.clone(),
                     ctx.tenants.clone(),
@@ -192,8 +195,16 @@ pub async fn start(
         .context("the admin listener has no address")?;
     tracing::info!(address = %admin_addr, instance = %settings.instance, "admin server listening");
 
-    let admin = axum::serve(listener, crate::admin::router(ctx.clone()))
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let stats_token = read_stats_token(settings.stats_token_file.as_deref())?;
+    let admin = axum::serve(
+        listener,
+        crate::admin::router(crate::admin::Admin {
+            ctx: ctx.clone(),
+            stats_token,
+        })
+        .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.clone().cancelled_owned());
     // The lease tasks stop after monitoring has, so that the shard is left (and the
     // leader Lease released) only once this replica no longer polls.
     let leases = CancellationToken::new();
@@ -287,4 +298,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         _ = cancel.cancelled() => {}
     }
     running.handle.await.context("the operator task failed")?
+}
+
+/// The /stats token from its file: trimmed, and refused when empty.
+fn read_stats_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<str>>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read STATS_TOKEN_FILE {}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("STATS_TOKEN_FILE {} is empty", file.display());
+    }
+    Ok(Some(Arc::from(token)))
 }

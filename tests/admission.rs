@@ -32,6 +32,7 @@ fn admission() -> Admission {
     caches.mark_synced();
     caches.put_account("chain", "kco-actions");
     let tenants = kco::tenancy::Tenants::new(kco::tenancy::Quota::default());
+    tenants.mark_synced();
     Admission::new(
         Arc::new(Validator::new()),
         tenants,

@@ -122,6 +122,15 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
                 "metrics.grafanaDashboard.enabled=true",
             ],
         ),
+        (
+            "hardened",
+            vec![
+                "--set",
+                "networkPolicy.webhookSourceCIDRs={10.96.0.0/12,192.0.2.10/32}",
+                "--set",
+                "metrics.statsTokenSecret=kco-stats",
+            ],
+        ),
     ] {
         let text = render(cp, &ns, &args);
         let file = cp.dir.join(format!("chart-{name}.yaml"));
@@ -141,12 +150,48 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
             assert!(text.contains("replicas: 5") && text.contains("failurePolicy: Fail"));
             assert!(out.contains("configmap/kco-dashboard"), "{out}");
             assert!(!text.contains("kind: NetworkPolicy"));
+        } else if name == "hardened" {
+            // The webhook port admits the apiserver's addresses only; /stats opens
+            // to the token of the named Secret.
+            let policy = webhook_ingress(&text);
+            assert_eq!(policy, ["10.96.0.0/12", "192.0.2.10/32"], "{text}");
+            assert!(text.contains("STATS_TOKEN_FILE"), "{text}");
+            assert!(text.contains("secretName: kco-stats"), "{text}");
         } else {
+            assert_eq!(
+                webhook_ingress(&text),
+                ["0.0.0.0/0"],
+                "apiServerCIDRs by default"
+            );
+            assert!(
+                !text.contains("STATS_TOKEN_FILE"),
+                "/stats on the loopback only by default"
+            );
             assert!(text.contains("kind: NetworkPolicy"));
             assert!(text.contains("readOnlyRootFilesystem: true"));
             assert!(text.contains("runAsUser: 1000"));
         }
     }
+}
+
+/// The CIDRs the rendered NetworkPolicy admits to the webhook port.
+fn webhook_ingress(text: &str) -> Vec<String> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
+    let policy = docs
+        .into_iter()
+        .find(|doc| doc["kind"] == "NetworkPolicy")
+        .unwrap();
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let webhook = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "webhook")
+        .unwrap();
+    webhook["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| peer["ipBlock"]["cidr"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

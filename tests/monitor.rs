@@ -493,6 +493,79 @@ async fn an_invalid_spec_fails_with_the_reason_in_status() {
     );
 }
 
+/// A TargetApp stored past the webhooks (down, or failurePolicy Ignore) whose
+/// schema comes from a ConfigMap: the monitor checks it as admission would, the
+/// operation type whatever the schema, and the fields against that schema; a
+/// ConfigMap that appears later heals it without a change to the TargetApp.
+#[tokio::test]
+async fn a_stored_query_is_checked_against_its_schema_configmap_and_never_mutates() {
+    let bed = bed("mon-cmschema", 1).await;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(bed.client.clone(), &bed.ns);
+    let schema = "schema { query: Query mutation: Mutation }\n\
+                  type Query { daemonStatus: DaemonStatus }\n\
+                  type DaemonStatus { syncStatus: String, blockchainLength: Int }\n\
+                  type Mutation { reset: Boolean }\n";
+    let configmap = |name: &str| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"operator.kco.local/schema": "true"}},
+            "data": {"schema.graphql": schema}
+        }))
+        .unwrap()
+    };
+    maps.create(&Default::default(), &configmap("custom"))
+        .await
+        .unwrap();
+    let spec = |map: &str, query: &str| {
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+               "schema": {"configMapRef": {"name": map, "key": "schema.graphql"}},
+               "stateQuery": query})
+    };
+    // The ConfigMap's schema has a Mutation type: a mutation is still refused.
+    bed.apply(spec("custom", "mutation { reset }")).await;
+    bed.wait_status(20, "Failed on the mutation", |s| {
+        s.phase == Some(Phase::Failed) && s.conditions[0].message.contains("spec.stateQuery")
+    })
+    .await;
+    assert!(
+        bed.status().await.conditions[0].message.contains("query"),
+        "the reason names what is allowed: {:?}",
+        bed.status().await.conditions
+    );
+    // A field the ConfigMap's schema does not have.
+    bed.apply(spec("custom", "query { daemonStatus { peers } }"))
+        .await;
+    bed.wait_status(20, "Failed on the unknown field", |s| {
+        s.phase == Some(Phase::Failed)
+            && s.conditions[0].message.contains("spec.stateQuery")
+            && s.conditions[0].message.contains("peers")
+    })
+    .await;
+    // A query the schema answers is polled.
+    bed.apply(spec(
+        "custom",
+        "query { daemonStatus { syncStatus blockchainLength } }",
+    ))
+    .await;
+    bed.wait_status(30, "Monitoring", |s| s.phase == Some(Phase::Monitoring))
+        .await;
+    // A ConfigMap that does not exist yet fails the TargetApp until it does.
+    bed.apply(spec("later", "query { daemonStatus { syncStatus } }"))
+        .await;
+    bed.wait_status(20, "Failed on the missing ConfigMap", |s| {
+        s.phase == Some(Phase::Failed)
+            && s.conditions[0].message.contains("spec.schema.configMapRef")
+    })
+    .await;
+    maps.create(&Default::default(), &configmap("later"))
+        .await
+        .unwrap();
+    bed.wait_status(30, "Monitoring once the ConfigMap exists", |s| {
+        s.phase == Some(Phase::Monitoring)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() {
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kco"))

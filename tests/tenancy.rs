@@ -206,6 +206,7 @@ async fn the_tenantquota_webhook_refuses_nonsense_with_the_field() {
     let caches = Caches::default();
     caches.mark_synced();
     let tenants = Tenants::new(Quota::default());
+    tenants.mark_synced();
     let admission = Admission::new(
         Arc::new(Validator::new()),
         tenants,

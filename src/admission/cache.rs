@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::query::QuerySchema;
-use crate::targetapp::ConfigMapKeyRef;
+use crate::targetapp::{ConfigMapKeyRef, TargetApp};
 
 /// The label a ConfigMap needs for a TargetApp to use it as its schema.
 pub const SCHEMA_LABEL: &str = "operator.kco.local/schema";
@@ -90,6 +90,17 @@ impl Caches {
             parsed.insert(id, (text, schema.clone()));
         }
         Ok(schema)
+    }
+
+    /// The schema `app`'s `configMapRef` names, if it names one.
+    pub fn schema_of(&self, app: &TargetApp) -> Result<Option<Arc<QuerySchema>>, String> {
+        match &app.spec.schema.config_map_ref {
+            Some(reference) => {
+                let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
+                self.schema(namespace, reference).map(Some)
+            }
+            None => Ok(None),
+        }
     }
 
     pub fn account_exists(&self, namespace: &str, name: &str) -> bool {

@@ -47,13 +47,15 @@ pub struct Webhooks {
     pub caches: cache::Caches,
     pub metrics: Metrics,
     pub leadership: Leadership,
-    /// Set once a certificate is loaded and the caches are filled.
+    /// Set once a certificate is loaded, the caches are filled and the
+    /// TenantQuotas are known.
     pub ready: Arc<AtomicBool>,
 }
 
 impl Webhooks {
-    /// Binds the webhook port and starts serving, the certificate source, the
-    /// caches and (while leading) certificate management. Returns the address.
+    /// Binds the webhook port and starts serving, the certificate source and
+    /// (while leading) certificate management. Returns the address. The caches are
+    /// the monitor's, filled by watches the operator starts.
     pub async fn start(self, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
         let listener = server::bind(self.settings.address).await?;
         let address = listener.local_addr()?;
@@ -70,7 +72,6 @@ impl Webhooks {
             certificate.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(self.caches.clone().run(self.client.clone(), cancel.clone()));
         match &self.settings.cert_dir {
             Some(dir) => {
                 tokio::spawn(watch_dir(
@@ -109,9 +110,13 @@ impl Webhooks {
                 ));
             }
         }
-        let (ready, caches) = (self.ready.clone(), self.caches.clone());
+        let (ready, caches, admission) = (
+            self.ready.clone(),
+            self.caches.clone(),
+            self.admission.clone(),
+        );
         tokio::spawn(async move {
-            while !(certificate.loaded() && caches.synced()) {
+            while !(certificate.loaded() && caches.synced() && admission.quotas_known()) {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -148,11 +148,39 @@ fn query_depth(query: &str) -> usize {
     deepest
 }
 
-/// Checks that `query` parses, is valid against `schema`, holds exactly one
-/// operation, and that it is a query. Returns every problem found. Queries longer
-/// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_QUERY_DEPTH`] are refused
-/// before they are parsed.
-pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<String>> {
+/// Checks what holds whatever the schema: `query` is at most [`MAX_QUERY_BYTES`]
+/// long, nests at most [`MAX_QUERY_DEPTH`] levels, parses, and holds exactly one
+/// operation, a query (a mutation or subscription is never sent, whether or not
+/// its schema is at hand).
+pub fn check_operation(query: &str) -> Result<(), Vec<String>> {
+    check_size(query)?;
+    let document = apollo_compiler::ast::Document::parse(query, "stateQuery")
+        .map_err(|with_errors| problems(&with_errors.errors))?;
+    let operations: Vec<apollo_compiler::ast::OperationType> = document
+        .definitions
+        .iter()
+        .filter_map(|d| match d {
+            apollo_compiler::ast::Definition::OperationDefinition(op) => Some(op.operation_type),
+            _ => None,
+        })
+        .collect();
+    one_query(*only_operation(&operations)?)
+}
+
+/// The one operation of a document; none or several are refused.
+fn only_operation<T>(operations: &[T]) -> Result<&T, Vec<String>> {
+    match operations {
+        [one] => Ok(one),
+        [] => Err(vec!["the query has no operation".to_owned()]),
+        many => Err(vec![format!(
+            "the query has {} operations; exactly one is polled",
+            many.len()
+        )]),
+    }
+}
+
+/// Refuses a query too long or too deep to be parsed.
+fn check_size(query: &str) -> Result<(), Vec<String>> {
     if query.len() > MAX_QUERY_BYTES {
         return Err(vec![format!(
             "the query is {} bytes; at most {MAX_QUERY_BYTES} are allowed",
@@ -165,34 +193,34 @@ pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<
             "the query nests {depth} levels deep; at most {MAX_QUERY_DEPTH} are allowed"
         )]);
     }
-    let document = match ExecutableDocument::parse_and_validate(&schema.schema, query, "stateQuery")
-    {
-        Ok(document) => document,
-        Err(with_errors) => {
-            return Err(with_errors
-                .errors
-                .iter()
-                .map(|d| d.error.to_string())
-                .collect());
-        }
-    };
-    let operations: Vec<_> = document.operations.iter().collect();
-    let operation = match operations.as_slice() {
-        [one] => *one,
-        [] => return Err(vec!["the query has no operation".to_owned()]),
-        many => {
-            return Err(vec![format!(
-                "the query has {} operations; exactly one is polled",
-                many.len()
-            )]);
-        }
-    };
-    if operation.operation_type != apollo_compiler::ast::OperationType::Query {
-        return Err(vec![format!(
-            "the operation is a {}; only a query is polled (mutations and subscriptions are refused)",
-            operation.operation_type
-        )]);
+    Ok(())
+}
+
+fn one_query(kind: apollo_compiler::ast::OperationType) -> Result<(), Vec<String>> {
+    if kind == apollo_compiler::ast::OperationType::Query {
+        Ok(())
+    } else {
+        Err(vec![format!(
+            "the operation is a {kind}; only a query is polled (mutations and subscriptions are refused)"
+        )])
     }
+}
+
+fn problems(errors: &apollo_compiler::validation::DiagnosticList) -> Vec<String> {
+    errors.iter().map(|d| d.error.to_string()).collect()
+}
+
+/// Checks that `query` parses, is valid against `schema`, holds exactly one
+/// operation, and that it is a query. Returns every problem found. Queries longer
+/// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_QUERY_DEPTH`] are refused
+/// before they are parsed.
+pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<String>> {
+    check_size(query)?;
+    let document = ExecutableDocument::parse_and_validate(&schema.schema, query, "stateQuery")
+        .map_err(|with_errors| problems(&with_errors.errors))?;
+    let operations: Vec<_> = document.operations.iter().collect();
+    let operation = *only_operation(&operations)?;
+    one_query(operation.operation_type)?;
     let mut shape = QueryShape {
         root: BTreeMap::new(),
         leaf_types: BTreeMap::new(),

@@ -31,6 +31,9 @@ pub enum Hook {
 /// The largest AdmissionReview accepted (the apiserver's own request limit).
 pub const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
 
+/// The refusal while this replica has not read the TenantQuotas yet.
+pub const QUOTAS_UNKNOWN: &str = "KCO is starting and has not read the TenantQuotas yet, so it cannot tell what this namespace may do; retry in a few seconds";
+
 /// The steps of the path to a too-deep point that a refusal names.
 const PATH_STEPS: usize = 8;
 
@@ -48,6 +51,15 @@ impl Answer {
     /// The answer that denies review `uid` with `message`.
     pub fn denied(uid: &str, message: impl Into<String>) -> Self {
         encode(allow(uid).deny(message.into()))
+    }
+
+    /// A server error (HTTP 500): the apiserver applies the webhook's failure policy.
+    pub fn unavailable(why: &str) -> Self {
+        Self {
+            status: 500,
+            body: serde_json::json!({ "error": why }),
+            access: None,
+        }
     }
 }
 
@@ -104,6 +116,12 @@ impl Admission {
             defaults,
             caches,
         }
+    }
+
+    /// Whether the TenantQuotas have been read: until then TargetApps are refused
+    /// (the default quota is the loosest there is).
+    pub fn quotas_known(&self) -> bool {
+        self.tenants.synced()
     }
 
     /// Answers one AdmissionReview body for `hook`.
@@ -209,6 +227,10 @@ impl Admission {
                 }
             }
             Hook::Validate => {
+                // Quotas decide what is allowed: none is assumed before they are read.
+                if !self.quotas_known() {
+                    return allowed.deny(QUOTAS_UNKNOWN);
+                }
                 // Validate what will be stored: defaults included (the mutating hook ran
                 // first, unless it is not installed).
                 if let Some(spec) = value.get_mut("spec") {
@@ -250,16 +272,10 @@ impl Admission {
                 ));
             }
         }
-        let custom = match &app.spec.schema.config_map_ref {
-            Some(reference) => match self.caches.schema(namespace, reference) {
-                Ok(schema) => Some(schema),
-                Err(why) => {
-                    problems.push(format!("spec.schema.configMapRef: {why}"));
-                    None
-                }
-            },
-            None => None,
-        };
+        let custom = self.caches.schema_of(app).unwrap_or_else(|why| {
+            problems.push(format!("spec.schema.configMapRef: {why}"));
+            None
+        });
         let verdict = self.validator.validate(app, custom.as_deref());
         problems.extend(verdict.problems.iter().map(ToString::to_string));
         let mut warnings = verdict.warnings;
@@ -366,12 +382,55 @@ mod tests {
     fn admission() -> Admission {
         let caches = Caches::default();
         caches.mark_synced();
+        let tenants = Tenants::new(crate::tenancy::Quota::default());
+        tenants.mark_synced();
         Admission::new(
             Arc::new(Validator::new()),
-            Tenants::new(crate::tenancy::Quota::default()),
+            tenants,
             Defaults::default(),
             caches,
         )
+    }
+
+    #[test]
+    fn before_the_quotas_are_read_targetapps_are_refused_for_now() {
+        let caches = Caches::default();
+        caches.mark_synced();
+        let tenants = Tenants::new(crate::tenancy::Quota::default());
+        let admission = Admission::new(
+            Arc::new(Validator::new()),
+            tenants.clone(),
+            Defaults::default(),
+            caches,
+        );
+        let object = targetapp("{}", "false");
+        let body = review("CREATE", "TargetApp", &object, "null");
+        let answer = admission.review(Hook::Validate, &body);
+        assert_eq!(
+            answer.body.pointer("/response/allowed"),
+            Some(&Value::Bool(false))
+        );
+        assert_eq!(
+            answer.body.pointer("/response/status/message"),
+            Some(&Value::String(QUOTAS_UNKNOWN.to_owned()))
+        );
+        // Defaulting needs no quota; a deletion is never held up.
+        for (hook, operation) in [(Hook::Mutate, "CREATE"), (Hook::Validate, "DELETE")] {
+            let body = review(operation, "TargetApp", &object, "null");
+            let answer = admission.review(hook, &body);
+            assert_eq!(
+                answer.body.pointer("/response/allowed"),
+                Some(&Value::Bool(true)),
+                "{hook:?} {operation}: {answer:?}"
+            );
+        }
+        tenants.mark_synced();
+        let answer = admission.review(Hook::Validate, &body);
+        assert_eq!(
+            answer.body.pointer("/response/allowed"),
+            Some(&Value::Bool(true)),
+            "{answer:?}"
+        );
     }
 
     /// `{"a":{"a":...1...}}`: `depth` nested objects, as text.

@@ -96,6 +96,19 @@ struct Served {
     admission: Admission,
     metrics: Metrics,
     access: Arc<dyn Authorize>,
+    /// Reviews being checked at once ([`reviews_at_once`]).
+    reviews: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many reviews are checked at once. A review is CPU work (a query parsed and
+/// checked against a schema, up to the size limits), done on the blocking pool so
+/// that a flood of large TargetApps cannot stall the runtime that answers probes
+/// and renews Leases; the rest wait their turn, within the apiserver's timeout.
+fn reviews_at_once() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(2)
+        .max(2)
 }
 
 /// The webhook routes: `/validate/targetapp`, `/mutate/targetapp`, `/healthz`.
@@ -112,6 +125,7 @@ pub fn router(admission: Admission, metrics: Metrics, access: Arc<dyn Authorize>
             admission,
             metrics,
             access,
+            reviews: Arc::new(tokio::sync::Semaphore::new(reviews_at_once())),
         })
 }
 
@@ -134,7 +148,7 @@ async fn answer(s: &Served, hook: Hook, body: Bytes) -> Response {
         Hook::Mutate => "mutate",
         Hook::ValidateQuota => "validate_quota",
     };
-    let mut answer = s.admission.review(hook, &body);
+    let mut answer = review(s, hook, body).await;
     if let Some(check) = answer.access.take() {
         answer = match s.access.may_act_as(&check).await {
             Ok(true) => answer,
@@ -163,6 +177,21 @@ async fn answer(s: &Served, hook: Hook, body: Bytes) -> Response {
         .observe(started.elapsed().as_secs_f64());
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(answer.body)).into_response()
+}
+
+/// The review of `body`, off the async runtime and at most [`reviews_at_once`] at a time.
+async fn review(s: &Served, hook: Hook, body: Bytes) -> Answer {
+    let Ok(_turn) = s.reviews.clone().acquire_owned().await else {
+        return Answer::unavailable("the webhook server is stopping");
+    };
+    let admission = s.admission.clone();
+    match tokio::task::spawn_blocking(move || admission.review(hook, &body)).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(error = %e, "an admission review did not complete");
+            Answer::unavailable("the review did not complete")
+        }
+    }
 }
 
 /// Serves `router` over TLS on `listener` until `cancel`, with `certificate`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::query::{QuerySchema, check_condition, check_query};
+use super::query::{QuerySchema, check_condition, check_operation, check_query};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::nesting::{Deepest, Path, Step};
@@ -274,8 +274,10 @@ impl Validator {
                 },
                 None,
             ) => {
-                v.warnings
-                    .push("the query is not checked: its schema comes from a ConfigMap".to_owned());
+                v.warnings.push(
+                    "the query's fields are not checked: its schema comes from a ConfigMap"
+                        .to_owned(),
+                );
                 None
             }
             (
@@ -308,7 +310,16 @@ impl Validator {
                 }
                 None
             }
-            None => None,
+            // No schema at hand: what holds for every schema is still checked (a
+            // mutation is never sent).
+            None => {
+                if let Err(problems) = check_operation(&spec.state_query) {
+                    for p in problems {
+                        v.refuse("spec.stateQuery", p);
+                    }
+                }
+                None
+            }
         };
 
         // Triggers that failed here are not compiled again below (a regex at the size
@@ -654,6 +665,18 @@ mod tests {
         );
     }
 
+    /// `query` was refused at `spec.stateQuery` only, one reason naming `needle`.
+    fn assert_query_refused(verdict: &Verdict, query: &str, needle: &str) {
+        assert!(
+            !verdict.problems.is_empty() && paths(verdict).iter().all(|p| *p == "spec.stateQuery"),
+            "{query}: {verdict:?}"
+        );
+        assert!(
+            verdict.problems.iter().any(|p| p.message.contains(needle)),
+            "{query}: {verdict:?}"
+        );
+    }
+
     #[test]
     fn queries_must_be_one_valid_query() {
         let v = Validator::new();
@@ -663,18 +686,39 @@ mod tests {
             ("{ version } { syncStatus }", "operations"),
         ] {
             let verdict = v.validate(&app(json!({"selector": {}, "stateQuery": query})), None);
-            assert!(
-                !verdict.problems.is_empty()
-                    && paths(&verdict).iter().all(|p| *p == "spec.stateQuery"),
-                "{query}: {verdict:?}"
-            );
-            assert!(
-                verdict.problems.iter().any(|p| p.message.contains(needle)),
-                "{query}: {verdict:?}"
-            );
+            assert_query_refused(&verdict, query, needle);
         }
     }
 
+    #[test]
+    fn without_its_schema_a_query_is_still_one_query() {
+        // A configMapRef schema the caller does not have: the query cannot be checked
+        // against it, but a mutation, a subscription or two operations never pass.
+        let v = Validator::new();
+        let from_configmap = |query: &str| {
+            app(json!({"selector": {}, "stateQuery": query,
+                       "schema": {"configMapRef": {"name": "schema", "key": "schema.graphql"}}}))
+        };
+        for (query, needle) in [
+            (
+                "mutation { sendPayment(input: {}) { payment { id } } }",
+                "is a mutation",
+            ),
+            (
+                "subscription { newBlock { stateHash } }",
+                "is a subscription",
+            ),
+            ("query A { a } query B { b }", "2 operations"),
+            ("fragment F on Query { a }", "no operation"),
+            ("query {", "syntax error"),
+        ] {
+            let verdict = v.validate(&from_configmap(query), None);
+            assert_query_refused(&verdict, query, needle);
+        }
+        // Any query at all passes (the fields are the ConfigMap's schema's business).
+        let verdict = v.validate(&from_configmap("query { anything { at all } }"), None);
+        assert_eq!(verdict.problems, vec![], "{verdict:?}");
+    }
     #[test]
     fn urls_and_actions_follow_the_tenant_quota() {
         let verdict = Validator::new().validate(

@@ -110,15 +110,11 @@ pub async fn run(
     monitor.fields = triggers::referenced_fields(&monitor.rules);
 
     // The admission checks again: objects stored before the webhook, or past it.
-    let verdict = monitor.ctx.validator.validate(&app, None);
-    let invalid = (!verdict.accepted()).then(|| {
-        verdict
-            .problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    });
+    let problems = monitor.ctx.recheck(&app);
+    let invalid = (!problems.is_empty()).then(|| problems.join("; "));
+    // A schema ConfigMap can change without the TargetApp changing: while only
+    // the schema makes it invalid, it is checked again every tick.
+    let schema_may_heal = over_quota.is_none() && app.spec.schema.config_map_ref.is_some();
     let invalid = match over_quota {
         Some(why) => {
             monitor
@@ -136,7 +132,15 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => monitor.write_status(invalid.as_deref()).await,
+                _ = tick.tick() => {
+                    if schema_may_heal && !app.spec.suspend && monitor.ctx.recheck(&app).is_empty() {
+                        tracing::info!(namespace = %monitor.namespace, tapp = %monitor.name,
+                            "the schema ConfigMap now accepts the spec; polling");
+                        monitor.discovered = false;
+                        break;
+                    }
+                    monitor.write_status(invalid.as_deref()).await;
+                }
             }
         }
     }
@@ -619,11 +623,17 @@ impl Monitor {
         }
         // /stats follows status: on change, and at the refresh period.
         self.publish_stats(&next);
+        // A bounded number of status writes at once (each holds an apiserver
+        // connection). This loop never waits for a turn: while it waited, its poll
+        // reports would queue, and a firing seen late is recorded late (a replica
+        // stopped meanwhile loses it). Without a permit, the write is tried again
+        // at the next tick, with the status of that moment.
+        let Ok(_permit) = self.ctx.status_writes.try_acquire() else {
+            self.ctx.metrics.status_writes_deferred.inc();
+            return;
+        };
         let api: Api<TargetApp> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let patch = serde_json::json!({ "status": next });
-        // A bounded number of status writes at once (each holds an apiserver
-        // connection): thousands of TargetApps starting together queue here.
-        let _permit = self.ctx.status_writes.acquire().await;
         match api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -44,6 +44,8 @@ pub struct Context {
     pub dispatcher: crate::actions::Dispatcher,
     /// The same checks as admission, for TargetApps stored before (or without) it.
     pub validator: Arc<crate::admission::Validator>,
+    /// Schema ConfigMaps and ServiceAccount names, as admission reads them.
+    pub caches: crate::admission::cache::Caches,
     /// Outbound clients for user-supplied URLs, under the tenant's endpoint policy.
     pub egress: crate::tenancy::Egress,
     /// Each namespace's quota and budgets.
@@ -164,6 +166,7 @@ impl Context {
                 crate::admission::Validator::with_tenants(tenants.clone(), egress.clone())
                     .with_action_accounts(settings.action_accounts.clone()),
             ),
+            caches: crate::admission::cache::Caches::default(),
             tenants,
             dispatcher,
             egress,
@@ -180,6 +183,20 @@ impl Context {
             actions: tokio_util::task::TaskTracker::new(),
             webhook_ready: Arc::default(),
         }))
+    }
+
+    /// What admission would say of `app` now, with the schema of its `configMapRef`
+    /// from the same cache (a stored TargetApp may predate the webhooks or have
+    /// passed them while they were down): each problem as `path: reason`.
+    pub fn recheck(&self, app: &TargetApp) -> Vec<String> {
+        let mut problems = Vec::new();
+        let custom = self.caches.schema_of(app).unwrap_or_else(|why| {
+            problems.push(format!("spec.schema.configMapRef: {why}"));
+            None
+        });
+        let verdict = self.validator.validate(app, custom.as_deref());
+        problems.extend(verdict.problems.iter().map(ToString::to_string));
+        problems
     }
 }
 
@@ -202,9 +219,10 @@ pub async fn run(
     mut ownership: watch::Receiver<Ownership>,
     cancel: CancellationToken,
 ) {
-    // The TenantQuotas decide what is valid and where polls may go: nothing is
-    // checked or polled under the default quota before they are known.
-    while !ctx.tenants.synced() {
+    // The TenantQuotas decide what is valid and where polls may go, and schema
+    // ConfigMaps what a query may ask: nothing is checked or polled before both
+    // are known.
+    while !(ctx.tenants.synced() && ctx.caches.synced()) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
@@ -290,9 +308,7 @@ pub async fn run(
         }
     }
     let keys: Vec<String> = shard.running.keys().cloned().collect();
-    for k in keys {
-        stop(&ctx, &mut shard.running, &k).await;
-    }
+    stop_all(&ctx, &mut shard.running, keys).await;
 }
 
 /// The TargetApps this replica knows, and the tasks it runs for those it owns.
@@ -406,7 +422,7 @@ impl Shard {
 
     /// Starts and stops tasks after an ownership change.
     async fn rebalance(&mut self, ctx: &Arc<Context>) {
-        let (mut acquired, mut released) = (0, 0);
+        let (mut acquired, mut released) = (0, Vec::new());
         let keys: Vec<String> = self.apps.keys().cloned().collect();
         for k in keys {
             let Some(app) = self.apps.get(&k).cloned() else {
@@ -419,10 +435,14 @@ impl Shard {
                 let namespace = app.metadata.namespace.clone().unwrap_or_default();
                 self.refresh(ctx, &namespace).await;
             } else if !owned && runs {
-                released += 1;
-                stop(ctx, &mut self.running, &k).await;
+                released.push(k);
             }
         }
+        let released = {
+            let n = released.len() as u64;
+            stop_all(ctx, &mut self.running, released).await;
+            n
+        };
         if acquired + released > 0 {
             tracing::info!(acquired, released, members = ?self.owns.members(), "shard hand-off");
             ctx.metrics
@@ -574,15 +594,40 @@ fn quota_version(quota: &crate::tenancy::Effective) -> u64 {
 }
 
 async fn stop(ctx: &Arc<Context>, running: &mut HashMap<String, Running>, k: &str) {
-    if let Some(old) = running.remove(k) {
-        old.cancel.cancel();
-        let _ = old.handle.await;
+    stop_all(ctx, running, [k.to_owned()]).await;
+}
+
+/// Stops the tasks of `keys` together: all are told at once, then awaited, so
+/// that a hand-off of many TargetApps takes as long as the slowest one, not the
+/// sum of them (a replica that keeps polling what it handed off doubles the work
+/// of the moment, and the new owners fence against it meanwhile).
+async fn stop_all(
+    ctx: &Arc<Context>,
+    running: &mut HashMap<String, Running>,
+    keys: impl IntoIterator<Item = String>,
+) {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut stopping = Vec::new();
+    for k in &keys {
+        if let Some(old) = running.remove(k) {
+            old.cancel.cancel();
+            stopping.push((k.as_str(), old.handle));
+        }
+    }
+    let stopped = futures::future::join_all(stopping.into_iter().map(|(k, handle)| async move {
+        let _ = handle.await;
+        k
+    }))
+    .await;
+    for k in stopped {
         tracing::info!(targetapp = %k, "stopped monitoring");
     }
-    if let Some((namespace, name)) = k.split_once('/') {
-        ctx.metrics.forget_targetapp(namespace, name);
-    }
-    if let Ok(mut stats) = ctx.stats.write() {
-        stats.remove(k);
+    for k in &keys {
+        if let Some((namespace, name)) = k.split_once('/') {
+            ctx.metrics.forget_targetapp(namespace, name);
+        }
+        if let Ok(mut stats) = ctx.stats.write() {
+            stats.remove(k);
+        }
     }
 }
