@@ -207,6 +207,12 @@ impl Membership {
         let mut unreadable = false;
         let mut grace_until: Option<Instant> = None;
         let mut waited_for_others = false;
+        // At start, the first ownership waits until two reads of the members one
+        // renew period apart agree (three reads at most): replicas started together
+        // have all registered by then, so none takes every namespace for the
+        // moments before the others appear (and hands most of them off again, its
+        // monitors starting and stopping while the new owners start theirs).
+        let mut settling = Some((0u32, None::<Vec<String>>));
         loop {
             let renewed_now = match self.renew().await {
                 Ok(()) => {
@@ -263,17 +269,25 @@ impl Membership {
                             "every other member's Lease looks expired; waiting one lease duration before moving their namespaces"
                         );
                     }
-                    let next = Ownership::of(&self.me, live);
-                    self.metrics.shard_members.set(next.members().len() as i64);
-                    ownership.send_if_modified(|current| {
-                        if *current == next {
-                            false
-                        } else {
-                            tracing::info!(members = ?next.members(), "shard membership changed");
-                            *current = next;
-                            true
+                    if let Some((reads, previous)) = settling.take() {
+                        let agreed = previous.as_ref() == Some(&live);
+                        if !agreed && reads + 1 < 3 {
+                            settling = Some((reads + 1, Some(live.clone())));
                         }
-                    });
+                    }
+                    if settling.is_none() {
+                        let next = Ownership::of(&self.me, live);
+                        self.metrics.shard_members.set(next.members().len() as i64);
+                        ownership.send_if_modified(|current| {
+                            if *current == next {
+                                false
+                            } else {
+                                tracing::info!(members = ?next.members(), "shard membership changed");
+                                *current = next;
+                                true
+                            }
+                        });
+                    }
                     self.collect_expired(&leases, now).await;
                 }
                 Err(why) => {

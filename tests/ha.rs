@@ -1,6 +1,7 @@
 //! High availability with real `kco run` processes against the local control
 //! plane: one leader at a time, fast fail-over, polling sharded by namespace and
-//! handed off when a replica dies, and one action per firing across kills.
+//! handed off when a replica dies, one action per firing across kills, and hourly
+//! action budgets that restarts do not refill.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -297,6 +298,127 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
             said.join("\n")
         );
     }
+    assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
+}
+
+/// A tenant firing far beyond `maxActionsPerHour` while replicas are killed and
+/// restarted (each restart used to start a full budget): the actions delivered
+/// never exceed the budget, which the ledger Lease counts for every replica.
+#[tokio::test]
+async fn an_hourly_action_budget_holds_through_kills_and_restarts() {
+    let _serial = SERIAL.lock().await;
+    const BUDGET: usize = 5;
+    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
+    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
+    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
+    let cp = ControlPlane::shared();
+    let client = cp.admin().await;
+    let fleet = fleet("ha-budget", 4, |_| {
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+               "serviceAccountName": "kco-actions",
+               "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
+                            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
+                            "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "CATCHUP"}}]})
+    })
+    .await;
+    // One tenant over the four namespaces, with its budget.
+    let tenant = format!("budget-{}", std::process::id());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for ns in fleet.nodes.keys() {
+        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
+        namespaces
+            .patch(
+                ns,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tenant": tenant}}})),
+            )
+            .await
+            .unwrap();
+    }
+    let quotas: Api<kco::tenancy::TenantQuota> = Api::all(client.clone());
+    let quota: kco::tenancy::TenantQuota = serde_json::from_value(json!({
+        "metadata": {"name": tenant},
+        "spec": {"namespaceSelector": {"matchLabels": {"tenant": tenant}},
+                 "maxActionsPerHour": BUDGET}
+    }))
+    .unwrap();
+    quotas.create(&Default::default(), &quota).await.unwrap();
+    let cidr = format!("{receiver_ip}/32");
+    let resolve = format!("hooks.example.com={receiver_ip}");
+    let mut replicas = Replicas::start(
+        kco(),
+        "ha-budget-leases",
+        3,
+        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
+
+    // Every node turns CATCHUP every other cycle (4 firings each time), and a
+    // replica is killed (or stopped) and restarted every cycle.
+    let states = [SyncStatus::Synced, SyncStatus::Catchup];
+    let mut firings = 0usize;
+    for cycle in 0..12 {
+        let state = states[(cycle + 1) % 2];
+        for addr in fleet.nodes.values() {
+            let patch = StatePatch {
+                sync_status: Some(state),
+                ..StatePatch::default()
+            };
+            fleet.sim.patch_state(*addr, patch).await.unwrap();
+        }
+        if state == SyncStatus::Catchup {
+            firings += fleet.nodes.len();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = fastrand::usize(..3);
+        replicas.kill(victim, if cycle % 2 == 0 { "KILL" } else { "TERM" });
+        replicas.wait_exit(victim).await;
+        replicas.spawn(victim);
+        replicas.wait_ready(victim).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let delivered: BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &replicas.lease_ns);
+    let ledger = leases
+        .get(&kco::tenancy::ledger::lease_name(&format!(
+            "quota/{tenant}"
+        )))
+        .await
+        .unwrap();
+    let times: Vec<i64> = serde_json::from_str(
+        &ledger.metadata.annotations.unwrap()[kco::tenancy::ledger::TIMES_ANNOTATION],
+    )
+    .unwrap();
+    println!(
+        "{firings} firings, budget {BUDGET}: {} actions delivered, {} slots in the ledger",
+        delivered.len(),
+        times.len()
+    );
+    quotas.delete(&tenant, &Default::default()).await.unwrap();
+    assert!(
+        firings > 3 * BUDGET,
+        "the tenant fired far beyond its budget"
+    );
+    assert!(
+        delivered.len() <= BUDGET,
+        "{} actions in the hour, budget {BUDGET}",
+        delivered.len()
+    );
+    assert!(
+        times.len() <= BUDGET && times.len() >= delivered.len(),
+        "the ledger counts every action and no more than the budget: {times:?}"
+    );
+    assert!(
+        delivered.len() >= 2,
+        "the budget is spent on actions, not lost to the restarts: {}",
+        delivered.len()
+    );
     assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
 }
 

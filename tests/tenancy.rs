@@ -466,6 +466,72 @@ async fn poll_budgets_throttle_one_tenant_and_not_the_other() {
         "{note}"
     );
     a.wait_event(20, "ActionSkipped", "actions per hour").await;
+    // The budget is checked before the firing is recorded: the skipped firing
+    // cost no status write.
+    let firings = a.status().await.firings;
+    assert!(
+        firings.iter().any(|f| f.target == "mina-0"),
+        "the firing that ran is recorded: {firings:?}"
+    );
+    assert!(
+        !firings.iter().any(|f| f.target == "mina-1"),
+        "the firing over the budget is not: {firings:?}"
+    );
+    // A dry run spends the budget like an action: it is no way around it.
+    let mut dry = spec.clone();
+    dry["dryRun"] = json!(true);
+    a.apply(dry).await;
+    a.set_state(2, SyncStatus::Offline).await;
+    let note = a.wait_event(30, "QuotaExceeded", "mina-2").await;
+    assert!(note.contains("actions per hour"), "{note}");
+}
+
+/// A TargetApp asking for an hour-long poll timeout against a node that never
+/// answers: its polls are cut at the tenant's ceiling, so the slow answer holds
+/// a connection (and its bytes) for seconds, not an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_timeout_is_cut_at_the_tenants_ceiling() {
+    let _serial = SERIAL.lock().await;
+    let mut bed = Bed::new("tq-timeout", 1).await;
+    let tenant = format!("slow-{}", std::process::id());
+    label(bed.cp, &bed.ns, "tenant", &tenant).await;
+    apply_quota(
+        bed.cp,
+        &tenant,
+        json!({"namespaceSelector": {"matchLabels": {"tenant": tenant}}, "maxPollTimeoutSeconds": 2}),
+    )
+    .await;
+    bed.start_operator(|s| {
+        s.namespace = None;
+        s.graphql_max_retries = 0;
+    })
+    .await;
+    bed.sim
+        .set_faults(
+            bed.nodes[0],
+            kco::simulator::Faults {
+                hang: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+                     "timeoutSeconds": 3600}),
+    )
+    .await;
+    // Without the ceiling the first poll would wait an hour; with it, the target
+    // fails its poll after the tenant's 2 s.
+    bed.wait_status(30, "the hung target failed on a timeout", |s| {
+        s.targets
+            .first()
+            .and_then(|t| t.last_error.as_deref())
+            .is_some_and(|e| e.contains("no answer within 2s"))
+    })
+    .await;
+    let quotas: Api<TenantQuota> = Api::all(bed.client.clone());
+    quotas.delete(&tenant, &Default::default()).await.unwrap();
 }
 
 /// GraphQL requests the bed's nodes received since their counters were reset.

@@ -15,7 +15,8 @@ use serde_json::Value;
 use super::{ActionContext, ActionError, Outcome, Params, Registry, params};
 use crate::monitor::status::record_firing;
 use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
-use crate::tenancy::{Egress, Tenants};
+use crate::tenancy::ledger::{Ledger, Refused};
+use crate::tenancy::{ActionBudget, Egress, Tenants};
 
 /// How many times the fence re-reads after a conflict caused by other status writes.
 const FENCE_ATTEMPTS: usize = 10;
@@ -226,6 +227,8 @@ pub struct Dispatcher {
     /// Each tenant's quota (allowed actions, action budget) and outbound HTTP.
     tenants: Arc<Tenants>,
     egress: Egress,
+    /// Where each tenant's actions of the last hour are counted, for every replica.
+    ledger: Option<Ledger>,
 }
 
 impl Dispatcher {
@@ -247,6 +250,53 @@ impl Dispatcher {
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
             default_timeout,
+            ledger: None,
+        }
+    }
+
+    /// Counts actions against `maxActionsPerHour` in `ledger` (without one, a
+    /// tenant whose quota sets a budget has no action run).
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Takes a slot of the tenant's hourly budget for an action in `namespace`, or
+    /// says why not; waits (bounded) while the apiserver is unavailable.
+    async fn take_budget(&self, namespace: &str) -> Result<(), String> {
+        let Some(budget) = self.tenants.action_budget(namespace) else {
+            return Ok(());
+        };
+        let ActionBudget {
+            tenant,
+            per_hour,
+            named,
+        } = budget;
+        if per_hour == 0 {
+            return Err(format!("{named} allows no actions"));
+        }
+        let Some(ledger) = &self.ledger else {
+            return Err(format!(
+                "{named} limits actions to {per_hour} per hour and this replica has no action ledger"
+            ));
+        };
+        let taken = (|| ledger.take(&tenant, per_hour, Timestamp::now().as_second()))
+            .retry(patience(FENCE_PATIENCE))
+            .when(|r: &Refused| matches!(r, Refused::Unavailable(_)))
+            .await;
+        match taken {
+            Ok(()) => Ok(()),
+            Err(Refused::UsedUp { frees_at, .. }) => {
+                let next = Timestamp::from_second(frees_at)
+                    .map(|t| format!("; the next frees at {t}"))
+                    .unwrap_or_default();
+                Err(format!(
+                    "{named} allows {per_hour} actions per hour and they are used up{next}"
+                ))
+            }
+            Err(Refused::Unavailable(why) | Refused::Unreadable(why)) => Err(format!(
+                "{named} limits actions to {per_hour} per hour and {why}"
+            )),
         }
     }
 
@@ -455,9 +505,16 @@ impl Dispatcher {
         )))
     }
 
-    /// Fences `firing` and, if it is ours, runs its action, then records that it
-    /// finished.
+    /// Takes the tenant's budget, fences `firing` and, if it is ours, runs its
+    /// action, then records that it finished.
     pub async fn dispatch(&self, firing: Firing) -> Result<Dispatched, ActionError> {
+        let dry_run = firing.app.spec.dry_run;
+        let namespace = firing.app.namespace().unwrap_or_default();
+        // The tenant's budget first, dry runs included: a tenant over it costs the
+        // apiserver no status write (and a dry run is no way around it).
+        if let Err(why) = self.take_budget(&namespace).await {
+            return Ok(Dispatched::Skipped(Skip::QuotaExceeded { why }));
+        }
         // A firing seen while the apiserver is down is not lost: the fence waits for
         // it (bounded), and then decides on fresh status as always.
         let fired_at = match (|| self.fence(&firing))
@@ -468,32 +525,22 @@ impl Dispatcher {
             Ok(at) => at,
             Err(skip) => return Ok(Dispatched::Skipped(skip)),
         };
-        let dry_run = firing.app.spec.dry_run;
-        let namespace = firing.app.namespace().unwrap_or_default();
-        let outcome = match (!dry_run)
-            .then(|| self.tenants.action_permit(&namespace))
-            .transpose()
-        {
-            Err(why) => Dispatched::Skipped(Skip::QuotaExceeded { why }),
-            Ok(_) => {
-                let started = std::time::Instant::now();
-                // An action that is safe to repeat (see `Action::resumable`) is tried
-                // again while the apiserver is unavailable (reading its Secrets).
-                let resumable = self
-                    .registry
-                    .get(firing.rule.action.as_str())
-                    .is_some_and(|a| a.resumable());
-                let result = (|| self.run(&firing, fired_at, dry_run))
-                    .retry(patience(FINISH_PATIENCE))
-                    .when(|e: &ActionError| resumable && e.is_transient())
-                    .await;
-                Dispatched::Ran {
-                    result,
-                    dry_run,
-                    duration: started.elapsed(),
-                    fired_at,
-                }
-            }
+        let started = std::time::Instant::now();
+        // An action that is safe to repeat (see `Action::resumable`) is tried
+        // again while the apiserver is unavailable (reading its Secrets).
+        let resumable = self
+            .registry
+            .get(firing.rule.action.as_str())
+            .is_some_and(|a| a.resumable());
+        let result = (|| self.run(&firing, fired_at, dry_run))
+            .retry(patience(FINISH_PATIENCE))
+            .when(|e: &ActionError| resumable && e.is_transient())
+            .await;
+        let outcome = Dispatched::Ran {
+            result,
+            dry_run,
+            duration: started.elapsed(),
+            fired_at,
         };
         let finished = (|| self.finish(&firing.app, &firing.rule_name, &firing.target, fired_at))
             .retry(patience(FINISH_PATIENCE))

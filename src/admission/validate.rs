@@ -209,8 +209,17 @@ impl Validator {
                 ),
             );
         }
-        if spec.timeout_seconds == Some(0) {
-            v.refuse("spec.timeoutSeconds", "must be at least 1 second");
+        match spec.timeout_seconds {
+            Some(0) => v.refuse("spec.timeoutSeconds", "must be at least 1 second"),
+            // Cut, not refused: a cluster admin who lowers the ceiling must not
+            // fail every TargetApp stored with the default.
+            Some(t) if t > quota.max_poll_timeout_seconds => v.warnings.push(format!(
+                "spec.timeoutSeconds: {t}s is above the longest poll of {}s that {} allows; polls are cut at {}s",
+                quota.max_poll_timeout_seconds,
+                quota.named(),
+                quota.max_poll_timeout_seconds
+            )),
+            _ => {}
         }
         if let Some(account) = &spec.service_account_name {
             if let Err(why) = crate::names::subdomain(account) {
@@ -569,6 +578,32 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("serviceAccountName"))
         );
+    }
+
+    #[test]
+    fn a_poll_timeout_above_the_ceiling_is_cut_with_a_warning() {
+        let v = Validator::new();
+        let spec = |t: u32| {
+            app(json!({"selector": {"matchLabels": {"app": "mina"}}, "timeoutSeconds": t}))
+        };
+        let long = v.validate(&spec(300), None);
+        assert!(long.accepted(), "{long:?}");
+        assert!(
+            long.warnings
+                .iter()
+                .any(|w| w.starts_with("spec.timeoutSeconds")
+                    && w.contains(&format!(
+                        "cut at {}s",
+                        crate::tenancy::quota::DEFAULT_MAX_POLL_TIMEOUT_SECONDS
+                    ))),
+            "{long:?}"
+        );
+        let short = v.validate(&spec(30), None);
+        assert!(
+            short.accepted() && !short.warnings.iter().any(|w| w.contains("timeoutSeconds")),
+            "{short:?}"
+        );
+        assert!(!v.validate(&spec(0), None).accepted());
     }
 
     #[test]

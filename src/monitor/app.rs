@@ -21,6 +21,7 @@ use super::status;
 use super::target::{Gate, Polled, Report, Route, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
 use crate::actions::{ActionError, Dispatched, Firing, Skip};
+use crate::events::queue::Pushed;
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::triggers::{self, FieldPath, Rule};
@@ -74,10 +75,17 @@ pub async fn run(
         .polling_interval
         .map(|s| Duration::from_secs(u64::from(s)))
         .unwrap_or(ctx.settings.default_polling_interval);
+    // Never longer than the tenant's ceiling: a slow answer holds a connection and
+    // its bytes for the whole timeout.
+    let ceiling = ctx
+        .tenants
+        .effective(&app.namespace().unwrap_or_default())
+        .max_poll_timeout_seconds;
     let timeout = spec
         .timeout_seconds
         .map(|s| Duration::from_secs(u64::from(s)))
-        .unwrap_or(ctx.settings.graphql_timeout);
+        .unwrap_or(ctx.settings.graphql_timeout)
+        .min(Duration::from_secs(u64::from(ceiling)));
     let rules = triggers::compile(&spec.actions).unwrap_or_default();
     let mut monitor = Monitor {
         reference: app.object_ref(&()),
@@ -729,12 +737,20 @@ fn publish(
             related: Some(app.clone()),
         });
     }
+    let tenant = ctx.tenants.effective(namespace).tenant(namespace);
     for notice in notices {
-        if ctx.events.try_send(notice).is_err() {
-            ctx.metrics
+        match ctx.events.push(&tenant, !reason.is_routine(), notice) {
+            Pushed::Queued => {}
+            Pushed::OverBudget => ctx
+                .metrics
+                .throttled
+                .with_label_values(&[namespace, "event"])
+                .inc(),
+            Pushed::QueuedDroppingOlder | Pushed::Full => ctx
+                .metrics
                 .errors
                 .with_label_values(&["event_dropped"])
-                .inc();
+                .inc(),
         }
     }
 }

@@ -23,12 +23,13 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::election::Leadership;
+use crate::events::queue::FairQueue;
 use crate::events::{Notice, Recorder};
 use crate::metrics::Metrics;
 use crate::shard::Ownership;
@@ -53,8 +54,9 @@ pub struct Context {
     pub poller: poll::Poller,
     pub metrics: Metrics,
     pub settings: Settings,
-    /// Events to publish; a full queue drops (and counts) rather than slows polling.
-    pub events: mpsc::Sender<Notice>,
+    /// Events to publish, queued per tenant and taken in turn; a tenant over its
+    /// share drops its own (counted) rather than slows polling or another tenant.
+    pub events: Arc<FairQueue<Notice>>,
     pub stats: Arc<RwLock<BTreeMap<String, AppStats>>>,
     /// True once the TargetApp list has been read and the shard membership is known.
     pub ready: Arc<AtomicBool>,
@@ -126,10 +128,12 @@ impl Context {
             &settings.instance,
         )?;
         let recorder = Recorder::new(client.clone(), &settings.instance, metrics.clone());
-        let (events, mut queue) = mpsc::channel::<Notice>(4096);
+        let events = Arc::new(FairQueue::new());
+        let queue = Arc::downgrade(&events);
         let publish_metrics = metrics.clone();
         tokio::spawn(async move {
-            while let Some(notice) = queue.recv().await {
+            // Ends with the context (the queue's last owner).
+            while let Some((_, notice)) = FairQueue::next(&queue).await {
                 if let Err(e) = recorder.publish(notice).await {
                     publish_metrics
                         .errors
@@ -157,7 +161,11 @@ impl Context {
             settings.action_execution_timeout,
             tenants.clone(),
             egress.clone(),
-        );
+        )
+        .with_ledger(crate::tenancy::ledger::Ledger::new(
+            client.clone(),
+            &settings.lease_namespace,
+        ));
         let pods = pods::PodWatches::new(client.clone(), metrics.clone());
         Ok(Arc::new(Self {
             pods,

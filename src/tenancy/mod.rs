@@ -8,6 +8,7 @@
 pub mod address;
 pub mod egress;
 pub mod endpoint;
+pub mod ledger;
 pub mod quota;
 pub mod services;
 pub mod tenants;
@@ -15,7 +16,7 @@ pub mod tenants;
 pub use egress::{Apiserver, DnsOverrides, Egress};
 pub use endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach};
 pub use quota::{Effective, TenantQuota, TenantQuotaSpec};
-pub use tenants::Tenants;
+pub use tenants::{ActionBudget, Tenants};
 
 /// The actions a tenant may use unless its quota says otherwise: every built-in
 /// action except `exec_command`, which runs commands inside pods and must be

@@ -69,6 +69,13 @@ pub struct TenantQuotaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_action_seconds: Option<u32>,
+    /// Longest one poll attempt may take, in seconds: a TargetApp's
+    /// `timeoutSeconds` (or GRAPHQL_TIMEOUT) above it is cut to it, with a warning
+    /// at admission (default ceiling: 60). A slow answer holds a connection and its
+    /// bytes for that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_poll_timeout_seconds: Option<u32>,
     /// Where absolute GraphQL endpoints may point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_policy: Option<EndpointPolicySpec>,
@@ -125,6 +132,10 @@ pub struct Usage {
     pub fullest_count: u32,
 }
 
+/// The longest poll attempt (`timeoutSeconds`) when no TenantQuota of the
+/// namespace sets `maxPollTimeoutSeconds` (a quota may set it lower or higher).
+pub const DEFAULT_MAX_POLL_TIMEOUT_SECONDS: u32 = 60;
+
 /// The limits that apply to one namespace, with the TenantQuotas they come from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
@@ -135,6 +146,9 @@ pub struct Effective {
     pub max_actions_per_hour: Option<u32>,
     pub max_replicas: Option<u32>,
     pub max_action_seconds: Option<u32>,
+    /// Longest poll attempt (`timeoutSeconds`): the lowest the quotas set, or
+    /// [`DEFAULT_MAX_POLL_TIMEOUT_SECONDS`] when none does.
+    pub max_poll_timeout_seconds: u32,
     /// The TenantQuotas that select the namespace (empty: the default quota).
     pub sources: Vec<String>,
 }
@@ -150,6 +164,7 @@ impl Effective {
             max_actions_per_hour: None,
             max_replicas: None,
             max_action_seconds: None,
+            max_poll_timeout_seconds: DEFAULT_MAX_POLL_TIMEOUT_SECONDS,
             sources: Vec::new(),
         }
     }
@@ -221,6 +236,7 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let mut poll_ceiling = None;
     for (name, q) in quotas {
         e.sources.push(name.clone());
         e.max_target_apps = min(e.max_target_apps, q.max_target_apps);
@@ -235,7 +251,10 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         e.max_actions_per_hour = min(e.max_actions_per_hour, q.max_actions_per_hour);
         e.max_replicas = min(e.max_replicas, q.max_replicas);
         e.max_action_seconds = min(e.max_action_seconds, q.max_action_seconds);
+        poll_ceiling = min(poll_ceiling, q.max_poll_timeout_seconds);
     }
+    // The quotas' ceiling (the lowest set), above the default or below it.
+    e.max_poll_timeout_seconds = poll_ceiling.unwrap_or(DEFAULT_MAX_POLL_TIMEOUT_SECONDS);
     e.sources.sort();
     if let Some(combined) = quotas
         .iter()
@@ -383,6 +402,9 @@ pub fn check(spec: &TenantQuotaSpec, known_actions: &[&str]) -> Vec<String> {
     }
     if spec.max_action_seconds == Some(0) {
         problems.push("spec.maxActionSeconds: must be at least 1 second".to_owned());
+    }
+    if spec.max_poll_timeout_seconds == Some(0) {
+        problems.push("spec.maxPollTimeoutSeconds: must be at least 1 second".to_owned());
     }
     if let Some(rate) = spec.max_polls_per_second
         && !(rate.is_finite() && rate > 0.0)
@@ -537,6 +559,41 @@ mod tests {
         let b = effective(&Quota::default(), &named(&backward)).quota;
         assert_eq!(a, b, "the order of the quotas changed the result");
         a
+    }
+
+    #[test]
+    fn the_poll_timeout_ceiling_is_the_lowest_set_or_the_default() {
+        let ceiling = |set: &[Option<u32>]| {
+            let quotas: Vec<(String, TenantQuotaSpec)> = set
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let spec = TenantQuotaSpec {
+                        max_poll_timeout_seconds: *t,
+                        ..TenantQuotaSpec::default()
+                    };
+                    (format!("q{i}"), spec)
+                })
+                .collect();
+            effective(&Quota::default(), &quotas).max_poll_timeout_seconds
+        };
+        assert_eq!(ceiling(&[]), DEFAULT_MAX_POLL_TIMEOUT_SECONDS);
+        assert_eq!(ceiling(&[None]), DEFAULT_MAX_POLL_TIMEOUT_SECONDS);
+        assert_eq!(ceiling(&[Some(5)]), 5);
+        assert_eq!(ceiling(&[Some(300)]), 300, "a cluster admin may raise it");
+        assert_eq!(ceiling(&[Some(300), None, Some(20)]), 20);
+        assert_eq!(ceiling(&[Some(20), Some(300)]), 20);
+        assert!(
+            check(
+                &TenantQuotaSpec {
+                    max_poll_timeout_seconds: Some(0),
+                    ..TenantQuotaSpec::default()
+                },
+                &[]
+            )
+            .iter()
+            .any(|p| p.starts_with("spec.maxPollTimeoutSeconds"))
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The tenants this replica serves: the TenantQuotas and namespace labels (from
 //! watches), the effective quota of each namespace, and the run-time budgets —
-//! a token bucket per tenant for polls (a throttled poll waits) and an hourly
-//! bucket for actions (a throttled action is skipped). A tenant's budget is split
-//! across replicas by the share of its namespaces each one polls, so that the
-//! sum over the replicas is the quota.
+//! a token bucket per tenant for polls (a throttled poll waits), split across
+//! replicas by the share of its namespaces each one polls so that the sum over the
+//! replicas is the quota, and each tenant's hourly action budget, counted
+//! cluster-wide in the action ledger (a throttled action is skipped).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -25,6 +25,16 @@ use super::quota::{Effective, TenantQuota, TenantQuotaSpec, effective, selects};
 
 type Labels = BTreeMap<String, String>;
 
+/// A tenant's hourly action budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionBudget {
+    /// The ledger's key for the tenant.
+    pub tenant: String,
+    pub per_hour: u32,
+    /// The quota, for messages ("TenantQuota a").
+    pub named: String,
+}
+
 /// Tenants, quotas and budgets; shared by admission, monitoring and actions.
 pub struct Tenants {
     default: Quota,
@@ -35,7 +45,6 @@ pub struct Tenants {
     /// This replica's share of each tenant (1.0 when absent).
     shares: RwLock<BTreeMap<String, f64>>,
     polls: moka::sync::Cache<String, Arc<PollGate>>,
-    actions: moka::sync::Cache<String, Arc<DefaultDirectRateLimiter>>,
     synced: AtomicBool,
 }
 
@@ -55,7 +64,6 @@ impl Tenants {
             apps: RwLock::default(),
             shares: RwLock::default(),
             polls: cache(),
-            actions: cache(),
             synced: AtomicBool::new(false),
         })
     }
@@ -204,27 +212,16 @@ impl Tenants {
         started.elapsed()
     }
 
-    /// Takes one action from `namespace`'s tenant's hourly budget, or says why not.
-    pub fn action_permit(&self, namespace: &str) -> Result<(), String> {
+    /// `namespace`'s tenant's hourly action budget, if its quota sets one. It is
+    /// counted cluster-wide in the action ledger ([`super::ledger`]), not split
+    /// across replicas.
+    pub fn action_budget(&self, namespace: &str) -> Option<ActionBudget> {
         let e = self.effective(namespace);
-        let Some(per_hour) = e.max_actions_per_hour else {
-            return Ok(());
-        };
-        if per_hour == 0 {
-            return Err(format!("{} allows no actions", e.named()));
-        }
-        let tenant = e.tenant(namespace);
-        let share = self.share(&tenant);
-        let budget = f64::from(per_hour) * share;
-        let key = format!("{tenant}@{budget:.4}");
-        let limiter = self.actions.get_with(key, || {
-            Arc::new(RateLimiter::direct(per_second(budget / 3600.0, budget)))
-        });
-        limiter.check().map_err(|_| {
-            format!(
-                "{} allows {per_hour} actions per hour and they are used up",
-                e.named()
-            )
+        let per_hour = e.max_actions_per_hour?;
+        Some(ActionBudget {
+            tenant: e.tenant(namespace),
+            per_hour,
+            named: e.named(),
         })
     }
 
@@ -353,20 +350,22 @@ mod tests {
     }
 
     #[test]
-    fn the_action_budget_runs_out() {
+    fn the_action_budget_is_the_tenants_whole_quota_on_every_replica() {
         let t = tenants();
-        for _ in 0..3 {
-            assert_eq!(t.action_permit("blue-1"), Ok(()));
-        }
-        let why = t.action_permit("blue-1").unwrap_err();
-        assert!(
-            why.contains("TenantQuota blue allows 3 actions per hour"),
-            "{why}"
+        // Whatever this replica's share of the tenant: the ledger counts for all.
+        t.set_shares(BTreeMap::from([("quota/blue".to_owned(), 0.25)]));
+        assert_eq!(
+            t.action_budget("blue-1"),
+            Some(ActionBudget {
+                tenant: "quota/blue".to_owned(),
+                per_hour: 3,
+                named: "TenantQuota blue".to_owned()
+            })
         );
         assert_eq!(
-            t.action_permit("other"),
-            Ok(()),
-            "other tenants are not affected"
+            t.action_budget("other"),
+            None,
+            "the default quota sets none"
         );
     }
 

@@ -16,6 +16,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::metrics::Metrics;
 
+pub mod queue;
+
 /// Why an Event was published. The names are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -52,6 +54,16 @@ impl Reason {
         matches!(
             self,
             Self::PollFailed | Self::TriggerFired | Self::ActionFailed | Self::QuotaExceeded
+        )
+    }
+
+    /// Routine: what happens all the time (a state changed, a target came or answered
+    /// again). The others tell of firings, actions, failures and quotas: what on-call
+    /// reads, kept first when a tenant's Events are too many.
+    pub fn is_routine(self) -> bool {
+        matches!(
+            self,
+            Self::TargetDiscovered | Self::StateChanged | Self::PollRecovered
         )
     }
 
