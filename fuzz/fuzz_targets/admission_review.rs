@@ -4,8 +4,9 @@
 //!
 //! Invariants: every answer is a 200 AdmissionReview whose response carries the
 //! request's uid, or a 400 with an error when (and only when) the body is not a
-//! v1 review with a request (uid, kind, operation; nothing else is read, so depth
-//! elsewhere, the old object's included, does not matter); a refusal always says
+//! v1 review with a request (uid, kind, operation, userInfo when present; nothing
+//! else is read, so depth elsewhere, the old object's included, does not matter;
+//! a userInfo whose strings are not UTF-8 is a bad body); a refusal always says
 //! why and never "internal error"; a defaulting patch is base64 JSONPatch that
 //! applies to the object, writes exactly the defaults, and defaulting the patched
 //! object changes nothing.
@@ -17,6 +18,7 @@ use std::sync::{Arc, LazyLock};
 
 use base64::Engine as _;
 use kco::admission::Validator;
+use kco::admission::access::UserInfo;
 use kco::admission::cache::Caches;
 use kco::admission::defaults::{self, Defaults};
 use kco::admission::review::{Admission, Hook, MAX_REVIEW_BYTES};
@@ -63,6 +65,7 @@ struct Review {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Request {
     uid: String,
     #[allow(dead_code)] // read to be required, as the webhooks require it
@@ -74,6 +77,9 @@ struct Request {
     namespace: Option<String>,
     #[serde(default)]
     object: Option<Box<RawValue>>,
+    #[allow(dead_code)] // read: the webhooks check who may use an action account
+    #[serde(default)]
+    user_info: UserInfo,
 }
 
 impl Request {

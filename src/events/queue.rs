@@ -26,6 +26,9 @@ pub const PER_TENANT: usize = 512;
 pub const ROUTINE_PER_SECOND: u32 = 10;
 /// ...and at once.
 pub const ROUTINE_BURST: u32 = 200;
+/// Tenants remembered with nothing waiting (for their budgets) before the idle
+/// ones are forgotten: namespaces come and go.
+const REMEMBERED: usize = 10_000;
 
 /// What became of a pushed notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +93,9 @@ impl<T> FairQueue<T> {
             return Pushed::Full;
         };
         let routine = self.routine;
+        if state.tenants.len() >= REMEMBERED && !state.tenants.contains_key(tenant) {
+            state.tenants.retain(|_, t| !t.waiting.is_empty());
+        }
         let queue = state
             .tenants
             .entry(tenant.to_owned())
@@ -245,6 +251,22 @@ mod tests {
         // Another tenant has a budget of its own.
         assert_eq!(queue.push("u", false, 0), Pushed::Queued);
         assert_eq!(queue.len(), 56);
+    }
+
+    #[test]
+    fn idle_tenants_are_forgotten_and_waiting_ones_kept() {
+        let queue = FairQueue::with_bounds(4, 1000, 1000);
+        for i in 0..REMEMBERED - 1 {
+            queue.push(&format!("gone-{i}"), true, i);
+            assert!(queue.try_pop().is_some());
+        }
+        queue.push("waiting", true, 1);
+        assert_eq!(queue.state.lock().unwrap().tenants.len(), REMEMBERED);
+        // One more tenant: the idle ones are forgotten, the waiting one is not.
+        queue.push("new", true, 2);
+        assert_eq!(queue.state.lock().unwrap().tenants.len(), 2);
+        let left: Vec<(String, usize)> = std::iter::from_fn(|| queue.try_pop()).collect();
+        assert_eq!(left, [("waiting".to_owned(), 1), ("new".to_owned(), 2)]);
     }
 
     #[tokio::test]
