@@ -1,7 +1,9 @@
 //! Memory and schedule under hostile endpoints: healthy targets polled once a
 //! second through KCO's poll loops, alone and beside targets that trickle, send
 //! 100 MB, nest 100,000 levels, send invalid UTF-8, redirect, answer 429, present
-//! an untrusted certificate or never answer.
+//! an untrusted certificate or never answer; and beside 500 targets of another
+//! tenant that each send a body just under the cap, slowly, with and without the
+//! bound on bytes in flight.
 //!
 //! ```text
 //! cargo bench --bench hostile
@@ -22,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kco::monitor::inflight::{DEFAULT_REPLICA_BYTES, DEFAULT_TENANT_BYTES, InFlight};
 use kco::monitor::poll::Poller;
 use kco::monitor::target::{Report, Schedule, poll_loop};
 use kco::simulator::Faults;
@@ -33,9 +36,27 @@ use tokio_util::sync::CancellationToken;
 /// Hostile targets of a scenario: URL scheme and faults.
 type Hostile = Vec<(&'static str, Faults)>;
 
-/// The scenarios: name, hostile targets, response cap.
-fn scenarios() -> Vec<(&'static str, Hostile, u64)> {
+/// One scenario: name, hostile targets, response cap, and whether the two tenants
+/// (healthy and hostile) read their bodies within their shares of the bytes in
+/// flight (`monitor::inflight`, default sizes).
+type Scenario = (&'static str, Hostile, u64, bool);
+
+/// The scenarios.
+fn scenarios() -> Vec<Scenario> {
     let mib = 1024 * 1024;
+    // A body just under the cap, sent in 64 KiB pieces 200 ms apart: it holds its
+    // reader's buffer (1 MiB once grown) until the 2 s timeout cuts it.
+    let slow_mib = || {
+        (
+            "http",
+            Faults {
+                body_bytes: Some(1_000_000),
+                trickle_ms: 200,
+                trickle_bytes: Some(64 * 1024),
+                ..Default::default()
+            },
+        )
+    };
     let huge = || Faults {
         body_bytes: Some(100_000_000),
         ..Default::default()
@@ -94,17 +115,31 @@ fn scenarios() -> Vec<(&'static str, Hostile, u64)> {
         ),
     ];
     vec![
-        ("healthy only", Vec::new(), mib),
-        ("+ one of each hostile", every, mib),
+        ("healthy only", Vec::new(), mib, false),
+        ("+ one of each hostile", every, mib, false),
         (
             "+ 20 x 100 MB",
             (0..20).map(|_| ("http", huge())).collect(),
             mib,
+            false,
         ),
         (
             "+ 20 x 100 MB, 64 MiB cap",
             (0..20).map(|_| ("http", huge())).collect(),
             64 * mib,
+            false,
+        ),
+        (
+            "+ 500 x 1 MB slowly, one tenant, no bytes-in-flight bound",
+            (0..500).map(|_| slow_mib()).collect(),
+            mib,
+            false,
+        ),
+        (
+            "+ 500 x 1 MB slowly, one tenant, within its share",
+            (0..500).map(|_| slow_mib()).collect(),
+            mib,
+            true,
         ),
     ]
 }
@@ -167,7 +202,7 @@ fn main() {
         "| scenario | response cap | peak RSS MiB | healthy polls/s | healthy lateness p99 ms | healthy failures | hostile failures by reason |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (index, (name, _, cap)) in scenarios().iter().enumerate() {
+    for (index, (name, _, cap, _)) in scenarios().iter().enumerate() {
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--single", &index.to_string()])
             .args(["--healthy", &a.healthy.to_string()])
@@ -254,7 +289,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
     kco::tls::install_crypto_provider();
-    let (_, hostile, cap) = scenarios().swap_remove(index);
+    let (_, hostile, cap, shares) = scenarios().swap_remove(index);
     let sim = simulator(healthy + hostile.len());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut targets = Vec::new();
@@ -272,6 +307,12 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
     }
 
     let poller = Poller::new(cap, 0, "kco-bench").unwrap();
+    let inflight = InFlight::new(DEFAULT_REPLICA_BYTES, DEFAULT_TENANT_BYTES);
+    let poller_of = |healthy: bool| match (shares, healthy) {
+        (false, _) => poller.clone(),
+        (true, true) => poller.clone().with_share(inflight.share("healthy")),
+        (true, false) => poller.clone().with_share(inflight.share("hostile")),
+    };
     let schedule = Schedule {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
@@ -284,7 +325,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
         .filter(|(h, _)| *h)
         .map(|(_, u)| u.clone())
         .collect();
-    for (_, url) in &targets {
+    for (healthy, url) in &targets {
         tokio::spawn(poll_loop(
             kco::monitor::target::Polled {
                 target: url.clone(),
@@ -292,7 +333,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
                 route: kco::monitor::target::Route::Pod,
             },
             schedule.clone(),
-            poller.clone(),
+            poller_of(*healthy),
             None,
             tx.clone(),
             cancel.clone(),

@@ -23,6 +23,15 @@ pub struct RunArgs {
     /// Largest GraphQL response body read, in bytes; a larger one fails the poll.
     #[arg(long, env = "GRAPHQL_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
     pub graphql_max_response_bytes: u64,
+    /// Bytes all GraphQL responses being read on this replica may hold together;
+    /// a poll that would need more is throttled.
+    #[arg(long, env = "GRAPHQL_MAX_BYTES_IN_FLIGHT", default_value_t = crate::monitor::inflight::DEFAULT_REPLICA_BYTES)]
+    pub graphql_max_bytes_in_flight: u64,
+    /// Bytes one tenant's GraphQL responses being read may hold together (its
+    /// share of GRAPHQL_MAX_BYTES_IN_FLIGHT); a poll that would need more is
+    /// throttled, and other tenants are not.
+    #[arg(long, env = "GRAPHQL_MAX_BYTES_IN_FLIGHT_PER_TENANT", default_value_t = crate::monitor::inflight::DEFAULT_TENANT_BYTES)]
+    pub graphql_max_bytes_in_flight_per_tenant: u64,
     /// Seconds between polls for TargetApps that do not set pollingInterval.
     #[arg(long, env = "DEFAULT_POLLING_INTERVAL", default_value_t = 30)]
     pub default_polling_interval: u32,
@@ -150,6 +159,8 @@ pub struct Settings {
     pub graphql_timeout: Duration,
     pub graphql_max_retries: u32,
     pub max_response_bytes: u64,
+    /// Bytes in flight: (the replica's, each tenant's).
+    pub bytes_in_flight: (u64, u64),
     pub default_polling_interval: Duration,
     pub action_execution_timeout: Duration,
     pub admin_address: SocketAddr,
@@ -236,6 +247,19 @@ impl Settings {
             a.graphql_max_response_bytes,
             (1024..=64 * 1024 * 1024).contains(&a.graphql_max_response_bytes),
             "must be 1 KiB..=64 MiB",
+        )?;
+        check(
+            "GRAPHQL_MAX_BYTES_IN_FLIGHT_PER_TENANT",
+            a.graphql_max_bytes_in_flight_per_tenant,
+            a.graphql_max_bytes_in_flight_per_tenant >= a.graphql_max_response_bytes,
+            "must be at least GRAPHQL_MAX_RESPONSE_BYTES (one whole response)",
+        )?;
+        check(
+            "GRAPHQL_MAX_BYTES_IN_FLIGHT",
+            a.graphql_max_bytes_in_flight,
+            (a.graphql_max_bytes_in_flight_per_tenant..=1 << 40)
+                .contains(&a.graphql_max_bytes_in_flight),
+            "must be at least GRAPHQL_MAX_BYTES_IN_FLIGHT_PER_TENANT (and at most 1 TiB)",
         )?;
         check(
             "DEFAULT_POLLING_INTERVAL",
@@ -433,6 +457,10 @@ impl Settings {
             graphql_timeout: Duration::from_secs(a.graphql_timeout),
             graphql_max_retries: a.graphql_max_retries,
             max_response_bytes: a.graphql_max_response_bytes,
+            bytes_in_flight: (
+                a.graphql_max_bytes_in_flight,
+                a.graphql_max_bytes_in_flight_per_tenant,
+            ),
             default_polling_interval: Duration::from_secs(u64::from(a.default_polling_interval)),
             action_execution_timeout: Duration::from_secs(a.action_execution_timeout),
             admin_address: SocketAddr::new(a.admin_bind_address, a.metrics_port),
@@ -449,6 +477,10 @@ impl Settings {
             graphql_timeout: Duration::from_secs(2),
             graphql_max_retries: 1,
             max_response_bytes: 1024 * 1024,
+            bytes_in_flight: (
+                crate::monitor::inflight::DEFAULT_REPLICA_BYTES,
+                crate::monitor::inflight::DEFAULT_TENANT_BYTES,
+            ),
             default_polling_interval: Duration::from_secs(1),
             action_execution_timeout: Duration::from_secs(5),
             admin_address: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -499,6 +531,7 @@ mod tests {
         assert_eq!(s.graphql_timeout, Duration::from_secs(10));
         assert_eq!(s.graphql_max_retries, 2);
         assert_eq!(s.max_response_bytes, 1024 * 1024);
+        assert_eq!(s.bytes_in_flight, (256 << 20, 32 << 20));
         assert_eq!(s.default_polling_interval, Duration::from_secs(30));
         assert_eq!(s.admin_address.port(), 8080);
         assert_eq!(s.instance, "kco-7f9c-abcde");
@@ -544,6 +577,19 @@ mod tests {
             (
                 &["--graphql-max-response-bytes", "10"][..],
                 "GRAPHQL_MAX_RESPONSE_BYTES",
+            ),
+            (
+                &["--graphql-max-bytes-in-flight-per-tenant", "1024"][..],
+                "GRAPHQL_MAX_BYTES_IN_FLIGHT_PER_TENANT",
+            ),
+            (
+                &[
+                    "--graphql-max-bytes-in-flight",
+                    "2000000",
+                    "--graphql-max-bytes-in-flight-per-tenant",
+                    "3000000",
+                ][..],
+                "GRAPHQL_MAX_BYTES_IN_FLIGHT",
             ),
             (
                 &["--default-polling-interval", "0"][..],

@@ -167,7 +167,7 @@ impl Metrics {
             throttle_wait,
             throttled: counter(
                 "operator_kco_tenant_throttled_total",
-                "Polls delayed (kind=poll), actions skipped (kind=action) and Events dropped (kind=event) by a tenant's budget.",
+                "Polls delayed (kind=poll), actions skipped (kind=action), Events dropped (kind=event) and polls stopped for their bytes in flight (kind=response_bytes) by a tenant's budget.",
                 &["namespace", "kind"],
             )?,
             webhook_requests,

@@ -59,6 +59,79 @@ fn render(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
     ok(out, "helm template")
 }
 
+/// The kco container's literal environment in a rendered chart.
+fn operator_env(text: &str) -> Vec<(String, String)> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the chart renders a Deployment");
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let kco = containers.iter().find(|c| c["name"] == "kco").unwrap();
+    kco["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_charts_settings_are_ones_kco_accepts() {
+    // Helm reads numbers in values as floats: a setting rendered as "1.048576e+06"
+    // stops every replica at start, which no test of the bare manifests sees.
+    let cp = ControlPlane::shared();
+    let big = [
+        "--set",
+        "polling.maxResponseBytes=67108864",
+        "--set",
+        "polling.maxBytesInFlightPerTenant=134217728",
+        "--set",
+        "polling.maxBytesInFlight=1099511627776",
+    ];
+    for args in [&[][..], &big[..]] {
+        let env = operator_env(&render(cp, "kco-system", args));
+        assert!(
+            env.iter().any(|(k, _)| k == "GRAPHQL_MAX_BYTES_IN_FLIGHT"),
+            "{env:?}"
+        );
+        let mut kco = Command::new(env!("CARGO_BIN_EXE_kco"));
+        kco.arg("run")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("POD_NAME", "kco-0")
+            .env("POD_NAMESPACE", "kco-system")
+            .env("KUBECONFIG", cp.dir.join("no-such-kubeconfig"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = kco.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            match child.try_wait().unwrap() {
+                Some(status) => break Some(status),
+                None if Instant::now() > deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Exit code 2 is a setting KCO refuses (or cannot parse); past the settings,
+        // this KCO stops for want of a cluster, or keeps trying to reach one.
+        assert!(
+            status.is_none_or(|s| s.code() != Some(2)),
+            "the chart's settings {args:?} are refused: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_chart_lints_and_carries_the_generated_crds() {
     let cp = ControlPlane::shared();

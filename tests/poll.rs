@@ -363,3 +363,40 @@ async fn a_webhook_client_follows_no_redirect_where_a_graphql_client_would() {
     assert!(answer.status().is_redirection(), "{}", answer.status());
     assert_eq!(sim.node(second).await.unwrap().requests, 0);
 }
+
+#[tokio::test]
+async fn a_body_beyond_its_tenants_share_is_throttled_and_gives_its_bytes_back() {
+    let (sim, addr, poller) = bed().await;
+    // 300 KB sent in 64 KiB pieces: its buffer grows to 512 KiB.
+    sim.set_faults(
+        addr,
+        Faults {
+            body_bytes: Some(300_000),
+            trickle_ms: 20,
+            trickle_bytes: Some(64 * 1024),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let inflight = kco::monitor::inflight::InFlight::new(4 << 20, 256 * 1024);
+    let small = poller.clone().with_share(inflight.share("small"));
+    let report = small
+        .poll(&url(addr), DEFAULT_STATE_QUERY, Duration::from_secs(5))
+        .await;
+    let Err(PollFailure::Throttled(why)) = &report.result else {
+        panic!("expected a throttled poll: {:?}", report.result);
+    };
+    assert!(why.contains("share of 262144 bytes"), "{why}");
+    assert_eq!(report.attempts, 1, "a throttled poll is not retried");
+    assert_eq!(inflight.held(), 0, "the bytes taken are given back");
+
+    // The same body within a larger share is read whole, and its bytes given back.
+    let inflight = kco::monitor::inflight::InFlight::new(4 << 20, 1 << 20);
+    let large = poller.with_share(inflight.share("large"));
+    let report = large
+        .poll(&url(addr), DEFAULT_STATE_QUERY, Duration::from_secs(5))
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert_eq!(inflight.held(), 0);
+}

@@ -667,3 +667,133 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
         .await
         .unwrap();
 }
+
+/// The sum of the `metric` series whose labels contain every one of `labels`.
+fn series_sum(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_bytes_in_flight_is_throttled_and_another_is_not() {
+    let _serial = SERIAL.lock().await;
+    // Tenant B: 2 healthy nodes behind Ready pods.
+    let mut b = Bed::new("tq-bytes-quiet", 2).await;
+    // Tenant A: 12 TargetApps of one node whose 900 KB bodies arrive in 64 KiB
+    // pieces a quarter of a second apart: each poll holds up to 1 MiB for 3-4 s.
+    let greedy = b.cp.namespace("tq-bytes-greedy").await;
+    let slow_ip = std::net::IpAddr::V4(support::fixtures::loopback_ip());
+    let slow = b
+        .sim
+        .add_node(
+            (slow_ip, support::fixtures::MINA_GRAPHQL_PORT).into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap();
+    b.sim
+        .set_faults(
+            slow.address,
+            kco::simulator::Faults {
+                body_bytes: Some(900_000),
+                trickle_ms: 250,
+                trickle_bytes: Some(64 * 1024),
+                ..kco::simulator::Faults::default()
+            },
+        )
+        .await
+        .unwrap();
+    let host = format!("slow.{greedy}.svc");
+    b.start_operator(|s| {
+        s.namespace = None;
+        s.graphql_max_retries = 0;
+        s.max_response_bytes = 1024 * 1024;
+        // Each tenant may hold 3 MiB of bodies being read; the replica 16 MiB.
+        s.bytes_in_flight = (16 << 20, 3 << 20);
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(slow_ip)];
+        s.dns_overrides = vec![(host.clone(), slow_ip)];
+    })
+    .await;
+    let url = format!("http://{host}:{}/graphql", slow.address.port());
+    let apps: Api<TargetApp> = Api::namespaced(b.client.clone(), &greedy);
+    for i in 0..12 {
+        apps.create(
+            &PostParams::default(),
+            &targetapp(
+                &format!("slow-{i}"),
+                json!({"graphqlEndpoint": url, "pollingInterval": 2, "timeoutSeconds": 10}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    b.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    b.wait_status(60, "2/2", |s| s.targets_ready.as_deref() == Some("2/2"))
+        .await;
+
+    // Tenant A is told, on its own TargetApps, that KCO stopped its polls.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), &greedy);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let throttled = loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        if let Some(note) = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("PollThrottled"))
+            .find_map(|e| e.message.clone())
+        {
+            break note;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no PollThrottled Event in {greedy}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        throttled.contains("share of 3145728 bytes"),
+        "the Event names the share: {throttled}"
+    );
+
+    // Tenant B's polls over the next 10 s all succeed, none throttled.
+    let quiet = format!("namespace=\"{}\"", b.ns);
+    let before = b.metrics().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = b.metrics().await;
+    let polls =
+        |m: &str, result: &str| series_sum(m, "operator_kco_tapp_polls_total", &[&quiet, result]);
+    let ok = polls(&after, "result=\"success\"") - polls(&before, "result=\"success\"");
+    let failed = polls(&after, "result=\"failure\"") - polls(&before, "result=\"failure\"");
+    println!("tenant B: {ok} polls in 10 s, {failed} failed");
+    assert!(ok >= 2.0 * 8.0, "tenant B kept its schedule: {ok} polls");
+    assert_eq!(failed, 0.0, "tenant B's polls all succeeded");
+    assert_eq!(
+        series_sum(&after, "operator_kco_tenant_throttled_total", &[&quiet]),
+        0.0,
+        "tenant B was never throttled"
+    );
+    let greedy_label = format!("namespace=\"{greedy}\"");
+    assert!(
+        series_sum(
+            &after,
+            "operator_kco_tenant_throttled_total",
+            &[&greedy_label, "kind=\"response_bytes\""]
+        ) > 0.0,
+        "tenant A's throttled polls are counted"
+    );
+    assert!(
+        series_sum(
+            &after,
+            "operator_kco_tapp_polls_total",
+            &[&greedy_label, "result=\"success\""]
+        ) > 0.0,
+        "tenant A's polls within its share still get through"
+    );
+    apps.delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+}

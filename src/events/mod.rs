@@ -26,6 +26,7 @@ pub enum Reason {
     StateChanged,
     PollFailed,
     PollRecovered,
+    PollThrottled,
     TriggerFired,
     ActionSucceeded,
     ActionFailed,
@@ -41,6 +42,7 @@ impl Reason {
             Self::StateChanged => "StateChanged",
             Self::PollFailed => "PollFailed",
             Self::PollRecovered => "PollRecovered",
+            Self::PollThrottled => "PollThrottled",
             Self::TriggerFired => "TriggerFired",
             Self::ActionSucceeded => "ActionSucceeded",
             Self::ActionFailed => "ActionFailed",
@@ -53,7 +55,11 @@ impl Reason {
     pub fn is_warning(self) -> bool {
         matches!(
             self,
-            Self::PollFailed | Self::TriggerFired | Self::ActionFailed | Self::QuotaExceeded
+            Self::PollFailed
+                | Self::PollThrottled
+                | Self::TriggerFired
+                | Self::ActionFailed
+                | Self::QuotaExceeded
         )
     }
 
@@ -71,7 +77,9 @@ impl Reason {
     fn action(self) -> &'static str {
         match self {
             Self::TargetDiscovered | Self::TargetLost => "Discover",
-            Self::StateChanged | Self::PollFailed | Self::PollRecovered => "Poll",
+            Self::StateChanged | Self::PollFailed | Self::PollRecovered | Self::PollThrottled => {
+                "Poll"
+            }
             Self::TriggerFired => "Evaluate",
             Self::ActionSucceeded | Self::ActionFailed | Self::ActionSkipped => "Act",
             Self::QuotaExceeded => "Admit",

@@ -253,6 +253,7 @@ impl Monitor {
                 tenants: self.ctx.tenants.clone(),
                 namespace: self.namespace.clone(),
                 metrics: self.ctx.metrics.clone(),
+                inflight: self.ctx.inflight.clone(),
             };
             tokio::spawn(poll_loop(
                 Polled {
@@ -350,6 +351,21 @@ impl Monitor {
                             target.name(),
                             failure.reason()
                         ),
+                        Some(&target),
+                    )
+                    .await;
+                }
+                Observed::Throttled(failure) => {
+                    self.ctx
+                        .metrics
+                        .throttled
+                        .with_label_values(&[self.namespace.as_str(), "response_bytes"])
+                        .inc();
+                    tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
+                        correlation_id = %report.correlation_id, error = %failure, "poll throttled");
+                    self.notify(
+                        Reason::PollThrottled,
+                        format!("polling {} was stopped: {failure}", target.name()),
                         Some(&target),
                     )
                     .await;

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod discovery;
+pub mod inflight;
 pub mod pods;
 pub mod poll;
 pub mod state;
@@ -70,6 +71,8 @@ pub struct Context {
     pub actions: tokio_util::task::TaskTracker,
     /// One pod watch per namespace, shared by its TargetApps.
     pub pods: pods::PodWatches,
+    /// Bytes the poll bodies being read may hold, per tenant and in all.
+    pub inflight: inflight::InFlight,
     /// Permits for status writes in flight ([`STATUS_WRITES`]).
     pub status_writes: tokio::sync::Semaphore,
     /// Whether this replica leads (for `/stats` and leader-only work).
@@ -170,6 +173,10 @@ impl Context {
         Ok(Arc::new(Self {
             pods,
             status_writes: tokio::sync::Semaphore::new(STATUS_WRITES),
+            inflight: inflight::InFlight::new(
+                settings.bytes_in_flight.0,
+                settings.bytes_in_flight.1,
+            ),
             validator: Arc::new(
                 crate::admission::Validator::with_tenants(tenants.clone(), egress.clone())
                     .with_action_accounts(settings.action_accounts.clone()),

@@ -4,13 +4,16 @@
 //! A hostile target cannot hold more than the response cap in memory (the body is
 //! read chunk by chunk and dropped at the cap), nor a poll longer than its timeout
 //! (one deadline covers the headers and the body), nor the parser's stack (nesting
-//! is counted while reading, before anything is parsed).
+//! is counted while reading, before anything is parsed). All bodies being read
+//! together are bounded too, per tenant and per replica ([`super::inflight`]).
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value;
 use tokio::time::Instant;
+
+use super::inflight::{Held, Share};
 
 /// Why a poll failed. `reason()` is a bounded label for metrics and Events; the
 /// Display text is for the message (never a response body).
@@ -52,6 +55,10 @@ pub enum PollFailure {
     /// The tenant's endpoint policy refuses the target (checked before every poll).
     #[error("not allowed by the tenant's endpoint policy: {0}")]
     NotAllowed(String),
+    /// The body would take more than the bytes left to its tenant (or replica) for
+    /// responses being read: the poll stops, telling nothing of the target.
+    #[error("throttled: {0}")]
+    Throttled(String),
 }
 
 impl PollFailure {
@@ -75,6 +82,7 @@ impl PollFailure {
             Self::NotGraphql => "not_graphql",
             Self::GraphqlErrors(_) => "graphql_errors",
             Self::NotAllowed(_) => "not_allowed",
+            Self::Throttled(_) => "throttled",
         }
     }
 
@@ -97,6 +105,7 @@ impl PollFailure {
         "not_graphql",
         "graphql_errors",
         "not_allowed",
+        "throttled",
     ];
 
     /// Whether trying again soon may help. A slow body would be as slow again, and a
@@ -150,6 +159,8 @@ pub struct Poller {
     max_bytes: u64,
     max_retries: u32,
     first_backoff: Duration,
+    /// Where bodies take their bytes from (none: only the response cap bounds them).
+    share: Option<Share>,
 }
 
 /// `kco/<version> (<instance>)`.
@@ -181,6 +192,7 @@ impl Poller {
             max_bytes,
             max_retries,
             first_backoff: Duration::from_millis(200),
+            share: None,
         })
     }
 
@@ -188,6 +200,13 @@ impl Poller {
     /// that enforces the tenant's endpoint policy at connect time).
     pub fn with_client(mut self, http: reqwest::Client) -> Self {
         self.http = http;
+        self
+    }
+
+    /// The same poller, its bodies taking their bytes from `share` (a tenant's
+    /// share of the replica's bytes in flight).
+    pub fn with_share(mut self, share: Share) -> Self {
+        self.share = Some(share);
         self
     }
 
@@ -245,14 +264,21 @@ impl Poller {
             return Err(PollFailure::Status(status.as_u16()));
         }
         match tokio::time::timeout_at(deadline, self.read_body(response)).await {
-            Ok(bytes) => parse_response(&bytes?),
+            // The bytes stay taken until the body is parsed.
+            Ok(Ok((bytes, _held))) => parse_response(&bytes),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(PollFailure::SlowBody(timeout)),
         }
     }
 
     /// Reads the body up to the cap, counting nesting as it arrives: never more
     /// than `max_bytes` in memory, and a too-deep body stops at the offending byte.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, PollFailure> {
+    /// The buffer takes its bytes from the share before it grows; they are given
+    /// back when the returned `Held` is dropped.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<(Vec<u8>, Held), PollFailure> {
         if response
             .content_length()
             .is_some_and(|len| len > self.max_bytes)
@@ -262,6 +288,7 @@ impl Poller {
         // Enforced while reading: a body without (or lying about) its length stops at the cap.
         let cap = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         let mut bytes = Vec::new();
+        let mut held = Held::default();
         let mut depth = DepthScanner::default();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             let needed = bytes.len().saturating_add(chunk.len());
@@ -272,11 +299,16 @@ impl Poller {
             if needed > bytes.capacity() {
                 // Doubling, but never past the cap: a poll holds at most `max_bytes`.
                 let target = needed.max(bytes.capacity().saturating_mul(2)).min(cap);
+                if let Some(share) = &self.share {
+                    share
+                        .take(&mut held, target - bytes.capacity())
+                        .map_err(|over| PollFailure::Throttled(over.to_string()))?;
+                }
                 bytes.reserve_exact(target - bytes.len());
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok(bytes)
+        Ok((bytes, held))
     }
 }
 
@@ -589,6 +621,7 @@ mod tests {
             PollFailure::NotGraphql,
             PollFailure::GraphqlErrors(String::new()),
             PollFailure::NotAllowed(String::new()),
+            PollFailure::Throttled(String::new()),
         ];
         let labels: Vec<&str> = every.iter().map(PollFailure::reason).collect();
         assert_eq!(labels, PollFailure::REASONS, "one distinct label each");
@@ -601,5 +634,6 @@ mod tests {
         assert!(!PollFailure::Status(404).retryable());
         assert!(!PollFailure::TooLarge(1).retryable());
         assert!(PollFailure::Timeout(Duration::ZERO).retryable());
+        assert!(!PollFailure::Throttled(String::new()).retryable());
     }
 }

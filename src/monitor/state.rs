@@ -23,6 +23,8 @@ pub struct TargetState {
     pub last_good: Option<Value>,
     pub last_poll: Option<Timestamp>,
     pub last_error: Option<PollFailure>,
+    /// Whether the last poll was throttled (it told nothing of the target).
+    pub throttled: bool,
     /// One firing state per rule, in rule order.
     pub firing: Vec<FiringState>,
 }
@@ -34,6 +36,9 @@ pub enum Observed {
     PollFailed(PollFailure),
     /// `$up` turned true again.
     PollRecovered,
+    /// A poll was throttled after one that was not: KCO, not the target, stopped
+    /// it, so `$up`, the data and every rule stay as they were.
+    Throttled(PollFailure),
     /// A field a trigger references changed.
     StateChanged(Change),
     /// Rule number `rule` fired; its field was `old` in the previous poll and is `new`.
@@ -67,6 +72,7 @@ impl TargetState {
             last_good: None,
             last_poll: None,
             last_error: None,
+            throttled: false,
             firing: rules
                 .iter()
                 .map(|r| FiringState::restored(recorded(&r.name)))
@@ -83,6 +89,16 @@ impl TargetState {
         fields: &BTreeSet<FieldPath>,
         now: Timestamp,
     ) -> Vec<Observed> {
+        if let Err(failure @ PollFailure::Throttled(_)) = result {
+            let first = !self.throttled;
+            self.throttled = true;
+            return if first {
+                vec![Observed::Throttled(failure)]
+            } else {
+                Vec::new()
+            };
+        }
+        self.throttled = false;
         let mut seen = Vec::new();
         let previous_up = self.up;
         let previous_data = if previous_up == Some(true) {
@@ -284,6 +300,46 @@ mod tests {
             "{seen:?}"
         );
         assert_eq!(t.last_error, None);
+    }
+
+    #[test]
+    fn a_throttled_poll_is_told_once_and_changes_nothing() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let target = Target {
+            pod: Some("mina-0".into()),
+            url: "http://x/graphql".into(),
+        };
+        let mut t = TargetState::new(target, &rules, |_| None);
+        assert_eq!(t.observe(ok("SYNCED", 1), &rules, &fields, at(0)), vec![]);
+        let throttled = PollFailure::Throttled("share used".into());
+        assert_eq!(
+            t.observe(Err(throttled.clone()), &rules, &fields, at(1)),
+            vec![Observed::Throttled(throttled.clone())]
+        );
+        assert_eq!(
+            t.observe(Err(throttled.clone()), &rules, &fields, at(2)),
+            vec![],
+            "still throttled: told once"
+        );
+        // Not a failure of the target: `$up` stays true, no rule fired, and the
+        // next poll is compared with the last one that got through.
+        assert_eq!(t.up, Some(true));
+        assert_eq!(t.last_poll, Some(at(0)));
+        let seen = t.observe(ok("OFFLINE", 2), &rules, &fields, at(3));
+        assert!(
+            matches!(&seen[0], Observed::StateChanged(c) if c.old == Some(json!("SYNCED"))),
+            "{seen:?}"
+        );
+        assert!(
+            matches!(seen[1], Observed::Fired { rule: 0, .. }),
+            "{seen:?}"
+        );
+        assert_eq!(
+            t.observe(Err(throttled.clone()), &rules, &fields, at(4)),
+            vec![Observed::Throttled(throttled)],
+            "throttled again after a poll got through: told again"
+        );
     }
 
     #[test]

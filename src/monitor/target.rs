@@ -90,12 +90,14 @@ pub struct Polled {
     pub route: Route,
 }
 
-/// A tenant's poll budget, taken before each poll.
+/// A tenant's poll budget, taken before each poll, and its share of the bytes in
+/// flight, which each poll's body takes from.
 #[derive(Clone)]
 pub struct Gate {
     pub tenants: Arc<crate::tenancy::Tenants>,
     pub namespace: String,
     pub metrics: crate::metrics::Metrics,
+    pub inflight: super::inflight::InFlight,
 }
 
 impl Gate {
@@ -113,6 +115,16 @@ impl Gate {
                 .with_label_values(&[self.namespace.as_str()])
                 .inc_by(waited.as_secs_f64());
         }
+    }
+
+    /// The poller for one poll: its body takes from the share of the namespace's
+    /// tenant of the moment (a changed TenantQuota moves it to its new tenant).
+    fn shared(&self, poller: Poller) -> Poller {
+        let tenant = self
+            .tenants
+            .effective(&self.namespace)
+            .tenant(&self.namespace);
+        poller.with_share(self.inflight.share(&tenant))
     }
 }
 
@@ -156,12 +168,18 @@ pub async fn poll_loop(
                 attempts: 0,
                 duration: Duration::ZERO,
             },
-            Ok(poller) => tokio::select! {
-                _ = cancel.cancelled() => return,
-                // Boxed: the poll's future is large and lives only while polling, so the
-                // loop's own task (one per target, always alive) stays small.
-                report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
-            },
+            Ok(poller) => {
+                let poller = match &gate {
+                    Some(gate) => gate.shared(poller),
+                    None => poller,
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    // Boxed: the poll's future is large and lives only while polling, so the
+                    // loop's own task (one per target, always alive) stays small.
+                    report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
+                }
+            }
         };
         // A rate-limited target's Retry-After (capped) pushes the next poll back.
         let asked = report

@@ -29,6 +29,7 @@
 //! invalidUtf8      200 with JSON holding bytes that are not UTF-8  (replaces the answer)
 //! redirectTo       307 to this absolute URL                        (replaces the answer)
 //! trickleMs        send whatever body one byte at a time, this many ms apart
+//! trickleBytes     with trickleMs: this many bytes at a time (up to 1 MiB)
 //! untrustedTls     serve HTTPS with a self-signed certificate (for connections
 //!                  accepted from then on)
 //! ```

@@ -130,6 +130,9 @@ pub struct Faults {
     /// Send the answer's body one byte at a time, this many milliseconds apart
     /// (the headers go at once). 0: off.
     pub trickle_ms: u64,
+    /// With `trickleMs`: send this many bytes at a time instead of one (a large
+    /// body that arrives slowly, holding its reader's memory as it grows).
+    pub trickle_bytes: Option<u32>,
     /// Answer 200 with a valid JSON body whose arrays nest this many levels deep.
     pub nested_depth: Option<u32>,
     /// Answer 200 with a JSON body holding bytes that are not UTF-8.
@@ -151,6 +154,9 @@ pub const MAX_NESTED_DEPTH: u32 = 1_000_000;
 
 /// The longest `redirectTo` URL.
 pub const MAX_REDIRECT_LEN: usize = 2048;
+
+/// The largest piece of a trickled body.
+pub const MAX_TRICKLE_BYTES: u32 = 1024 * 1024;
 
 /// The slowest trickle: one byte a minute.
 pub const MAX_TRICKLE_MS: u64 = 60_000;
@@ -181,6 +187,13 @@ impl Faults {
             return Err(format!(
                 "trickleMs {} is above the maximum {MAX_TRICKLE_MS}",
                 self.trickle_ms
+            ));
+        }
+        if let Some(bytes) = self.trickle_bytes
+            && !(1..=MAX_TRICKLE_BYTES).contains(&bytes)
+        {
+            return Err(format!(
+                "trickleBytes must be 1..={MAX_TRICKLE_BYTES}, not {bytes}"
             ));
         }
         if let Some(depth) = self.nested_depth
@@ -379,6 +392,16 @@ mod tests {
             },
             Faults {
                 trickle_ms: MAX_TRICKLE_MS + 1,
+                ..Default::default()
+            },
+            Faults {
+                trickle_ms: 10,
+                trickle_bytes: Some(MAX_TRICKLE_BYTES + 1),
+                ..Default::default()
+            },
+            Faults {
+                trickle_ms: 10,
+                trickle_bytes: Some(0),
                 ..Default::default()
             },
         ] {

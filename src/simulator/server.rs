@@ -224,7 +224,8 @@ async fn graphql(
         }
     };
     if faults.trickle_ms > 0 {
-        trickled(response, Duration::from_millis(faults.trickle_ms))
+        let piece = faults.trickle_bytes.map_or(1, |n| n.max(1) as usize);
+        trickled(response, Duration::from_millis(faults.trickle_ms), piece)
     } else {
         response
     }
@@ -235,17 +236,18 @@ fn status_response(code: u16) -> Response {
     (status, format!("simulated HTTP {code}\n")).into_response()
 }
 
-/// The same response with its body sent one byte at a time, `delay` apart.
-fn trickled(response: Response, delay: Duration) -> Response {
+/// The same response with its body sent `piece` bytes at a time, `delay` apart.
+fn trickled(response: Response, delay: Duration, piece: usize) -> Response {
     let (mut parts, body) = response.into_parts();
     // The length no longer says when the body ends: it is chunked now.
     parts.headers.remove(header::CONTENT_LENGTH);
     let bytes = body
         .into_data_stream()
-        .flat_map(|chunk| match chunk {
+        .flat_map(move |chunk| match chunk {
             Ok(chunk) => futures::stream::iter(
                 (0..chunk.len())
-                    .map(move |i| Ok(chunk.slice(i..i + 1)))
+                    .step_by(piece)
+                    .map(move |i| Ok(chunk.slice(i..(i + piece).min(chunk.len()))))
                     .collect::<Vec<_>>(),
             )
             .left_stream(),
