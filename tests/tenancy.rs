@@ -797,3 +797,156 @@ async fn a_tenant_over_its_bytes_in_flight_is_throttled_and_another_is_not() {
         .await
         .unwrap();
 }
+
+#[test]
+fn refusals_name_only_the_tenants_own_bounds() {
+    // A refusal tells the tenant what its own quota allows, never what another
+    // tenant's quota opens (its name, hosts, ceilings or namespaces).
+    let tenants = Tenants::new(Quota::default());
+    tenants.put_namespace("blue", BTreeMap::from([("tenant".into(), "blue".into())]));
+    tenants.put_namespace(
+        "green-private",
+        BTreeMap::from([("tenant".into(), "green".into())]),
+    );
+    tenants.put_quota(
+        "blue",
+        serde_json::from_value(json!({
+            "namespaceSelector": {"matchLabels": {"tenant": "blue"}},
+            "allowedActions": ["webhook", "scale_deployment"],
+            "webhookAllowedHosts": ["hooks.example.com"],
+            "maxReplicas": 3, "maxActionSeconds": 20, "minPollingInterval": 10
+        }))
+        .unwrap(),
+    );
+    tenants.put_quota(
+        "green-secret-quota",
+        serde_json::from_value(json!({
+            "namespaceSelector": {"matchLabels": {"tenant": "green"}},
+            "allowedActions": ["webhook", "restart_pod", "scale_deployment", "patch_resource"],
+            "webhookAllowedHosts": ["green-only.example.org"],
+            "endpointPolicy": {"allowedHosts": ["green-graphql.example.org"], "allowedCIDRs": ["203.0.113.0/24"]},
+            "maxReplicas": 97, "maxActionSeconds": 580, "minPollingInterval": 1
+        }))
+        .unwrap(),
+    );
+    tenants.mark_synced();
+    let egress = Egress::new(
+        tenants.clone(),
+        vec!["10.96.0.1".parse().unwrap()],
+        Arc::default(),
+        "kco-test".into(),
+        None,
+    );
+    let validator = Validator::with_tenants(tenants, egress);
+    let rule = |action: &str, parameters: Value| {
+        json!({"selector": {}, "actions": [{"action": action, "parameters": parameters,
+               "trigger": {"field": "$up", "condition": "equals", "value": false}}]})
+    };
+    let refused = [
+        rule("webhook", json!({"url": "https://evil.example.com/x"})),
+        rule(
+            "webhook",
+            json!({"url": "https://hooks.example.com/x", "timeoutSeconds": 300}),
+        ),
+        rule("restart_pod", json!({})),
+        rule("scale_deployment", json!({"name": "w", "replicas": 50})),
+        json!({"graphqlEndpoint": "https://203.0.113.7/graphql"}),
+        json!({"graphqlEndpoint": "https://graphql.example.net/graphql"}),
+        json!({"selector": {}, "pollingInterval": 2}),
+    ];
+    for spec in refused {
+        let app: TargetApp = serde_json::from_value(json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "x", "namespace": "blue"}, "spec": spec
+        }))
+        .unwrap();
+        let problems: Vec<String> = validator
+            .validate(&app, None)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(!problems.is_empty(), "{spec} should be refused");
+        let text = problems.join("\n");
+        for secret in [
+            "green",
+            "97",
+            "580",
+            "green-only.example.org",
+            "green-graphql",
+            "203.0.113.0/24",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "a refusal of {spec} tells of another tenant's quota ({secret}): {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_tenants_events_drops_none_of_anothers() {
+    let _serial = SERIAL.lock().await;
+    // Tenant B: one node whose going OFFLINE fires a rule.
+    let mut b = Bed::new("tq-events-quiet", 1).await;
+    // Tenant A: 20 nodes polled every second by a rule that reads their uptime,
+    // which changes on every poll: 20 StateChanged a second, on the TargetApp and
+    // on each pod, far over the routine budget of 10 a second.
+    let a = Bed::new("tq-events-flood", 20).await;
+    b.start_operator(|s| s.namespace = None).await;
+    a.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "actions": [{"name": "ancient", "action": "restart_pod", "cooldown": "1h",
+            "trigger": {"field": "daemonStatus.uptimeSecs", "condition": "greaterThan", "value": 1_000_000_000}}]}))
+    .await;
+    b.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "actions": [{"name": "offline", "action": "restart_pod", "cooldown": "1h",
+            "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}}]}))
+    .await;
+    b.wait_status(60, "1/1", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+    // Wait until A's flood is over its budget: its routine Events are dropped.
+    let flooded = format!("namespace=\"{}\"", a.ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = b.metrics().await;
+        if series_sum(
+            &m,
+            "operator_kco_tenant_throttled_total",
+            &[&flooded, "kind=\"event\""],
+        ) > 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tenant A's flood never went over its Event budget"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // While it floods, B's firing is told, on time.
+    b.set_state(0, SyncStatus::Offline).await;
+    let fired = b.wait_event(15, "TriggerFired", "mina-0").await;
+    assert!(fired.contains("rule offline"), "{fired}");
+    // Its action fails (the TargetApp names no service account to act as): that
+    // too is told, not dropped.
+    let failed = b.wait_event(15, "ActionFailed", "mina-0").await;
+    assert!(failed.contains("serviceAccountName"), "{failed}");
+    let quiet = format!("namespace=\"{}\"", b.ns);
+    let m = b.metrics().await;
+    assert_eq!(
+        series_sum(&m, "operator_kco_tenant_throttled_total", &[&quiet]),
+        0.0,
+        "tenant B lost no Event to a budget"
+    );
+    assert!(
+        series_sum(
+            &m,
+            "operator_kco_tenant_throttled_total",
+            &[&flooded, "kind=\"event\""]
+        ) > 0.0
+    );
+    a.apps()
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+}
