@@ -86,11 +86,75 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let client =
         kube::Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
-    let apps: Api<TargetApp> = match &settings.namespace {
+    check_targetapps_readable(&client, settings.namespace.as_deref()).await?;
+
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let apiserver = crate::tenancy::Apiserver::from(apiserver_addresses(&config).await);
+    tokio::spawn(crate::tenancy::services::keep_apiserver_current(
+        client.clone(),
+        apiserver.clone(),
+        cancel.clone(),
+    ));
+    let roles = Roles::new(&client, &settings, &metrics);
+    let tenants = crate::tenancy::Tenants::new(settings.default_quota.clone());
+    tokio::spawn(tenants.clone().run(client.clone(), cancel.clone()));
+    let ctx = Context::new(
+        client,
+        config,
+        settings.clone(),
+        metrics,
+        apiserver,
+        roles.leadership.clone(),
+        tenants,
+    )
+    .context("cannot build the HTTP client")?;
+    // Schema ConfigMaps and ServiceAccounts: admission and the monitor's re-check
+    // read the same caches.
+    tokio::spawn(ctx.caches.clone().run(ctx.client.clone(), cancel.clone()));
+    let webhook_addr = start_webhooks(&ctx, &settings, &cancel).await?;
+    let (admin_addr, admin) = serve_admin(&ctx, &settings, &cancel).await?;
+
+    // The lease tasks stop after monitoring has, so that the shard is left (and the
+    // leader Lease released) only once this replica no longer polls.
+    let leases = CancellationToken::new();
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+    if let Some(e) = roles.election {
+        tasks.push(("leader election", tokio::spawn(e.run(leases.clone()))));
+    }
+    if let Some(m) = roles.membership {
+        let run = m.run(roles.ownership_tx, leases.clone(), ctx.listed.clone());
+        tasks.push(("shard membership", tokio::spawn(run)));
+    }
+    let monitoring = monitor::run(
+        ctx.clone(),
+        settings.namespace.clone(),
+        roles.ownership,
+        cancel.clone(),
+    );
+    let handle = tokio::spawn(until_stopped(
+        ctx.clone(),
+        monitoring,
+        tokio::spawn(admin),
+        tasks,
+        (cancel, leases),
+    ));
+    Ok(Running {
+        admin_addr,
+        webhook_addr,
+        ctx,
+        handle,
+    })
+}
+
+/// Fails fast, with the fix in the message, when the CRD is missing or RBAC is wrong.
+async fn check_targetapps_readable(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    let apps: Api<TargetApp> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // Fail fast, with the fix in the message, when the CRD is missing or RBAC is wrong.
     apps.list(&ListParams::default().limit(1))
         .await
         .map_err(|e| match &e {
@@ -101,92 +165,107 @@ pub async fn start(
             }
             _ => anyhow::anyhow!("cannot list TargetApps: {e}"),
         })?;
+    Ok(())
+}
 
-    let metrics = Metrics::new().context("cannot register metrics")?;
-    let apiserver = crate::tenancy::Apiserver::from(apiserver_addresses(&config).await);
-    tokio::spawn(crate::tenancy::services::keep_apiserver_current(
-        client.clone(),
-        apiserver.clone(),
-        cancel.clone(),
-    ));
+/// This replica's roles: leader or not (the Lease), and which namespaces it polls
+/// (the shard), with the tasks that keep them, not started yet.
+struct Roles {
+    election: Option<Election>,
+    leadership: Leadership,
+    membership: Option<Membership>,
+    ownership_tx: watch::Sender<Ownership>,
+    ownership: watch::Receiver<Ownership>,
+}
 
-    let me = settings.instance.clone();
-    let (election, leadership) = match settings.election {
-        Some(timing) => {
-            let (election, leadership) = Election::new(
+impl Roles {
+    fn new(client: &kube::Client, settings: &Settings, metrics: &Metrics) -> Self {
+        let me = settings.instance.as_str();
+        let (election, leadership) = match settings.election {
+            Some(timing) => {
+                let (election, leadership) = Election::new(
+                    client.clone(),
+                    &settings.lease_namespace,
+                    me,
+                    timing,
+                    metrics.clone(),
+                );
+                (Some(election), leadership)
+            }
+            None => (None, Leadership::never()),
+        };
+        let (ownership_tx, ownership) = watch::channel(match settings.sharding {
+            Some(_) => Ownership::unknown(me),
+            None => Ownership::everything(me),
+        });
+        let membership = settings.sharding.map(|timing| {
+            Membership::new(
                 client.clone(),
                 &settings.lease_namespace,
-                &me,
+                me,
                 timing,
                 metrics.clone(),
-            );
-            (Some(election), leadership)
+                leadership.clone(),
+            )
+        });
+        Self {
+            election,
+            leadership,
+            membership,
+            ownership_tx,
+            ownership,
         }
-        None => (None, Leadership::never()),
-    };
-    let (ownership_tx, ownership) = watch::channel(match settings.sharding {
-        Some(_) => Ownership::unknown(&me),
-        None => Ownership::everything(&me),
-    });
-    let membership = settings.sharding.map(|timing| {
-        Membership::new(
-            client.clone(),
-            &settings.lease_namespace,
-            &me,
-            timing,
-            metrics.clone(),
-            leadership.clone(),
-        )
-    });
+    }
+}
 
-    let tenants = crate::tenancy::Tenants::new(settings.default_quota.clone());
-    tokio::spawn(tenants.clone().run(client.clone(), cancel.clone()));
-    let ctx = Context::new(
-        client,
-        config,
-        settings.clone(),
-        metrics,
-        apiserver,
-        leadership,
-        tenants,
-    )
-    .context("cannot build the HTTP client")?;
-    // Schema ConfigMaps and ServiceAccounts: admission and the monitor's re-check
-    // read the same caches.
-    tokio::spawn(ctx.caches.clone().run(ctx.client.clone(), cancel.clone()));
-    let webhook_addr =
-        match &settings.webhooks {
-            None => {
-                ctx.webhook_ready
-                    .store(true, std::sync::atomic::Ordering::Release);
-                None
-            }
-            Some(hooks) => {
-                let caches = ctx.caches.clone();
-                let admission = crate::admission::review::Admission::new(
-                    ctx.validator.clone(),
-                    ctx.tenants.clone(),
-                    crate::admission::defaults::Defaults {
-                        polling_interval: settings.default_polling_interval.as_secs(),
-                        timeout_seconds: settings.graphql_timeout.as_secs(),
-                    },
-                    caches.clone(),
-                );
-                let webhooks = crate::admission::Webhooks {
-                    settings: hooks.clone(),
-                    namespace: settings.lease_namespace.clone(),
-                    client: ctx.client.clone(),
-                    admission,
-                    caches,
-                    metrics: ctx.metrics.clone(),
-                    leadership: ctx.leadership.clone(),
-                    ready: ctx.webhook_ready.clone(),
-                };
-                Some(webhooks.start(cancel.clone()).await.with_context(|| {
-                    format!("cannot listen on {} (WEBHOOK_PORT)", hooks.address)
-                })?)
-            }
-        };
+/// Starts the admission webhooks when they are on; where they listen.
+async fn start_webhooks(
+    ctx: &Arc<Context>,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(hooks) = &settings.webhooks else {
+        ctx.webhook_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        return Ok(None);
+    };
+    let caches = ctx.caches.clone();
+    let admission = crate::admission::review::Admission::new(
+        ctx.validator.clone(),
+        ctx.tenants.clone(),
+        crate::admission::defaults::Defaults {
+            polling_interval: settings.default_polling_interval.as_secs(),
+            timeout_seconds: settings.graphql_timeout.as_secs(),
+        },
+        caches.clone(),
+    );
+    let webhooks = crate::admission::Webhooks {
+        settings: hooks.clone(),
+        namespace: settings.lease_namespace.clone(),
+        client: ctx.client.clone(),
+        admission,
+        caches,
+        metrics: ctx.metrics.clone(),
+        leadership: ctx.leadership.clone(),
+        ready: ctx.webhook_ready.clone(),
+    };
+    let addr = webhooks
+        .start(cancel.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} (WEBHOOK_PORT)", hooks.address))?;
+    Ok(Some(addr))
+}
+
+/// Binds the admin server (/healthz, /readyz, /metrics, /stats): its address, and
+/// the server to run until `cancel` fires.
+async fn serve_admin(
+    ctx: &Arc<Context>,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+)> {
     let listener = tokio::net::TcpListener::bind(settings.admin_address)
         .await
         .with_context(|| format!("cannot listen on {} (METRICS_PORT)", settings.admin_address))?;
@@ -194,7 +273,6 @@ pub async fn start(
         .local_addr()
         .context("the admin listener has no address")?;
     tracing::info!(address = %admin_addr, instance = %settings.instance, "admin server listening");
-
     let stats_token = read_stats_token(settings.stats_token_file.as_deref())?;
     let admin = axum::serve(
         listener,
@@ -205,84 +283,67 @@ pub async fn start(
         .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(cancel.clone().cancelled_owned());
-    // The lease tasks stop after monitoring has, so that the shard is left (and the
-    // leader Lease released) only once this replica no longer polls.
-    let leases = CancellationToken::new();
-    let election = election.map(|e| tokio::spawn(e.run(leases.clone())));
-    let membership =
-        membership.map(|m| tokio::spawn(m.run(ownership_tx, leases.clone(), ctx.listed.clone())));
-    let monitoring = monitor::run(
-        ctx.clone(),
-        settings.namespace.clone(),
-        ownership,
-        cancel.clone(),
-    );
-    let ctx_for_shutdown = ctx.clone();
-    let handle = tokio::spawn(async move {
-        let admin = tokio::spawn(async move { admin.await });
-        let mut tasks: Vec<(&str, JoinHandle<()>)> = Vec::new();
-        if let Some(e) = election {
-            tasks.push(("leader election", e));
+    Ok((admin_addr, async move { admin.await }))
+}
+
+/// Runs until monitoring ends (`cancel`) or a lease task ends on its own, then
+/// stops in order: monitoring, running actions (bounded), the lease tasks (leaving
+/// the shard and releasing the leader Lease), the admin server.
+async fn until_stopped(
+    ctx: Arc<Context>,
+    monitoring: impl std::future::Future<Output = ()>,
+    admin: JoinHandle<std::io::Result<()>>,
+    mut tasks: Vec<(&'static str, JoinHandle<()>)>,
+    (cancel, leases): (CancellationToken, CancellationToken),
+) -> anyhow::Result<()> {
+    // A lease task that ends on its own (a bug, a panic) leaves this replica unsure
+    // of its role: stop rather than run on.
+    let watch_tasks = async {
+        if tasks.is_empty() {
+            return std::future::pending().await;
         }
-        if let Some(m) = membership {
-            tasks.push(("shard membership", m));
+        let (result, index, _) =
+            futures::future::select_all(tasks.iter_mut().map(|(_, h)| h)).await;
+        let task = tasks.get(index).map_or("lease", |(name, _)| *name);
+        match result {
+            Ok(()) => format!("the {task} task ended unexpectedly"),
+            Err(e) => format!("the {task} task failed: {e}"),
         }
-        // A lease task that ends on its own (a bug, a panic) leaves this replica unsure
-        // of its role: stop rather than run on.
-        let watch_tasks = async {
-            if tasks.is_empty() {
-                return std::future::pending().await;
-            }
-            let (result, index, _) =
-                futures::future::select_all(tasks.iter_mut().map(|(_, h)| h)).await;
-            let task = tasks.get(index).map_or("lease", |(name, _)| *name);
-            match result {
-                Ok(()) => format!("the {task} task ended unexpectedly"),
-                Err(e) => format!("the {task} task failed: {e}"),
-            }
-        };
-        let failed = tokio::select! {
-            _ = monitoring => None,
-            why = watch_tasks => Some(why),
-        };
-        cancel.cancel();
-        // Actions already fenced finish (each is bounded by its timeout) before the
-        // replica leaves the shard: a firing recorded is a firing acted on.
-        ctx_for_shutdown.actions.close();
-        let grace =
-            ctx_for_shutdown.settings.action_execution_timeout + std::time::Duration::from_secs(1);
-        if tokio::time::timeout(grace, ctx_for_shutdown.actions.wait())
-            .await
-            .is_err()
+    };
+    let failed = tokio::select! {
+        _ = monitoring => None,
+        why = watch_tasks => Some(why),
+    };
+    cancel.cancel();
+    // Actions already fenced finish (each is bounded by its timeout) before the
+    // replica leaves the shard: a firing recorded is a firing acted on.
+    ctx.actions.close();
+    let grace = ctx.settings.action_execution_timeout + std::time::Duration::from_secs(1);
+    if tokio::time::timeout(grace, ctx.actions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("actions still running at shutdown were abandoned");
+    }
+    leases.cancel();
+    // Leave the shard and release the leader Lease before exiting.
+    for (name, task) in tasks {
+        if !task.is_finished()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .is_err()
         {
-            tracing::warn!("actions still running at shutdown were abandoned");
+            tracing::warn!(task = name, "did not stop within 5 s");
         }
-        leases.cancel();
-        // Leave the shard and release the leader Lease before exiting.
-        for (name, task) in tasks {
-            if !task.is_finished()
-                && tokio::time::timeout(std::time::Duration::from_secs(5), task)
-                    .await
-                    .is_err()
-            {
-                tracing::warn!(task = name, "did not stop within 5 s");
-            }
-        }
-        if let Some(why) = failed {
-            return Err(anyhow::anyhow!(why));
-        }
-        match admin.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::anyhow!("the admin server failed: {e}")),
-            Err(e) => Err(anyhow::anyhow!("the admin server task failed: {e}")),
-        }
-    });
-    Ok(Running {
-        admin_addr,
-        webhook_addr,
-        ctx,
-        handle,
-    })
+    }
+    if let Some(why) = failed {
+        return Err(anyhow::anyhow!(why));
+    }
+    match admin.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("the admin server failed: {e}")),
+        Err(e) => Err(anyhow::anyhow!("the admin server task failed: {e}")),
+    }
 }
 
 /// `kco run`: starts, then stops cleanly on SIGTERM or Ctrl-C.
