@@ -114,7 +114,7 @@ impl std::fmt::Display for Over {
         match self {
             Self::Tenant(bytes) => write!(
                 f,
-                "the namespace's responses being read already hold its share of {bytes} bytes"
+                "the tenant's responses being read already hold its share of {bytes} bytes"
             ),
             Self::Replica(bytes) => write!(
                 f,
