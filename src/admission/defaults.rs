@@ -1,6 +1,7 @@
 //! Defaulting (the mutating webhook, and `kco validate` before it validates): every
-//! default of DESIGN §2 written into the object, so that what is stored says what
-//! KCO will do. Applying it to its own result changes nothing.
+//! default of the TargetApp reference (docs/targetapp.md) written into the object,
+//! so that what is stored says what KCO will do. Applying it to its own result
+//! changes nothing.
 
 use serde_json::{Map, Value, json};
 

@@ -1,4 +1,4 @@
-//! The endpoint policy (DESIGN §3): where a tenant's user-supplied URLs (absolute
+//! The endpoint policy (docs/tenancy.md): where a tenant's user-supplied URLs (absolute
 //! GraphQL endpoints, webhook actions) may point. It is checked on the URL at
 //! admission and again on every resolved address at connect time, so a name that
 //! resolves to a forbidden address is refused whatever admission saw.
@@ -29,7 +29,7 @@ impl Purpose {
     }
 }
 
-/// A tenant's endpoint policy. The default is DESIGN §3's: GraphQL URLs to Services
+/// A tenant's endpoint policy. The default: GraphQL URLs to Services
 /// of the same namespace, webhook URLs to any public host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointPolicy {

@@ -1,7 +1,7 @@
-//! Tenancy: what each tenant may do. Cluster admins set TenantQuotas (DESIGN §4);
+//! Tenancy: what each tenant may do. Cluster admins set TenantQuotas (docs/tenancy.md);
 //! a namespace none selects gets the operator's default quota. The effective quota
 //! of a namespace decides, at admission, its TargetApp count, minimum interval,
-//! allowed actions, replica ceiling and endpoint policy (DESIGN §3), and at run
+//! allowed actions, replica ceiling and endpoint policy, and at run
 //! time its poll and action budgets; outbound clients enforce the endpoint policy
 //! at connect time.
 
