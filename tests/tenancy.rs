@@ -568,25 +568,15 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
     let mut b = Bed::new("tq-quiet", 10).await;
     // Tenant A: 1,000 TargetApps whose endpoint accepts and never answers.
     let noisy = b.cp.namespace("tq-noisy").await;
-    let hang_ip = std::net::IpAddr::V4(support::fixtures::loopback_ip());
-    let hang = b
-        .sim
-        .add_node(
-            (hang_ip, support::fixtures::MINA_GRAPHQL_PORT).into(),
-            kco::simulator::NodeState::default(),
-        )
-        .await
-        .unwrap();
-    b.sim
-        .set_faults(
-            hang.address,
-            kco::simulator::Faults {
-                hang: true,
-                ..kco::simulator::Faults::default()
-            },
-        )
-        .await
-        .unwrap();
+    let hang = faulty_node(
+        &b,
+        kco::simulator::Faults {
+            hang: true,
+            ..kco::simulator::Faults::default()
+        },
+    )
+    .await;
+    let hang_ip = hang.ip();
     let host = format!("hang.{noisy}.svc");
     b.start_operator(|s| {
         s.namespace = None;
@@ -595,7 +585,7 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
         s.dns_overrides = vec![(host.clone(), hang_ip)];
     })
     .await;
-    let url = format!("http://{host}:{}/graphql", hang.address.port());
+    let url = format!("http://{host}:{}/graphql", hang.port());
     let apps: Api<TargetApp> = Api::namespaced(b.client.clone(), &noisy);
     let creates = futures::stream::iter(0..1000).map(|i| {
         let (apps, url) = (apps.clone(), url.clone());
@@ -638,14 +628,11 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
     let metrics = b.metrics().await;
     let (within_after, count_after) = lateness(&metrics);
     let (within, count) = (within_after - within_before, count_after - count_before);
-    let noisy_polls: f64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("operator_kco_tapp_polls_total")
-                && l.contains(&format!("namespace=\"{noisy}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let noisy_polls = series_sum(
+        &metrics,
+        "operator_kco_tapp_polls_total",
+        &[&format!("namespace=\"{noisy}\"")],
+    );
     println!(
         "tenant B: {count} polls in 20 s, {within} of them less than 1 s late; tenant A: {noisy_polls} hanging polls so far"
     );
@@ -668,6 +655,22 @@ async fn a_noisy_tenant_with_a_thousand_hanging_targets_does_not_delay_another()
         .unwrap();
 }
 
+/// A simulated node on a fresh loopback address of the bed's simulator, answering
+/// with `faults`; no pod leads to it (TargetApps reach it by URL).
+async fn faulty_node(bed: &Bed, faults: kco::simulator::Faults) -> std::net::SocketAddr {
+    let ip = std::net::IpAddr::V4(support::fixtures::loopback_ip());
+    let node = bed
+        .sim
+        .add_node(
+            (ip, support::fixtures::MINA_GRAPHQL_PORT).into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap();
+    bed.sim.set_faults(node.address, faults).await.unwrap();
+    node.address
+}
+
 /// The sum of the `metric` series whose labels contain every one of `labels`.
 fn series_sum(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
     metrics
@@ -685,27 +688,17 @@ async fn a_tenant_over_its_bytes_in_flight_is_throttled_and_another_is_not() {
     // Tenant A: 12 TargetApps of one node whose 900 KB bodies arrive in 64 KiB
     // pieces a quarter of a second apart: each poll holds up to 1 MiB for 3-4 s.
     let greedy = b.cp.namespace("tq-bytes-greedy").await;
-    let slow_ip = std::net::IpAddr::V4(support::fixtures::loopback_ip());
-    let slow = b
-        .sim
-        .add_node(
-            (slow_ip, support::fixtures::MINA_GRAPHQL_PORT).into(),
-            kco::simulator::NodeState::default(),
-        )
-        .await
-        .unwrap();
-    b.sim
-        .set_faults(
-            slow.address,
-            kco::simulator::Faults {
-                body_bytes: Some(900_000),
-                trickle_ms: 250,
-                trickle_bytes: Some(64 * 1024),
-                ..kco::simulator::Faults::default()
-            },
-        )
-        .await
-        .unwrap();
+    let slow = faulty_node(
+        &b,
+        kco::simulator::Faults {
+            body_bytes: Some(900_000),
+            trickle_ms: 250,
+            trickle_bytes: Some(64 * 1024),
+            ..kco::simulator::Faults::default()
+        },
+    )
+    .await;
+    let slow_ip = slow.ip();
     let host = format!("slow.{greedy}.svc");
     b.start_operator(|s| {
         s.namespace = None;
@@ -717,7 +710,7 @@ async fn a_tenant_over_its_bytes_in_flight_is_throttled_and_another_is_not() {
         s.dns_overrides = vec![(host.clone(), slow_ip)];
     })
     .await;
-    let url = format!("http://{host}:{}/graphql", slow.address.port());
+    let url = format!("http://{host}:{}/graphql", slow.port());
     let apps: Api<TargetApp> = Api::namespaced(b.client.clone(), &greedy);
     for i in 0..12 {
         apps.create(

@@ -211,15 +211,20 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    #[test]
-    fn a_poll_sequence_reports_flips_changes_and_firings() {
-        let rules = rules();
-        let fields = referenced_fields(&rules);
+    /// Pod mina-0's target, not polled yet, with nothing recorded earlier.
+    fn unpolled_mina_0(rules: &[Rule]) -> TargetState {
         let target = Target {
             pod: Some("mina-0".into()),
             url: "http://x/graphql".into(),
         };
-        let mut t = TargetState::new(target, &rules, |_| None);
+        TargetState::new(target, rules, |_| None)
+    }
+
+    #[test]
+    fn a_poll_sequence_reports_flips_changes_and_firings() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let mut t = unpolled_mina_0(&rules);
 
         assert_eq!(
             t.observe(ok("SYNCED", 1), &rules, &fields, at(0)),
@@ -306,11 +311,7 @@ mod tests {
     fn a_throttled_poll_is_told_once_and_changes_nothing() {
         let rules = rules();
         let fields = referenced_fields(&rules);
-        let target = Target {
-            pod: Some("mina-0".into()),
-            url: "http://x/graphql".into(),
-        };
-        let mut t = TargetState::new(target, &rules, |_| None);
+        let mut t = unpolled_mina_0(&rules);
         assert_eq!(t.observe(ok("SYNCED", 1), &rules, &fields, at(0)), vec![]);
         let throttled = PollFailure::Throttled("share used".into());
         assert_eq!(
