@@ -1,17 +1,25 @@
-//! Leader election on the Lease `kco-leader` (client-go's semantics): one replica
-//! leads; it renews the Lease every retry period and stops acting as leader once
-//! it could not renew within the renew deadline, which ends before the lease
-//! duration — so a deposed leader stops before anyone else can take over. Every
-//! write to the Lease carries its resourceVersion: of two candidates that see it
-//! expired, exactly one acquires it (see ADR 0004 for why this is not the
+//! Leader election on the Lease `kco-leader`: one replica leads; it renews the
+//! Lease every retry period and stops acting as leader once it could not renew
+//! within the renew deadline, which ends before the lease duration — so a
+//! deposed leader stops before anyone else can take over. Every write to the
+//! Lease carries its resourceVersion: of two candidates that see it expired,
+//! exactly one acquires it (see ADR 0004 for why this is not the
 //! kube-leader-election crate). SIGTERM releases the Lease so a standby leads at once.
+//!
+//! Time is judged as client-go's leader election judges it, never by comparing
+//! clocks: a Lease has expired when *this* replica has seen its record unchanged
+//! for the lease duration, on its own monotonic clock ([`Observations`]); the
+//! `renewTime` a holder writes is for people, not for the decision. The leader
+//! counts its renew deadline from the moment it *sent* its last successful
+//! renewal, so that its own view ends before any other replica's can.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -33,33 +41,70 @@ pub struct Timing {
     pub retry_period: Duration,
 }
 
-/// What a Lease says, as far as deciding goes.
+/// What a Lease says, as far as deciding goes, and how long this replica has
+/// seen it say so.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
     pub holder: Option<String>,
-    pub renewed: Option<Timestamp>,
     pub duration_seconds: Option<i32>,
+    /// How long this replica has read the record unchanged (its observed time).
+    pub unchanged_for: Duration,
 }
 
 impl Held {
-    pub fn of(spec: Option<&LeaseSpec>) -> Self {
+    pub fn of(spec: Option<&LeaseSpec>, unchanged_for: Duration) -> Self {
         Self {
             holder: spec
                 .and_then(|s| s.holder_identity.clone())
                 .filter(|h| !h.is_empty()),
-            renewed: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
             duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
+            unchanged_for,
         }
     }
 
-    /// Whether the Lease is still held at `now`.
-    pub fn live(&self, now: Timestamp) -> bool {
-        match (&self.holder, self.renewed, self.duration_seconds) {
-            (Some(_), Some(renewed), Some(seconds)) => renewed
-                .checked_add(SignedDuration::from_secs(i64::from(seconds)))
-                .is_ok_and(|until| until > now),
+    /// Whether the Lease is still held: it has a holder, and has not stayed
+    /// unchanged for its whole duration in this replica's eyes.
+    pub fn live(&self) -> bool {
+        match (&self.holder, self.duration_seconds) {
+            (Some(_), Some(seconds)) => {
+                self.unchanged_for < Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+            }
             _ => false,
         }
+    }
+}
+
+/// When this replica first read each Lease's record as it reads now: the
+/// observed time of client-go, on the local monotonic clock. A record seen for
+/// the first time counts as just renewed, whatever its `renewTime` says, so a
+/// holder whose clock runs ahead or behind can neither keep a Lease past its
+/// duration nor lose it early.
+#[derive(Debug, Default)]
+pub struct Observations {
+    seen: HashMap<String, (Option<LeaseSpec>, std::time::Instant)>,
+}
+
+impl Observations {
+    /// `name`'s record, read at `now`, with how long it has read the same.
+    pub fn observe(
+        &mut self,
+        name: &str,
+        spec: Option<&LeaseSpec>,
+        now: std::time::Instant,
+    ) -> Held {
+        let unchanged_for = match self.seen.get(name) {
+            Some((seen, since)) if seen.as_ref() == spec => now.saturating_duration_since(*since),
+            _ => {
+                self.seen.insert(name.to_owned(), (spec.cloned(), now));
+                Duration::ZERO
+            }
+        };
+        Held::of(spec, unchanged_for)
+    }
+
+    /// Forgets every Lease but `names` (the others were deleted).
+    pub fn keep_only(&mut self, names: &[&str]) {
+        self.seen.retain(|name, _| names.contains(&name.as_str()));
     }
 }
 
@@ -77,13 +122,13 @@ pub enum Step {
 }
 
 /// The pure decision: what `me` does with the Lease as read (None: absent).
-pub fn decide(lease: Option<&Held>, me: &str, now: Timestamp) -> Step {
+pub fn decide(lease: Option<&Held>, me: &str) -> Step {
     let Some(held) = lease else {
         return Step::Create;
     };
     match &held.holder {
         Some(holder) if holder == me => Step::Renew,
-        Some(holder) if held.live(now) => Step::Follow {
+        Some(holder) if held.live() => Step::Follow {
             holder: holder.clone(),
         },
         _ => Step::Acquire,
@@ -141,6 +186,7 @@ pub struct Election {
     metrics: Metrics,
     leading: watch::Sender<bool>,
     renewed: Arc<Mutex<Option<Instant>>>,
+    observations: Observations,
 }
 
 impl Election {
@@ -168,19 +214,23 @@ impl Election {
                 metrics,
                 leading,
                 renewed,
+                observations: Observations::default(),
             },
             view,
         )
     }
 
     /// Campaigns and leads until `cancel`; then releases the Lease if held.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         self.metrics.leader.set(0);
         let mut last_renewal: Option<Instant> = None;
         loop {
+            // Stamped before the request: the others' view of this renewal starts
+            // when they read it, after it was sent.
+            let attempt = Instant::now();
             match self.try_once().await {
                 Ok(true) => {
-                    last_renewal = Some(Instant::now());
+                    last_renewal = Some(attempt);
                     if let Ok(mut renewed) = self.renewed.lock() {
                         *renewed = last_renewal;
                     }
@@ -233,11 +283,15 @@ impl Election {
     }
 
     /// One round: Ok(true) when we hold the Lease afterwards.
-    async fn try_once(&self) -> Result<bool, kube::Error> {
-        let now = Timestamp::now();
+    async fn try_once(&mut self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(LEADER_LEASE).await?;
-        let held = current.as_ref().map(|l| Held::of(l.spec.as_ref()));
-        match decide(held.as_ref(), &self.me, now) {
+        let held = current.as_ref().map(|l| {
+            self.observations
+                .observe(LEADER_LEASE, l.spec.as_ref(), std::time::Instant::now())
+        });
+        // The time written into the Lease, for people reading it.
+        let now = Timestamp::now();
+        match decide(held.as_ref(), &self.me) {
             Step::Follow { holder } => {
                 tracing::debug!(leader = %holder, "following");
                 Ok(false)
@@ -327,60 +381,128 @@ pub fn seconds(d: Duration) -> i32 {
 mod tests {
     use super::*;
 
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_700_000_000 + s).unwrap()
-    }
-
-    fn held(holder: Option<&str>, renewed: i64, duration: i32) -> Held {
+    fn held(holder: Option<&str>, unchanged_for: u64, duration: i32) -> Held {
         Held {
             holder: holder.map(str::to_owned),
-            renewed: Some(at(renewed)),
             duration_seconds: Some(duration),
+            unchanged_for: Duration::from_secs(unchanged_for),
+        }
+    }
+
+    fn record(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(
+                Timestamp::from_second(1_700_000_000 + renewed).unwrap(),
+            )),
+            ..LeaseSpec::default()
         }
     }
 
     #[test]
     fn candidates_create_renew_acquire_or_follow() {
-        assert_eq!(decide(None, "kco-0", at(0)), Step::Create);
+        assert_eq!(decide(None, "kco-0"), Step::Create);
         assert_eq!(
-            decide(Some(&held(Some("kco-0"), 0, 15)), "kco-0", at(5)),
+            decide(Some(&held(Some("kco-0"), 5, 15)), "kco-0"),
             Step::Renew
         );
         // Our own expired Lease is still ours to renew (and to be raced for).
         assert_eq!(
-            decide(Some(&held(Some("kco-0"), 0, 15)), "kco-0", at(60)),
+            decide(Some(&held(Some("kco-0"), 60, 15)), "kco-0"),
             Step::Renew
         );
         assert_eq!(
-            decide(Some(&held(Some("kco-1"), 0, 15)), "kco-0", at(14)),
+            decide(Some(&held(Some("kco-1"), 14, 15)), "kco-0"),
             Step::Follow {
                 holder: "kco-1".into()
             }
         );
         assert_eq!(
-            decide(Some(&held(Some("kco-1"), 0, 15)), "kco-0", at(16)),
+            decide(Some(&held(Some("kco-1"), 15, 15)), "kco-0"),
             Step::Acquire,
             "expired"
         );
         assert_eq!(
-            decide(Some(&held(None, 0, 1)), "kco-0", at(0)),
+            decide(Some(&held(None, 0, 1)), "kco-0"),
             Step::Acquire,
             "released"
         );
         assert_eq!(
-            decide(Some(&Held::default()), "kco-0", at(0)),
+            decide(Some(&Held::default()), "kco-0"),
             Step::Acquire,
             "a Lease without a spec"
         );
     }
 
     #[test]
-    fn a_lease_lives_for_its_duration_after_renewal() {
-        let h = held(Some("kco-1"), 0, 10);
-        assert!(h.live(at(9)));
-        assert!(!h.live(at(10)));
-        assert!(!held(None, 0, 10).live(at(1)), "no holder, not held");
+    fn a_lease_lives_for_its_duration_after_it_was_last_seen_to_change() {
+        let h = held(Some("kco-1"), 9, 10);
+        assert!(h.live());
+        assert!(!held(Some("kco-1"), 10, 10).live());
+        assert!(!held(None, 0, 10).live(), "no holder, not held");
+        assert!(!held(Some("kco-1"), 0, -5).live(), "a negative duration");
         assert_eq!(seconds(Duration::from_millis(300)), 1);
         assert_eq!(seconds(Duration::from_secs(15)), 15);
+    }
+
+    #[test]
+    fn the_holders_clock_never_counts_only_how_long_the_record_stays_the_same() {
+        let t0 = std::time::Instant::now();
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        // A holder whose clock runs an hour behind: its renewTime looks long
+        // expired, but a record seen for the first time counts as just renewed.
+        let mut seen = Observations::default();
+        let behind = record("kco-1", -3600);
+        let first = seen.observe(LEADER_LEASE, Some(&behind), t0);
+        assert_eq!(
+            decide(Some(&first), "kco-0"),
+            Step::Follow {
+                holder: "kco-1".into()
+            }
+        );
+        // It keeps renewing (every read shows a new record): it keeps the Lease.
+        let renewed = record("kco-1", -3598);
+        let again = seen.observe(LEADER_LEASE, Some(&renewed), later(14));
+        assert!(again.live(), "{again:?}");
+        assert!(seen.observe(LEADER_LEASE, Some(&renewed), later(28)).live());
+        // It stops: one lease duration after the last change, it has expired.
+        assert_eq!(
+            decide(
+                Some(&seen.observe(LEADER_LEASE, Some(&renewed), later(29))),
+                "kco-0"
+            ),
+            Step::Acquire
+        );
+
+        // A holder whose clock runs an hour ahead: its renewTime looks valid
+        // for an hour, but a record that stops changing expires on time.
+        let mut seen = Observations::default();
+        let ahead = record("kco-1", 3600);
+        assert!(seen.observe(LEADER_LEASE, Some(&ahead), t0).live());
+        assert!(seen.observe(LEADER_LEASE, Some(&ahead), later(14)).live());
+        assert_eq!(
+            decide(
+                Some(&seen.observe(LEADER_LEASE, Some(&ahead), later(15))),
+                "kco-0"
+            ),
+            Step::Acquire
+        );
+    }
+
+    #[test]
+    fn a_deleted_lease_is_forgotten_and_a_recreated_one_starts_afresh() {
+        let t0 = std::time::Instant::now();
+        let mut seen = Observations::default();
+        let spec = record("kco-1", 0);
+        seen.observe("kco-member-kco-1", Some(&spec), t0);
+        seen.keep_only(&[]);
+        let back = seen.observe(
+            "kco-member-kco-1",
+            Some(&spec),
+            t0 + Duration::from_secs(60),
+        );
+        assert_eq!(back.unchanged_for, Duration::ZERO);
+        assert!(back.live());
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::election::{Held, Leadership, seconds};
+use crate::election::{Held, Leadership, Observations, seconds};
 use crate::metrics::Metrics;
 
 /// The label every membership Lease carries.
@@ -116,7 +116,7 @@ fn score(namespace: &str, member: &str) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The live members given the membership `leases` read at `now`. This replica
+/// The live members given the membership `leases` as this replica has seen them. This replica
 /// (`me`) counts only while its own renewals succeed (`alive`). During `grace`
 /// (just after the Leases could not be read for a while, when nobody could renew)
 /// a member in `known` whose Lease still exists counts as live too: it gets one
@@ -124,7 +124,6 @@ fn score(namespace: &str, member: &str) -> u64 {
 /// that left) never counts.
 pub fn live_members(
     leases: &[(String, Held)],
-    now: Timestamp,
     me: &str,
     alive: bool,
     known: &[String],
@@ -139,7 +138,7 @@ pub fn live_members(
             let counts = if member == me {
                 alive
             } else {
-                held.live(now) || (grace && known.contains(&member))
+                held.live() || (grace && known.contains(&member))
             };
             counts.then_some(member)
         })
@@ -163,6 +162,8 @@ pub struct Membership {
     timing: Timing,
     metrics: Metrics,
     leadership: Leadership,
+    /// How long each membership Lease has read the same (its observed time).
+    observations: std::sync::Mutex<Observations>,
 }
 
 impl Membership {
@@ -180,6 +181,7 @@ impl Membership {
             timing,
             metrics,
             leadership,
+            observations: std::sync::Mutex::default(),
         }
     }
 
@@ -250,10 +252,9 @@ impl Membership {
                         grace_until = Some(Instant::now() + self.timing.lease_duration);
                         tracing::info!("membership Leases readable again");
                     }
-                    let now = Timestamp::now();
                     let known = ownership.borrow().members().to_vec();
                     let mut grace = grace_until.is_some_and(|until| Instant::now() < until);
-                    let mut live = live_members(&leases, now, &self.me, alive, &known, grace);
+                    let mut live = live_members(&leases, &self.me, alive, &known, grace);
                     // Every other member gone at once is far more often a stalled
                     // apiserver (renewals late) than two crashes: give them one lease
                     // duration to show up before their namespaces move.
@@ -264,7 +265,7 @@ impl Membership {
                         waited_for_others = true;
                         grace_until = Some(Instant::now() + self.timing.lease_duration);
                         grace = true;
-                        live = live_members(&leases, now, &self.me, alive, &known, grace);
+                        live = live_members(&leases, &self.me, alive, &known, grace);
                         tracing::warn!(
                             "every other member's Lease looks expired; waiting one lease duration before moving their namespaces"
                         );
@@ -288,7 +289,7 @@ impl Membership {
                             }
                         });
                     }
-                    self.collect_expired(&leases, now).await;
+                    self.collect_expired(&leases).await;
                 }
                 Err(why) => {
                     self.metrics
@@ -357,28 +358,33 @@ impl Membership {
             .api
             .list(&ListParams::default().labels(&format!("{MEMBER_LABEL}=true")))
             .await?;
+        let now = std::time::Instant::now();
+        let mut seen = self
+            .observations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names: Vec<&str> = list
+            .items
+            .iter()
+            .filter_map(|l| l.metadata.name.as_deref())
+            .collect();
+        seen.keep_only(&names);
         Ok(list
             .items
-            .into_iter()
+            .iter()
             .map(|l| {
-                (
-                    l.metadata.name.clone().unwrap_or_default(),
-                    Held::of(l.spec.as_ref()),
-                )
+                let name = l.metadata.name.clone().unwrap_or_default();
+                let held = seen.observe(&name, l.spec.as_ref(), now);
+                (name, held)
             })
             .collect())
     }
 
     /// Leader-only cleanup: membership Leases of replicas gone for ten durations
     /// (pods replaced by a rollout) are deleted.
-    async fn collect_expired(&self, leases: &[(String, Held)], now: Timestamp) {
-        let grace = k8s_openapi::jiff::SignedDuration::try_from(self.timing.lease_duration * 10)
-            .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    async fn collect_expired(&self, leases: &[(String, Held)]) {
         for (name, held) in leases {
-            let stale = held
-                .renewed
-                .and_then(|r| r.checked_add(grace).ok())
-                .is_none_or(|until| until < now);
+            let stale = held.unchanged_for > self.timing.lease_duration * 10;
             if !stale || held.holder.as_deref() == Some(self.me.as_str()) {
                 continue;
             }
@@ -399,8 +405,6 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-
-    use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
 
@@ -452,21 +456,21 @@ mod tests {
         assert_ne!(score("ab", "c"), score("a", "bc"), "the separator counts");
     }
 
-    fn lease(holder: &str, renewed: Timestamp) -> (String, Held) {
+    fn lease(holder: &str, unchanged_for: Duration) -> (String, Held) {
         (
             member_lease(holder),
             Held {
                 holder: Some(holder.to_owned()),
-                renewed: Some(renewed),
                 duration_seconds: Some(3),
+                unchanged_for,
             },
         )
     }
 
     #[test]
     fn after_an_outage_known_members_get_a_lease_duration_to_renew() {
-        let now = Timestamp::from_second(1_000_000).unwrap();
-        let stale = now - SignedDuration::from_secs(30);
+        let now = Duration::ZERO;
+        let stale = Duration::from_secs(30);
         // Only kco-0 has renewed since the apiserver came back.
         let leases = vec![
             lease("kco-0", now),
@@ -477,17 +481,14 @@ mod tests {
         let known = names(3);
         // Without the grace, kco-0 would own every namespace for a moment.
         assert_eq!(
-            live_members(&leases, now, "kco-0", true, &known, false),
+            live_members(&leases, "kco-0", true, &known, false),
             vec!["kco-0".to_owned()]
         );
         // With it, the split stays as it was; a stale member not known before
         // (kco-9) does not come back, and a deleted Lease counts for nothing.
+        assert_eq!(live_members(&leases, "kco-0", true, &known, true), names(3));
         assert_eq!(
-            live_members(&leases, now, "kco-0", true, &known, true),
-            names(3)
-        );
-        assert_eq!(
-            live_members(&leases[..2], now, "kco-0", true, &known, true),
+            live_members(&leases[..2], "kco-0", true, &known, true),
             names(2)
         );
         // A replica that renews counts itself even when the list shows its Lease
@@ -495,7 +496,6 @@ mod tests {
         assert_eq!(
             live_members(
                 &[lease("kco-0", stale), lease("kco-1", now)],
-                now,
                 "kco-0",
                 true,
                 &known,
@@ -504,7 +504,7 @@ mod tests {
             names(2)
         );
         assert_eq!(
-            live_members(&leases, now, "kco-0", false, &known, true),
+            live_members(&leases, "kco-0", false, &known, true),
             vec!["kco-1".to_owned(), "kco-2".to_owned()]
         );
     }
