@@ -4,7 +4,7 @@
 #   ./build.sh test    build what is missing, then fmt check, clippy and every test,
 #                      instrumented: the same run measures line coverage per module
 #                      and fails when a critical path is below 80% (target/coverage/)
-#   ./build.sh demo    a local control plane, simulated Mina pods, a TargetApp and `kco run`
+#   ./build.sh demo    a local cluster, a Deployment of simulated Mina pods, TargetApps and `kco run`
 #   ./build.sh tools   only build the local control plane tools into the cache
 #   ./build.sh build   build the kco binary (release; what the Containerfile runs)
 #   ./build.sh image   build the container image with Podman (Docker when Podman is
@@ -14,8 +14,10 @@
 #   ./build.sh soak [SECONDS]  the soak run (default 3600 s, 300 targets); report in
 #                      target/soak/
 #   ./build.sh fuzz [SECONDS]  every cargo-fuzz target for SECONDS each (default 30)
+#   ./build.sh release-meta vX.Y.Z [OWNER]  the version, image and chart a release
+#                      of that tag publishes (the release workflow's one source)
 #
-# Tools (kube-apiserver, etcd, kubectl, helm) are built from source once and kept in
+# Tools (the Kubernetes components, etcd, kwok, kubectl, helm) are built from source once and kept in
 # $KCO_CACHE_DIR (default ~/.cache/kco); delete that directory to rebuild them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -146,8 +148,20 @@ case "${1:-}" in
       -t "$image" .
     echo "$image"
     ;;
+  release-meta)
+    # What a release publishes, from its git tag: the one place the image tag the
+    # workflow pushes and the version the chart is packaged with (and so the
+    # image tag it pulls) are decided. Prints GitHub step outputs.
+    tag="${2:-}"; owner="$(printf '%s' "${3:-kco-local}" | tr '[:upper:]' '[:lower:]')"
+    [[ "$tag" =~ ^v([0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?)$ ]] \
+      || die "release tags look like v1.2.3 or v1.2.3-rc.1, not '$tag'"
+    version="${BASH_REMATCH[1]}"
+    echo "version=$version"
+    echo "image=ghcr.io/$owner/kco:$version"
+    echo "chart=oci://ghcr.io/$owner/charts"
+    ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -51,6 +51,16 @@ pub enum Command {
         #[arg(long)]
         schema: Option<PathBuf>,
     },
+    /// Check that an endpoint answers (exit 0 on a 2xx answer, 1 otherwise): the
+    /// chart's `helm test` and health checks use it, as KCO's image has no shell
+    /// or curl. Follows no redirect and uses no proxy.
+    Probe {
+        /// An http:// or https:// URL, e.g. http://kco-metrics.kco-system.svc:8080/readyz.
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout_seconds: u64,
+    },
     /// Print the CustomResourceDefinitions as YAML (`kco crds | kubectl apply -f -`).
     Crds {
         /// Write one file per CRD into this directory instead.
@@ -124,7 +134,34 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Crds { out_dir, .. } => print_crds(out_dir.as_deref()),
         Command::Validate { files, schema } => validate_files(&files, schema.as_deref()),
+        Command::Probe {
+            url,
+            timeout_seconds,
+        } => run_async(probe(url, timeout_seconds)),
     }
+}
+
+/// `kco probe`: GET `url`; an error unless it answers 2xx within the timeout.
+async fn probe(url: String, timeout_seconds: u64) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("{url:?}: {e}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https"),
+        "{url:?}: only http:// and https:// URLs can be probed"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_seconds))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
+    let response = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "GET {url}: HTTP {status}");
+    println!("GET {url}: HTTP {status}");
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<&std::path::Path>) -> ExitCode {
