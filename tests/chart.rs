@@ -1,7 +1,8 @@
 //! The Helm chart: it lints, renders with default and other values into objects
 //! the apiserver accepts (server-side dry run), carries the CRDs of `crds/`, and
 //! its RBAC is enough for KCO — and no more: KCO runs here as the chart's
-//! ServiceAccount, not as a cluster admin.
+//! ServiceAccount, not as a cluster admin. On the full cluster its pods are
+//! scheduled and spread, its PDB gets its status, and upgrade and rollback roll them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -17,13 +18,14 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kco::simulator::SyncStatus;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::bed::Bed;
 use support::controlplane::repo_path;
-use support::{ControlPlane, User};
+use support::{Cluster, ControlPlane, User};
 use tokio_util::sync::CancellationToken;
 
 fn helm(cp: &ControlPlane) -> Command {
@@ -889,4 +891,281 @@ async fn helm_install_creates_every_object() {
         .output()
         .unwrap();
     ok(out, "helm uninstall");
+}
+
+/// `helm <args> --namespace <ns> --kubeconfig <admin>` on `cp`; its output.
+fn helm_on(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
+    let out = helm(cp)
+        .args(args)
+        .args(["--namespace", ns, "--kubeconfig"])
+        .arg(cp.kubeconfig(&User::Admin).unwrap())
+        .output()
+        .unwrap();
+    ok(out, &format!("helm {}", args.join(" ")))
+}
+
+/// The chart's running pods: (name, node, the LOG_LEVEL it was given).
+async fn chart_pods(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut running: Vec<_> = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=kco"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let spec = p.spec.unwrap_or_default();
+            let level = spec.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "LOG_LEVEL")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            (
+                p.metadata.name.unwrap_or_default(),
+                spec.node_name.unwrap_or_default(),
+                level,
+            )
+        })
+        .collect();
+    running.sort();
+    running
+}
+
+#[tokio::test]
+async fn the_chart_runs_spread_on_a_cluster_under_the_restricted_pod_security_standard() {
+    let cluster = Cluster::shared();
+    let cp = &cluster.cp;
+    let client = cp.admin().await;
+    let ns = "kco-system";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let restricted: Namespace = serde_json::from_value(json!({"metadata": {"name": ns, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"}}}))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &restricted)
+        .await
+        .unwrap();
+
+    // The standard is enforced here: a pod that breaks it is refused.
+    let rogue: Pod = serde_json::from_value(json!({"metadata": {"name": "rogue"}, "spec": {
+        "containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": true}}]}}))
+    .unwrap();
+    let refused = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &rogue)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("violates PodSecurity \"restricted:latest\""),
+        "{refused}"
+    );
+
+    // `--wait`: helm itself waits until the Deployment's pods are Ready.
+    let notes = helm_on(
+        cp,
+        ns,
+        &[
+            "install",
+            "kco",
+            repo_path("charts/kco").to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    let pods = chart_pods(&client, ns).await;
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "topology spread puts one replica on each node: {pods:?}"
+    );
+
+    // `helm test`: its Job is admitted under the restricted standard, scheduled,
+    // and completed. kwok runs no container, so what the probe checks (a
+    // replica answering /readyz) is proven by `kco probe`'s own test, not here.
+    let tested = helm_on(cp, ns, &["test", "kco", "--timeout", "120s"]);
+    assert!(
+        tested.contains("TEST SUITE:     kco-test") && tested.contains("Phase:          Succeeded"),
+        "{tested}"
+    );
+
+    // The disruption controller computes the PDB's status from the pods.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = pdbs.get("kco").await.unwrap().status
+            && status.current_healthy == Some(3)
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PDB never got its status\n{}",
+            cluster.logs(10)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (
+            status.desired_healthy,
+            status.disruptions_allowed,
+            status.expected_pods
+        ),
+        (Some(2), Some(1), Some(3))
+    );
+
+    // An upgrade rolls the pods; a rollback rolls them back.
+    let first_level = pods[0].2.clone();
+    helm_on(
+        cp,
+        ns,
+        &[
+            "upgrade",
+            "kco",
+            repo_path("charts/kco").to_str().unwrap(),
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let upgraded = wait_chart_pods(&client, ns, |pods| {
+        pods.len() == 3 && pods.iter().all(|(_, _, level)| level.contains("debug"))
+    })
+    .await;
+    helm_on(
+        cp,
+        ns,
+        &["rollback", "kco", "1", "--wait", "--timeout", "180s"],
+    );
+    let rolled_back = wait_chart_pods(&client, ns, |pods| {
+        pods.len() == 3 && pods.iter().all(|(_, _, level)| *level == first_level)
+    })
+    .await;
+    let names = |pods: &[(String, String, String)]| -> Vec<String> {
+        pods.iter().map(|p| p.0.clone()).collect()
+    };
+    assert_ne!(
+        names(&upgraded),
+        names(&pods),
+        "the upgrade replaced the pods"
+    );
+    assert_ne!(names(&rolled_back), names(&upgraded), "so did the rollback");
+    let history = helm_on(cp, ns, &["history", "kco"]);
+    assert!(history.contains("Rollback to 1"), "{history}");
+}
+
+async fn wait_chart_pods(
+    client: &kube::Client,
+    ns: &str,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pods = chart_pods(client, ns).await;
+        if done(&pods) {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chart pods never settled: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The release workflow pushes the image under the tag that the chart it
+/// packages pulls by default: both come from `build.sh release-meta`.
+#[test]
+fn the_packaged_chart_pulls_the_image_the_release_pushes() {
+    let tools = support::Tools::locate().unwrap();
+    let meta = Command::new("bash")
+        .arg(repo_path("build.sh"))
+        .args(["release-meta", "v1.2.3-rc.1", "kco-local"])
+        .output()
+        .unwrap();
+    let meta = ok(meta, "build.sh release-meta");
+    let field = |name: &str| -> String {
+        meta.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {meta}"))
+            .to_owned()
+    };
+    let (version, image) = (field("version"), field("image"));
+    assert_eq!(version, "1.2.3-rc.1");
+
+    // Package as the workflow does, then render what a default install creates.
+    let dir = tempfile::tempdir().unwrap();
+    let helm_bin = tools.binary("helm").unwrap();
+    let helm = |args: &[&str]| {
+        let out = Command::new(&helm_bin)
+            .args(args)
+            .env("HELM_CACHE_HOME", dir.path().join("cache"))
+            .env("HELM_CONFIG_HOME", dir.path().join("config"))
+            .env("HELM_DATA_HOME", dir.path().join("data"))
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        ok(out, &format!("helm {}", args.join(" ")))
+    };
+    let destination = dir.path().to_str().unwrap();
+    helm(&[
+        "package",
+        repo_path("charts/kco").to_str().unwrap(),
+        "--version",
+        &version,
+        "--app-version",
+        &version,
+        "--destination",
+        destination,
+    ]);
+    let packaged = dir.path().join(format!("kco-{version}.tgz"));
+    let rendered = helm(&[
+        "template",
+        "kco",
+        packaged.to_str().unwrap(),
+        "--namespace",
+        "kco-system",
+        "--kube-version",
+        "1.36.0",
+    ]);
+    let pulled: std::collections::BTreeSet<&str> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .map(|i| i.trim_matches('"'))
+        .collect();
+    assert_eq!(
+        pulled,
+        [image.as_str()].into(),
+        "every image the chart pulls is the one the release pushes"
+    );
+
+    // The workflow takes its tags and versions from there, and nowhere else.
+    let workflow = std::fs::read_to_string(repo_path(".github/workflows/release.yml")).unwrap();
+    assert!(workflow.contains("./build.sh release-meta \"$GITHUB_REF_NAME\""));
+    assert!(workflow.contains("tags: ${{ needs.meta.outputs.image }}"));
+    assert!(workflow.contains("version=\"${{ needs.meta.outputs.version }}\""));
+    assert!(
+        !workflow.contains("github.ref_name }}") && !workflow.contains("GITHUB_REF_NAME#v"),
+        "a tag or version derived outside build.sh release-meta"
+    );
+
+    // A tag that is not a version publishes nothing.
+    let bad = Command::new("bash")
+        .arg(repo_path("build.sh"))
+        .args(["release-meta", "1.2.3"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "{bad:?}");
 }

@@ -13,7 +13,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
-use support::{ControlPlane, User};
+use support::{ControlPlane, Mode, User};
 
 const DAEMON_STATUS: &str = "query { daemonStatus { syncStatus blockchainLength highestBlockLengthReceived peers { peerId } } }";
 
@@ -244,7 +244,7 @@ async fn a_crd_is_established_and_serves_objects() {
 
 #[tokio::test]
 async fn a_control_plane_of_its_own_cleans_up_when_dropped() {
-    let cp = ControlPlane::start().await.unwrap();
+    let cp = ControlPlane::start(Mode::Bare).await.unwrap();
     let dir = cp.dir.clone();
     let url = cp.url.clone();
     cp.admin().await.apiserver_version().await.unwrap();

@@ -1,5 +1,5 @@
-//! High availability with real `kco run` processes against the local control
-//! plane: one leader at a time, fast fail-over, polling sharded by namespace and
+//! High availability with real `kco run` processes on the full cluster
+//! (controllers, scheduler and kwok's nodes running beside them): one leader at a time, fast fail-over, polling sharded by namespace and
 //! handed off when a replica dies, one action per firing across kills, and hourly
 //! action budgets that restarts do not refill.
 
@@ -17,10 +17,19 @@ use kco::simulator::{StatePatch, SyncStatus};
 use kco::targetapp::TargetApp;
 use kube::api::Api;
 use serde_json::json;
-use support::ControlPlane;
 use support::fixtures;
 use support::receiver::Receiver;
-use support::replicas::{LEASE, MEMBER_LEASE, RETRY, Replicas, fleet};
+use support::replicas::{LEASE, MEMBER_LEASE, RETRY, Replicas, fleet_on};
+use support::{Cluster, ControlPlane};
+
+/// The default Lease timing of the replicas under test.
+const TIMING: (u64, u64) = (LEASE, MEMBER_LEASE);
+
+/// These tests run on the full cluster: the controllers, the scheduler and kwok
+/// add their watches and writes to what the replicas see.
+fn cluster() -> &'static ControlPlane {
+    &Cluster::shared().cp
+}
 
 /// Tests here run one at a time: each runs its own replicas, which watch every
 /// namespace of the shared control plane.
@@ -33,7 +42,7 @@ fn kco() -> PathBuf {
 #[tokio::test]
 async fn one_leader_at_a_time_with_fast_failover_on_kill_and_handover_on_sigterm() {
     let _serial = SERIAL.lock().await;
-    let mut replicas = Replicas::start(kco(), "ha-leader", 3, &[]).await;
+    let mut replicas = Replicas::start_on(cluster(), kco(), "ha-leader", 3, &[], TIMING).await;
     let (first, _) = replicas
         .wait_leader(None, Duration::from_secs(LEASE + 5))
         .await;
@@ -76,13 +85,15 @@ async fn one_leader_at_a_time_with_fast_failover_on_kill_and_handover_on_sigterm
 #[tokio::test]
 async fn namespaces_are_polled_by_exactly_one_replica_and_move_when_it_dies() {
     let _serial = SERIAL.lock().await;
-    let fleet = fleet(
+    let fleet = fleet_on(
+        cluster(),
         "ha-shard",
         30,
         |_| json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}),
     )
     .await;
-    let mut replicas = Replicas::start(kco(), "ha-shard-leases", 3, &[]).await;
+    let mut replicas =
+        Replicas::start_on(cluster(), kco(), "ha-shard-leases", 3, &[], TIMING).await;
 
     // Settle (every member sees every other), then watch for 3 s.
     tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
@@ -196,9 +207,9 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
     let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
     let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
-    let cp = ControlPlane::shared();
+    let cp = cluster();
     let client = cp.admin().await;
-    let fleet = fleet("ha-actions", 6, |_| {
+    let fleet = fleet_on(cluster(), "ha-actions", 6, |_| {
         json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
                "serviceAccountName": "kco-actions",
                "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
@@ -211,11 +222,13 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     }
     let cidr = format!("{receiver_ip}/32");
     let resolve = format!("hooks.example.com={receiver_ip}");
-    let mut replicas = Replicas::start(
+    let mut replicas = Replicas::start_on(
+        cluster(),
         kco(),
         "ha-actions-leases",
         3,
         &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+        TIMING,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
@@ -311,9 +324,9 @@ async fn an_hourly_action_budget_holds_through_kills_and_restarts() {
     let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
     let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
     let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
-    let cp = ControlPlane::shared();
+    let cp = cluster();
     let client = cp.admin().await;
-    let fleet = fleet("ha-budget", 4, |_| {
+    let fleet = fleet_on(cluster(), "ha-budget", 4, |_| {
         json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
                "serviceAccountName": "kco-actions",
                "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
@@ -345,11 +358,13 @@ async fn an_hourly_action_budget_holds_through_kills_and_restarts() {
     quotas.create(&Default::default(), &quota).await.unwrap();
     let cidr = format!("{receiver_ip}/32");
     let resolve = format!("hooks.example.com={receiver_ip}");
-    let mut replicas = Replicas::start(
+    let mut replicas = Replicas::start_on(
+        cluster(),
         kco(),
         "ha-budget-leases",
         3,
         &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+        TIMING,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;

@@ -568,3 +568,42 @@ fn the_kco_simulate_command_serves_until_terminated() {
         "kco simulate should exit cleanly on SIGTERM: {status}"
     );
 }
+
+/// `kco probe` against the simulator's control API: 0 on a 2xx answer, 1 on
+/// anything else (an error status, a refused connection, a URL it cannot probe).
+#[tokio::test]
+async fn kco_probe_exits_zero_only_on_a_successful_answer() {
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let control = sim.control_addr();
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kco"))
+                .args(["probe", &url, "--timeout-seconds", "2"])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = probe(format!("http://{control}/nodes")).await.unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("HTTP 200 OK"));
+
+    let missing = probe(format!("http://{control}/no-such-page"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("HTTP 404"));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = probe(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+
+    let file = probe("file:///etc/passwd".to_owned()).await.unwrap();
+    assert_eq!(file.status.code(), Some(1), "{file:?}");
+    assert!(String::from_utf8_lossy(&file.stderr).contains("only http:// and https://"));
+}

@@ -121,3 +121,56 @@ fn the_documented_invalid_example_is_refused_with_every_problem() {
         );
     }
 }
+
+/// `kco validate` judges with the default quota, which does not allow
+/// exec_command: the operations example fails on that one action only, and says
+/// which quota refused it.
+#[test]
+fn the_operations_example_needs_only_its_tenant_quota() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/targetapp-mina-ops.yaml"
+    );
+    let (code, stdout, stderr) = kco(&["validate", example]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let problems: Vec<&str> = stdout.lines().collect();
+    assert_eq!(problems.len(), 1, "{stdout}");
+    assert!(
+        problems[0].ends_with(
+            "default/mina-ops: spec.actions[0].action: action exec_command is not allowed in namespace default by its tenant quota (allowed: restart_pod, scale_deployment, patch_resource, webhook)"
+        ),
+        "{stdout}"
+    );
+}
+
+/// README, docs, comments and tests speak of KCO and its users, never of how it
+/// was built: no work sessions, no tracker issue numbers, no design notes kept
+/// outside the repository.
+#[test]
+fn the_repository_speaks_of_the_product_not_of_how_it_was_built() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let listed = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "git ls-files: {listed:?}");
+    let words =
+        regex::Regex::new(r"(?i)\bsession\s+#?\d|\bissue\s+#?\d|\bDESIGN(\.md)?\s*§|\.\./shared/")
+            .unwrap();
+    let mut found = Vec::new();
+    for path in String::from_utf8_lossy(&listed.stdout).split('\0') {
+        if path.is_empty() || path.starts_with("fuzz/corpus/") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(std::path::Path::new(root).join(path)) else {
+            continue; // binary, or removed from the work tree
+        };
+        for (n, line) in text.lines().enumerate() {
+            if words.is_match(line) {
+                found.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "process words:\n{}", found.join("\n"));
+}

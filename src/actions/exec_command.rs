@@ -11,6 +11,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams, PostParams};
+use kube::client::UpgradeConnectionError;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
@@ -21,8 +22,10 @@ pub struct ExecCommand;
 
 const PARAMS: &[&str] = &["command", "container", "timeoutSeconds", "reportOutput"];
 
-/// Output kept per stream, in bytes (the rest is counted, not kept).
-pub const MAX_OUTPUT: usize = 1024;
+/// Output kept per stream, in bytes (the rest is counted, not kept): both
+/// streams and the action's own words fit in one Event note (1,000 bytes), so
+/// that the count of what was left out is never cut off itself.
+pub const MAX_OUTPUT: usize = 256;
 /// Output read per stream before the rest is discarded.
 const READ_LIMIT: u64 = 64 * 1024;
 
@@ -103,10 +106,20 @@ impl Action for ExecCommand {
             if let Some(c) = &container {
                 attach = attach.container(c);
             }
-            let mut process = pods
-                .exec(pod, command.clone(), &attach)
-                .await
-                .map_err(|e| exec_error(&what, e))?;
+            let mut process = match pods.exec(pod, command.clone(), &attach).await {
+                Ok(process) => process,
+                Err(e) => {
+                    let bad_request = is_bad_request(&e);
+                    let error = exec_error(&what, e);
+                    return Err(if bad_request {
+                        explain_bad_request(&pods, pod, container.as_deref(), &what)
+                            .await
+                            .unwrap_or(error)
+                    } else {
+                        error
+                    });
+                }
+            };
             let status = process.take_status();
             let stdout = read_capped(process.stdout());
             let stderr = read_capped(process.stderr());
@@ -161,15 +174,62 @@ async fn may_exec(ctx: &ActionContext, pod: &str, what: &str) -> Result<(), Acti
 fn exec_error(what: &str, e: kube::Error) -> ActionError {
     match e {
         kube::Error::Api(_) => ActionError::from_kube(what, e),
+        kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(status))
+            if status.as_u16() == 403 =>
+        {
+            ActionError::Forbidden(format!(
+                "{what}: create pods/exec refused: {}",
+                UpgradeConnectionError::ProtocolSwitch(status)
+            ))
+        }
         kube::Error::UpgradeConnection(upgrade) => {
-            let text = upgrade.to_string();
-            if text.contains("403") {
-                ActionError::Forbidden(format!("{what}: create pods/exec refused: {text}"))
-            } else {
-                ActionError::Failed(format!("{what}: cannot open the exec stream: {text}"))
-            }
+            ActionError::Failed(format!("{what}: cannot open the exec stream: {upgrade}"))
         }
         other => ActionError::Failed(format!("{what}: {other}")),
+    }
+}
+
+/// The apiserver answered the upgrade with 400 Bad Request: it refused the
+/// request itself (the stream carries no reason).
+fn is_bad_request(e: &kube::Error) -> bool {
+    matches!(
+        e,
+        kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(status))
+            if status.as_u16() == 400
+    )
+}
+
+/// Why the apiserver refused an exec with 400, when the pod tells: the named
+/// container is not in it, or it has several and none was named. `None` when
+/// the pod cannot be read or explains nothing.
+async fn explain_bad_request(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: Option<&str>,
+    what: &str,
+) -> Option<ActionError> {
+    let found = pods.get(pod).await.ok()?;
+    let names: Vec<&str> = found
+        .spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .map(|c| c.name.as_str())
+        .collect();
+    container_problem(&names, container).map(|why| ActionError::Failed(format!("{what}: {why}")))
+}
+
+/// What is wrong with running in `container` (or the default one) of a pod with
+/// the containers `names`, if anything.
+pub fn container_problem(names: &[&str], container: Option<&str>) -> Option<String> {
+    let list = names.join(", ");
+    match container {
+        Some(wanted) if !names.contains(&wanted) => Some(format!(
+            "the pod has no container {wanted:?} (its containers: {list}); fix parameters.container"
+        )),
+        None if names.len() > 1 => Some(format!(
+            "the pod has several containers ({list}): name one in parameters.container"
+        )),
+        _ => None,
     }
 }
 
@@ -355,5 +415,23 @@ mod tests {
             ActionError::Failed("exec: exit code 1; stdout: 13 bytes, not shown".into())
         );
         assert!(!err.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_missing_or_unnamed_container_is_explained_with_the_pods_containers() {
+        assert_eq!(
+            container_problem(&["mina"], Some("sidecar")).as_deref(),
+            Some(
+                "the pod has no container \"sidecar\" (its containers: mina); fix parameters.container"
+            )
+        );
+        assert_eq!(
+            container_problem(&["mina", "exporter"], None).as_deref(),
+            Some(
+                "the pod has several containers (mina, exporter): name one in parameters.container"
+            )
+        );
+        assert_eq!(container_problem(&["mina", "exporter"], Some("mina")), None);
+        assert_eq!(container_problem(&["mina"], None), None);
     }
 }

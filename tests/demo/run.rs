@@ -1,5 +1,7 @@
-//! `./build.sh demo`: a local control plane with simulated Mina pods to look at
-//! with kubectl. Runs until Ctrl-C, then stops everything and removes its files.
+//! `./build.sh demo`: a local cluster (control plane, controllers, scheduler,
+//! kwok's nodes) with a Deployment of simulated Mina pods and three `kco run`
+//! replicas, to look at with kubectl. Runs until Ctrl-C, then stops everything
+//! and removes its files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,28 +9,36 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use kco::simulator::{NodeState, Simulator, SyncStatus};
+use kco::simulator::{Simulator, StatePatch, SyncStatus};
 use serde_json::json;
-use support::fixtures::{self, MINA_GRAPHQL_PORT};
+use support::cluster::{Cluster, serve_mina_pods, wait_serving};
+use support::fixtures::MINA_GRAPHQL_PORT;
 use support::{ControlPlane, User};
+use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "mina";
-const NODES: u32 = 3;
+/// Mina pods (the Deployment's replicas) and `kco run` replicas.
 const REPLICAS: usize = 3;
 const LEASE_NAMESPACE: &str = "kco-system";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     kco::tls::install_crypto_provider();
-    println!("Starting etcd and kube-apiserver on loopback...");
-    let cp = ControlPlane::start()
-        .await
-        .context("the local control plane did not start")?;
     println!(
-        "Control plane ready in {:.1}s at {}",
-        cp.startup.as_secs_f64(),
+        "Starting a local cluster on loopback: etcd, kube-apiserver, kube-controller-manager,\n\
+         kube-scheduler and kwok with {} simulated nodes...",
+        support::cluster::NODES
+    );
+    let cluster = Cluster::start()
+        .await
+        .context("the local cluster did not start")?;
+    let cp = &cluster.cp;
+    println!(
+        "Cluster ready in {:.1}s at {}",
+        cluster.startup.as_secs_f64(),
         cp.url
     );
 
@@ -36,9 +46,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "127.0.0.1:8090".to_owned())
         .parse()
         .context("KCO_SIM_CONTROL must be an address like 127.0.0.1:8090")?;
-    let sim = Simulator::start(control)
-        .await
-        .context("the Mina simulator did not start")?;
+    let sim = Arc::new(
+        Simulator::start(control)
+            .await
+            .context("the Mina simulator did not start")?,
+    );
 
     let client = cp.admin().await;
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -49,55 +61,64 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("create the demo namespace")?;
 
-    let mut first = None;
-    for i in 0..NODES {
-        let ip = fixtures::loopback_ip();
-        let state = NodeState {
-            sync_status: if i == NODES - 1 {
-                SyncStatus::Catchup
-            } else {
-                SyncStatus::Synced
-            },
-            // The last node lags 14 blocks behind: the sample's `lagging` rule fires for it.
-            blockchain_length: if i == NODES - 1 { 986 } else { 1000 },
-            ..Default::default()
-        };
-        let node = sim.add_node((ip, MINA_GRAPHQL_PORT).into(), state).await?;
-        let pod = fixtures::mina_pod(&format!("mina-{i}"), json!({"app": "mina"}));
-        fixtures::create_running_pod(&client, NAMESPACE, &pod, ip).await;
-        first.get_or_insert(node.address);
-    }
-    let first = first.context("no node started")?;
+    // The Mina pods come from a Deployment; a simulated node answers at each
+    // pod's IP for as long as the pod runs.
+    let cancel = CancellationToken::new();
+    serve_mina_pods(client.clone(), NAMESPACE, sim.clone(), cancel.clone());
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    apply(
+        cp,
+        &repo.join("docs/examples/mina-deployment.yaml"),
+        NAMESPACE,
+    )?;
+    let pods = wait_serving(
+        &client,
+        NAMESPACE,
+        &sim,
+        REPLICAS,
+        std::time::Duration::from_secs(120),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("the Mina pods did not start: {e}"))?;
+    // The last pod's node lags 14 blocks behind: the sample's `lagging` rule fires for it.
+    let (lagging_pod, lagging_ip) = pods.last().cloned().context("no Mina pod runs")?;
+    let lag = StatePatch {
+        sync_status: Some(SyncStatus::Catchup),
+        blockchain_length: Some(986),
+        ..Default::default()
+    };
+    sim.patch_state((lagging_ip, MINA_GRAPHQL_PORT).into(), lag)
+        .await?;
+    let (first_pod, first_ip) = pods.first().cloned().context("no Mina pod runs")?;
+    let first: SocketAddr = (first_ip, MINA_GRAPHQL_PORT).into();
 
     let kubeconfig = cp.kubeconfig(&User::Admin)?;
     let kubectl = cp.tools().binary("kubectl")?;
 
-    // The CRD, a sample TargetApp, and one operator process watching them.
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The CRDs; the tenant's quota (exec_command allowed), its action account
+    // and Role; then the sample TargetApps, and the operator processes.
     cp.apply_crds(&repo.join("crds"), "targetapps.operator.kco.local")?;
-    // The tenant's action account and its Role, then the sample TargetApp.
-    let role = repo.join("policies/tenant-actions-role.yaml");
-    let applied = cp
-        .kubectl(&User::Admin)?
-        .args(["apply", "-f"])
-        .arg(&role)
-        .output()?;
-    anyhow::ensure!(
-        applied.status.success(),
-        "kubectl apply {}: {applied:?}",
-        role.display()
-    );
-    let sample = repo.join("docs/examples/targetapp-mina.yaml");
-    let applied = cp
-        .kubectl(&User::Admin)?
-        .args(["apply", "-n", NAMESPACE, "-f"])
-        .arg(&sample)
-        .output()?;
-    anyhow::ensure!(
-        applied.status.success(),
-        "kubectl apply {}: {applied:?}",
-        sample.display()
-    );
+    cp.apply_crds(&repo.join("crds"), "tenantquotas.operator.kco.local")?;
+    apply(
+        cp,
+        &repo.join("docs/examples/tenantquota-mina.yaml"),
+        NAMESPACE,
+    )?;
+    apply(
+        cp,
+        &repo.join("policies/tenant-actions-role.yaml"),
+        NAMESPACE,
+    )?;
+    apply(
+        cp,
+        &repo.join("docs/examples/targetapp-mina.yaml"),
+        NAMESPACE,
+    )?;
+    apply(
+        cp,
+        &repo.join("docs/examples/targetapp-mina-ops.yaml"),
+        NAMESPACE,
+    )?;
     // Three replicas, as a Helm install runs them: one leads (Lease kco-leader), and
     // they share the polling by namespace through membership Leases in kco-system.
     let system = serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}}))?;
@@ -142,33 +163,38 @@ async fn main() -> anyhow::Result<()> {
     let admin_port = admin_ports[0];
     // The admission webhooks of webhooks/, pointed at replica kco-0 (no Service
     // here); the leader fills in their caBundle.
-    register_webhooks(&cp, webhook_ports[0])?;
+    register_webhooks(cp, webhook_ports[0])?;
     println!(
-        "\n{NODES} simulated Mina pods and a TargetApp run in namespace {NAMESPACE}, watched by three\n\
-         `kco run` replicas (logs: {logs}). In another terminal:\n\n  \
+        "\n{REPLICAS} Mina pods of the Deployment `mina` run on kwok's nodes in namespace {NAMESPACE},\n\
+         polled by two TargetApps (mina, mina-ops) and three `kco run` replicas (logs: {logs}).\n\
+         In other terminals:\n\n  \
          export KUBECONFIG={kubeconfig}\n  \
          alias kubectl={kubectl}\n  \
-         kubectl get pods,targetapps -n {NAMESPACE} -o wide\n  \
+         kubectl get pods -n {NAMESPACE} -o wide -w\n  \
          kubectl events -n {NAMESPACE} --watch\n\n\
+         Restart: pod {lagging_pod} lags 14 blocks behind. After 15 s its `lagging` rule fires,\n\
+         KCO evicts it (ActionSucceeded), its ReplicaSet creates a new pod on a node the\n\
+         scheduler picks, and KCO polls that one instead (TargetLost, TargetDiscovered).\n\n\
+         Scale and exec: send pod {first_pod} back to BOOTSTRAP. mina-ops runs `mina client status`\n\
+         in it (the output is in the ActionSucceeded Event) and adds a replica (a fourth pod appears):\n\n  \
+         curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"BOOTSTRAP\"}}'\n\n\
+         Offline: a node that goes OFFLINE has its pod restarted (StateChanged, TriggerFired):\n\n  \
+         curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n\n\
+         Or make a node fail (PollFailed), then heal it (PollRecovered):\n\n  \
+         curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n  \
+         curl -s -X DELETE http://{control}/nodes/{first}/faults\n\n\
          Admission: an invalid TargetApp is refused at apply time, with the field and reason:\n\n  \
          kubectl apply -f docs/examples/targetapp-invalid.yaml\n\n\
          Which replica leads, and which polls namespace {NAMESPACE} (status.shard):\n\n  \
          kubectl get leases -n {LEASE_NAMESPACE}\n  \
-         kubectl get targetapp mina -n {NAMESPACE} -o jsonpath='{{.status.shard}}{{\"\\n\"}}'\n  \
-         curl -s http://127.0.0.1:{admin_port}/stats   # replicas on ports {ports}\n\n\
-         The last node lags behind: after 15 s its `lagging` rule fires and KCO evicts its pod\n\
-         (ActionSucceeded). Take another node offline and watch StateChanged, TriggerFired and\n\
-         the restart appear:\n\n  \
-         curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n\n\
-         Or make it fail (PollFailed), then heal it (PollRecovered):\n\n  \
-         curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n  \
-         curl -s -X DELETE http://{control}/nodes/{first}/faults\n\n\
-         The operator's metrics and state:\n\n  \
+         kubectl get targetapp mina -n {NAMESPACE} -o jsonpath='{{.status.shard}}{{\"\\n\"}}'\n\n\
+         The operator's metrics and state (replicas on ports {ports}):\n\n  \
          curl -s http://127.0.0.1:{admin_port}/metrics | grep operator_kco\n  \
          curl -s http://127.0.0.1:{admin_port}/stats\n\n\
-         Ask a node directly, as KCO does:\n\n  \
+         Ask a node directly, as KCO does, or run a command in a pod, as exec_command does:\n\n  \
          curl -s http://{first}/graphql -H 'content-type: application/json' \\\n    \
-         -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength }} }}\"}}'\n\n\
+         -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength }} }}\"}}'\n  \
+         kubectl exec -n {NAMESPACE} {first_pod} -- mina client status\n\n\
          Press Ctrl-C to stop and clean up.",
         logs = cp.dir.join("kco-*.log").display(),
         ports = admin_ports
@@ -190,9 +216,28 @@ async fn main() -> anyhow::Result<()> {
     for mut operator in operators {
         let _ = operator.wait();
     }
-    sim.shutdown().await;
-    drop(cp);
+    cancel.cancel();
+    if let Ok(sim) = Arc::try_unwrap(sim) {
+        sim.shutdown().await;
+    }
+    drop(cluster);
     println!("Done.");
+    Ok(())
+}
+
+/// `kubectl apply -n <namespace> -f <file>` as the admin.
+fn apply(cp: &ControlPlane, file: &std::path::Path, namespace: &str) -> anyhow::Result<()> {
+    let applied = cp
+        .kubectl(&User::Admin)?
+        .args(["apply", "-n", namespace, "-f"])
+        .arg(file)
+        .output()?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&applied.stderr)
+    );
     Ok(())
 }
 

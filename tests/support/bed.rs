@@ -1,27 +1,45 @@
 //! A namespace of simulated Mina pods, with an operator watching it: the test bed
-//! of the monitoring and action tests.
+//! of the monitoring and action tests. On the bare control plane its pods are
+//! created with their status written by the test ([`Bed::new`]); on the full
+//! cluster they come from a Deployment, run on kwok's nodes and get their IPs
+//! from kwok ([`Bed::on_cluster`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kco::simulator::{NodeState, Simulator, StatePatch, SyncStatus};
 use kco::targetapp::{TargetApp, TargetAppStatus};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Cluster, running_ip, running_pods, serve_mina_pods, wait_serving};
 use super::fixtures::{self, MINA_GRAPHQL_PORT};
 use super::{ControlPlane, User};
 
-/// `mina-0`, `mina-1`... Ready pods whose IPs reach simulated Mina nodes, in a
-/// namespace of their own; the TargetApp under test is always named `mina`.
+async fn start_simulator() -> Simulator {
+    match Simulator::start("127.0.0.1:0".parse().expect("an address")).await {
+        Ok(sim) => sim,
+        Err(e) => panic!("simulator: {e}"),
+    }
+}
+
+/// Ready pods whose IPs reach simulated Mina nodes, in a namespace of their own;
+/// the TargetApp under test is always named `mina`. On the bare control plane
+/// the pods are `mina-0`, `mina-1`... at [`Bed::nodes`]; on the full cluster
+/// they belong to the Deployment `mina` and [`Bed::nodes`] is empty (see
+/// [`Bed::running_pods`]).
 pub struct Bed {
     pub cp: &'static ControlPlane,
     pub ns: String,
     pub client: kube::Client,
-    pub sim: Simulator,
+    pub sim: Arc<Simulator>,
     pub nodes: Vec<SocketAddr>,
     /// The operator's admin server, once [`Bed::start_operator`] ran.
     pub admin: SocketAddr,
@@ -42,10 +60,7 @@ impl Bed {
         cp.install_kco_crds();
         let ns = cp.namespace(prefix).await;
         let client = cp.admin().await;
-        let sim = match Simulator::start("127.0.0.1:0".parse().expect("an address")).await {
-            Ok(sim) => sim,
-            Err(e) => panic!("simulator: {e}"),
-        };
+        let sim = start_simulator().await;
         let mut nodes = Vec::new();
         for i in 0..pods {
             let ip = fixtures::loopback_ip();
@@ -63,11 +78,83 @@ impl Bed {
             cp,
             ns,
             client,
-            sim,
+            sim: Arc::new(sim),
             nodes,
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             cancel: CancellationToken::new(),
         }
+    }
+
+    /// A namespace starting with `prefix` on the full cluster, holding the
+    /// Deployment `mina` of `replicas` Mina pods (label `app: mina`, port 3085),
+    /// each answered by a simulated node at its pod IP. Returns once they all run.
+    pub async fn on_cluster(prefix: &str, replicas: usize) -> Self {
+        kco::tls::install_crypto_provider();
+        let cluster = Cluster::shared();
+        let cp = &cluster.cp;
+        cp.install_kco_crds();
+        let ns = cp.namespace(prefix).await;
+        let client = cp.admin().await;
+        let sim = Arc::new(start_simulator().await);
+        let cancel = CancellationToken::new();
+        serve_mina_pods(client.clone(), &ns, sim.clone(), cancel.clone());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        if let Err(e) = deployments
+            .create(&PostParams::default(), &fixtures::mina_deployment(replicas))
+            .await
+        {
+            panic!("create the mina Deployment in {ns}: {e}");
+        }
+        let bed = Self {
+            cp,
+            ns,
+            client,
+            sim,
+            nodes: Vec::new(),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            cancel,
+        };
+        bed.wait_serving(replicas, 60).await;
+        bed
+    }
+
+    /// The running pods (name, IP), by name.
+    pub async fn running_pods(&self) -> Vec<(String, Ipv4Addr)> {
+        running_pods(&self.client, &self.ns)
+            .await
+            .expect("apiserver call")
+    }
+
+    /// Waits (up to `secs`) until exactly `count` pods run and a simulated node
+    /// answers at each one's IP; returns them.
+    pub async fn wait_serving(&self, count: usize, secs: u64) -> Vec<(String, Ipv4Addr)> {
+        match wait_serving(
+            &self.client,
+            &self.ns,
+            &self.sim,
+            count,
+            Duration::from_secs(secs),
+        )
+        .await
+        {
+            Ok(pods) => pods,
+            Err(e) => panic!("{e}\n{}", Cluster::shared().logs(15)),
+        }
+    }
+
+    /// Sets the sync status of the simulated node behind pod `pod`.
+    pub async fn set_pod_state(&self, pod: &str, sync: SyncStatus) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let got = pods.get(pod).await.expect("apiserver call");
+        let ip = running_ip(&got).unwrap_or_else(|| panic!("pod {pod} is not running"));
+        let patch = StatePatch {
+            sync_status: Some(sync),
+            ..Default::default()
+        };
+        self.sim
+            .patch_state((ip, MINA_GRAPHQL_PORT).into(), patch)
+            .await
+            .unwrap_or_else(|e| panic!("no simulated node for pod {pod} at {ip}: {e}"));
     }
 
     /// Starts an operator (as cluster admin) watching only this namespace, with
@@ -128,8 +215,13 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         as_actions.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:kco-actions"));
         let pods_as_actions: Api<Pod> =
             Api::namespaced(kube::Client::try_from(as_actions).unwrap(), &ns);
+        // The account may get pods, not list them: probe with a pod of the bed.
+        let probe = match self.running_pods().await.into_iter().next() {
+            Some((name, _)) => name,
+            None => "mina-0".to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while pods_as_actions.get("mina-0").await.is_err() {
+        while pods_as_actions.get(&probe).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the kco-actions binding never applied"

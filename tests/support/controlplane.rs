@@ -1,6 +1,10 @@
 //! A real Kubernetes control plane on loopback: etcd and kube-apiserver started
 //! the way controller-runtime's envtest starts them, with RBAC authorization and
 //! client-certificate users. It never reads the developer's kubeconfig.
+//!
+//! Two modes: [`Mode::Bare`] (nothing but the apiserver; tests write pod status
+//! themselves) and [`Mode::Cluster`], the apiserver that
+//! [`super::cluster::Cluster`] runs controllers, a scheduler and kwok's nodes on.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -40,6 +44,18 @@ impl User {
     }
 }
 
+/// What the apiserver is started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// etcd + kube-apiserver only: fast to start; no controller, scheduler or
+    /// kubelet, so nothing creates service accounts, pods or pod status.
+    Bare,
+    /// The apiserver of a full cluster: the ServiceAccount admission plugin is on
+    /// (kube-controller-manager creates the accounts), and kubelets are reached
+    /// over TLS the apiserver verifies, with a client certificate of its own.
+    Cluster,
+}
+
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const START_ATTEMPTS: u32 = 3;
 
@@ -52,9 +68,14 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     /// How long start-up took, to `/readyz` answering `ok`.
     pub startup: Duration,
+    pub mode: Mode,
     tools: Tools,
     client_ca: Authority,
-    server_ca_path: PathBuf,
+    /// Signs the serving certificates of kubelets (kwok's, in [`Mode::Cluster`]).
+    pub kubelet_ca: Authority,
+    pub server_ca_path: PathBuf,
+    /// The private key service-account tokens are signed with (kube-controller-manager's).
+    pub sa_private_key: PathBuf,
     // Field order is drop order: the apiserver stops before etcd.
     apiserver: std::sync::Mutex<Supervised>,
     /// How the apiserver was started, to start it again ([`ControlPlane::restart_apiserver`]).
@@ -72,20 +93,9 @@ impl ControlPlane {
     /// The control plane shared by every test of this test binary, started on first use.
     /// Panics (failing the calling test) with the reason if it cannot start.
     pub fn shared() -> &'static ControlPlane {
+        // Start-up is async (the readiness probe uses a kube client).
         let started = SHARED.get_or_init(|| {
-            // Start-up is async (the readiness probe uses a kube client); run it on
-            // a runtime of its own so that it does not depend on the calling test's.
-            std::thread::spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                runtime
-                    .block_on(ControlPlane::start())
-                    .map_err(|e| e.to_string())
-            })
-            .join()
-            .unwrap_or_else(|_| Err("control plane start-up panicked".to_owned()))
+            super::start_detached("control plane", || ControlPlane::start(Mode::Bare))
         });
         match started {
             Ok(cp) => cp,
@@ -94,12 +104,12 @@ impl ControlPlane {
     }
 
     /// Starts a new control plane of its own (retrying if a port was taken meanwhile).
-    pub async fn start() -> Result<Self> {
+    pub async fn start(mode: Mode) -> Result<Self> {
         kco::tls::install_crypto_provider();
         let tools = Tools::locate()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&tools).await {
+            match Self::start_once(&tools, mode).await {
                 Err(e)
                     if attempt < START_ATTEMPTS
                         && e.to_string().contains("address already in use") =>
@@ -111,7 +121,7 @@ impl ControlPlane {
         }
     }
 
-    async fn start_once(tools: &Tools) -> Result<Self> {
+    async fn start_once(tools: &Tools, mode: Mode) -> Result<Self> {
         let began = Instant::now();
         let etcd_bin = tools.binary("etcd")?;
         let apiserver_bin = tools.binary("kube-apiserver")?;
@@ -141,6 +151,11 @@ impl ControlPlane {
         let (sa_private, sa_public) = pki::signing_key()?;
         let sa_key = write("service-account.key", &sa_private)?;
         let sa_pub = write("service-account.pub", &sa_public)?;
+        let kubelet_ca = Authority::new("kco-test-kubelet-ca")?;
+        let kubelet_ca_path = write("kubelet-ca.crt", &kubelet_ca.cert_pem)?;
+        let kubelet_client = client_ca.client("kube-apiserver-kubelet-client", None)?;
+        let kubelet_client_cert = write("apiserver-kubelet-client.crt", &kubelet_client.cert)?;
+        let kubelet_client_key = write("apiserver-kubelet-client.key", &kubelet_client.key)?;
 
         let client_port = free_port()?;
         let peer_port = free_port()?;
@@ -167,7 +182,7 @@ impl ControlPlane {
 
         let secure_port = free_port()?;
         let url = format!("https://127.0.0.1:{secure_port}");
-        let apiserver_args: Vec<String> = vec![
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
@@ -182,12 +197,26 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--authorization-mode=RBAC".into(),
             "--allow-privileged=true".into(),
-            // No controller-manager creates `default` service accounts here.
-            "--disable-admission-plugins=ServiceAccount".into(),
             "--endpoint-reconciler-type=none".into(),
             "--profiling=false".into(),
             "--v=0".into(),
         ];
+        match mode {
+            // No controller-manager creates `default` service accounts here.
+            Mode::Bare => apiserver_args.push("--disable-admission-plugins=ServiceAccount".into()),
+            Mode::Cluster => apiserver_args.extend([
+                format!(
+                    "--kubelet-client-certificate={}",
+                    kubelet_client_cert.display()
+                ),
+                format!("--kubelet-client-key={}", kubelet_client_key.display()),
+                format!(
+                    "--kubelet-certificate-authority={}",
+                    kubelet_ca_path.display()
+                ),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]),
+        }
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &apiserver_bin,
@@ -201,9 +230,12 @@ impl ControlPlane {
             url,
             dir,
             startup: Duration::ZERO,
+            mode,
             tools: tools.clone(),
             client_ca,
+            kubelet_ca,
             server_ca_path,
+            sa_private_key: sa_key,
             apiserver: std::sync::Mutex::new(apiserver),
             apiserver_command: (apiserver_bin, apiserver_args),
             etcd,

@@ -1,6 +1,7 @@
-//! Objects tests create through the apiserver. There is no kubelet: a "running"
-//! pod is one whose status the test sets (Running, Ready, a loopback pod IP where
-//! a simulated Mina node listens).
+//! Objects tests create through the apiserver. On the bare control plane there is
+//! no kubelet: a "running" pod is one whose status the test sets (Running, Ready,
+//! a loopback pod IP where a simulated Mina node listens). On the full cluster,
+//! kwok's nodes do that for the pods the controllers create.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +41,35 @@ pub fn mina_pod(name: &str, labels: serde_json::Value) -> Pod {
     }
 }
 
+/// The Deployment `mina`: `replicas` pods like [`mina_pod`]'s, labelled `app: mina`.
+pub fn mina_deployment(replicas: usize) -> k8s_openapi::api::apps::v1::Deployment {
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mina", "labels": {"app": "mina"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "mina"}},
+            "template": {
+                "metadata": {"labels": {"app": "mina"}},
+                "spec": {"containers": [{
+                    "name": "mina",
+                    "image": "minaprotocol/mina-daemon:3.0.0",
+                    "ports": [{"name": "graphql", "containerPort": MINA_GRAPHQL_PORT}]
+                }]}
+            }
+        }
+    });
+    match serde_json::from_value(deployment) {
+        Ok(d) => d,
+        Err(e) => panic!("fixture Deployment does not deserialize: {e}"),
+    }
+}
+
+/// The scheduler a hand-made pod names: none runs by that name, so that on the
+/// full cluster neither kube-scheduler nor kwok touches the status a test wrote.
+pub const HAND_MADE: &str = "kco-test-hand-made";
+
 /// Creates `pod` in `namespace` and marks it Running and Ready at `ip`, as a kubelet would.
 pub async fn create_running_pod(
     client: &kube::Client,
@@ -48,7 +78,12 @@ pub async fn create_running_pod(
     ip: Ipv4Addr,
 ) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let created = match pods.create(&PostParams::default(), pod).await {
+    let mut pod = pod.clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.scheduler_name
+            .get_or_insert_with(|| HAND_MADE.to_owned());
+    }
+    let created = match pods.create(&PostParams::default(), &pod).await {
         Ok(p) => p,
         Err(e) => panic!("create pod in {namespace}: {e}"),
     };

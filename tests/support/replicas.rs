@@ -53,8 +53,19 @@ impl Replicas {
         extra: &[&str],
         timing: (u64, u64),
     ) -> Self {
+        Self::start_on(ControlPlane::shared(), binary, prefix, n, extra, timing).await
+    }
+
+    /// [`Replicas::start_with`] on the control plane `cp` (the full cluster's, say).
+    pub async fn start_on(
+        cp: &'static ControlPlane,
+        binary: PathBuf,
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        timing: (u64, u64),
+    ) -> Self {
         kco::tls::install_crypto_provider();
-        let cp = ControlPlane::shared();
         cp.install_kco_crds();
         let lease_ns = cp.namespace(prefix).await;
         let mut replicas = Self {
@@ -276,19 +287,30 @@ impl Replicas {
 /// Namespaces, each with one simulated Mina pod and a TargetApp polling it every
 /// second.
 pub struct Fleet {
+    pub cp: &'static ControlPlane,
     pub sim: Simulator,
     /// Namespace → its node's address.
     pub nodes: BTreeMap<String, SocketAddr>,
 }
 
 pub async fn fleet(prefix: &str, n: usize, spec: impl Fn(&str) -> Value) -> Fleet {
+    fleet_on(ControlPlane::shared(), prefix, n, spec).await
+}
+
+/// [`fleet`] on the control plane `cp` (the full cluster's, say).
+pub async fn fleet_on(
+    cp: &'static ControlPlane,
+    prefix: &str,
+    n: usize,
+    spec: impl Fn(&str) -> Value,
+) -> Fleet {
     kco::tls::install_crypto_provider();
-    let cp = ControlPlane::shared();
     cp.install_kco_crds();
     let sim = Simulator::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let mut fleet = Fleet {
+        cp,
         sim,
         nodes: BTreeMap::new(),
     };
@@ -302,7 +324,7 @@ impl Fleet {
     /// One more namespace with a node, its pod and a TargetApp `mina` with `spec`;
     /// returns the namespace.
     pub async fn add(&mut self, prefix: &str, spec: impl Fn(&str) -> Value) -> String {
-        let cp = ControlPlane::shared();
+        let cp = self.cp;
         let client = cp.admin().await;
         let ns = cp.namespace(prefix).await;
         // Another test process may hold an address of this range (two binaries

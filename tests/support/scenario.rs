@@ -542,6 +542,7 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
         let quiet_spec =
             |_: &str| json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1});
         let mut fresh = Fleet {
+            cp: ControlPlane::shared(),
             sim: Simulator::start("127.0.0.1:0".parse().unwrap())
                 .await
                 .unwrap(),

@@ -42,10 +42,11 @@ impl Tools {
                 .ok_or_else(|| HarnessError::Tools(format!("tests/tools/versions.env has no {k}")))
         };
         let key = format!(
-            "k8s-{}_etcd-{}_helm-{}_mina-sdk-{}",
+            "k8s-{}_etcd-{}_helm-{}_kwok-{}_mina-sdk-{}",
             get("KUBERNETES_VERSION")?,
             get("ETCD_VERSION")?,
             get("HELM_VERSION")?,
+            get("KWOK_VERSION")?,
             get("MINA_SDK_VERSION")?
         );
         let root = match std::env::var_os("KCO_CACHE_DIR") {

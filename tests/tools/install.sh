@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the tools KCO's tests and demo need into a cache, once:
-#   kube-apiserver, kubectl (Kubernetes), etcd, helm, promtool  -> $KCO_CACHE_DIR/tools/<versions>/bin
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (Kubernetes),
+#   etcd, helm, kwok, promtool  -> $KCO_CACHE_DIR/tools/<versions>/bin
+#   kwok's stock node and pod stages  -> $KCO_CACHE_DIR/tools/<versions>/kwok/stages
 #   the mina-sdk wheel's GraphQL introspection file  -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
 # Everything is built from source through the Go module proxy and PyPI; nothing
 # else is downloaded. A tool that is already in the cache and runs is left alone.
@@ -20,7 +22,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 
 cache_root="${KCO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kco}"
-key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_mina-sdk-${MINA_SDK_VERSION}"
+key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_kwok-${KWOK_VERSION}_mina-sdk-${MINA_SDK_VERSION}"
 tools="${KCO_TOOLS_DIR:-$cache_root/tools/$key}"
 bin="$tools/bin"
 mkdir -p "$bin" "$tools/mina-sdk"
@@ -65,11 +67,31 @@ build() {
 }
 
 if [ "$what" = all ]; then
-command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver, etcd, kubectl and helm); see README.md"
+command -v go >/dev/null || die "Go is not installed (needed to build the Kubernetes components, etcd, kwok, kubectl and helm); see README.md"
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_ldflags)"
+build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$(k8s_ldflags)"
+build kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "$(k8s_ldflags)"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "$(k8s_ldflags)"
 build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+grep -Eq "sigs.k8s.io/kwok ${KWOK_VERSION}( |$)" "$here/kwok/go.mod" \
+  || die "tests/tools/kwok/go.mod does not require sigs.k8s.io/kwok $KWOK_VERSION (versions.env)"
+build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+# kwok's stock stages (the node and pod life cycles it plays), from the pinned module.
+stages="$tools/kwok/stages"
+if [ -s "$stages/pod-ready.yaml" ]; then
+  say "kwok stages: cached"
+else
+  module="$(cd "$here/kwok" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$module/kustomize/stage" ] || die "cannot find kwok's stages in the module cache"
+  mkdir -p "$stages"
+  for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+           pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    cp "$module/kustomize/stage/$f.yaml" "$stages/"
+  done
+  chmod u+w "$stages"/*.yaml
+  say "kwok stages: copied from $module"
+fi
 # promtool (alert rule tests): its version is pinned by promtool/go.mod.
 build promtool promtool github.com/prometheus/prometheus/cmd/promtool "-s -w"
 rm -rf "$GOCACHE"
