@@ -4,14 +4,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::schema;
 use crate::simulator::{self, NodeState, Simulator};
 
 /// KCO watches GraphQL-serving pods (Mina daemons by default) and acts on their state.
 #[derive(Debug, Parser)]
-#[command(name = "kco", version, about)]
+#[command(name = "kco", version = crate::version::VERSION, propagate_version = true, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,6 +21,13 @@ pub struct Cli {
     /// Log format: JSON lines for machines, or compact text for people.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
+}
+
+/// How `kco version` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VersionFormat {
+    Text,
+    Json,
 }
 
 /// How log lines are written.
@@ -57,9 +64,33 @@ pub enum Command {
     Probe {
         /// An http:// or https:// URL, e.g. http://kco-metrics.kco-system.svc:8080/readyz.
         url: String,
-        /// How long to wait for the answer.
+        /// How long to wait for each answer.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
         timeout_seconds: u64,
+        /// Trust only the CA certificates of this PEM file for https://.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Ask every address the URL's host resolves to (e.g. each replica behind
+        /// a headless Service) and require at least this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        every_address: Option<u64>,
+    },
+    /// Print this build's version, git revision, build date and platform.
+    Version {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = VersionFormat::Text)]
+        output: VersionFormat,
+    },
+    /// Print a shell completion script (e.g. `kco completion bash > /etc/bash_completion.d/kco`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for kco and each of its commands into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
     },
     /// Print the CustomResourceDefinitions as YAML (`kco crds | kubectl apply -f -`).
     Crds {
@@ -137,31 +168,91 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Probe {
             url,
             timeout_seconds,
-        } => run_async(probe(url, timeout_seconds)),
+            ca_file,
+            every_address,
+        } => run_async(probe(crate::probe::Probe {
+            url,
+            timeout: std::time::Duration::from_secs(timeout_seconds),
+            ca_file,
+            every_address: every_address.and_then(|n| usize::try_from(n).ok()),
+        })),
+        Command::Version { output } => print_version(output),
+        Command::Completion { shell } => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kco", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { out_dir } => match write_man_pages(&out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kco: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-/// `kco probe`: GET `url`; an error unless it answers 2xx within the timeout.
-async fn probe(url: String, timeout_seconds: u64) -> anyhow::Result<()> {
-    let parsed = reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("{url:?}: {e}"))?;
-    anyhow::ensure!(
-        matches!(parsed.scheme(), "http" | "https"),
-        "{url:?}: only http:// and https:// URLs can be probed"
-    );
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(timeout_seconds))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()?;
-    let response = client
-        .get(parsed)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
-    let status = response.status();
-    anyhow::ensure!(status.is_success(), "GET {url}: HTTP {status}");
-    println!("GET {url}: HTTP {status}");
+/// `kco probe`: every answer must be a 2xx within the timeout.
+async fn probe(probe: crate::probe::Probe) -> anyhow::Result<()> {
+    for line in crate::probe::run(&probe).await? {
+        println!("{line}");
+    }
     Ok(())
+}
+
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kco: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_version(format: VersionFormat) -> ExitCode {
+    let build = crate::version::build();
+    let text = match format {
+        VersionFormat::Text => build.to_string(),
+        VersionFormat::Json => match serde_json::to_string_pretty(&build) {
+            Ok(json) => json,
+            Err(e) => {
+                eprintln!("kco: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    print_bytes(format!("{text}\n").as_bytes())
+}
+
+/// `kco.1` and one `kco-<command>.1` per command (subcommands included).
+fn write_man_pages(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut command = Cli::command();
+    // Building gives every subcommand its display name, `kco-<command>`.
+    command.build();
+    write_man_page(dir, &command)
+}
+
+fn write_man_page(dir: &std::path::Path, command: &clap::Command) -> Result<(), String> {
+    let name = command
+        .get_display_name()
+        .unwrap_or_else(|| command.get_name());
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .render(&mut roff)
+        .map_err(|e| format!("cannot render the man page of {name}: {e}"))?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, roff).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
+        .try_for_each(|sub| write_man_page(dir, sub))
 }
 
 fn print_crds(out_dir: Option<&std::path::Path>) -> ExitCode {

@@ -101,6 +101,22 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        // Which build runs, for dashboards and for spotting a mixed fleet mid-rollout.
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "operator_kco_build_info",
+                "Always 1; its labels name the running build.",
+            ),
+            &["version", "revision", "build_date"],
+        )?;
+        build
+            .with_label_values(&[
+                crate::version::VERSION,
+                crate::version::REVISION,
+                crate::version::BUILD_DATE,
+            ])
+            .set(1);
+        registry.register(Box::new(build))?;
         let errors = counter(
             "operator_kco_errors_total",
             "Internal errors, by kind.",

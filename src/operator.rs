@@ -348,6 +348,13 @@ async fn until_stopped(
 
 /// `kco run`: starts, then stops cleanly on SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(
+        version = crate::version::VERSION,
+        revision = crate::version::REVISION,
+        build_date = crate::version::BUILD_DATE,
+        instance = %settings.instance,
+        "kco starting"
+    );
     let config = cluster_config(&settings).await?;
     let cancel = CancellationToken::new();
     let running = start(settings, config, cancel.clone()).await?;
