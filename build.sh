@@ -9,7 +9,8 @@
 #   ./build.sh build   build the kco binary (release; what the Containerfile runs)
 #   ./build.sh image   build the container image with Podman (Docker when Podman is
 #                      absent); IMAGE=name:tag to name it (default kco:dev)
-#   ./build.sh crds    regenerate crds/ (and the chart's copy) from the Rust types
+#   ./build.sh crds    regenerate crds/ (and the chart's copies) from the Rust types
+#   ./build.sh chart-docs  regenerate charts/kco/README.md from values.yaml
 #   ./build.sh coverage  the coverage table of the last test run, again
 #   ./build.sh soak [SECONDS]  the soak run (default 3600 s, 300 targets); report in
 #                      target/soak/
@@ -83,6 +84,8 @@ case "${1:-}" in
     tools
     step "cargo fmt --check"
     cargo fmt --all -- --check
+    step "actionlint (the GitHub workflows)"
+    "$KCO_TOOLS_DIR/bin/actionlint" .github/workflows/*.yml
     step "cargo clippy"
     cargo clippy --locked --all-targets -- -D warnings
     coverage_tools
@@ -103,13 +106,22 @@ case "${1:-}" in
     ;;
   crds)
     rust
-    rm -f crds/*.yaml charts/kco/crds/*.yaml
+    rm -f crds/*.yaml charts/kco/files/crds/*.yaml
     cargo run --locked --quiet --bin kco -- crds --out-dir crds
-    # Helm installs CRDs only from the chart's own crds/ (a test checks they match).
-    cp crds/*.yaml charts/kco/crds/
+    # The chart reads only its own files: it carries copies of the CRDs and of the
+    # admission policy (a test checks they match).
+    cp crds/*.yaml charts/kco/files/crds/
+    cp policies/targetapp-invariants.vap.yaml charts/kco/files/
     mkdir -p docs/reference
     cargo run --locked --quiet --bin kco -- crds --reference > docs/reference/crds.md
     ls crds
+    ;;
+  chart-docs)
+    tools
+    # charts/kco/README.md from the comments of values.yaml (a test fails when stale).
+    "$KCO_TOOLS_DIR/bin/helm-docs" --chart-search-root charts --skip-version-footer \
+      --sort-values-order file --log-level warning
+    echo charts/kco/README.md
     ;;
   coverage)
     rust

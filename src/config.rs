@@ -18,7 +18,7 @@ pub struct RunArgs {
     #[arg(long, env = "GRAPHQL_TIMEOUT", default_value_t = 10)]
     pub graphql_timeout: u64,
     /// Retries of a failed poll within one polling interval (0 = no retry).
-    #[arg(long, env = "GRAPHQL_MAX_RETRIES", default_value_t = 2)]
+    #[arg(long, env = "GRAPHQL_MAX_RETRIES", default_value_t = 3)]
     pub graphql_max_retries: u32,
     /// Largest GraphQL response body read, in bytes; a larger one fails the poll.
     #[arg(long, env = "GRAPHQL_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024)]
@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long, env = "DEFAULT_POLLING_INTERVAL", default_value_t = 30)]
     pub default_polling_interval: u32,
     /// Seconds one action may take unless the action sets its own timeout.
-    #[arg(long, env = "ACTION_EXECUTION_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "ACTION_EXECUTION_TIMEOUT", default_value_t = 300)]
     pub action_execution_timeout: u64,
     /// Port of the admin server: /healthz, /readyz, /metrics, /stats.
     #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
@@ -529,7 +529,9 @@ mod tests {
     fn defaults_are_valid_and_documented_values() {
         let s = parse(&[]).unwrap();
         assert_eq!(s.graphql_timeout, Duration::from_secs(10));
-        assert_eq!(s.graphql_max_retries, 2);
+        // The operator settings' defaults of the original design.
+        assert_eq!(s.graphql_max_retries, 3);
+        assert_eq!(s.action_execution_timeout, Duration::from_secs(300));
         assert_eq!(s.max_response_bytes, 1024 * 1024);
         assert_eq!(s.bytes_in_flight, (256 << 20, 32 << 20));
         assert_eq!(s.default_polling_interval, Duration::from_secs(30));

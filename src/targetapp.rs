@@ -38,6 +38,7 @@ pub const MAX_VALUE_DEPTH: usize = 32;
     doc = "A set of pods serving a GraphQL API (a Mina daemon by default) that KCO polls, diffs and acts on.",
     plural = "targetapps",
     shortname = "ta",
+    category = "kco",
     namespaced,
     status = "TargetAppStatus",
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,

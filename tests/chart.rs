@@ -61,28 +61,48 @@ fn render(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
     ok(out, "helm template")
 }
 
-/// The kco container's literal environment in a rendered chart.
+/// The rendered objects of `text`.
+fn objects(text: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The one rendered object of `kind` (and `name`, when given).
+fn object(text: &str, kind: &str, name: Option<&str>) -> serde_json::Value {
+    let found: Vec<_> = objects(text)
+        .into_iter()
+        .filter(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n))
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} {name:?} in {text}");
+    found.into_iter().next().unwrap()
+}
+
+/// The kco container's environment in a rendered chart: the settings ConfigMap
+/// it loads, then its literal variables (which win, as in a pod).
 fn operator_env(text: &str) -> Vec<(String, String)> {
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("the chart renders a Deployment");
+    let deployment = object(text, "Deployment", None);
     let containers = deployment["spec"]["template"]["spec"]["containers"]
         .as_array()
         .unwrap();
     let kco = containers.iter().find(|c| c["name"] == "kco").unwrap();
-    kco["env"]
-        .as_array()
+    let config_name = kco["envFrom"][0]["configMapRef"]["name"].as_str().unwrap();
+    let config = object(text, "ConfigMap", Some(config_name));
+    let mut env: Vec<(String, String)> = config["data"]
+        .as_object()
         .unwrap()
         .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    for var in kco["env"].as_array().unwrap() {
+        if let (Some(name), Some(value)) = (var["name"].as_str(), var["value"].as_str()) {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    env
 }
 
 #[test]
@@ -135,7 +155,7 @@ fn the_charts_settings_are_ones_kco_accepts() {
 }
 
 #[test]
-fn the_chart_lints_and_carries_the_generated_crds() {
+fn the_chart_lints_and_carries_the_generated_crds_and_the_policy() {
     let cp = ControlPlane::shared();
     let out = helm(cp)
         .arg("lint")
@@ -144,32 +164,413 @@ fn the_chart_lints_and_carries_the_generated_crds() {
         .output()
         .unwrap();
     ok(out, "helm lint --strict");
-    for entry in std::fs::read_dir(repo_path("crds")).unwrap() {
-        let entry = entry.unwrap();
-        let copy = repo_path("charts/kco/crds").join(entry.file_name());
+    let mut copies: Vec<(std::path::PathBuf, std::path::PathBuf)> =
+        std::fs::read_dir(repo_path("crds"))
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.path(),
+                    repo_path("charts/kco/files/crds").join(entry.file_name()),
+                )
+            })
+            .collect();
+    copies.push((
+        repo_path("policies/targetapp-invariants.vap.yaml"),
+        repo_path("charts/kco/files/targetapp-invariants.vap.yaml"),
+    ));
+    for (source, copy) in copies {
         assert_eq!(
-            std::fs::read_to_string(entry.path()).unwrap(),
+            std::fs::read_to_string(&source).unwrap(),
             std::fs::read_to_string(&copy).unwrap_or_default(),
-            "charts/kco/crds/{:?} differs from crds/: run ./build.sh crds",
-            entry.file_name()
+            "{} differs from {}: run ./build.sh crds",
+            copy.display(),
+            source.display()
         );
     }
-    // values.schema.json refuses nonsense.
+    // The rendered CRDs are the generated ones, with the chart's labels and the
+    // keep policy.
+    let text = render(cp, "kco-system", &[]);
+    for (path, _) in [
+        ("crds/targetapps.operator.kco.local.yaml", ()),
+        ("crds/tenantquotas.operator.kco.local.yaml", ()),
+    ] {
+        let generated: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(repo_path(path)).unwrap()).unwrap();
+        let name = generated["metadata"]["name"].as_str().unwrap();
+        let rendered = object(&text, "CustomResourceDefinition", Some(name));
+        // (Helm reads every number as a float: compare numbers as numbers.)
+        assert_eq!(
+            numbers_as_floats(&rendered["spec"]),
+            numbers_as_floats(&generated["spec"]),
+            "{name}"
+        );
+        assert_eq!(generated["spec"]["names"]["categories"], json!(["kco"]));
+        assert_eq!(
+            rendered["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        assert_eq!(
+            rendered["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "kco"
+        );
+    }
+    let without = render(cp, "kco-system", &["--set", "crds.install=false"]);
+    assert!(!without.contains("kind: CustomResourceDefinition"));
+    let unkept = render(cp, "kco-system", &["--set", "crds.keep=false"]);
+    assert!(
+        unkept.contains("kind: CustomResourceDefinition") && !unkept.contains("resource-policy")
+    );
+}
+
+fn numbers_as_floats(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Number(n) => json!(n.as_f64()),
+        serde_json::Value::Array(items) => items.iter().map(numbers_as_floats).collect(),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other.clone(),
+    }
+}
+
+/// `helm template` of the chart with `args`: its error output when it fails.
+fn refusal(cp: &ControlPlane, args: &[&str]) -> String {
     let out = helm(cp)
         .args(["template", "kco"])
         .arg(repo_path("charts/kco"))
+        .args(["--kube-version", "1.36.0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn values_the_chart_does_not_know_fail_the_install() {
+    let cp = ControlPlane::shared();
+    // Nonsense in a known key, and misspelt keys at every depth.
+    let err = refusal(cp, &["--set", "webhooks.failurePolicy=Sometimes"]);
+    assert!(err.contains("failurePolicy"), "{err}");
+    for (typo, key) in [
+        ("replicaCuont=2", "replicaCuont"),
+        ("polling.defaultIntervall=10", "defaultIntervall"),
+        ("metrics.serviceMonitor.enable=true", "enable"),
+        ("webhooks.certManager.issuerRef.nmae=x", "nmae"),
+        ("podDisruptionBudget.minAvaliable=1", "minAvaliable"),
+        ("image.digets=sha256:00", "digets"),
+    ] {
+        let err = refusal(cp, &["--set", typo]);
+        assert!(
+            err.contains("additional properties") && err.contains(key),
+            "{typo}: {err}"
+        );
+    }
+    // The same from a values file, as a platform team would write it.
+    let file = cp.dir.join("typo-values.yaml");
+    std::fs::write(&file, "polling:\n  maxRetires: 5\n").unwrap();
+    let err = refusal(cp, &["-f", file.to_str().unwrap()]);
+    assert!(err.contains("maxRetires"), "{err}");
+    // A ServiceAccount the chart does not create must be named.
+    let err = refusal(cp, &["--set", "serviceAccount.create=false"]);
+    assert!(err.contains("serviceAccount.name"), "{err}");
+}
+
+#[test]
+fn the_charts_readme_is_generated_from_its_values() {
+    let tools = support::Tools::locate().unwrap();
+    let out = Command::new(tools.binary("helm-docs").unwrap())
+        .args(["--chart-search-root"])
+        .arg(repo_path("charts"))
         .args([
-            "--kube-version",
-            "1.36.0",
-            "--set",
-            "webhooks.failurePolicy=Sometimes",
+            "--skip-version-footer",
+            "--sort-values-order",
+            "file",
+            "--dry-run",
+            "--log-level",
+            "warning",
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    let generated = ok(out, "helm-docs --dry-run");
+    let committed = std::fs::read_to_string(repo_path("charts/kco/README.md")).unwrap();
+    assert_eq!(
+        generated.trim_end(),
+        committed.trim_end(),
+        "charts/kco/README.md is stale: run ./build.sh chart-docs"
+    );
+    // Every value the schema allows is in the table, with a description.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("charts/kco/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let mut leaves = Vec::new();
+    schema_leaves(&schema, "", &mut leaves);
+    for key in leaves.iter().filter(|k| *k != "global") {
+        let row = committed
+            .lines()
+            .find(|l| l.starts_with(&format!("| {key} |")))
+            .unwrap_or_else(|| panic!("{key} is not documented in charts/kco/README.md"));
+        let description = row.rsplit('|').nth(1).unwrap_or_default().trim();
+        assert!(!description.is_empty(), "{key} has no description: {row}");
+    }
+}
+
+/// The keys of `schema`'s objects, down to the ones that are not objects of
+/// known keys themselves.
+fn schema_leaves(schema: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(properties) = schema["properties"].as_object() else {
+        out.push(prefix.to_owned());
+        return;
+    };
+    for (key, sub) in properties {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let closed = sub["additionalProperties"] == json!(false);
+        if closed
+            && sub["properties"].as_object().is_some_and(|p| !p.is_empty())
+            && !documented_whole(&path)
+        {
+            schema_leaves(sub, &path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Objects documented as one value (their keys are Kubernetes fields).
+fn documented_whole(path: &str) -> bool {
+    matches!(path, "resources" | "webhooks.certManager.issuerRef")
+}
+
+/// The rendered PodDisruptionBudget's spec, if one is rendered.
+fn pdb(cp: &ControlPlane, args: &[&str]) -> Option<serde_json::Value> {
+    objects(&render(cp, "kco-system", args))
+        .into_iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .map(|d| d["spec"].clone())
+}
+
+#[test]
+fn a_disruption_budget_is_rendered_only_where_it_cannot_block_a_drain() {
+    let cp = ControlPlane::shared();
+    let spec = pdb(cp, &[]).expect("a PDB by default");
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert!(spec.get("minAvailable").is_none(), "{spec}");
+    let spec = pdb(cp, &["--set", "podDisruptionBudget.minAvailable=2"]).unwrap();
+    assert_eq!(
+        (spec["minAvailable"].clone(), spec.get("maxUnavailable")),
+        (json!(2), None)
+    );
+    for blocking in [
+        &["--set", "replicaCount=1"][..],
+        &[
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "podDisruptionBudget.minAvailable=2",
+        ],
+        &["--set", "podDisruptionBudget.minAvailable=3"],
+        &["--set", "podDisruptionBudget.enabled=false"],
+    ] {
+        assert_eq!(pdb(cp, blocking), None, "{blocking:?}");
+    }
+    let spec = pdb(cp, &["--set", "podDisruptionBudget.maxUnavailable=50%"]).unwrap();
+    assert_eq!(spec["maxUnavailable"], "50%");
+    for refused in [
+        "podDisruptionBudget.maxUnavailable=0",
+        "podDisruptionBudget.maxUnavailable=0%",
+    ] {
+        refusal(cp, &["--set", refused]);
+    }
+}
+
+#[test]
+fn the_chart_takes_the_values_platform_teams_expect() {
+    let cp = ControlPlane::shared();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let text = render(
+        cp,
+        "kco-system",
+        &[
+            "--set",
+            "fullnameOverride=ops",
+            "--set",
+            &format!("image.digest={digest}"),
+            "--set",
+            "image.tag=ignored",
+            "--set",
+            "serviceAccount.name=kco-operator",
+            "--set",
+            "serviceAccount.annotations.iam\\.example\\.com/role=kco",
+            "--set",
+            "podAnnotations.team=platform",
+            "--set",
+            "podLabels.tier=ops",
+            "--set",
+            "priorityClassName=system-cluster-critical",
+            "--set",
+            "revisionHistoryLimit=3",
+            "--set",
+            "extraEnv[0].name=RUST_BACKTRACE",
+            "--set-string",
+            "extraEnv[0].value=1",
+            "--set-json",
+            r#"extraArgs=["--graphql-timeout=20"]"#,
+            "--set",
+            "tolerations[0].operator=Exists",
+            "--set",
+            "nodeSelector.pool=system",
+            "--set",
+            "topologySpreadConstraints[0].maxSkew=2",
+            "--set",
+            "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "--set",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.additionalLabels.release=prometheus",
+            "--set",
+            "metrics.serviceMonitor.scrapeTimeout=10s",
+            "--set",
+            "metrics.serviceMonitor.relabelings[0].action=labeldrop",
+            "--set",
+            "metrics.serviceMonitor.relabelings[0].regex=pod_template_hash",
+            "--set",
+            "validatingAdmissionPolicy.enabled=true",
+        ],
+    );
+    let deployment = object(&text, "Deployment", Some("ops"));
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/kco-local/kco@{digest}"),
+        "the digest wins"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "kco-operator");
+    assert_eq!(pod["metadata"]["annotations"]["team"], "platform");
+    assert_eq!(pod["metadata"]["labels"]["tier"], "ops");
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(deployment["spec"]["revisionHistoryLimit"], 3);
+    assert_eq!(container["args"], json!(["run", "--graphql-timeout=20"]));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("failurePolicy"),
-        "{out:?}"
+        container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "RUST_BACKTRACE", "value": "1"}))
+    );
+    assert_eq!(pod["spec"]["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(pod["spec"]["nodeSelector"], json!({"pool": "system"}));
+    let spread = pod["spec"]["topologySpreadConstraints"].as_array().unwrap();
+    assert_eq!(spread.len(), 1, "{spread:?}");
+    assert_eq!(spread[0]["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(
+        spread[0]["labelSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "a constraint gets the replicas' selector"
+    );
+    let account = object(&text, "ServiceAccount", Some("kco-operator"));
+    assert_eq!(
+        account["metadata"]["annotations"]["iam.example.com/role"],
+        "kco"
+    );
+    for binding in objects(&text)
+        .iter()
+        .filter(|d| d["kind"].as_str().is_some_and(|k| k.ends_with("Binding")))
+    {
+        if binding["kind"] == "ValidatingAdmissionPolicyBinding" {
+            continue;
+        }
+        assert_eq!(binding["subjects"][0]["name"], "kco-operator", "{binding}");
+    }
+    // The ServiceMonitor selects the metrics Service and no other.
+    let monitor = object(&text, "ServiceMonitor", Some("ops"));
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0]["scrapeTimeout"], "10s");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["relabelings"][0]["action"],
+        "labeldrop"
+    );
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let selected: Vec<String> = objects(&text)
+        .iter()
+        .filter(|d| d["kind"] == "Service")
+        .filter(|svc| {
+            selector
+                .iter()
+                .all(|(k, v)| svc["metadata"]["labels"][k] == *v)
+        })
+        .map(|svc| svc["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(selected, ["ops-metrics"]);
+    // The admission policy, opted in, under the release's name.
+    let policy = object(
+        &text,
+        "ValidatingAdmissionPolicy",
+        Some("ops-targetapp-invariants"),
+    );
+    assert!(policy["spec"]["validations"].as_array().unwrap().len() > 5);
+    let binding = object(
+        &text,
+        "ValidatingAdmissionPolicyBinding",
+        Some("ops-targetapp-invariants"),
+    );
+    assert_eq!(binding["spec"]["policyName"], "ops-targetapp-invariants");
+    assert!(
+        !render(cp, "kco-system", &[]).contains("ValidatingAdmissionPolicy"),
+        "opt-in"
+    );
+
+    // nameOverride names the objects and their name label.
+    let text = render(cp, "kco-system", &["--set", "nameOverride=watcher"]);
+    let deployment = object(&text, "Deployment", Some("kco-watcher"));
+    assert_eq!(
+        deployment["metadata"]["labels"]["app.kubernetes.io/name"],
+        "watcher"
+    );
+}
+
+#[test]
+fn the_operator_settings_are_a_configmap_whose_change_rolls_the_replicas() {
+    let cp = ControlPlane::shared();
+    let checksum = |args: &[&str]| -> String {
+        let text = render(cp, "kco-system", args);
+        let deployment = object(&text, "Deployment", None);
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let env = operator_env(&render(cp, "kco-system", &[]));
+    let setting = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    // The original design's settings and defaults.
+    for (name, value) in [
+        ("LOG_LEVEL", "info"),
+        ("GRAPHQL_TIMEOUT", "10"),
+        ("GRAPHQL_MAX_RETRIES", "3"),
+        ("DEFAULT_POLLING_INTERVAL", "30"),
+        ("ACTION_EXECUTION_TIMEOUT", "300"),
+        ("METRICS_PORT", "8080"),
+    ] {
+        assert_eq!(setting(name), Some(value), "{name}");
+    }
+    let default = checksum(&[]);
+    assert_eq!(default, checksum(&[]), "the same settings, the same pods");
+    assert_ne!(default, checksum(&["--set", "logLevel=debug"]));
+    assert_ne!(default, checksum(&["--set", "polling.maxRetries=1"]));
+    // Settings outside the ConfigMap do not roll the pods through it.
+    assert_eq!(
+        default,
+        checksum(&["--set", "metrics.serviceMonitor.enabled=true"])
     );
 }
 
@@ -557,7 +958,7 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
         (
             "hook",
             json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": "http://127.0.0.1:9/x"}))]}),
-            "a webhook needs a URL",
+            "a webhook needs an http(s) URL",
         ),
     ] {
         let err = apps
@@ -566,6 +967,66 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{name}: {err}");
+    }
+    // URLs are parsed, not matched: the addresses resolvers read into numbers and
+    // IPv4-mapped IPv6 forms are refused, in endpoints and in webhook URLs alike.
+    for (i, url) in [
+        "http://2852039166/graphql",
+        "http://0x7f.1/",
+        "http://0X7F.0.0.1/",
+        "http://0/",
+        "http://127.1:3085/",
+        "http://0177.0.0.1/",
+        "http://[::ffff:a9fe:a9fe]/latest",
+        "http://[::1]:3085/",
+        "http://[fe80::1%25eth0]/",
+        "http://LOCALHOST./",
+        "http://metadata.localhost/",
+        "http://169.254.169.254./",
+        "http:///graphql",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let err = apps
+            .create(
+                &Default::default(),
+                &app(&format!("url-{i}"), json!({"graphqlEndpoint": url})),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.graphqlEndpoint: a path or an http(s) URL; loopback"),
+            "{url}: {err}"
+        );
+        let hook = json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": url}))]});
+        let err = apps
+            .create(&Default::default(), &app(&format!("hook-{i}"), hook))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.actions[].parameters.url"),
+            "{url}: {err}"
+        );
+    }
+    // Names and addresses the policy has no reason to refuse.
+    for (i, url) in [
+        "http://mina.example.com:3085/graphql",
+        "https://10.0.0.7/graphql",
+        "http://[2001:db8::7]:3085/",
+        "http://node-1.example/",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        apps.create(
+            &Default::default(),
+            &app(&format!("fine-{i}"), json!({"graphqlEndpoint": url})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     }
     apps.create(
         &Default::default(),
@@ -832,7 +1293,13 @@ async fn helm_install_creates_every_object() {
         .arg(repo_path("charts/kco"))
         .args(["--namespace", &ns, "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--set", "metrics.grafanaDashboard.enabled=true"])
+        // The CRDs are installed already, by kubectl (other tests share them).
+        .args([
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
+            "crds.install=false",
+        ])
         .output()
         .unwrap();
     let notes = ok(out, "helm install");
@@ -893,6 +1360,109 @@ async fn helm_install_creates_every_object() {
     ok(out, "helm uninstall");
 }
 
+/// Copies the directory `from` into `to` (created).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
+    // A control plane of its own: here the chart owns the CRDs.
+    let cp = ControlPlane::start(support::Mode::Bare).await.unwrap();
+    let ns = cp.namespace("crd-upgrade").await;
+    let client = cp.admin().await;
+    // The previous chart version: this chart as 0.0.9, whose TargetApp CRD had
+    // no `kco` category.
+    let previous = cp.dir.join("kco-0.0.9");
+    copy_dir(&repo_path("charts/kco"), &previous);
+    let chart_yaml = std::fs::read_to_string(previous.join("Chart.yaml")).unwrap();
+    let version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("version: "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        previous.join("Chart.yaml"),
+        chart_yaml.replace(&format!("version: {version}"), "version: 0.0.9"),
+    )
+    .unwrap();
+    let crd_file = previous.join("files/crds/targetapps.operator.kco.local.yaml");
+    let crd = std::fs::read_to_string(&crd_file).unwrap();
+    assert!(crd.contains("    categories:\n    - kco\n"));
+    std::fs::write(&crd_file, crd.replace("    categories:\n    - kco\n", "")).unwrap();
+
+    helm_on(&cp, &ns, &["install", "kco", previous.to_str().unwrap()]);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let categories = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+        crd.spec.names.categories.unwrap_or_default()
+    };
+    let installed = crds.get("targetapps.operator.kco.local").await.unwrap();
+    assert_eq!(
+        installed.metadata.labels.as_ref().unwrap()["helm.sh/chart"],
+        "kco-0.0.9"
+    );
+    assert!(categories(installed).is_empty());
+    // A TargetApp made under the old CRD.
+    let apps: Api<kco::targetapp::TargetApp> = Api::namespaced(client.clone(), &ns);
+    let app: kco::targetapp::TargetApp = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": "mina"}, "spec": {"selector": {"matchLabels": {"app": "mina"}}}}))
+    .unwrap();
+    apps.create(&PostParams::default(), &app).await.unwrap();
+
+    // `helm upgrade` to this chart upgrades the CRD (Helm's crds/ never would).
+    helm_on(
+        &cp,
+        &ns,
+        &["upgrade", "kco", repo_path("charts/kco").to_str().unwrap()],
+    );
+    let upgraded = crds.get("targetapps.operator.kco.local").await.unwrap();
+    assert_eq!(
+        upgraded.metadata.labels.as_ref().unwrap()["helm.sh/chart"],
+        format!("kco-{version}")
+    );
+    assert_eq!(categories(upgraded), ["kco"]);
+    // `kubectl get kco` lists both kinds once the apiserver serves the category.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cp
+            .kubectl(&User::Admin)
+            .unwrap()
+            .args(["get", "kco", "-A", "-o", "name"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listed.contains("targetapp.operator.kco.local/mina") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl get kco: {listed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Uninstalling keeps the CRDs, and so the tenants' TargetApps.
+    helm_on(&cp, &ns, &["uninstall", "kco"]);
+    assert!(crds.get("targetapps.operator.kco.local").await.is_ok());
+    assert!(crds.get("tenantquotas.operator.kco.local").await.is_ok());
+    assert!(
+        apps.get("mina").await.is_ok(),
+        "the TargetApp outlived the release"
+    );
+}
+
 /// `helm <args> --namespace <ns> --kubeconfig <admin>` on `cp`; its output.
 fn helm_on(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
     let out = helm(cp)
@@ -904,7 +1474,7 @@ fn helm_on(cp: &ControlPlane, ns: &str, args: &[&str]) -> String {
     ok(out, &format!("helm {}", args.join(" ")))
 }
 
-/// The chart's running pods: (name, node, the LOG_LEVEL it was given).
+/// The chart's running pods: (name, node, the checksum of the settings it was given).
 async fn chart_pods(client: &kube::Client, ns: &str) -> Vec<(String, String, String)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut running: Vec<_> = pods
@@ -917,12 +1487,11 @@ async fn chart_pods(client: &kube::Client, ns: &str) -> Vec<(String, String, Str
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .map(|p| {
             let spec = p.spec.unwrap_or_default();
-            let level = spec.containers[0]
-                .env
-                .iter()
-                .flatten()
-                .find(|e| e.name == "LOG_LEVEL")
-                .and_then(|e| e.value.clone())
+            let level = p
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .remove("checksum/config")
                 .unwrap_or_default();
             (
                 p.metadata.name.unwrap_or_default(),
@@ -993,10 +1562,13 @@ async fn the_chart_runs_spread_on_a_cluster_under_the_restricted_pod_security_st
     // and completed. kwok runs no container, so what the probe checks (a
     // replica answering /readyz) is proven by `kco probe`'s own test, not here.
     let tested = helm_on(cp, ns, &["test", "kco", "--timeout", "120s"]);
-    assert!(
-        tested.contains("TEST SUITE:     kco-test") && tested.contains("Phase:          Succeeded"),
-        "{tested}"
-    );
+    for test in ["kco-test-readiness", "kco-test-webhook"] {
+        let result = tested
+            .split("TEST SUITE:")
+            .find(|suite| suite.trim_start().starts_with(&format!("{test}\n")))
+            .unwrap_or_else(|| panic!("{test} did not run: {tested}"));
+        assert!(result.contains("Phase:          Succeeded"), "{tested}");
+    }
 
     // The disruption controller computes the PDB's status from the pods.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
@@ -1040,8 +1612,15 @@ async fn the_chart_runs_spread_on_a_cluster_under_the_restricted_pod_security_st
             "180s",
         ],
     );
+    let settings = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .get("kco-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert_eq!(settings.get("LOG_LEVEL").map(String::as_str), Some("debug"));
     let upgraded = wait_chart_pods(&client, ns, |pods| {
-        pods.len() == 3 && pods.iter().all(|(_, _, level)| level.contains("debug"))
+        pods.len() == 3 && pods.iter().all(|(_, _, sum)| *sum != first_level)
     })
     .await;
     helm_on(

@@ -22,6 +22,7 @@ use super::{EndpointPolicy, Quota};
     doc = "Limits for the TargetApps of a tenant's namespaces, set by cluster admins.",
     plural = "tenantquotas",
     shortname = "tq",
+    category = "kco",
     status = "TenantQuotaStatus",
     printcolumn = r#"{"name": "Namespaces", "type": "integer", "jsonPath": ".status.usage.namespaces"}"#,
     printcolumn = r#"{"name": "TargetApps", "type": "integer", "jsonPath": ".status.usage.targetApps"}"#,

@@ -123,6 +123,10 @@ impl Replicas {
             "2",
             "--graphql-max-retries",
             "0",
+            // Fail-over tests stop replicas mid-action: a stopping replica waits
+            // for its running actions at most this long.
+            "--action-execution-timeout",
+            "30",
         ]
         .iter()
         .map(|s| (*s).to_owned())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tools KCO's tests and demo need into a cache, once:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (Kubernetes),
-#   etcd, helm, kwok, promtool  -> $KCO_CACHE_DIR/tools/<versions>/bin
+#   etcd, helm, kwok, promtool, helm-docs, actionlint  -> $KCO_CACHE_DIR/tools/<versions>/bin
 #   kwok's stock node and pod stages  -> $KCO_CACHE_DIR/tools/<versions>/kwok/stages
 #   the mina-sdk wheel's GraphQL introspection file  -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
 # Everything is built from source through the Go module proxy and PyPI; nothing
@@ -94,6 +94,10 @@ else
 fi
 # promtool (alert rule tests): its version is pinned by promtool/go.mod.
 build promtool promtool github.com/prometheus/prometheus/cmd/promtool "-s -w"
+# helm-docs (the chart's README from values.yaml) and actionlint (the GitHub
+# workflows), pinned by their own go.mod like promtool.
+build helm-docs helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "-s -w"
+build actionlint actionlint github.com/rhysd/actionlint/cmd/actionlint "-s -w"
 rm -rf "$GOCACHE"
 fi
 
