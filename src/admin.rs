@@ -1,5 +1,6 @@
-//! The admin server (plain HTTP, on METRICS_PORT): `/healthz`, `/readyz` (true
-//! once the caches have synced), `/metrics` (Prometheus) and `/stats` (JSON).
+//! The admin server (plain HTTP, on METRICS_PORT): `/healthz` (the runtime's
+//! watchdog, [`crate::health`]), `/readyz` (caches synced, webhook certificate
+//! loaded, the apiserver answering), `/metrics` (Prometheus) and `/stats` (JSON).
 //!
 //! `/metrics` carries namespaces, TargetApp and rule names and counts, never a
 //! URL, an error text or a state. `/stats` shows every tenant's targets, their
@@ -31,7 +32,7 @@ pub struct Admin {
 /// `into_make_service_with_connect_info::<SocketAddr>()`: `/stats` needs the peer.
 pub fn router(admin: Admin) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
@@ -55,17 +56,32 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn readyz(State(Admin { ctx, .. }): State<Admin>) -> Response {
+/// Why this replica should not get admission reviews and should not be counted
+/// on, if so.
+pub fn readiness_problem(ctx: &Context) -> Option<String> {
     if !ctx.ready.load(Ordering::Acquire) {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+        Some("caches not synced yet".to_owned())
     } else if !ctx.webhook_ready.load(Ordering::Acquire) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "admission webhooks not ready (no certificate or caches not synced yet)\n",
-        )
-            .into_response()
+        Some("admission webhooks not ready (no certificate or caches not synced yet)".to_owned())
     } else {
-        "ok\n".into_response()
+        ctx.health.apiserver_problem()
+    }
+}
+
+async fn readyz(State(Admin { ctx, .. }): State<Admin>) -> Response {
+    match readiness_problem(&ctx) {
+        None => "ok\n".into_response(),
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response(),
+    }
+}
+
+async fn healthz(State(Admin { ctx, .. }): State<Admin>) -> Response {
+    match ctx.health.liveness_problem() {
+        None => "ok\n".into_response(),
+        Some(problem) => {
+            tracing::error!(%problem, "not alive");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response()
+        }
     }
 }
 
@@ -102,7 +118,7 @@ async fn stats(
     let shard = ctx.shard.read().map(|s| s.clone()).unwrap_or_default();
     axum::Json(serde_json::json!({
         "instance": ctx.settings.instance,
-        "ready": ctx.ready.load(Ordering::Acquire) && ctx.webhook_ready.load(Ordering::Acquire),
+        "ready": readiness_problem(&ctx).is_none(),
         "leader": ctx.leadership.is_leader(),
         "sharding": ctx.settings.sharding.is_some(),
         "members": shard.members,

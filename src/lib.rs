@@ -9,6 +9,7 @@ pub mod config;
 pub mod crds;
 pub mod election;
 pub mod events;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;

@@ -111,6 +111,7 @@ pub async fn start(
     // Schema ConfigMaps and ServiceAccounts: admission and the monitor's re-check
     // read the same caches.
     tokio::spawn(ctx.caches.clone().run(ctx.client.clone(), cancel.clone()));
+    tokio::spawn(watch_health(ctx.clone(), cancel.clone()));
     let webhook_addr = start_webhooks(&ctx, &settings, &cancel).await?;
     let (admin_addr, admin) = serve_admin(&ctx, &settings, &cancel).await?;
 
@@ -214,6 +215,42 @@ impl Roles {
             membership,
             ownership_tx,
             ownership,
+        }
+    }
+}
+
+/// Feeds [`crate::health`]: the watchdog's tick every second, and whether the
+/// apiserver answers (asked every few seconds), with a log line when that changes.
+async fn watch_health(ctx: Arc<Context>, cancel: CancellationToken) {
+    use crate::health::{APISERVER_PERIOD, WATCHDOG_PERIOD};
+    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    let mut apiserver = tokio::time::interval(APISERVER_PERIOD);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    apiserver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = watchdog.tick() => ctx.health.tick(),
+            _ = apiserver.tick() => {
+                let asked = tokio::time::timeout(APISERVER_PERIOD, ctx.client.apiserver_version()).await;
+                match asked {
+                    Ok(Ok(_)) => ctx.health.apiserver_answered(),
+                    Ok(Err(e)) => ctx.health.apiserver_failed(&e.to_string()),
+                    Err(_) => ctx.health.apiserver_failed("no answer within 5s"),
+                }
+                match (ctx.health.apiserver_problem(), unreachable) {
+                    (Some(problem), false) => {
+                        tracing::warn!(%problem, "not ready: the apiserver cannot be reached");
+                        unreachable = true;
+                    }
+                    (None, true) => {
+                        tracing::info!("the apiserver answers again");
+                        unreachable = false;
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 }

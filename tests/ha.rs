@@ -439,6 +439,59 @@ async fn an_hourly_action_budget_holds_through_kills_and_restarts() {
 
 /// The tenant side of the webhook action in `ns`: the action account, its rights
 /// on the CA Secret, and the Secret.
+/// `/readyz` follows the apiserver: a replica that cannot reach it says why and
+/// leaves the webhook Service; when it answers again, so does the replica.
+/// `/healthz` (the runtime's watchdog) stays ok throughout: losing the apiserver
+/// is no reason to restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_apiserver_and_liveness_does_not() {
+    // A control plane of its own: its apiserver is stopped here.
+    let cp: &'static ControlPlane = Box::leak(Box::new(
+        ControlPlane::start(support::Mode::Bare).await.unwrap(),
+    ));
+    let replicas = Replicas::start_on(cp, kco(), "readyz", 1, &[], (LEASE, MEMBER_LEASE)).await;
+    assert_eq!(
+        replicas.admin_get(0, "/readyz").await,
+        Some((200, "ok\n".to_owned()))
+    );
+    let restart = tokio::spawn(async move { cp.restart_apiserver(Duration::from_secs(30)).await });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let unready = loop {
+        let (status, body) = replicas.admin_get(0, "/readyz").await.unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still ready without an apiserver"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        unready.contains("the apiserver has not answered for"),
+        "{unready}"
+    );
+    assert_eq!(
+        replicas.admin_get(0, "/healthz").await,
+        Some((200, "ok\n".to_owned())),
+        "alive without the apiserver"
+    );
+    restart.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match replicas.admin_get(0, "/readyz").await {
+            Some((200, _)) => break,
+            other => assert!(Instant::now() < deadline, "not ready again: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        replicas.admin_get(0, "/healthz").await,
+        Some((200, "ok\n".to_owned()))
+    );
+}
+
 async fn grant_webhook_rights(cp: &ControlPlane, client: &kube::Client, ns: &str, ca: &str) {
     let manifests = format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: kco-actions, namespace: {ns}}}\n---\n\

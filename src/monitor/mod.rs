@@ -69,6 +69,8 @@ pub struct Context {
     pub webhook_ready: Arc<AtomicBool>,
     /// Running actions: a graceful shutdown waits for them.
     pub actions: tokio_util::task::TaskTracker,
+    /// Whether the apiserver answers and the runtime runs (`/readyz`, `/healthz`).
+    pub health: Arc<crate::health::Health>,
     /// One pod watch per namespace, shared by its TargetApps.
     pub pods: pods::PodWatches,
     /// Bytes the poll bodies being read may hold, per tenant and in all.
@@ -197,6 +199,7 @@ impl Context {
             shard: RwLock::default(),
             actions: tokio_util::task::TaskTracker::new(),
             webhook_ready: Arc::default(),
+            health: Arc::default(),
         }))
     }
 

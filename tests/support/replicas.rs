@@ -160,6 +160,14 @@ impl Replicas {
         response.json().await.ok()
     }
 
+    /// Replica `i`'s answer to `path` on its admin port: (status, body).
+    pub async fn admin_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i]);
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
     pub async fn wait_ready(&mut self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
