@@ -1,13 +1,17 @@
 //! The `kco` command line: argument definitions and dispatch to the library.
 
+#[cfg(feature = "simulator")]
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+#[cfg(feature = "simulator")]
+use clap::Args;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::schema;
-use crate::simulator::{self, NodeState, Simulator};
+#[cfg(feature = "simulator")]
+use crate::simulator::{NodeState, Simulator};
 
 /// KCO watches GraphQL-serving pods (Mina daemons by default) and acts on their state.
 #[derive(Debug, Parser)]
@@ -43,6 +47,7 @@ pub enum Command {
     Run(Box<crate::config::RunArgs>),
     /// Run a Mina node simulator: GraphQL servers that answer like Mina daemons,
     /// with a control API to change their state and inject faults.
+    #[cfg(feature = "simulator")]
     Simulate(SimulateArgs),
     /// Work with GraphQL schemas.
     #[command(subcommand)]
@@ -115,6 +120,7 @@ pub enum SchemaCommand {
     },
 }
 
+#[cfg(feature = "simulator")]
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Address of the control API (HTTP, JSON).
@@ -144,6 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Schema(SchemaCommand::Import { file, output }) => {
             schema_import(&file, output.as_deref())
         }
+        #[cfg(feature = "simulator")]
         Command::Simulate(args) => run_async(simulate(args)),
         Command::Run(args) => {
             let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -336,6 +343,7 @@ fn schema_import(file: &std::path::Path, output: Option<&std::path::Path>) -> Ex
     }
 }
 
+#[cfg(feature = "simulator")]
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let sim = Simulator::start(args.control).await?;
     let mut addrs = args.nodes;
@@ -363,7 +371,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             format!(" (GraphQL at http://{}/graphql ...)", addrs[0])
         }
     );
-    simulator::wait_for_shutdown_signal().await;
+    crate::shutdown::requested().await;
     sim.shutdown().await;
     Ok(())
 }

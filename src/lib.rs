@@ -19,6 +19,10 @@ pub mod operator;
 pub mod probe;
 pub mod schema;
 pub mod shard;
+pub mod shutdown;
+/// The Mina daemon simulator (`kco simulate`, the demo and the tests); the
+/// operator image is built without it (docs/adr/0009-the-simulator-is-a-feature.md).
+#[cfg(feature = "simulator")]
 pub mod simulator;
 pub mod targetapp;
 pub mod tenancy;

@@ -396,7 +396,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let running = start(settings, config, cancel.clone()).await?;
     tokio::select! {
-        _ = crate::simulator::wait_for_shutdown_signal() => {
+        _ = crate::shutdown::requested() => {
             tracing::info!("shutting down");
             cancel.cancel();
         }

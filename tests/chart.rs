@@ -1100,11 +1100,20 @@ fn the_containerfile_builds_what_ci_builds() {
     // run KCO as the chart's non-root user without a shell.
     let containerfile = std::fs::read_to_string(repo_path("Containerfile")).unwrap();
     let build_sh = std::fs::read_to_string(repo_path("build.sh")).unwrap();
-    let command = "cargo build --locked --release --bin kco";
+    let command =
+        "cargo build --locked --release --bin kco --no-default-features --features jemalloc";
     assert!(
         containerfile.contains(&format!("RUN {command}")),
         "{containerfile}"
     );
+    // The image's binary knows its release (`kco version`).
+    for given in [
+        "KCO_VERSION=${VERSION}",
+        "KCO_GIT_REVISION=${REVISION}",
+        "SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}",
+    ] {
+        assert!(containerfile.contains(given), "{given}: {containerfile}");
+    }
     assert!(
         build_sh.contains(&format!("    {command}\n")),
         "build.sh build runs {command}"

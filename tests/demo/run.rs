@@ -206,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         kubectl = kubectl.display(),
         control = sim.control_addr(),
     );
-    kco::simulator::wait_for_shutdown_signal().await;
+    kco::shutdown::requested().await;
     println!("\nStopping kco, the simulator and the control plane...");
     for operator in &operators {
         let _ = std::process::Command::new("kill")
