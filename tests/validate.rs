@@ -174,3 +174,32 @@ fn the_repository_speaks_of_the_product_not_of_how_it_was_built() {
     }
     assert!(found.is_empty(), "process words:\n{}", found.join("\n"));
 }
+
+/// Every action the workflows use is pinned by commit (a tag can be moved to
+/// other code; Dependabot proposes new commits), with its version beside it.
+#[test]
+fn every_workflow_action_is_pinned_by_commit() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows");
+    let mut uses = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| l.contains("uses: ")) {
+            uses += 1;
+            let reference = line.split("uses: ").nth(1).unwrap_or_default();
+            let (action, rest) = reference.split_once('@').unwrap_or((reference, ""));
+            let (sha, comment) = rest.split_once(" # ").unwrap_or((rest, ""));
+            assert!(
+                sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+                "{}: {action} is not pinned by commit: {line}",
+                path.display()
+            );
+            assert!(
+                !comment.trim().is_empty(),
+                "{}: say which version {sha} is",
+                path.display()
+            );
+        }
+    }
+    assert!(uses > 10, "{uses} uses: lines read");
+}
