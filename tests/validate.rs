@@ -187,6 +187,9 @@ fn every_workflow_action_is_pinned_by_commit() {
         for line in text.lines().filter(|l| l.contains("uses: ")) {
             uses += 1;
             let reference = line.split("uses: ").nth(1).unwrap_or_default();
+            if reference.starts_with("./") {
+                continue; // this repository's own workflow, at the same commit
+            }
             let (action, rest) = reference.split_once('@').unwrap_or((reference, ""));
             let (sha, comment) = rest.split_once(" # ").unwrap_or((rest, ""));
             assert!(
