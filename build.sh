@@ -6,9 +6,9 @@
 #                      and fails when a critical path is below 80% (target/coverage/)
 #   ./build.sh demo    a local cluster, a Deployment of simulated Mina pods, TargetApps and `kco run`
 #   ./build.sh tools   only build the local control plane tools into the cache
-#   ./build.sh build   build the kco binary (release; what the Containerfile runs)
-#   ./build.sh image   build the container image with Podman (Docker when Podman is
-#                      absent); IMAGE=name:tag to name it (default kco:dev)
+#   ./build.sh build   the kco binary as it ships (static, musl, without the simulator)
+#   ./build.sh image   the container image, with Podman, from that binary on a
+#                      staged root file system; IMAGE=name:tag (default kco:dev)
 #   ./build.sh crds    regenerate crds/ (and the chart's copies) from the Rust types
 #   ./build.sh chart-docs  regenerate charts/kco/README.md from values.yaml
 #   ./build.sh coverage  the coverage table of the last test run, again
@@ -67,6 +67,71 @@ coverage_tools() {
   mkdir -p target/coverage
 }
 
+# release_env: what `kco version` reports, for builds that ship: the version of
+# Cargo.toml, the commit and the commit's time (so that one commit builds one
+# binary). Values already in the environment (the Containerfile's) win.
+release_env() {
+  export KCO_VERSION="${KCO_VERSION:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)}"
+  if [ -z "${KCO_GIT_REVISION:-}" ] && git rev-parse HEAD >/dev/null 2>&1; then
+    KCO_GIT_REVISION="$(git rev-parse HEAD)"
+    SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
+  fi
+  export KCO_GIT_REVISION="${KCO_GIT_REVISION:-unknown}" SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-}"
+}
+
+# static_binary: the operator as it ships, a static musl binary without the
+# simulator (which the default features, for tests and the demo, carry); prints
+# its path. Needs the musl target and musl-gcc (jemalloc and ring compile C).
+static_binary() {
+  local triple
+  triple="$(uname -m)-unknown-linux-musl"
+  static_tools
+  release_env
+  export CARGO_TARGET_DIR="${KCO_STATIC_TARGET_DIR:-$cache_root/static-target}"
+  step "cargo build --release --target $triple (static, without the simulator)"
+  cargo build --locked --release --target "$triple" --bin kco --no-default-features --features jemalloc >&2
+  echo "$CARGO_TARGET_DIR/$triple/release/kco"
+}
+
+# static_tools: the musl target and musl-gcc (jemalloc and ring compile C).
+static_tools() {
+  local triple
+  triple="$(uname -m)-unknown-linux-musl"
+  rustup target list --installed 2>/dev/null | grep -qx "$triple" || {
+    need rustup "rustup adds the $triple target"
+    step "rustup target add $triple" ; rustup target add "$triple" >&2
+  }
+  command -v musl-gcc >/dev/null 2>&1 || apt_install musl-tools "musl-gcc compiles the C parts of a static binary"
+}
+
+# stage_rootfs BINARY: target/image/rootfs holds the binary (stripped), the CA
+# certificates and the non-root user 1000 (the chart's), and nothing else: no shell, no libc.
+stage_rootfs() {
+  local rootfs=target/image/rootfs certs=/etc/ssl/certs/ca-certificates.crt
+  [ -s "$certs" ] || apt_install ca-certificates "the image carries the CA certificates"
+  rm -rf "$rootfs" && mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs"
+  install -m 0755 "$1" "$rootfs/usr/local/bin/kco"
+  strip "$rootfs/usr/local/bin/kco" 2>/dev/null || true
+  install -m 0644 "$certs" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  printf 'kco:x:1000:1000:kco:/nonexistent:/sbin/nologin\n' > "$rootfs/etc/passwd"
+  printf 'kco:x:1000:\n' > "$rootfs/etc/group"
+  find "$rootfs" -exec touch -h -d "@${SOURCE_DATE_EPOCH:-0}" {} +
+}
+
+# image_tools: podman (Debian's package), installed when missing.
+image_tools() {
+  command -v podman >/dev/null 2>&1 || apt_install podman "podman builds the image"
+}
+
+# apt_install PACKAGE WHY: Debian's package, installed as root (or with sudo).
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "$1 is not installed: $2 (install it with your package manager)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  step "installing $1 (Debian package): $2"
+  $sudo apt-get install -y -q "$1" >&2 || die "could not install $1: $2"
+}
+
 # supply_chain: the dependency tree's licenses, sources, banned crates and
 # duplicate versions (deny.toml), and no dependency that is never used. The
 # advisory database is not fetched here; the GitHub workflow checks advisories.
@@ -96,6 +161,9 @@ case "${1:-}" in
     tools
     step "cargo fmt --check"
     cargo fmt --all -- --check
+    # The image test builds the image with Podman from the static binary.
+    image_tools
+    static_tools
     step "actionlint (the GitHub workflows)"
     "$KCO_TOOLS_DIR/bin/actionlint" .github/workflows/*.yml
     supply_chain
@@ -157,24 +225,30 @@ case "${1:-}" in
     ;;
   build)
     rust
-    # The operator as it ships: without the simulator (`kco simulate`), which
-    # the default features (tests, the demo) carry.
-    cargo build --locked --release --bin kco --no-default-features --features jemalloc
-    echo "target/release/kco"
+    static_binary
+    ;;
+  rootfs)
+    # The image's whole file system, in target/image/rootfs: what the
+    # Containerfile's last stage copies, here and on GitHub alike.
+    rust
+    release_env
+    stage_rootfs "$(static_binary)"
     ;;
   image)
-    if command -v podman >/dev/null 2>&1; then engine=podman
-    elif command -v docker >/dev/null 2>&1; then engine=docker
-    else die "neither podman nor docker is installed: the image needs one of them"
-    fi
-    "$engine" info >/dev/null 2>&1 || die "$engine is installed but cannot build here (is its daemon or service running?)"
+    rust
+    image_tools
+    release_env
+    stage_rootfs "$(static_binary)"
     image="${IMAGE:-kco:dev}"
-    step "building $image with $engine"
-    "$engine" build -f Containerfile \
-      --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" \
-      --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-      --build-arg SOURCE_DATE_EPOCH="$(git log -1 --format=%ct 2>/dev/null || true)" \
-      -t "$image" .
+    step "building $image with podman (no base image: the root file system is staged)"
+    # The Containerfile's last stage, with the staged rootfs as its source.
+    sed -n '/^FROM scratch/,$p' Containerfile \
+      | sed 's#^COPY --from=rootfs /src/target/image/rootfs/ /#COPY rootfs/ /#' > target/image/Containerfile
+    grep -q '^COPY rootfs/ /' target/image/Containerfile || die "the Containerfile's last stage does not copy the staged rootfs"
+    podman build --quiet -f target/image/Containerfile \
+      --build-arg VERSION="$KCO_VERSION" --build-arg REVISION="$KCO_GIT_REVISION" \
+      --build-arg CREATED="$(date -u -d "@${SOURCE_DATE_EPOCH:-0}" +%Y-%m-%dT%H:%M:%SZ)" \
+      --timestamp "${SOURCE_DATE_EPOCH:-0}" -t "$image" target/image >&2
     echo "$image"
     ;;
   release-meta)
