@@ -685,6 +685,12 @@ async fn exec_command_runs_as_the_service_account_and_fails_clearly_without_a_ku
     let note = bed.wait_event(20, "ActionFailed", "exec").await;
     assert!(note.contains("(forbidden)"), "{note}");
     assert!(note.contains("mina-0"), "{note}");
+    // The apiserver's own words say which right is missing, for whom.
+    assert!(note.contains("create pods/exec refused"), "{note}");
+    assert!(
+        note.contains("system:serviceaccount:") && note.contains("no-rights"),
+        "{note}"
+    );
 
     // With the right: the apiserver accepts the request and then cannot reach a
     // kubelet (none runs here): a clear failure, not a hang or a panic.

@@ -309,13 +309,7 @@ impl Dispatcher {
         if let Some(client) = self.clients.get(&user) {
             return Ok(client);
         }
-        let mut config = self.config.clone();
-        config.auth_info.impersonate = Some(user.clone());
-        config.auth_info.impersonate_groups = None;
-        // A 429 from an action is a refusal (an eviction a PodDisruptionBudget forbids):
-        // report it, do not retry it in a loop.
-        config.default_retry = false;
-        let client = kube::Client::try_from(config).map_err(|e| {
+        let client = kube::Client::try_from(acting_as(&self.config, &user)).map_err(|e| {
             ActionError::Unavailable(format!("cannot build a client for {user}: {e}"))
         })?;
         self.clients.insert(user, client.clone());
@@ -607,9 +601,42 @@ impl Dispatcher {
     }
 }
 
+/// The operator's client configuration, acting as `user` and as nothing else:
+/// whatever identity the operator's own kubeconfig impersonates (a user, its
+/// groups, UID or extra fields) is replaced, never combined with the tenant's.
+fn acting_as(base: &kube::Config, user: &str) -> kube::Config {
+    let mut config = base.clone();
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups = None;
+    config.auth_info.impersonate_uid = None;
+    config.auth_info.impersonate_user_extra = None;
+    // A 429 from an action is a refusal (an eviction a PodDisruptionBudget forbids):
+    // report it, do not retry it in a loop.
+    config.default_retry = false;
+    config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_action_client_acts_as_the_tenants_account_alone() {
+        let mut operator = kube::Config::new("https://apiserver:6443".parse().unwrap_or_default());
+        operator.auth_info.impersonate = Some("admin".into());
+        operator.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+        operator.auth_info.impersonate_uid = Some("0000-admin".into());
+        operator.auth_info.impersonate_user_extra =
+            Some([("scopes".to_owned(), vec!["everything".to_owned()])].into());
+        let user = "system:serviceaccount:team-a:probe";
+        let tenant = acting_as(&operator, user);
+        assert_eq!(tenant.auth_info.impersonate.as_deref(), Some(user));
+        assert_eq!(tenant.auth_info.impersonate_groups, None);
+        assert_eq!(tenant.auth_info.impersonate_uid, None);
+        assert_eq!(tenant.auth_info.impersonate_user_extra, None);
+        assert!(!tenant.default_retry);
+        assert_eq!(tenant.cluster_url, operator.cluster_url);
+    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)

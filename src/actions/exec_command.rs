@@ -11,7 +11,6 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams, PostParams};
-use kube::client::UpgradeConnectionError;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
@@ -171,32 +170,29 @@ async fn may_exec(ctx: &ActionContext, pod: &str, what: &str) -> Result<(), Acti
 }
 
 /// An exec that could not start, in words: RBAC refusals name what was missing.
+///
+/// The apiserver answers a refused upgrade with a `metav1.Status` body, which
+/// the client surfaces as [`kube::Error::Api`] (docs/adr/0010-kube-5.md); only a
+/// handshake that went wrong after the apiserver agreed is an upgrade error.
 fn exec_error(what: &str, e: kube::Error) -> ActionError {
     match e {
+        kube::Error::Api(status) if status.code == 403 => ActionError::Forbidden(format!(
+            "{what}: create pods/exec refused: {}",
+            status.message
+        )),
         kube::Error::Api(_) => ActionError::from_kube(what, e),
-        kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(status))
-            if status.as_u16() == 403 =>
-        {
-            ActionError::Forbidden(format!(
-                "{what}: create pods/exec refused: {}",
-                UpgradeConnectionError::ProtocolSwitch(status)
-            ))
-        }
         kube::Error::UpgradeConnection(upgrade) => {
             ActionError::Failed(format!("{what}: cannot open the exec stream: {upgrade}"))
         }
+        // The request may have reached the kubelet: never retried (not resumable).
         other => ActionError::Failed(format!("{what}: {other}")),
     }
 }
 
-/// The apiserver answered the upgrade with 400 Bad Request: it refused the
-/// request itself (the stream carries no reason).
+/// The apiserver refused the exec request itself with 400 Bad Request (a
+/// container that is not in the pod, or none named in a pod of several).
 fn is_bad_request(e: &kube::Error) -> bool {
-    matches!(
-        e,
-        kube::Error::UpgradeConnection(UpgradeConnectionError::ProtocolSwitch(status))
-            if status.as_u16() == 400
-    )
+    matches!(e, kube::Error::Api(status) if status.code == 400)
 }
 
 /// Why the apiserver refused an exec with 400, when the pod tells: the named
@@ -415,6 +411,50 @@ mod tests {
             ActionError::Failed("exec: exit code 1; stdout: 13 bytes, not shown".into())
         );
         assert!(!err.to_string().contains("s3cr3t"));
+    }
+
+    fn refused(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn an_exec_refused_by_rbac_names_the_missing_right() {
+        let rbac = "pods \"mina-0\" is forbidden: User \"system:serviceaccount:a:probe\" \
+                    cannot create resource \"pods/exec\" in API group \"\" in the namespace \"a\"";
+        let e = refused(403, rbac);
+        assert!(!is_bad_request(&e));
+        assert_eq!(
+            exec_error("exec \"true\" in pod mina-0", e),
+            ActionError::Forbidden(format!(
+                "exec \"true\" in pod mina-0: create pods/exec refused: {rbac}"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_bad_request_is_recognised_and_other_refusals_keep_the_apiservers_words() {
+        let bad = refused(400, "container sidecar is not valid for pod mina-0");
+        assert!(is_bad_request(&bad));
+        assert_eq!(
+            exec_error("exec", bad),
+            ActionError::Failed("exec: container sidecar is not valid for pod mina-0 (400)".into())
+        );
+        assert_eq!(
+            exec_error("exec", refused(404, "pods \"mina-9\" not found")),
+            ActionError::NotFound("exec: pods \"mina-9\" not found".into())
+        );
+        assert!(!is_bad_request(&refused(500, "etcd timeout")));
+        let handshake = kube::Error::UpgradeConnection(
+            kube::client::UpgradeConnectionError::MissingUpgradeWebSocketHeader,
+        );
+        assert!(matches!(
+            exec_error("exec", handshake),
+            ActionError::Failed(m) if m.starts_with("exec: cannot open the exec stream: ")
+        ));
     }
 
     #[test]
