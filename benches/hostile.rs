@@ -318,7 +318,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
         timeout: Duration::from_secs(2),
         query: Arc::from(DEFAULT_STATE_QUERY),
     };
-    let (tx, mut rx) = mpsc::channel::<Report>(4096);
+    let (tx, mut rx) = mpsc::channel::<Box<Report>>(4096);
     let cancel = CancellationToken::new();
     let healthy_urls: std::collections::BTreeSet<String> = targets
         .iter()

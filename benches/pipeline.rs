@@ -274,7 +274,7 @@ async fn pipeline(
     let rules = Arc::new(rules());
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
     let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);
-    let (tx, mut rx) = mpsc::channel::<Report>(4096);
+    let (tx, mut rx) = mpsc::channel::<Box<Report>>(4096);
     let cancel = CancellationToken::new();
     for addr in nodes {
         let schedule = Schedule {

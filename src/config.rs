@@ -32,6 +32,11 @@ pub struct RunArgs {
     /// throttled, and other tenants are not.
     #[arg(long, env = "GRAPHQL_MAX_BYTES_IN_FLIGHT_PER_TENANT", default_value_t = crate::monitor::inflight::DEFAULT_TENANT_BYTES)]
     pub graphql_max_bytes_in_flight_per_tenant: u64,
+    /// Targets polled more often than every this many seconds keep their
+    /// connection open between polls; the others connect for each poll and hold
+    /// no descriptor or buffers in between (0: no target keeps one).
+    #[arg(long, env = "GRAPHQL_KEEP_ALIVE_BELOW", default_value_t = 10)]
+    pub graphql_keep_alive_below: u64,
     /// Seconds between polls for TargetApps that do not set pollingInterval.
     #[arg(long, env = "DEFAULT_POLLING_INTERVAL", default_value_t = 30)]
     pub default_polling_interval: u32,
@@ -158,6 +163,8 @@ pub struct RunArgs {
 pub struct Settings {
     pub graphql_timeout: Duration,
     pub graphql_max_retries: u32,
+    /// Targets polled more often than this keep their connection between polls.
+    pub keep_alive_below: Duration,
     pub max_response_bytes: u64,
     /// Bytes in flight: (the replica's, each tenant's).
     pub bytes_in_flight: (u64, u64),
@@ -241,6 +248,12 @@ impl Settings {
             a.graphql_max_retries,
             a.graphql_max_retries <= 10,
             "must be 0..=10",
+        )?;
+        check(
+            "GRAPHQL_KEEP_ALIVE_BELOW",
+            a.graphql_keep_alive_below,
+            a.graphql_keep_alive_below <= 3600,
+            "must be 0..=3600 seconds",
         )?;
         check(
             "GRAPHQL_MAX_RESPONSE_BYTES",
@@ -456,6 +469,7 @@ impl Settings {
             dns_overrides,
             graphql_timeout: Duration::from_secs(a.graphql_timeout),
             graphql_max_retries: a.graphql_max_retries,
+            keep_alive_below: Duration::from_secs(a.graphql_keep_alive_below),
             max_response_bytes: a.graphql_max_response_bytes,
             bytes_in_flight: (
                 a.graphql_max_bytes_in_flight,
@@ -476,6 +490,7 @@ impl Settings {
         Self {
             graphql_timeout: Duration::from_secs(2),
             graphql_max_retries: 1,
+            keep_alive_below: Duration::from_secs(10),
             max_response_bytes: 1024 * 1024,
             bytes_in_flight: (
                 crate::monitor::inflight::DEFAULT_REPLICA_BYTES,
@@ -576,6 +591,10 @@ mod tests {
         for (args, setting) in [
             (&["--graphql-timeout", "0"][..], "GRAPHQL_TIMEOUT"),
             (&["--graphql-max-retries", "50"][..], "GRAPHQL_MAX_RETRIES"),
+            (
+                &["--graphql-keep-alive-below", "86400"][..],
+                "GRAPHQL_KEEP_ALIVE_BELOW",
+            ),
             (
                 &["--graphql-max-response-bytes", "10"][..],
                 "GRAPHQL_MAX_RESPONSE_BYTES",

@@ -3,8 +3,8 @@
 //! IPs, URLs or error text.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric KCO exports, registered in one registry.
@@ -14,6 +14,8 @@ pub struct Metrics {
     /// Polls by outcome: `result` success|failure, `reason` the failure kind ("" on success).
     pub polls: IntCounterVec,
     pub poll_duration: HistogramVec,
+    /// When each TargetApp's latest poll was sent.
+    pub last_poll: GaugeVec,
     /// How late a poll started against its schedule.
     pub poll_lateness: HistogramVec,
     /// Events published, by reason and type.
@@ -219,6 +221,17 @@ impl Metrics {
                 "GraphQL polls of TargetApp targets, by result and failure reason.",
                 &["namespace", "targetapp", "result", "reason"],
             )?,
+            last_poll: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "operator_kco_tapp_last_poll_timestamp_seconds",
+                        "When a TargetApp's latest poll was sent (Unix seconds): status is written on change, not per poll.",
+                    ),
+                    APP,
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             poll_duration: histogram(
                 "operator_kco_tapp_poll_duration_seconds",
                 "Duration of one poll, retries included.",
@@ -264,6 +277,7 @@ impl Metrics {
             labels.get("namespace") == Some(&namespace) && labels.get("targetapp") == Some(&name)
         };
         let _ = self.poll_duration.remove_label_values(&[namespace, name]);
+        let _ = self.last_poll.remove_label_values(&[namespace, name]);
         let _ = self.poll_lateness.remove_label_values(&[namespace, name]);
         for state in ["up", "down"] {
             let _ = self.targets.remove_label_values(&[namespace, name, state]);

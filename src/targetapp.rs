@@ -43,7 +43,6 @@ pub const MAX_VALUE_DEPTH: usize = 32;
     status = "TargetAppStatus",
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Targets", "type": "string", "description": "targets up / total", "jsonPath": ".status.targetsReady"}"#,
-    printcolumn = r#"{"name": "Last Poll", "type": "date", "jsonPath": ".status.lastPollTime"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -418,9 +417,6 @@ pub struct TargetAppStatus {
     /// Targets up / total, e.g. `2/3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets_ready: Option<String>,
-    /// When the last poll of any target finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_poll_time: Option<Time>,
     /// Per-target state, at most `MAX_STATUS_TARGETS` entries (failing targets first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetStatus>,
@@ -453,9 +449,11 @@ pub struct TargetStatus {
     pub endpoint: String,
     /// Whether the last poll succeeded.
     pub up: bool,
-    /// When the last poll finished.
+    /// Since when the target has been up (or down): the poll that changed `up`.
+    /// Status is written when something changes, never per poll: the time of the
+    /// last poll is in `/stats` and `operator_kco_tapp_last_poll_timestamp_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_poll_time: Option<Time>,
+    pub since: Option<Time>,
     /// Why the last poll failed (a short reason, not a response body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

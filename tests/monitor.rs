@@ -69,6 +69,40 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
             && t["up"] == true),
         "the typed health query result shows in /stats: {stats}"
     );
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["lastPollTime"].is_string() && t["since"].is_string()),
+        "/stats tells when each target was last polled: {stats}"
+    );
+
+    // Status is written on change, never per poll: while every target keeps
+    // answering the same, three more polls of each leave the object as it was,
+    // and the polls show in the last-poll metric instead.
+    let last_poll = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("operator_kco_tapp_last_poll_timestamp_seconds{")
+                    && l.contains("targetapp=\"mina\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no last-poll series for mina in:\n{metrics}"))
+    };
+    let polled = last_poll(&bed.metrics().await);
+    let version = app.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let quiet = bed.apps().get("mina").await.unwrap();
+    assert_eq!(
+        quiet.metadata.resource_version, version,
+        "nothing changed, so nothing was written: {:?}",
+        quiet.status
+    );
+    assert!(
+        last_poll(&bed.metrics().await) >= polled + 2.0,
+        "polls went on meanwhile"
+    );
 
     bed.set_state(1, SyncStatus::Offline).await;
     let changed = bed.wait_event(10, "StateChanged", "mina-1").await;

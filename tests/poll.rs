@@ -400,3 +400,82 @@ async fn a_body_beyond_its_tenants_share_is_throttled_and_gives_its_bytes_back()
     assert!(report.result.is_ok(), "{:?}", report.result);
     assert_eq!(inflight.held(), 0);
 }
+
+/// A minimal HTTP/1.1 GraphQL server that counts the connections it accepts and
+/// honours `Connection: close` as any server would.
+async fn counting_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    let close = text[..end].contains("connection: close");
+                    buf.drain(..end + 4 + length);
+                    let body = r#"{"data":{"version":"1"}}"#;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+                        body.len(),
+                        if close { "connection: close\r\n" } else { "" }
+                    );
+                    if stream.write_all(reply.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_rarely_polled_target_gets_a_new_connection_each_poll_and_keeps_none() {
+    use std::sync::atomic::Ordering;
+    kco::tls::install_crypto_provider();
+    let poller = Poller::new(1024 * 1024, 0, "kco-test").unwrap();
+    let poll_three_times = |poller: Poller, addr: SocketAddr| async move {
+        for _ in 0..3 {
+            let data = poller
+                .poll(&url(addr), "{ version }", Duration::from_secs(5))
+                .await
+                .result
+                .unwrap();
+            assert_eq!(data.data["version"], "1");
+        }
+    };
+    // Polled often: one connection, kept between polls.
+    let (often, accepted_often) = counting_server().await;
+    poll_three_times(poller.clone().with_keep_alive(true), often).await;
+    assert_eq!(accepted_often.load(Ordering::SeqCst), 1);
+    // Polled rarely: each poll connects and closes; nothing is kept meanwhile.
+    let (rarely, accepted_rarely) = counting_server().await;
+    poll_three_times(poller.with_keep_alive(false), rarely).await;
+    assert_eq!(accepted_rarely.load(Ordering::SeqCst), 3);
+}

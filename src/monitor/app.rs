@@ -43,18 +43,23 @@ struct Monitor {
     fields: BTreeSet<FieldPath>,
     schedule: Schedule,
     /// The pods the selector selects, from the namespace's shared pod watch.
-    pods: BTreeMap<String, Pod>,
+    /// Shared with the watch's snapshot: a TargetApp keeps pointers, not copies.
+    pods: BTreeMap<String, Arc<Pod>>,
     discovered: bool,
     targets: BTreeMap<String, TargetState>,
     loops: BTreeMap<String, Running>,
     firings: Vec<RuleFiring>,
     written: Option<TargetAppStatus>,
-    written_at: Option<Timestamp>,
-    reports: mpsc::Sender<Report>,
+    /// Something the status is built from changed since it was last compared
+    /// (a poll, the pods, an adopted firing): the next tick builds it again.
+    dirty: bool,
+    /// When `/stats` last got this TargetApp's targets.
+    stats_at: Option<tokio::time::Instant>,
+    reports: mpsc::Sender<Box<Report>>,
     /// Cancelled when this monitor stops (its actions' waits end with it).
     cancel: CancellationToken,
     /// Firings the fence found recorded by another replica, back to this loop.
-    adopt: mpsc::Sender<Adopt>,
+    adopt: mpsc::Sender<Box<Adopt>>,
 }
 
 /// Monitors `app` until `cancel` fires; then stops every poll loop it started.
@@ -68,8 +73,10 @@ pub async fn run(
 ) {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
-    let (tx, mut rx) = mpsc::channel(256);
-    let (adopt_tx, mut adopted) = mpsc::channel::<Adopt>(64);
+    // Boxed messages: a channel allocates its slots in blocks of 32 up front, and
+    // every TargetApp has these two.
+    let (tx, mut rx) = mpsc::channel::<Box<Report>>(256);
+    let (adopt_tx, mut adopted) = mpsc::channel::<Box<Adopt>>(64);
     let spec = &app.spec;
     let interval = spec
         .polling_interval
@@ -106,7 +113,8 @@ pub async fn run(
         targets: BTreeMap::new(),
         loops: BTreeMap::new(),
         written: app.status.clone(),
-        written_at: None,
+        dirty: true,
+        stats_at: None,
         reports: tx,
         adopt: adopt_tx,
         cancel: cancel.clone(),
@@ -175,9 +183,10 @@ pub async fn run(
                 // The watch stopped (it does not while subscribed): keep the targets.
                 Err(_) => snapshots = None,
             },
-            Some(report) = rx.recv() => monitor.on_report(report).await,
-            Some(adopted) = adopted.recv() => monitor.adopt(adopted).await,
-            _ = tick.tick() => monitor.write_status(None).await,
+            Some(report) = rx.recv() => monitor.on_report(*report).await,
+            Some(adopted) = adopted.recv() => monitor.adopt(*adopted).await,
+            // A quiet TargetApp's task sleeps between polls: no tick while nothing changed.
+            _ = tick.tick(), if monitor.dirty => monitor.write_status(None).await,
         }
     }
     for running in monitor.loops.values() {
@@ -191,6 +200,7 @@ impl Monitor {
         if !snapshot.listed {
             return;
         }
+        self.dirty = true;
         self.pods = discovery::selected(&snapshot.pods, self.app.spec.selector.as_ref());
         self.discovered = true;
         self.reconcile_targets().await;
@@ -262,7 +272,10 @@ impl Monitor {
                     route,
                 },
                 self.schedule.clone(),
-                self.ctx.poller.clone(),
+                self.ctx
+                    .poller
+                    .clone()
+                    .with_keep_alive(self.schedule.interval < self.ctx.settings.keep_alive_below),
                 Some(gate),
                 self.reports.clone(),
                 cancel.clone(),
@@ -291,7 +304,11 @@ impl Monitor {
         let namespace = self.namespace.clone();
         match &target.pod {
             None => Route::Url { egress, namespace },
-            Some(pod) => match self.pods.get(pod).and_then(discovery::node_address) {
+            Some(pod) => match self
+                .pods
+                .get(pod)
+                .and_then(|pod| discovery::node_address(pod))
+            {
                 Some(ip) => Route::NodeAddress {
                     egress,
                     namespace,
@@ -309,8 +326,12 @@ impl Monitor {
         if state.target.url != report.url {
             return;
         }
+        self.dirty = true;
         let m = &self.ctx.metrics;
         let labels = [self.namespace.as_str(), self.name.as_str()];
+        m.last_poll
+            .with_label_values(&labels)
+            .set(report.sent_at.as_millisecond() as f64 / 1000.0);
         m.poll_duration
             .with_label_values(&labels)
             .observe(report.report.duration.as_secs_f64());
@@ -525,6 +546,7 @@ impl Monitor {
     /// wait). Written again now, it is an upper bound (this moment); an earlier end
     /// in status wins over it (`Dispatcher::clear`).
     async fn adopt(&mut self, adopted: Adopt) {
+        self.dirty = true;
         let Adopt {
             target,
             rule,
@@ -625,8 +647,13 @@ impl Monitor {
         );
     }
 
-    /// Writes status when it changed (or is due for a refresh); updates /stats.
+    /// Writes status when something a user would act on changed; refreshes
+    /// /stats (which shows each target's last poll) on change and at most once per
+    /// interval (at least a minute) otherwise.
     async fn write_status(&mut self, invalid: Option<&str>) {
+        if !self.dirty {
+            return;
+        }
         let now = Timestamp::now();
         let shard = self.ctx.settings.instance.clone();
         let next = status::build(
@@ -642,10 +669,13 @@ impl Monitor {
             self.written.as_ref(),
         );
         let refresh = self.schedule.interval.max(Duration::from_secs(60));
-        if !status::should_write(self.written.as_ref(), self.written_at, &next, now, refresh) {
+        if !status::should_write(self.written.as_ref(), &next) {
+            if self.stats_at.is_none_or(|at| at.elapsed() >= refresh) {
+                self.publish_stats(&next);
+            }
+            self.dirty = false;
             return;
         }
-        // /stats follows status: on change, and at the refresh period.
         self.publish_stats(&next);
         // A bounded number of status writes at once (each holds an apiserver
         // connection). This loop never waits for a turn: while it waited, its poll
@@ -664,7 +694,7 @@ impl Monitor {
         {
             Ok(_) => {
                 self.written = Some(next);
-                self.written_at = Some(now);
+                self.dirty = false;
             }
             Err(e) => {
                 self.ctx
@@ -689,7 +719,8 @@ impl Monitor {
             .set(self.targets.len() as i64 - up);
     }
 
-    fn publish_stats(&self, status: &TargetAppStatus) {
+    fn publish_stats(&mut self, status: &TargetAppStatus) {
+        self.stats_at = Some(tokio::time::Instant::now());
         let default_query = self.app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY;
         let stats = AppStats {
             namespace: self.namespace.clone(),
@@ -708,6 +739,8 @@ impl Monitor {
                         name: t.target.name().to_owned(),
                         url: t.target.url.clone(),
                         up: t.up,
+                        last_poll_time: t.last_poll.map(|at| at.to_string()),
+                        since: t.since.map(|at| at.to_string()),
                         last_error: t.last_error.as_ref().map(ToString::to_string),
                         sync_status: health
                             .as_ref()
@@ -798,7 +831,7 @@ async fn act(
     ctx: Arc<Context>,
     reference: ObjectReference,
     firing: Firing,
-    adopt: mpsc::Sender<Adopt>,
+    adopt: mpsc::Sender<Box<Adopt>>,
     cancel: CancellationToken,
 ) {
     let namespace = firing.app.namespace().unwrap_or_default();
@@ -846,12 +879,12 @@ async fn act(
     // while the fence waited, its end then finding no record to go to.
     if let Some(at) = known_as {
         let _ = adopt
-            .send(Adopt {
+            .send(Box::new(Adopt {
                 target: target.clone(),
                 rule: rule.clone(),
                 own: fired_at,
                 at,
-            })
+            }))
             .await;
     }
     let (reason, note) = match dispatched {

@@ -105,7 +105,10 @@ pub fn node_address(pod: &Pod) -> Option<std::net::IpAddr> {
 }
 
 /// The targets among `pods` (by pod name), or the one URL target.
-pub fn targets(spec: &TargetAppSpec, pods: &BTreeMap<String, Pod>) -> BTreeMap<String, Target> {
+pub fn targets(
+    spec: &TargetAppSpec,
+    pods: &BTreeMap<String, Arc<Pod>>,
+) -> BTreeMap<String, Target> {
     if is_absolute(&spec.graphql_endpoint) {
         let target = Target {
             pod: None,
@@ -178,7 +181,7 @@ impl Pods {
 pub fn selected(
     pods: &BTreeMap<String, Arc<Pod>>,
     selector: Option<&LabelSelector>,
-) -> BTreeMap<String, Pod> {
+) -> BTreeMap<String, Arc<Pod>> {
     let none = BTreeMap::new();
     pods.iter()
         .filter(|(_, pod)| {
@@ -189,7 +192,7 @@ pub fn selected(
                 )
             })
         })
-        .map(|(name, pod)| (name.clone(), Pod::clone(pod)))
+        .map(|(name, pod)| (name.clone(), Arc::clone(pod)))
         .collect()
 }
 
@@ -325,7 +328,7 @@ mod tests {
     #[test]
     fn an_absolute_endpoint_is_the_one_target() {
         let s = spec(json!({"graphqlEndpoint": "http://mina.ns.svc:3085/graphql"}));
-        let pods = BTreeMap::from([("a".to_owned(), pod("a", "True", Some("10.0.0.5")))]);
+        let pods = BTreeMap::from([("a".to_owned(), Arc::new(pod("a", "True", Some("10.0.0.5"))))]);
         let found = targets(&s, &pods);
         assert_eq!(found.len(), 1);
         let t = &found["http://mina.ns.svc:3085/graphql"];

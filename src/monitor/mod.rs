@@ -108,6 +108,13 @@ pub struct TargetStats {
     pub name: String,
     pub url: String,
     pub up: Option<bool>,
+    /// When the target was last polled (RFC 3339), as of the last refresh of
+    /// `/stats` (on change, else at most one interval, at least a minute, old).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_poll_time: Option<String>,
+    /// Since when it has been up (or down), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     pub last_error: Option<String>,
     /// For the built-in Mina health query: the node's sync status and height.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,6 +259,8 @@ pub async fn run(
     };
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
+        // Nothing reads who wrote which field: a TargetApp is kept without it.
+        .modify(|app| app.metadata.managed_fields = None)
         .boxed();
     let mut shard = Shard {
         apps: HashMap::new(),
@@ -260,6 +269,9 @@ pub async fn run(
         listed: false,
     };
     let mut listing: Option<HashSet<String>> = None;
+    // The TenantQuota usage this replica last wrote, by quota: written on change.
+    let mut usage_written: HashMap<String, crate::tenancy::quota::Usage> = HashMap::new();
+    let mut quota_ticks: u64 = 0;
     // Without sharding nobody sends ownership changes: the channel closes at once.
     let mut follow = true;
     // TenantQuotas change without a TargetApp event: re-check now and then; the
@@ -271,8 +283,17 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = quotas.tick() => {
                 shard.refresh_all(&ctx).await;
+                quota_ticks += 1;
+                if quota_ticks.is_multiple_of(60) {
+                    // Every ten minutes, all again: a TenantQuota deleted and made
+                    // anew under its name starts without usage.
+                    usage_written.clear();
+                }
                 if ctx.leadership.confirm() {
-                    write_quota_usage(&ctx, &shard.apps).await;
+                    write_quota_usage(&ctx, &shard.apps, &mut usage_written).await;
+                } else {
+                    // Whoever leads next writes every usage once.
+                    usage_written.clear();
                 }
                 continue;
             }
@@ -303,7 +324,7 @@ pub async fn run(
                     keys.insert(key(&app));
                 }
                 // Tasks start once the whole list is in (quotas order TargetApps).
-                shard.apps.insert(key(&app), app);
+                shard.apps.insert(key(&app), Arc::new(app));
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 let keys = listing.take().unwrap_or_default();
@@ -331,7 +352,8 @@ pub async fn run(
 
 /// The TargetApps this replica knows, and the tasks it runs for those it owns.
 struct Shard {
-    apps: HashMap<String, TargetApp>,
+    /// Shared with the TargetApps' tasks.
+    apps: HashMap<String, Arc<TargetApp>>,
     running: HashMap<String, Running>,
     owns: Ownership,
     listed: bool,
@@ -346,7 +368,16 @@ impl Shard {
     async fn apply(&mut self, ctx: &Arc<Context>, app: TargetApp) {
         let k = key(&app);
         let namespace = app.metadata.namespace.clone().unwrap_or_default();
-        self.apps.insert(k, app);
+        let same_spec = self.apps.get(&k).is_some_and(|known| {
+            known.metadata.uid == app.metadata.uid
+                && known.metadata.generation == app.metadata.generation
+        });
+        self.apps.insert(k, Arc::new(app));
+        // A status write (this replica's or another's) changes neither the set of
+        // TargetApps nor what their tasks run: nothing to count or restart.
+        if same_spec {
+            return;
+        }
         self.publish(ctx);
         self.refresh(ctx, &namespace).await;
     }
@@ -381,10 +412,12 @@ impl Shard {
         }
         let quota = ctx.tenants.effective(namespace);
         let version = quota_version(&quota);
-        let in_namespace = |app: &&TargetApp| app.metadata.namespace.as_deref() == Some(namespace);
+        let in_namespace =
+            |app: &&Arc<TargetApp>| app.metadata.namespace.as_deref() == Some(namespace);
         let Some(max) = quota.max_target_apps else {
             // No TargetApp quota (the common case): nothing to order.
-            let apps: Vec<TargetApp> = self.apps.values().filter(in_namespace).cloned().collect();
+            let apps: Vec<Arc<TargetApp>> =
+                self.apps.values().filter(in_namespace).cloned().collect();
             for app in apps {
                 ensure(ctx, &mut self.running, app, None, version).await;
             }
@@ -401,7 +434,7 @@ impl Shard {
             .filter(|ns| *ns == namespace || ctx.tenants.effective(ns).tenant(ns) == tenant)
             .collect();
         // The tenant's TargetApps in every namespace, oldest first.
-        let mut apps: Vec<&TargetApp> = self
+        let mut apps: Vec<&Arc<TargetApp>> = self
             .apps
             .values()
             .filter(|a| {
@@ -419,7 +452,7 @@ impl Shard {
                 ))
         });
         let total = apps.len();
-        let plan: Vec<(TargetApp, Option<String>)> = apps
+        let plan: Vec<(Arc<TargetApp>, Option<String>)> = apps
             .into_iter()
             .enumerate()
             .filter(|(_, app)| in_namespace(app))
@@ -516,8 +549,13 @@ impl Shard {
     }
 }
 
-/// Leader-only: each TenantQuota's namespaces and TargetApps, in its status.
-async fn write_quota_usage(ctx: &Context, apps: &HashMap<String, TargetApp>) {
+/// Leader-only: each TenantQuota's namespaces and TargetApps, in its status, when
+/// they changed since `written`.
+async fn write_quota_usage(
+    ctx: &Context,
+    apps: &HashMap<String, Arc<TargetApp>>,
+    written: &mut HashMap<String, crate::tenancy::quota::Usage>,
+) {
     let api: Api<crate::tenancy::TenantQuota> = Api::all(ctx.client.clone());
     for (name, namespaces) in ctx.tenants.quotas() {
         let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
@@ -535,11 +573,14 @@ async fn write_quota_usage(ctx: &Context, apps: &HashMap<String, TargetApp>) {
             fullest_namespace: fullest.map(|(ns, _)| (*ns).to_owned()),
             fullest_count: fullest.map(|(_, n)| *n).unwrap_or(0),
         };
+        if written.get(&name) == Some(&usage) {
+            continue;
+        }
         let patch = serde_json::json!({"status": {"usage": usage}});
         if !ctx.leadership.confirm() {
             return;
         }
-        if let Err(e) = api
+        match api
             .patch_status(
                 &name,
                 &kube::api::PatchParams::default(),
@@ -547,11 +588,16 @@ async fn write_quota_usage(ctx: &Context, apps: &HashMap<String, TargetApp>) {
             )
             .await
         {
-            ctx.metrics
-                .errors
-                .with_label_values(&["status_write"])
-                .inc();
-            tracing::debug!(quota = %name, error = %e, "cannot write TenantQuota usage");
+            Ok(_) => {
+                written.insert(name, usage);
+            }
+            Err(e) => {
+                ctx.metrics
+                    .errors
+                    .with_label_values(&["status_write"])
+                    .inc();
+                tracing::debug!(quota = %name, error = %e, "cannot write TenantQuota usage");
+            }
         }
     }
 }
@@ -564,7 +610,7 @@ fn key(app: &TargetApp) -> String {
 async fn ensure(
     ctx: &Arc<Context>,
     running: &mut HashMap<String, Running>,
-    app: TargetApp,
+    app: Arc<TargetApp>,
     over_quota: Option<String>,
     quota: u64,
 ) {
@@ -587,12 +633,7 @@ async fn ensure(
     }
     tracing::info!(targetapp = %k, generation = ?app.metadata.generation, "monitoring");
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(app::run(
-        ctx.clone(),
-        Arc::new(app),
-        cancel.clone(),
-        over_quota,
-    ));
+    let handle = tokio::spawn(app::run(ctx.clone(), app, cancel.clone(), over_quota));
     running.insert(
         k,
         Running {

@@ -161,6 +161,9 @@ pub struct Poller {
     first_backoff: Duration,
     /// Where bodies take their bytes from (none: only the response cap bounds them).
     share: Option<Share>,
+    /// Whether the connection stays open for the next poll; when not, each poll
+    /// asks for `Connection: close` and nothing is held between polls.
+    keep_alive: bool,
 }
 
 /// `kco/<version> (<instance>)`.
@@ -193,6 +196,7 @@ impl Poller {
             max_retries,
             first_backoff: Duration::from_millis(200),
             share: None,
+            keep_alive: true,
         })
     }
 
@@ -207,6 +211,13 @@ impl Poller {
     /// share of the replica's bytes in flight).
     pub fn with_share(mut self, share: Share) -> Self {
         self.share = Some(share);
+        self
+    }
+
+    /// The same poller, keeping its connection between polls or not: a target
+    /// polled rarely should not hold a descriptor and buffers while it waits.
+    pub fn with_keep_alive(mut self, keep_alive: bool) -> Self {
+        self.keep_alive = keep_alive;
         self
     }
 
@@ -248,7 +259,11 @@ impl Poller {
     ) -> Result<PollData, PollFailure> {
         // One deadline for the whole exchange; where it strikes names the failure.
         let deadline = Instant::now() + timeout;
-        let sent = tokio::time::timeout_at(deadline, self.http.post(url).json(body).send()).await;
+        let mut request = self.http.post(url).json(body);
+        if !self.keep_alive {
+            request = request.header(reqwest::header::CONNECTION, "close");
+        }
+        let sent = tokio::time::timeout_at(deadline, request.send()).await;
         let response = match sent {
             Ok(response) => response.map_err(classify)?,
             Err(_) => return Err(PollFailure::Timeout(timeout)),

@@ -22,6 +22,8 @@ pub struct TargetState {
     /// The data of the last successful poll.
     pub last_good: Option<Value>,
     pub last_poll: Option<Timestamp>,
+    /// When `up` last changed (the first poll counts as a change).
+    pub since: Option<Timestamp>,
     pub last_error: Option<PollFailure>,
     /// Whether the last poll was throttled (it told nothing of the target).
     pub throttled: bool,
@@ -71,6 +73,7 @@ impl TargetState {
             up: None,
             last_good: None,
             last_poll: None,
+            since: None,
             last_error: None,
             throttled: false,
             firing: rules
@@ -159,6 +162,9 @@ impl TargetState {
                     false_at: firing.false_at(),
                 });
             }
+        }
+        if previous_up != Some(up) {
+            self.since = Some(now);
         }
         self.up = Some(up);
         self.last_poll = Some(now);

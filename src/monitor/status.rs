@@ -2,7 +2,6 @@
 //! Pure: the monitor writes what `build` returns when `should_write` says so.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -85,7 +84,7 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
             pod: t.target.pod.clone(),
             endpoint: t.target.url.clone(),
             up: t.up == Some(true),
-            last_poll_time: t.last_poll.map(Time),
+            since: t.since.map(Time),
             last_error: t.last_error.as_ref().map(ToString::to_string),
         })
         .collect();
@@ -96,7 +95,6 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
         .filter(|c| c.status == ready_status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(inputs.now));
-    let last_poll = inputs.targets.values().filter_map(|t| t.last_poll).max();
     TargetAppStatus {
         phase: Some(phase),
         conditions: vec![Condition {
@@ -110,7 +108,6 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
         observed_generation: inputs.generation,
         shard: Some(inputs.shard.to_owned()),
         targets_ready: Some(format!("{up}/{total}")),
-        last_poll_time: last_poll.map(Time),
         targets,
         // Firings are written only by the action dispatcher's fence (optimistic
         // concurrency); leaving them out here keeps this merge patch off them.
@@ -130,36 +127,32 @@ pub fn record_firing(firings: &mut Vec<RuleFiring>, firing: RuleFiring) {
     }
 }
 
-/// Whether to write `next` given what was written last: at once when anything but
-/// poll times changed, otherwise once per `refresh` so that "last poll" stays fresh
-/// without a write per poll.
-pub fn should_write(
-    written: Option<&TargetAppStatus>,
-    written_at: Option<Timestamp>,
-    next: &TargetAppStatus,
-    now: Timestamp,
-    refresh: Duration,
-) -> bool {
+/// Whether to write `next` given what was written last: only when something a
+/// user would act on changed (phase, conditions, a target up or down, its error,
+/// the shard). Never as a heartbeat: with thousands of TargetApps, a periodic
+/// rewrite of each is a steady write load on the apiserver, fanned out to every
+/// replica's watch, that tells nobody anything.
+pub fn should_write(written: Option<&TargetAppStatus>, next: &TargetAppStatus) -> bool {
     let Some(written) = written else {
         return true;
     };
-    if without_times(written) != without_times(next) {
-        return true;
-    }
-    let stale = written_at.is_none_or(|at| {
-        Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO) >= refresh
-    });
-    stale && written.last_poll_time != next.last_poll_time
-}
-
-fn without_times(status: &TargetAppStatus) -> TargetAppStatus {
-    let mut s = status.clone();
-    s.last_poll_time = None;
-    s.firings.clear();
-    for t in &mut s.targets {
-        t.last_poll_time = None;
-    }
-    s
+    // Every field but the firings, which are the dispatcher's and never part of
+    // this write; a field added to the status must be named here.
+    let TargetAppStatus {
+        phase,
+        conditions,
+        observed_generation,
+        shard,
+        targets_ready,
+        targets,
+        firings: _,
+    } = next;
+    *phase != written.phase
+        || *conditions != written.conditions
+        || *observed_generation != written.observed_generation
+        || *shard != written.shard
+        || *targets_ready != written.targets_ready
+        || *targets != written.targets
 }
 
 #[cfg(test)]
@@ -183,6 +176,7 @@ mod tests {
         );
         t.up = up;
         t.last_poll = up.map(|_| at(polled));
+        t.since = t.last_poll;
         if up == Some(false) {
             t.last_error = Some(PollFailure::Status(500));
         }
@@ -208,7 +202,7 @@ mod tests {
         let s = build(&inputs(&all_up), None);
         assert_eq!(s.phase, Some(Phase::Monitoring));
         assert_eq!(s.targets_ready.as_deref(), Some("2/2"));
-        assert_eq!(s.last_poll_time, Some(Time(at(2))));
+        assert_eq!(s.targets[0].since, Some(Time(at(1))));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.conditions[0].status, "True");
 
@@ -291,39 +285,59 @@ mod tests {
     }
 
     #[test]
-    fn writes_happen_on_change_not_on_every_poll() {
-        let refresh = Duration::from_secs(60);
+    fn status_is_written_on_change_never_as_a_heartbeat() {
         let before: BTreeMap<_, _> = [target("a", Some(true), 1)].into();
         let first = build(&inputs(&before), None);
-        assert!(should_write(None, None, &first, at(100), refresh));
-        let later: BTreeMap<_, _> = [target("a", Some(true), 30)].into();
-        let polled_again = build(&inputs(&later), Some(&first));
+        assert!(should_write(None, &first));
+        assert_eq!(first.targets[0].since, Some(Time(at(1))));
+
+        // Polled again an hour later, nothing changed: nothing to write, however
+        // long it has been.
+        let mut later: BTreeMap<_, _> = [target("a", Some(true), 1)].into();
+        if let Some(t) = later.get_mut("a") {
+            t.last_poll = Some(at(3600));
+        }
+        let mut hour = inputs(&later);
+        hour.now = at(3600);
+        let polled_again = build(&hour, Some(&first));
         assert_eq!(
             polled_again.conditions, first.conditions,
             "transition time is kept"
         );
-        assert!(
-            !should_write(Some(&first), Some(at(100)), &polled_again, at(130), refresh),
-            "only times moved"
-        );
-        assert!(
-            should_write(Some(&first), Some(at(100)), &polled_again, at(160), refresh),
-            "refresh is due"
-        );
+        assert!(!should_write(Some(&first), &polled_again));
+
+        // Firings recorded by the dispatcher are not this write's business.
+        let mut with_firings = first.clone();
+        with_firings.firings.push(RuleFiring {
+            rule: "r".into(),
+            target: "a".into(),
+            time: Time(at(50)),
+            cleared: None,
+            done: None,
+            resumed: None,
+        });
+        assert!(!should_write(Some(&with_firings), &polled_again));
+
+        // A target going down is news: written, with a new transition time.
         let down: BTreeMap<_, _> = [target("a", Some(false), 31)].into();
         let mut now_down = inputs(&down);
         now_down.now = at(131);
         let changed = build(&now_down, Some(&first));
-        assert!(should_write(
-            Some(&first),
-            Some(at(100)),
-            &changed,
-            at(131),
-            refresh
-        ));
+        assert!(should_write(Some(&first), &changed));
+        assert_eq!(changed.targets[0].since, Some(Time(at(31))));
         assert_ne!(
             changed.conditions[0].last_transition_time,
             first.conditions[0].last_transition_time
         );
+        // So are a new error text, another shard and a new generation.
+        let mut error = changed.clone();
+        error.targets[0].last_error = Some("timed out after 5s".into());
+        assert!(should_write(Some(&changed), &error));
+        let mut moved = changed.clone();
+        moved.shard = Some("kco-1".into());
+        assert!(should_write(Some(&changed), &moved));
+        let mut edited = changed.clone();
+        edited.observed_generation = Some(4);
+        assert!(should_write(Some(&changed), &edited));
     }
 }

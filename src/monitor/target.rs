@@ -137,7 +137,7 @@ pub async fn poll_loop(
     schedule: Schedule,
     poller: Poller,
     gate: Option<Gate>,
-    reports: mpsc::Sender<Report>,
+    reports: mpsc::Sender<Box<Report>>,
     cancel: CancellationToken,
 ) {
     let Polled { target, url, route } = polled;
@@ -188,14 +188,14 @@ pub async fn poll_loop(
             .err()
             .and_then(PollFailure::retry_after);
         let sent = reports
-            .send(Report {
+            .send(Box::new(Report {
                 target: target.clone(),
                 url: url.clone(),
                 report,
                 lateness,
                 sent_at,
                 correlation_id,
-            })
+            }))
             .await;
         if sent.is_err() {
             return;
