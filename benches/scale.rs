@@ -18,7 +18,14 @@
 //! child processes (4,000 nodes each: 20,000 open files per process). For each
 //! size: start `kco`, wait until every node has been polled, let it settle one
 //! interval, then measure over `--window` seconds (20): CPU time and polls, then
-//! VmRSS, VmHWM and open fds from /proc.
+//! VmRSS, VmHWM and open fds from /proc, and the kube-apiserver's CPU meanwhile.
+//!
+//! `--against-kopf` (with `--kind url`): after `kco`, each size is polled by the
+//! design KCO replaces — a minimal Kopf operator (`benches/kopf/operator.py`, one
+//! daemon per TargetApp with a shared aiohttp session, packages pinned in
+//! `benches/kopf/requirements.txt`, installed into a virtualenv in the tool
+//! cache) — measured the same way, and a table gives KCO's CPU, RSS and the
+//! apiserver's CPU as ratios of the Kopf run's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
 
@@ -58,6 +65,7 @@ struct Args {
     interval: u64,
     window: u64,
     wait: u64,
+    against_kopf: bool,
 }
 
 fn args() -> Args {
@@ -69,6 +77,7 @@ fn args() -> Args {
         interval: 10,
         window: 20,
         wait: 300,
+        against_kopf: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -79,6 +88,11 @@ fn args() -> Args {
                 .parse()
                 .unwrap_or_else(|_| panic!("{flag} needs a number, got {value:?}"))
         };
+        if raw[i] == "--against-kopf" {
+            a.against_kopf = true;
+            i += 1;
+            continue;
+        }
         match raw[i].as_str() {
             "--apps" => {
                 a.apps = value
@@ -106,6 +120,10 @@ fn args() -> Args {
         }
         i += 2;
     }
+    assert!(
+        !a.against_kopf || a.kind == Kind::Url,
+        "--against-kopf compares URL targets: add --kind url"
+    );
     a.apps.retain(|n| *n > 0);
     a.apps.sort_unstable();
     a.apps.dedup();
@@ -277,6 +295,8 @@ struct Row {
     hwm_kib: f64,
     anon_kib: f64,
     cpu_percent: f64,
+    /// The kube-apiserver's CPU over the same window.
+    apiserver_percent: f64,
     polls_per_s: f64,
     fds: usize,
     threads: f64,
@@ -284,6 +304,12 @@ struct Row {
     stats_targets: Option<u64>,
     setup: Duration,
     to_polled: Duration,
+}
+
+/// What one process under measurement is: its pid and its log, if any.
+struct Measured {
+    pid: u32,
+    log: Option<PathBuf>,
 }
 
 /// Starts a fresh `kco run`, waits until the first `apps` nodes have each been
@@ -300,7 +326,76 @@ async fn measure(
     let before = sims.requests(http).await;
     let started = Instant::now();
     let replicas = Replicas::start(kco.to_owned(), "scale-leases", 1, extra).await;
-    let pid = replicas.pid(0).expect("the kco process's pid");
+    let process = Measured {
+        pid: replicas.pid(0).expect("the kco process's pid"),
+        log: replicas.log(0),
+    };
+    let mut row = observe(&process, sims, http, a, apps, (before, started), setup).await;
+    row.stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
+    drop(replicas);
+    row
+}
+
+/// Runs the Kopf reference operator over the same TargetApps and measures it
+/// as [`measure`] measures `kco`.
+async fn measure_kopf(
+    python: &Path,
+    kubeconfig: &Path,
+    sims: &Simulators,
+    http: &reqwest::Client,
+    a: &Args,
+    apps: usize,
+    setup: Duration,
+) -> Row {
+    let before = sims.requests(http).await;
+    let started = Instant::now();
+    let log =
+        std::env::temp_dir().join(format!("kco-bench-kopf-{}-{apps}.log", std::process::id()));
+    let out = std::fs::File::create(&log).expect("the Kopf log file");
+    let err = out.try_clone().expect("the Kopf log file");
+    let mut child = Command::new(python)
+        .args([
+            "-m",
+            "kopf",
+            "run",
+            "--standalone",
+            "--all-namespaces",
+            "--quiet",
+        ])
+        .arg(support::controlplane::repo_path("benches/kopf/operator.py"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("KCO_BENCH_QUERY", kco::targetapp::DEFAULT_STATE_QUERY)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start Kopf with {}: {e}", python.display()));
+    let process = Measured {
+        pid: child.id(),
+        log: None,
+    };
+    let row = observe(&process, sims, http, a, apps, (before, started), setup).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let warnings = text.lines().filter(|l| l.contains("WARNING")).count();
+    eprintln!("  Kopf log: {warnings} warnings ({})", log.display());
+    row
+}
+
+/// Waits until `process` has polled each of the first `apps` nodes once (counted
+/// from `since`), lets it settle one interval, and measures it (and the
+/// apiserver) over the window.
+async fn observe(
+    process: &Measured,
+    sims: &Simulators,
+    http: &reqwest::Client,
+    a: &Args,
+    apps: usize,
+    since: (HashMap<SocketAddr, u64>, Instant),
+    setup: Duration,
+) -> Row {
+    let (before, started) = since;
+    let pid = process.pid;
     let nodes = &sims.nodes[..apps];
     let deadline = started + Duration::from_secs(a.wait);
     let mut polled;
@@ -317,38 +412,41 @@ async fn measure(
     }
     let to_polled = started.elapsed();
     eprintln!(
-        "  {apps} apps: {polled} polled {:.1}s after kco started",
+        "  {apps} apps: {polled} polled {:.1}s after the operator started",
         to_polled.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(a.interval)).await;
+    let apiserver = ControlPlane::shared().apiserver_pid();
     let before = sims.requests(http).await;
     let cpu0 = cpu_seconds(pid);
+    let api0 = apiserver.map(cpu_seconds);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.window)).await;
     let cpu = cpu_seconds(pid) - cpu0;
+    let api = apiserver.map(cpu_seconds).zip(api0).map(|(b, a)| b - a);
     let wall = t0.elapsed().as_secs_f64();
     let after = sims.requests(http).await;
     let polls: u64 = nodes
         .iter()
         .map(|n| after.get(n).copied().unwrap_or(0) - before.get(n).copied().unwrap_or(0))
         .sum();
-    let stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
     let row = Row {
         apps,
         rss_kib: status_field(pid, "VmRSS:"),
         hwm_kib: status_field(pid, "VmHWM:"),
         anon_kib: status_field(pid, "RssAnon:"),
         cpu_percent: cpu / wall * 100.0,
+        apiserver_percent: api.map_or(f64::NAN, |s| s / wall * 100.0),
         polls_per_s: polls as f64 / wall,
         fds: open_fds(pid),
         threads: status_field(pid, "Threads:"),
         polled,
-        stats_targets,
+        stats_targets: None,
         setup,
         to_polled,
     };
-    if let Some(log) = replicas.log(0) {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if let Some(log) = &process.log {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let warnings = text.lines().filter(|l| l.contains("\"WARN\"")).count();
         let errors = text.lines().filter(|l| l.contains("\"ERROR\"")).count();
         eprintln!(
@@ -359,8 +457,47 @@ async fn measure(
             eprintln!("  last error: {}", truncate(last, 400));
         }
     }
-    drop(replicas);
     row
+}
+
+/// The Python of a virtualenv with the Kopf reference operator's pinned
+/// packages, made once in the tool cache (keyed by the requirements' content).
+fn kopf_python() -> PathBuf {
+    let requirements = support::controlplane::repo_path("benches/kopf/requirements.txt");
+    let pinned = std::fs::read_to_string(&requirements).expect("benches/kopf/requirements.txt");
+    let digest = pinned.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let home = std::env::var_os("HOME").map(PathBuf::from).expect("HOME");
+    let venv = home.join(format!(".cache/kco/kopf-venv-{digest:016x}"));
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return python;
+    }
+    eprintln!(
+        "installing the Kopf reference operator into {}",
+        venv.display()
+    );
+    let made = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--requirement"])
+            .arg(&requirements)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !made {
+        // Half a virtualenv is not reused.
+        let _ = std::fs::remove_dir_all(&venv);
+        panic!(
+            "cannot install benches/kopf/requirements.txt into {}",
+            venv.display()
+        );
+    }
+    python
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -407,7 +544,14 @@ async fn main() {
         Kind::Url => &["--endpoint-allowed-cidrs", "127.0.0.0/8"],
     };
 
+    let kopf = a.against_kopf.then(|| {
+        let kubeconfig = cp
+            .kubeconfig(&support::User::Admin)
+            .expect("an admin kubeconfig for Kopf");
+        (kopf_python(), kubeconfig)
+    });
     let mut rows = Vec::new();
+    let mut kopf_rows = Vec::new();
     eprintln!("baseline: no TargetApps");
     rows.push(measure(&kco, extra, &sims, &http, &a, 0, Duration::ZERO).await);
     let mut have = 0;
@@ -433,6 +577,10 @@ async fn main() {
         );
         have = n;
         rows.push(measure(&kco, extra, &sims, &http, &a, n, setup).await);
+        if let Some((python, kubeconfig)) = &kopf {
+            eprintln!("  the same {n} TargetApps polled by the Kopf reference operator");
+            kopf_rows.push(measure_kopf(python, kubeconfig, &sims, &http, &a, n, setup).await);
+        }
     }
 
     let base = &rows[0];
@@ -445,9 +593,9 @@ async fn main() {
         kco.display()
     );
     println!(
-        "| TargetApps | polled | RSS MiB | peak RSS MiB | KiB per TargetApp (RSS) | KiB per TargetApp (peak) | CPU % of a core | polls/s | fds | threads | setup s | start to all polled s |"
+        "| TargetApps | polled | RSS MiB | peak RSS MiB | KiB per TargetApp (RSS) | KiB per TargetApp (peak) | CPU % of a core | apiserver CPU % | polls/s | fds | threads | setup s | start to all polled s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let per = |v: f64, b: f64| {
             if r.apps == 0 {
@@ -457,7 +605,7 @@ async fn main() {
             }
         };
         println!(
-            "| {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.0} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {:.0} | {:.1} |",
             r.apps,
             r.polled,
             r.rss_kib / 1024.0,
@@ -465,6 +613,7 @@ async fn main() {
             per(r.rss_kib, base_rss),
             per(r.hwm_kib, base_hwm),
             r.cpu_percent,
+            r.apiserver_percent,
             r.polls_per_s,
             r.fds,
             r.threads,
@@ -485,6 +634,36 @@ async fn main() {
             r.anon_kib / 1024.0,
             r.stats_targets
                 .map_or_else(|| "unavailable".to_owned(), |t| t.to_string()),
+        );
+    }
+    if !kopf_rows.is_empty() {
+        compare_with_kopf(&rows[1..], &kopf_rows);
+    }
+}
+
+/// KCO against the Kopf reference operator on the same TargetApps, as ratios
+/// (goals: CPU ≤ 0.25×, RSS ≤ 0.5×, apiserver CPU ≤ 1.25×).
+fn compare_with_kopf(kco: &[Row], kopf: &[Row]) {
+    println!("\nagainst the Kopf reference operator (same TargetApps, same window):\n");
+    println!(
+        "| TargetApps | polled (KCO / Kopf) | CPU % KCO | CPU % Kopf | CPU ratio | RSS MiB KCO | RSS MiB Kopf | RSS ratio | apiserver CPU % with KCO | with Kopf | apiserver ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (k, p) in kco.iter().zip(kopf) {
+        println!(
+            "| {} | {} / {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+            k.apps,
+            k.polled,
+            p.polled,
+            k.cpu_percent,
+            p.cpu_percent,
+            k.cpu_percent / p.cpu_percent,
+            k.rss_kib / 1024.0,
+            p.rss_kib / 1024.0,
+            k.rss_kib / p.rss_kib,
+            k.apiserver_percent,
+            p.apiserver_percent,
+            k.apiserver_percent / p.apiserver_percent,
         );
     }
 }

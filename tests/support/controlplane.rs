@@ -500,6 +500,11 @@ impl ControlPlane {
         self.wait_apiserver_ready(START_TIMEOUT * 2).await
     }
 
+    /// The kube-apiserver's process id (benches measure its CPU).
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.lock().ok().and_then(|a| a.pid())
+    }
+
     pub fn tools(&self) -> &Tools {
         &self.tools
     }
