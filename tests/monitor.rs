@@ -427,6 +427,19 @@ async fn pollers_follow_pods_and_the_targetapp() {
         s.observed_generation == generation
     })
     .await;
+    // The edit restarted the TargetApp's task: the target it had announced is
+    // polled on, not announced again (nor by a replica taking it over).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let discovered: Vec<(String, i32)> = bed
+        .events("TargetDiscovered")
+        .await
+        .into_iter()
+        .filter(|(note, _)| note.contains("mina-1"))
+        .collect();
+    assert!(
+        !discovered.is_empty() && discovered.iter().all(|(_, count)| *count == 1),
+        "{discovered:?}"
+    );
 
     // Suspended: polling stops.
     bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "suspend": true})).await;

@@ -121,8 +121,16 @@ const SERIES_TTL: Duration = Duration::from_secs(10 * 60);
 pub struct Recorder {
     client: kube::Client,
     instance: String,
-    published: moka::future::Cache<Key, Event>,
+    published: moka::future::Cache<Key, Published>,
     metrics: Metrics,
+}
+
+/// What a series needs of an Event published earlier: its name and count (not
+/// the whole object the apiserver returned).
+#[derive(Debug, Clone)]
+struct Published {
+    name: String,
+    count: i32,
 }
 
 impl Recorder {
@@ -171,20 +179,25 @@ impl Recorder {
             .events
             .with_label_values(&[namespace.as_str(), notice.reason.as_str(), kind])
             .inc();
-        if let Some(mut previous) = self.published.get(&key).await {
-            let count = previous.series.as_ref().map_or(2, |s| s.count + 1);
-            previous.series = Some(EventSeries {
+        if let Some(previous) = self.published.get(&key).await {
+            // The first repeat makes it a series of two.
+            let count = previous.count.max(1) + 1;
+            let series = EventSeries {
                 count,
                 last_observed_time: now.clone(),
-            });
-            let name = previous.metadata.name.clone().unwrap_or_default();
-            let patch = serde_json::json!({ "series": previous.series });
+            };
+            let patch = serde_json::json!({ "series": series });
             match events
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(
+                    &previous.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await
             {
                 Ok(_) => {
-                    self.published.insert(key, previous).await;
+                    let name = previous.name;
+                    self.published.insert(key, Published { name, count }).await;
                     return Ok(());
                 }
                 // Gone (expired by the apiserver's TTL): start a new one below.
@@ -214,7 +227,10 @@ impl Recorder {
             ..Default::default()
         };
         let created = events.create(&PostParams::default(), &event).await?;
-        self.published.insert(key, created).await;
+        let name = created.metadata.name.unwrap_or_default();
+        self.published
+            .insert(key, Published { name, count: 1 })
+            .await;
         Ok(())
     }
 }

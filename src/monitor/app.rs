@@ -27,6 +27,10 @@ use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
 use crate::triggers::{self, FieldPath, Rule};
 use crate::triggers::{Adoption, Recorded};
 
+/// What `/stats` shows of a target answering the Mina health query.
+const HEALTH_SYNC: &str = "daemonStatus.syncStatus";
+const HEALTH_LENGTH: &str = "daemonStatus.blockchainLength";
+
 /// A running poll loop.
 struct Running {
     url: String,
@@ -41,6 +45,9 @@ struct Monitor {
     reference: ObjectReference,
     rules: Vec<Rule>,
     fields: BTreeSet<FieldPath>,
+    /// What is kept of each target's last good result between polls: the fields
+    /// the rules read, and for the Mina health query what `/stats` shows.
+    kept: BTreeSet<FieldPath>,
     schedule: Schedule,
     /// The pods the selector selects, from the namespace's shared pod watch.
     /// Shared with the watch's snapshot: a TargetApp keeps pointers, not copies.
@@ -49,6 +56,9 @@ struct Monitor {
     targets: BTreeMap<String, TargetState>,
     loops: BTreeMap<String, Running>,
     firings: Vec<RuleFiring>,
+    /// Targets the status listed when this task started: a replica that takes a
+    /// TargetApp over (or restarts) does not announce them again.
+    announced: BTreeSet<String>,
     written: Option<TargetAppStatus>,
     /// Something the status is built from changed since it was last compared
     /// (a poll, the pods, an adopted firing): the next tick builds it again.
@@ -103,6 +113,7 @@ pub async fn run(
             .unwrap_or_default(),
         rules,
         fields: BTreeSet::new(),
+        kept: BTreeSet::new(),
         schedule: Schedule {
             interval,
             timeout,
@@ -112,6 +123,12 @@ pub async fn run(
         discovered: false,
         targets: BTreeMap::new(),
         loops: BTreeMap::new(),
+        announced: app
+            .status
+            .iter()
+            .flat_map(|s| &s.targets)
+            .map(|t| t.pod.clone().unwrap_or_else(|| t.endpoint.clone()))
+            .collect(),
         written: app.status.clone(),
         dirty: true,
         stats_at: None,
@@ -124,6 +141,14 @@ pub async fn run(
         app: app.clone(),
     };
     monitor.fields = triggers::referenced_fields(&monitor.rules);
+    monitor.kept = monitor.fields.clone();
+    if app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY {
+        monitor.kept.extend(
+            [HEALTH_SYNC, HEALTH_LENGTH]
+                .iter()
+                .filter_map(|p| p.parse().ok()),
+        );
+    }
 
     // The admission checks again: objects stored before the webhook, or past it.
     let problems = monitor.ctx.recheck(&app);
@@ -287,12 +312,15 @@ impl Monitor {
                     cancel,
                 },
             );
-            self.notify(
-                Reason::TargetDiscovered,
-                format!("polling {name} at {}", target.url),
-                Some(&target),
-            )
-            .await;
+            // Known from the status (a hand-off or a restart): polled again, not new.
+            if !self.announced.remove(&name) {
+                self.notify(
+                    Reason::TargetDiscovered,
+                    format!("polling {name} at {}", target.url),
+                    Some(&target),
+                )
+                .await;
+            }
         }
     }
 
@@ -359,6 +387,15 @@ impl Monitor {
         let sent_at = report.sent_at;
         let now = Timestamp::now();
         let seen = state.observe(report.report.result, &self.rules, &self.fields, sent_at);
+        // A whole result can be kilobytes (a Mina node's peer list): keep only
+        // what the next poll is compared on.
+        if let Some(data) = state.last_good.take() {
+            let mut kept = serde_json::Value::Null;
+            for field in &self.kept {
+                field.keep(&data, &mut kept);
+            }
+            state.last_good = Some(kept);
+        }
         let target = state.target.clone();
         for observed in seen {
             match observed {
@@ -721,7 +758,10 @@ impl Monitor {
 
     fn publish_stats(&mut self, status: &TargetAppStatus) {
         self.stats_at = Some(tokio::time::Instant::now());
-        let default_query = self.app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY;
+        let health = |data: Option<&serde_json::Value>, path: &str| {
+            let path: FieldPath = path.parse().ok()?;
+            path.resolve(data, true)
+        };
         let stats = AppStats {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -730,11 +770,7 @@ impl Monitor {
                 .targets
                 .values()
                 .map(|t| {
-                    let health = t
-                        .last_good
-                        .as_ref()
-                        .filter(|_| default_query)
-                        .and_then(|data| crate::schema::health::decode(data).ok());
+                    let data = t.last_good.as_ref();
                     TargetStats {
                         name: t.target.name().to_owned(),
                         url: t.target.url.clone(),
@@ -742,10 +778,11 @@ impl Monitor {
                         last_poll_time: t.last_poll.map(|at| at.to_string()),
                         since: t.since.map(|at| at.to_string()),
                         last_error: t.last_error.as_ref().map(ToString::to_string),
-                        sync_status: health
-                            .as_ref()
-                            .map(|h| format!("{:?}", h.daemon_status.sync_status).to_uppercase()),
-                        blockchain_length: health.and_then(|h| h.daemon_status.blockchain_length),
+                        sync_status: health(data, HEALTH_SYNC)
+                            .and_then(|v| v.as_str().map(str::to_owned)),
+                        blockchain_length: health(data, HEALTH_LENGTH)
+                            .and_then(|v| v.as_i64())
+                            .and_then(|n| i32::try_from(n).ok()),
                     }
                 })
                 .collect(),

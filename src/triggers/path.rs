@@ -159,4 +159,64 @@ impl FieldPath {
         }
         Some(current.clone())
     }
+
+    /// Copies into `kept` what [`FieldPath::resolve`] reads of `data` at this
+    /// path, and nothing else: resolving the path in `kept` then gives what it
+    /// gives in `data`. A list whose length is read keeps its length, not its
+    /// items. Poll results are kept this way between polls.
+    pub fn keep(&self, data: &Value, kept: &mut Value) {
+        let PathKind::Data { segments, length } = &self.kind else {
+            return;
+        };
+        if self.resolve(Some(data), true).is_none() {
+            return;
+        }
+        let mut from = data;
+        let mut into = kept;
+        for segment in segments {
+            match from {
+                Value::Object(map) => {
+                    let Some(next) = map.get(segment) else { return };
+                    if !into.is_object() {
+                        *into = Value::Object(serde_json::Map::new());
+                    }
+                    let Value::Object(target) = into else { return };
+                    into = target.entry(segment.clone()).or_insert(Value::Null);
+                    from = next;
+                }
+                Value::Array(items) => {
+                    let Some((index, next)) = segment
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| items.get(i).map(|n| (i, n)))
+                    else {
+                        return;
+                    };
+                    if !into.is_array() {
+                        *into = Value::Array(Vec::new());
+                    }
+                    let Value::Array(target) = into else { return };
+                    if target.len() <= index {
+                        target.resize(index + 1, Value::Null);
+                    }
+                    into = &mut target[index];
+                    from = next;
+                }
+                _ => return,
+            }
+        }
+        match (length, from) {
+            (true, Value::Array(items)) => {
+                if !into.is_array() {
+                    *into = Value::Array(Vec::new());
+                }
+                if let Value::Array(target) = into
+                    && target.len() < items.len()
+                {
+                    target.resize(items.len(), Value::Null);
+                }
+            }
+            _ => *into = from.clone(),
+        }
+    }
 }

@@ -644,3 +644,49 @@ fn an_unconfirmed_firing_leaves_the_cooldown_to_the_fence() {
         Decision::Cooldown { .. }
     ));
 }
+
+#[test]
+fn a_kept_result_holds_what_the_rules_read_and_nothing_else() {
+    let data = json!({"daemonStatus": {
+        "peers": [{"peerId": "p0"}, {"peerId": "p1"}, {"peerId": "p2"}],
+        "syncStatus": "SYNCED", "blockchainLength": 1000, "uptimeSecs": 77,
+        "consensusConfiguration": {"k": 290, "slotsPerEpoch": 7140}},
+        "bestChain": [{"stateHash": "3Nabc"}, {"stateHash": "3Ndef"}],
+        "alias": {"0": "key named zero"}});
+    let paths = [
+        "daemonStatus.syncStatus",
+        "daemonStatus.peers.2.peerId",
+        "daemonStatus.peers.#",
+        "bestChain.1.stateHash",
+        "alias.0",
+        "daemonStatus.missing",
+        "$up",
+    ];
+    let paths: Vec<FieldPath> = paths.iter().map(|p| p.parse().unwrap()).collect();
+    let mut kept = Value::Null;
+    for path in &paths {
+        path.keep(&data, &mut kept);
+    }
+    // Every path reads the same from what is kept as from the whole result.
+    for path in &paths {
+        assert_eq!(
+            path.resolve(Some(&kept), true),
+            path.resolve(Some(&data), true),
+            "{path}"
+        );
+    }
+    // And only that is kept: no uptime, no configuration, no other peer ids.
+    assert_eq!(
+        kept,
+        json!({"daemonStatus": {"syncStatus": "SYNCED",
+                                "peers": [null, null, {"peerId": "p2"}]},
+               "bestChain": [null, {"stateHash": "3Ndef"}],
+               "alias": {"0": "key named zero"}})
+    );
+    // In whatever order the paths come.
+    let mut reversed = Value::Null;
+    for path in paths.iter().rev() {
+        path.keep(&data, &mut reversed);
+    }
+    assert_eq!(reversed, kept);
+}
