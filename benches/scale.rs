@@ -17,7 +17,7 @@
 //! at a time; sizes grow in place (1k, then 9k more). The nodes are `kco simulate`
 //! child processes (4,000 nodes each: 20,000 open files per process). For each
 //! size: start `kco`, wait until every node has been polled, let it settle one
-//! interval, then measure over `--window` seconds (20): CPU time and polls, then
+//! interval (or `--settle` seconds), then measure over `--window` seconds (20): CPU time and polls, then
 //! VmRSS, VmHWM and open fds from /proc, and the kube-apiserver's CPU meanwhile.
 //!
 //! `--against-kopf` (with `--kind url`): after `kco`, each size is polled by the
@@ -65,6 +65,8 @@ struct Args {
     interval: u64,
     window: u64,
     wait: u64,
+    /// Seconds to let a started operator settle before the window (default: one interval).
+    settle: Option<u64>,
     against_kopf: bool,
 }
 
@@ -77,6 +79,7 @@ fn args() -> Args {
         interval: 10,
         window: 20,
         wait: 300,
+        settle: None,
         against_kopf: false,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -112,6 +115,7 @@ fn args() -> Args {
             "--interval" => a.interval = number("--interval").max(1),
             "--window" => a.window = number("--window").max(1),
             "--wait" => a.wait = number("--wait"),
+            "--settle" => a.settle = Some(number("--settle")),
             // cargo bench passes --bench; ignore what is not ours.
             _ => {
                 i += 1;
@@ -415,7 +419,7 @@ async fn observe(
         "  {apps} apps: {polled} polled {:.1}s after the operator started",
         to_polled.as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_secs(a.interval)).await;
+    tokio::time::sleep(Duration::from_secs(a.settle.unwrap_or(a.interval))).await;
     let apiserver = ControlPlane::shared().apiserver_pid();
     let before = sims.requests(http).await;
     let cpu0 = cpu_seconds(pid);
