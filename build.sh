@@ -15,6 +15,9 @@
 #   ./build.sh soak [SECONDS]  the soak run (default 3600 s, 300 targets); report in
 #                      target/soak/
 #   ./build.sh fuzz [SECONDS]  every cargo-fuzz target for SECONDS each (default 30)
+#   ./build.sh bench [--quick]  every bench at its standard sizes, one report with
+#                      the date and commit in target/bench/report.md (--quick: tiny
+#                      sizes, to check that the benches still run; no figure counts)
 #   ./build.sh release-meta vX.Y.Z [OWNER]  the version, image and chart a release
 #                      of that tag publishes (the release workflow's one source)
 #
@@ -152,6 +155,43 @@ coverage_gate() {
     --markdown target/coverage/coverage.md
 }
 
+# Every bench in one go, and one table of their headline figures.
+benches() {
+  local quick=${1:-} out=target/bench name
+  mkdir -p "$out"
+  # Benches build in release: their own target directory in the cache stays warm.
+  export CARGO_TARGET_DIR="$cache_root/bench-target"
+  for name in pipeline scale admission failover hostile; do
+    local -a args=()
+    if [ "$quick" = "--quick" ]; then
+      case "$name" in
+        pipeline) args=(--targets 200 --interval 2 --seconds 3) ;;
+        scale) args=(--apps 100 --namespaces 5 --interval 2 --window 3) ;;
+        admission) args=(--creates 20) ;;
+        failover) args=(--runs 1) ;;
+        hostile) args=(--healthy 20 --seconds 3) ;;
+      esac
+    fi
+    step "bench: $name ${args[*]}"
+    cargo bench --locked --bench "$name" -- "${args[@]}" | tee "$out/$name.md"
+    grep -q '^headline |' "$out/$name.md" || die "the $name bench printed no figures"
+  done
+  {
+    echo "# Bench report"
+    echo
+    echo "$(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)," \
+      "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)${quick:+ — quick run: sizes too small for the figures to mean anything}"
+    echo
+    echo "| bench | figure | value |"
+    echo "|---|---|---|"
+    cat "$out"/{pipeline,scale,admission,failover,hostile}.md \
+      | sed -n 's/^headline | \(.*\)$/| \1 |/p'
+    echo
+    echo "Each bench's own tables: target/bench/<bench>.md."
+  } > "$out/report.md"
+  cat "$out/report.md"
+}
+
 case "${1:-}" in
   tools)
     tools
@@ -209,6 +249,11 @@ case "${1:-}" in
     rust
     [ -s target/coverage/lcov.info ] || die "no coverage measured yet: run ./build.sh test first"
     coverage_gate
+    ;;
+  bench)
+    rust
+    tools
+    benches "${2:-}"
     ;;
   fuzz)
     rust

@@ -172,4 +172,23 @@ async fn main() {
         ms(w50.saturating_sub(o50)),
         ms(w99.saturating_sub(o99))
     );
+    // Measured interleaved, so the ratio holds where absolute times swing.
+    let ratio = |with: Duration, without: Duration| with.as_secs_f64() / without.as_secs_f64();
+    println!(
+        "| with / without webhooks | {:.2}× | {:.2}× |",
+        ratio(w50, o50),
+        ratio(w99, o99)
+    );
+    // One line per figure for `./build.sh bench`'s report.
+    println!();
+    println!(
+        "headline | admission | in-process validate review, p50 / p99 µs | {:.0} / {:.0}",
+        us(v50),
+        us(v99)
+    );
+    println!(
+        "headline | admission | a create through both webhooks, of a plain create, p50 / p99 | {:.2}× / {:.2}×",
+        ratio(w50, o50),
+        ratio(w99, o99)
+    );
 }

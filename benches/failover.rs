@@ -33,7 +33,7 @@ fn runs() -> usize {
         .unwrap_or(10)
 }
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
+fn summary(name: &str, mut samples: Vec<Duration>) -> String {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let median = samples[samples.len() / 2];
@@ -45,6 +45,11 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
         ms(median),
         ms(max)
     );
+    format!(
+        "headline | failover | {name}, median ms ({} runs) | {:.0}",
+        samples.len(),
+        ms(median)
+    )
 }
 
 #[tokio::main]
@@ -139,12 +144,19 @@ async fn main() {
     let one_polls = fleet_polls(&fleet, Duration::from_secs(10)).await;
 
     println!("\n| figure | runs | min ms | median ms | max ms |\n|---|---|---|---|---|");
-    summary("fail-over after SIGKILL of the leader", killed);
-    summary("fail-over after SIGTERM of the leader", termed);
-    summary("hand-off of a dead replica's namespaces", handoffs);
+    let headlines = [
+        summary("fail-over after SIGKILL of the leader", killed),
+        summary("fail-over after SIGTERM of the leader", termed),
+        summary("hand-off of a dead replica's namespaces", handoffs),
+    ];
     println!("\n| replicas | namespaces per replica | polls/s per replica |\n|---|---|---|");
     println!("| 3 | {three:?} | {three_polls:?} |");
     println!("| 1 | {one:?} | {one_polls:?} |");
+    // One line per figure for `./build.sh bench`'s report.
+    println!();
+    for line in headlines {
+        println!("{line}");
+    }
 }
 
 /// Polls per second each replica made over `window`, from the nodes' counters.

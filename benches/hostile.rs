@@ -202,6 +202,7 @@ fn main() {
         "| scenario | response cap | peak RSS MiB | healthy polls/s | healthy lateness p99 ms | healthy failures | hostile failures by reason |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut headlines = Vec::new();
     for (index, (name, _, cap, _)) in scenarios().iter().enumerate() {
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--single", &index.to_string()])
@@ -222,6 +223,17 @@ fn main() {
             r["healthy_failures"],
             r["hostile"].as_str().unwrap(),
         );
+        headlines.push(format!(
+            "headline | hostile | {name} ({} MiB cap): peak RSS MiB, healthy lateness p99 ms | {:.0}, {:.1}",
+            cap / 1024 / 1024,
+            r["peak_rss_mib"].as_f64().unwrap(),
+            r["healthy_lateness_p99_ms"].as_f64().unwrap(),
+        ));
+    }
+    // One line per figure for `./build.sh bench`'s report.
+    println!();
+    for line in headlines {
+        println!("{line}");
     }
 }
 

@@ -112,6 +112,7 @@ fn main() {
         "| targets | scheduled polls/s | CPU s / 1k polls | CPU % of a core | peak RSS MiB | lateness p50 ms | p99 ms | pipeline polls/s (saturated) | bare client polls/s | ratio |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut headlines = Vec::new();
     for n in a.targets {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -142,6 +143,21 @@ fn main() {
             r["bare_polls_per_s"].as_f64().unwrap(),
             r["ratio"].as_f64().unwrap(),
         );
+        headlines.push(format!(
+            "headline | pipeline | {} targets: saturated throughput, of the bare client's | {:.2}",
+            r["targets"],
+            r["ratio"].as_f64().unwrap()
+        ));
+        headlines.push(format!(
+            "headline | pipeline | {} targets: CPU s per 1,000 scheduled polls | {:.3}",
+            r["targets"],
+            r["cpu_s_per_1k_polls"].as_f64().unwrap()
+        ));
+    }
+    // One line per figure for `./build.sh bench`'s report.
+    println!();
+    for line in headlines {
+        println!("{line}");
     }
 }
 

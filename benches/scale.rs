@@ -643,6 +643,26 @@ async fn main() {
     if !kopf_rows.is_empty() {
         compare_with_kopf(&rows[1..], &kopf_rows);
     }
+    // One line per figure for `./build.sh bench`'s report.
+    println!();
+    for r in &rows[1..] {
+        println!(
+            "headline | scale | {} {kind} TargetApps: KiB per TargetApp (RSS), descriptors, s from start to all polled | {:.1}, {}, {:.1}",
+            r.apps,
+            (r.rss_kib - base_rss) / r.apps as f64,
+            r.fds,
+            r.to_polled.as_secs_f64()
+        );
+    }
+    for (k, p) in rows[1..].iter().zip(&kopf_rows) {
+        println!(
+            "headline | scale | {} URL TargetApps, of the Kopf operator's: CPU, RSS, apiserver CPU | {:.2}×, {:.2}×, {:.2}×",
+            k.apps,
+            k.cpu_percent / p.cpu_percent,
+            k.rss_kib / p.rss_kib,
+            k.apiserver_percent / p.apiserver_percent
+        );
+    }
 }
 
 /// KCO against the Kopf reference operator on the same TargetApps, as ratios

@@ -64,7 +64,9 @@ pub fn readiness_problem(ctx: &Context) -> Option<String> {
     } else if !ctx.webhook_ready.load(Ordering::Acquire) {
         Some("admission webhooks not ready (no certificate or caches not synced yet)".to_owned())
     } else {
-        ctx.health.apiserver_problem()
+        ctx.health
+            .apiserver_problem()
+            .or_else(|| ctx.health.descriptor_problem())
     }
 }
 

@@ -21,6 +21,9 @@ pub const APISERVER_STALE: Duration = Duration::from_secs(15);
 pub const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 /// How long without a tick before the replica is not alive.
 pub const WATCHDOG_STALE: Duration = Duration::from_secs(15);
+/// The share of its descriptor limit a replica may use and stay ready: past it,
+/// new connections (webhook reviews, polls, apiserver requests) start to fail.
+pub const DESCRIPTORS_READY_PERCENT: u64 = 95;
 
 /// The facts readiness and liveness are judged from, as other parts report them.
 #[derive(Debug)]
@@ -29,6 +32,8 @@ pub struct Health {
     /// Milliseconds from `started` to the watchdog's last tick.
     last_tick_ms: AtomicU64,
     apiserver: Mutex<Contact>,
+    /// Open descriptors and the limit, when last counted (0, 0: not known).
+    descriptors: (AtomicU64, AtomicU64),
 }
 
 /// What is known of the apiserver: when it last answered (from `started`) and the
@@ -51,6 +56,7 @@ impl Health {
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
             apiserver: Mutex::new(Contact::default()),
+            descriptors: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 
@@ -86,6 +92,20 @@ impl Health {
         apiserver_problem(&contact, self.now())
     }
 
+    /// The process's open descriptors and its limit, as just counted.
+    pub fn descriptors_counted(&self, open: u64, limit: u64) {
+        self.descriptors.0.store(open, Ordering::Release);
+        self.descriptors.1.store(limit, Ordering::Release);
+    }
+
+    /// Why this replica is too near its descriptor limit to take more, if it is.
+    pub fn descriptor_problem(&self) -> Option<String> {
+        descriptor_problem(
+            self.descriptors.0.load(Ordering::Acquire),
+            self.descriptors.1.load(Ordering::Acquire),
+        )
+    }
+
     /// Why this replica is not alive, if it is not.
     pub fn liveness_problem(&self) -> Option<String> {
         let last = Duration::from_millis(self.last_tick_ms.load(Ordering::Acquire));
@@ -113,6 +133,31 @@ pub fn apiserver_problem(contact: &Contact, now: Duration) -> Option<String> {
         ),
         None => format!("the apiserver has not answered since start-up{why}"),
     })
+}
+
+/// Descriptors are a problem from [`DESCRIPTORS_READY_PERCENT`] of the limit on
+/// (an unknown limit, 0, is none).
+pub fn descriptor_problem(open: u64, limit: u64) -> Option<String> {
+    (limit > 0 && open.saturating_mul(100) >= limit.saturating_mul(DESCRIPTORS_READY_PERCENT))
+        .then(|| {
+            format!(
+                "{open} of {limit} open descriptors in use: new connections would fail (spread the TargetApps over more replicas, or raise the limit)"
+            )
+        })
+}
+
+/// This process's open descriptors and its soft limit, from /proc (Linux).
+pub fn count_descriptors() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let limit = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some((open, limit))
 }
 
 /// The runtime is wedged once the watchdog has not ticked for [`WATCHDOG_STALE`].
@@ -184,6 +229,25 @@ mod tests {
         );
         // A clock read before the tick was stored is not a negative silence.
         assert_eq!(watchdog_problem(secs(30), secs(29)), None);
+    }
+
+    #[test]
+    fn a_replica_near_its_descriptor_limit_is_not_ready() {
+        assert_eq!(descriptor_problem(18_999, 20_000), None);
+        assert_eq!(
+            descriptor_problem(19_000, 20_000).as_deref(),
+            Some(
+                "19000 of 20000 open descriptors in use: new connections would fail (spread the TargetApps over more replicas, or raise the limit)"
+            )
+        );
+        assert_eq!(descriptor_problem(500, 0), None, "an unknown limit");
+        let health = Health::new();
+        assert_eq!(health.descriptor_problem(), None, "not counted yet");
+        health.descriptors_counted(1_020, 1_024);
+        assert!(health.descriptor_problem().is_some());
+        // This process has a limit and some descriptors open.
+        let (open, limit) = count_descriptors().unwrap();
+        assert!(open > 0 && limit >= open, "{open} of {limit}");
     }
 
     #[test]

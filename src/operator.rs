@@ -228,6 +228,7 @@ async fn watch_health(ctx: Arc<Context>, cancel: CancellationToken) {
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     apiserver.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable = false;
+    let mut crowded = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -239,19 +240,38 @@ async fn watch_health(ctx: Arc<Context>, cancel: CancellationToken) {
                     Ok(Err(e)) => ctx.health.apiserver_failed(&e.to_string()),
                     Err(_) => ctx.health.apiserver_failed("no answer within 5s"),
                 }
-                match (ctx.health.apiserver_problem(), unreachable) {
-                    (Some(problem), false) => {
-                        tracing::warn!(%problem, "not ready: the apiserver cannot be reached");
-                        unreachable = true;
-                    }
-                    (None, true) => {
-                        tracing::info!("the apiserver answers again");
-                        unreachable = false;
-                    }
-                    _ => {}
+                if let Some((open, limit)) = crate::health::count_descriptors() {
+                    ctx.health.descriptors_counted(open, limit);
                 }
+                log_transition(
+                    ctx.health.descriptor_problem(),
+                    &mut crowded,
+                    "not ready: too near the descriptor limit",
+                    "descriptors back under the limit's margin",
+                );
+                log_transition(
+                    ctx.health.apiserver_problem(),
+                    &mut unreachable,
+                    "not ready: the apiserver cannot be reached",
+                    "the apiserver answers again",
+                );
             }
         }
+    }
+}
+
+/// Logs a readiness problem when it appears and when it is gone, not at every check.
+fn log_transition(problem: Option<String>, flagged: &mut bool, appeared: &str, gone: &str) {
+    match (problem, *flagged) {
+        (Some(problem), false) => {
+            tracing::warn!(%problem, "{appeared}");
+            *flagged = true;
+        }
+        (None, true) => {
+            tracing::info!("{gone}");
+            *flagged = false;
+        }
+        _ => {}
     }
 }
 

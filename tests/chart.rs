@@ -1235,7 +1235,7 @@ async fn promtool_checks_the_alerts_and_kcos_real_metrics() {
         .current_dir(&alerts)
         .output()
         .unwrap();
-    assert!(ok(out, "promtool check rules").contains("9 rules found"));
+    assert!(ok(out, "promtool check rules").contains("10 rules found"));
     // Each alert fires on the series that should fire it, and stays silent otherwise.
     let out = Command::new(&promtool)
         .args(["test", "rules", "kco.tests.yaml"])
