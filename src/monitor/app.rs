@@ -204,14 +204,16 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => match changed {
-                Ok(snapshot) => monitor.on_pods(&snapshot).await,
+                // Boxed, here and below: these futures live only while they run,
+                // and the task (one per TargetApp, always alive) stays small.
+                Ok(snapshot) => Box::pin(monitor.on_pods(&snapshot)).await,
                 // The watch stopped (it does not while subscribed): keep the targets.
                 Err(_) => snapshots = None,
             },
-            Some(report) = rx.recv() => monitor.on_report(*report).await,
-            Some(adopted) = adopted.recv() => monitor.adopt(*adopted).await,
+            Some(report) = rx.recv() => Box::pin(monitor.on_report(*report)).await,
+            Some(adopted) = adopted.recv() => Box::pin(monitor.adopt(*adopted)).await,
             // A quiet TargetApp's task sleeps between polls: no tick while nothing changed.
-            _ = tick.tick(), if monitor.dirty => monitor.write_status(None).await,
+            _ = tick.tick(), if monitor.dirty => Box::pin(monitor.write_status(None)).await,
         }
     }
     for running in monitor.loops.values() {
