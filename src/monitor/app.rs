@@ -178,6 +178,7 @@ pub async fn run(
                         tracing::info!(namespace = %monitor.namespace, tapp = %monitor.name,
                             "the schema ConfigMap now accepts the spec; polling");
                         monitor.discovered = false;
+                        monitor.dirty = true;
                         break;
                     }
                     monitor.write_status(invalid.as_deref()).await;
@@ -235,6 +236,7 @@ impl Monitor {
 
     /// Starts loops for new targets, stops them for lost ones, restarts moved ones.
     async fn reconcile_targets(&mut self) {
+        self.dirty = true;
         let wanted = discovery::targets(&self.app.spec, &self.pods);
         let lost: Vec<String> = self
             .loops
