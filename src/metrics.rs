@@ -339,9 +339,10 @@ impl Metrics {
     /// The name of every metric family KCO exports (also those with no series yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 20] = [
+        let collectors: [&dyn Collector; 21] = [
             &self.polls,
             &self.poll_duration,
+            &self.last_poll,
             &self.poll_lateness,
             &self.events,
             &self.actions,
@@ -361,11 +362,18 @@ impl Metrics {
             &self.throttled,
             &self.throttle_wait,
         ];
-        collectors
+        let mut names: Vec<String> = collectors
             .iter()
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
-            .collect()
+            .collect();
+        // And what always has a series: the build info, the process metrics.
+        for family in self.registry.gather() {
+            if !names.iter().any(|n| n == family.name()) {
+                names.push(family.name().to_owned());
+            }
+        }
+        names
     }
 
     /// The Prometheus text exposition of every metric.
