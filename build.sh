@@ -161,6 +161,8 @@ benches() {
   mkdir -p "$out"
   # Benches build in release: their own target directory in the cache stays warm.
   export CARGO_TARGET_DIR="$cache_root/bench-target"
+  step "building the benches (release)"
+  cargo bench --locked --no-run --benches
   for name in pipeline scale admission failover hostile; do
     local -a args=()
     if [ "$quick" = "--quick" ]; then

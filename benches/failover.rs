@@ -45,9 +45,10 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
         ms(median),
         ms(max)
     );
+    let runs = samples.len();
     format!(
-        "headline | failover | {name}, median ms ({} runs) | {:.0}",
-        samples.len(),
+        "headline | failover | {name}, median ms ({runs} run{}) | {:.0}",
+        if runs == 1 { "" } else { "s" },
         ms(median)
     )
 }
