@@ -752,3 +752,52 @@ async fn url_targets_are_polled_only_where_they_resolve_to_allowed_addresses() {
 fn free_port_text() -> String {
     support::process::free_port().unwrap().to_string()
 }
+
+#[tokio::test]
+async fn a_restarted_replica_exports_its_targets_though_it_has_no_status_to_write() {
+    let mut bed = bed("mon-restart", 1).await;
+    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
+        .await;
+    bed.wait_status(30, "1/1", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+    let version = bed
+        .apps()
+        .get("mina")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    // Same name, same targets: the status it would write is the one stored.
+    bed.restart_operator(|s| {
+        s.graphql_timeout = Duration::from_millis(700);
+        s.graphql_max_retries = 0;
+    })
+    .await;
+    let up_series = |metrics: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("operator_kco_tapp_targets{")
+                && l.contains("targetapp=\"mina\"")
+                && l.contains("state=\"up\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !up_series(&bed.metrics().await) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica does not export mina's targets:\n{}",
+            bed.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        bed.apps()
+            .get("mina")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        version,
+        "nothing changed, so the status was not written again"
+    );
+}

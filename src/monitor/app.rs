@@ -56,15 +56,20 @@ struct Monitor {
     targets: BTreeMap<String, TargetState>,
     loops: BTreeMap<String, Running>,
     firings: Vec<RuleFiring>,
-    /// Targets the status listed when this task started: a replica that takes a
-    /// TargetApp over (or restarts) does not announce them again.
-    announced: BTreeSet<String>,
+    /// Targets the status listed when this task started, with whether they were
+    /// up and since when: a replica that takes a TargetApp over (or restarts)
+    /// does not announce them again, nor move their `since`.
+    announced: BTreeMap<String, Option<(bool, Timestamp)>>,
     written: Option<TargetAppStatus>,
     /// Something the status is built from changed since it was last compared
     /// (a poll, the pods, an adopted firing): the next tick builds it again.
     dirty: bool,
     /// When `/stats` last got this TargetApp's targets.
     stats_at: Option<tokio::time::Instant>,
+    /// Until when the status found at start (another task's, or another
+    /// replica's) is not overwritten with "Initializing": a replica that restarts
+    /// or takes over finds it current once its first polls are in.
+    inherited_until: Option<tokio::time::Instant>,
     reports: mpsc::Sender<Box<Report>>,
     /// Cancelled when this monitor stops (its actions' waits end with it).
     cancel: CancellationToken,
@@ -127,11 +132,19 @@ pub async fn run(
             .status
             .iter()
             .flat_map(|s| &s.targets)
-            .map(|t| t.pod.clone().unwrap_or_else(|| t.endpoint.clone()))
+            .map(|t| {
+                let name = t.pod.clone().unwrap_or_else(|| t.endpoint.clone());
+                (name, t.since.as_ref().map(|at| (t.up, at.0)))
+            })
             .collect(),
         written: app.status.clone(),
         dirty: true,
         stats_at: None,
+        inherited_until: app
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map(|_| tokio::time::Instant::now() + interval + timeout + Duration::from_secs(2)),
         reports: tx,
         adopt: adopt_tx,
         cancel: cancel.clone(),
@@ -285,6 +298,11 @@ impl Monitor {
                         cleared: f.cleared.is_some(),
                     })
             });
+            let known = self.announced.remove(&name);
+            let state = match known.flatten() {
+                Some((up, at)) => state.with_recorded_since(up, at),
+                None => state,
+            };
             self.targets.insert(name.clone(), state);
             let cancel = CancellationToken::new();
             let route = self.route_to(&target);
@@ -317,7 +335,7 @@ impl Monitor {
                 },
             );
             // Known from the status (a hand-off or a restart): polled again, not new.
-            if !self.announced.remove(&name) {
+            if known.is_none() {
                 self.notify(
                     Reason::TargetDiscovered,
                     format!("polling {name} at {}", target.url),
@@ -695,6 +713,7 @@ impl Monitor {
         if !self.dirty {
             return;
         }
+        self.count_targets();
         let now = Timestamp::now();
         let shard = self.ctx.settings.instance.clone();
         let next = status::build(
@@ -710,6 +729,16 @@ impl Monitor {
             self.written.as_ref(),
         );
         let refresh = self.schedule.interval.max(Duration::from_secs(60));
+        let unpolled = next.phase == Some(crate::targetapp::Phase::Initializing)
+            || self.targets.values().any(|t| t.up.is_none());
+        if unpolled
+            && self
+                .inherited_until
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+        {
+            // Still dirty: built again at the next tick, once the polls are in.
+            return;
+        }
         if !status::should_write(self.written.as_ref(), &next) {
             if self.stats_at.is_none_or(|at| at.elapsed() >= refresh) {
                 self.publish_stats(&next);
@@ -746,6 +775,12 @@ impl Monitor {
                 tracing::warn!(namespace = %self.namespace, tapp = %self.name, error = %e, "cannot write status");
             }
         }
+    }
+
+    /// The targets up and down, as metrics: set whenever the status is built, so
+    /// that a replica that takes a TargetApp over (whose status it need not write)
+    /// exports them too.
+    fn count_targets(&self) {
         let up = self.targets.values().filter(|t| t.up == Some(true)).count() as i64;
         let labels = [self.namespace.as_str(), self.name.as_str()];
         self.ctx

@@ -24,6 +24,9 @@ pub struct TargetState {
     pub last_poll: Option<Timestamp>,
     /// When `up` last changed (the first poll counts as a change).
     pub since: Option<Timestamp>,
+    /// What the status said of this target when its task started (up, since): a
+    /// first poll that agrees keeps that `since`.
+    recorded_since: Option<(bool, Timestamp)>,
     pub last_error: Option<PollFailure>,
     /// Whether the last poll was throttled (it told nothing of the target).
     pub throttled: bool,
@@ -74,6 +77,7 @@ impl TargetState {
             last_good: None,
             last_poll: None,
             since: None,
+            recorded_since: None,
             last_error: None,
             throttled: false,
             firing: rules
@@ -81,6 +85,13 @@ impl TargetState {
                 .map(|r| FiringState::restored(recorded(&r.name)))
                 .collect(),
         }
+    }
+
+    /// The same target, with what a status written earlier said of it: up or
+    /// down since `at`.
+    pub fn with_recorded_since(mut self, up: bool, at: Timestamp) -> Self {
+        self.recorded_since = Some((up, at));
+        self
     }
 
     /// Takes one poll result in, returning what it meant, in order: availability,
@@ -164,7 +175,10 @@ impl TargetState {
             }
         }
         if previous_up != Some(up) {
-            self.since = Some(now);
+            self.since = match (previous_up, self.recorded_since.take()) {
+                (None, Some((was_up, at))) if was_up == up => Some(at),
+                _ => Some(now),
+            };
         }
         self.up = Some(up);
         self.last_poll = Some(now);
@@ -311,6 +325,27 @@ mod tests {
             "{seen:?}"
         );
         assert_eq!(t.last_error, None);
+    }
+
+    #[test]
+    fn since_is_when_up_changed_and_survives_a_restart_that_agrees() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let mut fresh = unpolled_mina_0(&rules);
+        fresh.observe(ok("SYNCED", 1), &rules, &fields, at(5));
+        fresh.observe(ok("SYNCED", 2), &rules, &fields, at(6));
+        assert_eq!(fresh.since, Some(at(5)), "up since the first poll");
+        let down = Err(PollFailure::Status(500));
+        fresh.observe(down.clone(), &rules, &fields, at(9));
+        assert_eq!(fresh.since, Some(at(9)), "down since it failed");
+
+        // A task that restarts finds "up since 0" in the status.
+        let mut restarted = unpolled_mina_0(&rules).with_recorded_since(true, at(0));
+        restarted.observe(ok("SYNCED", 1), &rules, &fields, at(100));
+        assert_eq!(restarted.since, Some(at(0)), "still up: since stays");
+        let mut now_down = unpolled_mina_0(&rules).with_recorded_since(true, at(0));
+        now_down.observe(down, &rules, &fields, at(100));
+        assert_eq!(now_down.since, Some(at(100)), "down now: since moves");
     }
 
     #[test]

@@ -173,6 +173,16 @@ impl Bed {
         }
     }
 
+    /// Stops the operator and starts another with the same settings and name, as a
+    /// replica whose container restarted would be.
+    pub async fn restart_operator(&mut self, tweak: impl FnOnce(&mut kco::config::Settings)) {
+        self.cancel.cancel();
+        // Let it leave: its admin server and tasks stop with the token.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        self.cancel = CancellationToken::new();
+        self.start_operator(tweak).await;
+    }
+
     /// A `kco-actions` ServiceAccount with the Role of
     /// `policies/tenant-actions-role.yaml`, and a `no-rights` one; waits until the
     /// authorizer applies the binding.
