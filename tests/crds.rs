@@ -171,7 +171,7 @@ async fn the_apiserver_accepts_targetapps_and_applies_the_defaults() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "PHASE", "TARGETS", "LAST", "POLL", "AGE"],
+        ["NAME", "PHASE", "TARGETS", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
