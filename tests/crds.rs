@@ -169,11 +169,7 @@ async fn the_apiserver_accepts_targetapps_and_applies_the_defaults() {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["NAME", "PHASE", "TARGETS", "AGE"],
-        "{table}"
-    );
+    assert_eq!(header, ["NAME", "PHASE", "TARGETS", "AGE"], "{table}");
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], ["mina", "Monitoring", "2/3"], "{table}");
 }
