@@ -21,12 +21,14 @@ use support::{ControlPlane, User};
 /// The bed, with an operator whose polls time out fast and are not retried.
 async fn bed(prefix: &str, pods: usize) -> Bed {
     let mut bed = Bed::new(prefix, pods).await;
-    bed.start_operator(|s| {
-        s.graphql_timeout = Duration::from_millis(700);
-        s.graphql_max_retries = 0;
-    })
-    .await;
+    bed.start_operator(fast_polls).await;
     bed
+}
+
+/// Polls that time out fast and are not retried.
+fn fast_polls(s: &mut kco::config::Settings) {
+    s.graphql_timeout = Duration::from_millis(700);
+    s.graphql_max_retries = 0;
 }
 
 fn offline_rules() -> Value {
@@ -768,11 +770,7 @@ async fn a_restarted_replica_exports_its_targets_though_it_has_no_status_to_writ
         .metadata
         .resource_version;
     // Same name, same targets: the status it would write is the one stored.
-    bed.restart_operator(|s| {
-        s.graphql_timeout = Duration::from_millis(700);
-        s.graphql_max_retries = 0;
-    })
-    .await;
+    bed.restart_operator(fast_polls).await;
     let up_series = |metrics: &str| {
         metrics.lines().any(|l| {
             l.starts_with("operator_kco_tapp_targets{")
