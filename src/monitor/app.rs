@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::{self, NotTarget, Target};
+use super::discovery::{self, NotTarget, PodSummary, Target};
 use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Gate, Polled, Report, Route, Schedule, poll_loop};
@@ -31,12 +31,6 @@ use crate::triggers::{Adoption, Recorded};
 const HEALTH_SYNC: &str = "daemonStatus.syncStatus";
 const HEALTH_LENGTH: &str = "daemonStatus.blockchainLength";
 
-/// A running poll loop.
-struct Running {
-    url: String,
-    cancel: CancellationToken,
-}
-
 struct Monitor {
     ctx: Arc<Context>,
     app: Arc<TargetApp>,
@@ -47,14 +41,17 @@ struct Monitor {
     fields: BTreeSet<FieldPath>,
     /// What is kept of each target's last good result between polls: the fields
     /// the rules read, and for the Mina health query what `/stats` shows.
-    kept: BTreeSet<FieldPath>,
+    kept: Arc<BTreeSet<FieldPath>>,
     schedule: Schedule,
     /// The pods the selector selects, from the namespace's shared pod watch.
     /// Shared with the watch's snapshot: a TargetApp keeps pointers, not copies.
-    pods: BTreeMap<String, Arc<Pod>>,
+    pods: BTreeMap<String, Arc<PodSummary>>,
     discovered: bool,
-    targets: BTreeMap<String, TargetState>,
-    loops: BTreeMap<String, Running>,
+    /// Boxed: a map's node holds room for eleven entries, and most TargetApps
+    /// have one target.
+    targets: BTreeMap<String, Box<TargetState>>,
+    /// Each target's running poll loop (the same keys as `targets`).
+    loops: BTreeMap<String, CancellationToken>,
     firings: Vec<RuleFiring>,
     /// Targets the status listed when this task started, with whether they were
     /// up and since when: a replica that takes a TargetApp over (or restarts)
@@ -70,11 +67,24 @@ struct Monitor {
     /// replica's) is not overwritten with "Initializing": a replica that restarts
     /// or takes over finds it current once its first polls are in.
     inherited_until: Option<tokio::time::Instant>,
-    reports: mpsc::Sender<Box<Report>>,
+    /// Poll reports, and firings the fence found recorded by another replica,
+    /// back to this loop.
+    inbox: mpsc::Sender<Box<Message>>,
     /// Cancelled when this monitor stops (its actions' waits end with it).
     cancel: CancellationToken,
-    /// Firings the fence found recorded by another replica, back to this loop.
-    adopt: mpsc::Sender<Box<Adopt>>,
+}
+
+/// What reaches a TargetApp's task from its poll loops and its actions (one
+/// channel: each channel is most of a KiB, however little it carries).
+enum Message {
+    Polled(Report),
+    Adopt(Adopt),
+}
+
+impl From<Report> for Box<Message> {
+    fn from(report: Report) -> Self {
+        Box::new(Message::Polled(report))
+    }
 }
 
 /// Monitors `app` until `cancel` fires; then stops every poll loop it started.
@@ -88,10 +98,8 @@ pub async fn run(
 ) {
     let namespace = app.namespace().unwrap_or_default();
     let name = app.name_any();
-    // Boxed messages: a channel allocates its slots in blocks of 32 up front, and
-    // every TargetApp has these two.
-    let (tx, mut rx) = mpsc::channel::<Box<Report>>(256);
-    let (adopt_tx, mut adopted) = mpsc::channel::<Box<Adopt>>(64);
+    // Boxed messages: a channel allocates its slots in blocks of 32 up front.
+    let (tx, mut rx) = mpsc::channel::<Box<Message>>(256);
     let spec = &app.spec;
     let interval = spec
         .polling_interval
@@ -118,7 +126,7 @@ pub async fn run(
             .unwrap_or_default(),
         rules,
         fields: BTreeSet::new(),
-        kept: BTreeSet::new(),
+        kept: Arc::default(),
         schedule: Schedule {
             interval,
             timeout,
@@ -145,8 +153,7 @@ pub async fn run(
             .as_ref()
             .and_then(|s| s.phase)
             .map(|_| tokio::time::Instant::now() + interval + timeout + Duration::from_secs(2)),
-        reports: tx,
-        adopt: adopt_tx,
+        inbox: tx,
         cancel: cancel.clone(),
         ctx,
         namespace,
@@ -154,14 +161,15 @@ pub async fn run(
         app: app.clone(),
     };
     monitor.fields = triggers::referenced_fields(&monitor.rules);
-    monitor.kept = monitor.fields.clone();
+    let mut kept = monitor.fields.clone();
     if app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY {
-        monitor.kept.extend(
+        kept.extend(
             [HEALTH_SYNC, HEALTH_LENGTH]
                 .iter()
                 .filter_map(|p| p.parse().ok()),
         );
     }
+    monitor.kept = Arc::new(kept);
 
     // The admission checks again: objects stored before the webhook, or past it.
     let problems = monitor.ctx.recheck(&app);
@@ -194,7 +202,7 @@ pub async fn run(
                         monitor.dirty = true;
                         break;
                     }
-                    monitor.write_status(invalid.as_deref()).await;
+                    Box::pin(monitor.write_status(invalid.as_deref())).await;
                 }
             }
         }
@@ -203,7 +211,7 @@ pub async fn run(
     // One fixed URL, or the pods of the namespace's shared watch.
     let subscription = if discovery::is_absolute(&app.spec.graphql_endpoint) {
         monitor.discovered = true;
-        monitor.reconcile_targets().await;
+        Box::pin(monitor.reconcile_targets()).await;
         None
     } else {
         Some(monitor.ctx.pods.subscribe(&monitor.namespace))
@@ -224,14 +232,16 @@ pub async fn run(
                 // The watch stopped (it does not while subscribed): keep the targets.
                 Err(_) => snapshots = None,
             },
-            Some(report) = rx.recv() => Box::pin(monitor.on_report(*report)).await,
-            Some(adopted) = adopted.recv() => Box::pin(monitor.adopt(*adopted)).await,
+            Some(message) = rx.recv() => match *message {
+                Message::Polled(report) => Box::pin(monitor.on_report(report)).await,
+                Message::Adopt(adopted) => Box::pin(monitor.adopt(adopted)).await,
+            },
             // A quiet TargetApp's task sleeps between polls: no tick while nothing changed.
             _ = tick.tick(), if monitor.dirty => Box::pin(monitor.write_status(None)).await,
         }
     }
     for running in monitor.loops.values() {
-        running.cancel.cancel();
+        running.cancel();
     }
 }
 
@@ -254,12 +264,17 @@ impl Monitor {
         let lost: Vec<String> = self
             .loops
             .iter()
-            .filter(|(name, running)| wanted.get(*name).is_none_or(|t| t.url != running.url))
+            .filter(|(name, _)| {
+                let polled = self.targets.get(*name).map(|t| t.target.url.as_str());
+                wanted
+                    .get(*name)
+                    .is_none_or(|t| Some(t.url.as_str()) != polled)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in lost {
             if let Some(running) = self.loops.remove(&name) {
-                running.cancel.cancel();
+                running.cancel();
             }
             if let Some(state) = self.targets.remove(&name)
                 && !wanted.contains_key(&name)
@@ -299,11 +314,12 @@ impl Monitor {
                     })
             });
             let known = self.announced.remove(&name);
+            let state = state.keeping(self.kept.clone());
             let state = match known.flatten() {
                 Some((up, at)) => state.with_recorded_since(up, at),
                 None => state,
             };
-            self.targets.insert(name.clone(), state);
+            self.targets.insert(name.clone(), Box::new(state));
             let cancel = CancellationToken::new();
             let route = self.route_to(&target);
             let gate = Gate {
@@ -324,16 +340,10 @@ impl Monitor {
                     .clone()
                     .with_keep_alive(self.schedule.interval < self.ctx.settings.keep_alive_below),
                 Some(gate),
-                self.reports.clone(),
+                self.inbox.clone(),
                 cancel.clone(),
             ));
-            self.loops.insert(
-                name.clone(),
-                Running {
-                    url: target.url.clone(),
-                    cancel,
-                },
-            );
+            self.loops.insert(name.clone(), cancel);
             // Known from the status (a hand-off or a restart): polled again, not new.
             if known.is_none() {
                 self.notify(
@@ -409,15 +419,6 @@ impl Monitor {
         let sent_at = report.sent_at;
         let now = Timestamp::now();
         let seen = state.observe(report.report.result, &self.rules, &self.fields, sent_at);
-        // A whole result can be kilobytes (a Mina node's peer list): keep only
-        // what the next poll is compared on.
-        if let Some(data) = state.last_good.take() {
-            let mut kept = serde_json::Value::Null;
-            for field in &self.kept {
-                field.keep(&data, &mut kept);
-            }
-            state.last_good = Some(kept);
-        }
         let target = state.target.clone();
         for observed in seen {
             match observed {
@@ -567,7 +568,7 @@ impl Monitor {
             .targets
             .get(target.name())
             .filter(|t| t.up == Some(true))
-            .and_then(|t| t.last_good.clone());
+            .and_then(|t| t.last_good());
         let firing = Firing {
             app: self.app.clone(),
             rule_name: rule.name.clone(),
@@ -590,7 +591,7 @@ impl Monitor {
             self.ctx.clone(),
             self.reference.clone(),
             firing,
-            self.adopt.clone(),
+            self.inbox.clone(),
             self.cancel.clone(),
         ));
     }
@@ -809,7 +810,8 @@ impl Monitor {
                 .targets
                 .values()
                 .map(|t| {
-                    let data = t.last_good.as_ref();
+                    let data = t.last_good();
+                    let data = data.as_ref();
                     TargetStats {
                         name: t.target.name().to_owned(),
                         url: t.target.url.clone(),
@@ -907,7 +909,7 @@ async fn act(
     ctx: Arc<Context>,
     reference: ObjectReference,
     firing: Firing,
-    adopt: mpsc::Sender<Box<Adopt>>,
+    inbox: mpsc::Sender<Box<Message>>,
     cancel: CancellationToken,
 ) {
     let namespace = firing.app.namespace().unwrap_or_default();
@@ -954,13 +956,13 @@ async fn act(
     // Told even when it is this firing's own time: the stretch may have ended
     // while the fence waited, its end then finding no record to go to.
     if let Some(at) = known_as {
-        let _ = adopt
-            .send(Box::new(Adopt {
+        let _ = inbox
+            .send(Box::new(Message::Adopt(Adopt {
                 target: target.clone(),
                 rule: rule.clone(),
                 own: fired_at,
                 at,
-            }))
+            })))
             .await;
     }
     let (reason, note) = match dispatched {

@@ -1,6 +1,7 @@
 //! Which pods are targets, and at which URL. Pure: pods in, targets out.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -38,32 +39,73 @@ pub enum NotTarget {
     NoSuchPort(String),
 }
 
+/// What discovery reads of a pod, and nothing else: a namespace's pods are kept
+/// in memory for as long as a TargetApp there follows them, and a `Pod` object,
+/// even stripped of what discovery does not read, is several KiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSummary {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Being deleted (`metadata.deletionTimestamp` set).
+    pub terminating: bool,
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    /// `status.podIP`, when set and not empty.
+    pub ip: Option<String>,
+    /// The pod's IP is its node's (host network, or `status.hostIP` equal to it).
+    pub on_node_network: bool,
+    /// Its containers' named ports.
+    pub ports: Box<[(String, i32)]>,
+}
+
+impl PodSummary {
+    /// The summary of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let ip = status
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty());
+        let parsed = ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+        let host_ip = status
+            .and_then(|s| s.host_ip.as_deref())
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            on_node_network: parsed.is_some() && (host_network || host_ip == parsed),
+            ip,
+            ports: spec
+                .into_iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+                .collect(),
+        }
+    }
+}
+
 /// The target a pod is, or why it is not one.
-pub fn target_of(pod: &Pod, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
-    if pod.metadata.deletion_timestamp.is_some() {
+pub fn target_of(pod: &PodSummary, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
+    if pod.terminating {
         return Err(NotTarget::Terminating);
     }
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if !ready {
+    if !pod.ready {
         return Err(NotTarget::NotReady);
     }
-    let ip = status
-        .and_then(|s| s.pod_ip.clone())
-        .filter(|ip| !ip.is_empty())
-        .ok_or(NotTarget::NoIp)?;
+    let ip = pod.ip.as_deref().ok_or(NotTarget::NoIp)?;
     let port = match &spec.port {
         IntOrString::Int(port) => *port,
         IntOrString::String(name) => pod
-            .spec
-            .as_ref()
-            .into_iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .map(|p| p.container_port)
+            .ports
+            .iter()
+            .find(|(port, _)| port == name)
+            .map(|(_, number)| *number)
             .ok_or_else(|| NotTarget::NoSuchPort(name.clone()))?,
     };
     let scheme = match spec.scheme {
@@ -73,7 +115,7 @@ pub fn target_of(pod: &Pod, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
-        ip
+        ip.to_owned()
     };
     let path = if spec.graphql_endpoint.starts_with('/') {
         spec.graphql_endpoint.clone()
@@ -81,33 +123,23 @@ pub fn target_of(pod: &Pod, spec: &TargetAppSpec) -> Result<Target, NotTarget> {
         format!("/{}", spec.graphql_endpoint)
     };
     Ok(Target {
-        pod: pod.metadata.name.clone(),
+        pod: Some(pod.name.clone()),
         url: format!("{scheme}://{host}:{port}{path}"),
     })
 }
 
 /// The pod's address when it is its node's: a pod on the host network, or one
 /// whose IP is its node's IP. Polling it reaches the node, not a pod.
-pub fn node_address(pod: &Pod) -> Option<std::net::IpAddr> {
-    let status = pod.status.as_ref()?;
-    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    let on_node_ip = status
-        .host_ip
-        .as_deref()
-        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-        == Some(ip);
-    (host_network || on_node_ip).then_some(ip)
+pub fn node_address(pod: &PodSummary) -> Option<IpAddr> {
+    pod.on_node_network
+        .then(|| pod.ip.as_deref()?.parse().ok())
+        .flatten()
 }
 
 /// The targets among `pods` (by pod name), or the one URL target.
 pub fn targets(
     spec: &TargetAppSpec,
-    pods: &BTreeMap<String, Arc<Pod>>,
+    pods: &BTreeMap<String, Arc<PodSummary>>,
 ) -> BTreeMap<String, Target> {
     if is_absolute(&spec.graphql_endpoint) {
         let target = Target {
@@ -127,9 +159,9 @@ pub fn targets(
 /// an expired resource version) neither loses targets for a moment nor their state.
 #[derive(Debug, Default)]
 pub struct Pods {
-    current: BTreeMap<String, Arc<Pod>>,
+    current: BTreeMap<String, Arc<PodSummary>>,
     /// The pods of a list in progress.
-    listing: Option<BTreeMap<String, Arc<Pod>>>,
+    listing: Option<BTreeMap<String, Arc<PodSummary>>>,
     /// Whether a first list completed.
     listed: bool,
 }
@@ -139,6 +171,7 @@ impl Pods {
     pub fn apply(&mut self, event: kube::runtime::watcher::Event<Pod>) -> bool {
         use kube::runtime::watcher::Event;
         let name = |pod: &Pod| pod.metadata.name.clone().unwrap_or_default();
+        let summary = |pod: &Pod| Arc::new(PodSummary::of(pod));
         match event {
             Event::Init => {
                 self.listing = Some(BTreeMap::new());
@@ -147,7 +180,7 @@ impl Pods {
             Event::InitApply(pod) => {
                 self.listing
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(name(&pod), Arc::new(pod));
+                    .insert(name(&pod), summary(&pod));
                 false
             }
             Event::InitDone => {
@@ -156,7 +189,7 @@ impl Pods {
                 true
             }
             Event::Apply(pod) => {
-                self.current.insert(name(&pod), Arc::new(pod));
+                self.current.insert(name(&pod), summary(&pod));
                 self.listed
             }
             Event::Delete(pod) => {
@@ -172,66 +205,22 @@ impl Pods {
     }
 
     /// The current pods, by name.
-    pub fn current(&self) -> &BTreeMap<String, Arc<Pod>> {
+    pub fn current(&self) -> &BTreeMap<String, Arc<PodSummary>> {
         &self.current
     }
 }
 
 /// The pods `selector` selects (all of them when there is none).
 pub fn selected(
-    pods: &BTreeMap<String, Arc<Pod>>,
+    pods: &BTreeMap<String, Arc<PodSummary>>,
     selector: Option<&LabelSelector>,
-) -> BTreeMap<String, Arc<Pod>> {
-    let none = BTreeMap::new();
+) -> BTreeMap<String, Arc<PodSummary>> {
     pods.iter()
         .filter(|(_, pod)| {
-            selector.is_none_or(|s| {
-                crate::tenancy::quota::selector_matches(
-                    s,
-                    pod.metadata.labels.as_ref().unwrap_or(&none),
-                )
-            })
+            selector.is_none_or(|s| crate::tenancy::quota::selector_matches(s, &pod.labels))
         })
         .map(|(name, pod)| (name.clone(), Arc::clone(pod)))
         .collect()
-}
-
-/// A pod with only what discovery reads (name, labels, deletion, readiness, IP,
-/// container ports, and whether it is on its node's network): a namespace's pods
-/// are kept in memory.
-pub fn slim(pod: Pod) -> Pod {
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    Pod {
-        metadata: ObjectMeta {
-            name: pod.metadata.name,
-            namespace: pod.metadata.namespace,
-            labels: pod.metadata.labels,
-            deletion_timestamp: pod.metadata.deletion_timestamp,
-            resource_version: pod.metadata.resource_version,
-            uid: pod.metadata.uid,
-            ..ObjectMeta::default()
-        },
-        spec: pod.spec.map(|spec| PodSpec {
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    ..Container::default()
-                })
-                .collect(),
-            host_network: spec.host_network,
-            ..PodSpec::default()
-        }),
-        status: pod.status.map(|status| PodStatus {
-            conditions: status.conditions,
-            pod_ip: status.pod_ip,
-            host_ip: status.host_ip,
-            ..PodStatus::default()
-        }),
-    }
 }
 
 /// A label selector in the apiserver's query syntax (`app=mina,tier in (a,b),!x`).
@@ -269,7 +258,11 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
-    fn pod(name: &str, ready: &str, ip: Option<&str>) -> Pod {
+    fn pod(name: &str, ready: &str, ip: Option<&str>) -> PodSummary {
+        PodSummary::of(&full_pod(name, ready, ip))
+    }
+
+    fn full_pod(name: &str, ready: &str, ip: Option<&str>) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"containers": [{"name": "mina", "ports": [{"name": "graphql", "containerPort": 3085},
@@ -294,12 +287,20 @@ mod tests {
             Err(NotTarget::NotReady)
         );
         assert_eq!(target_of(&pod("a", "True", None), &s), Err(NotTarget::NoIp));
-        let mut terminating = pod("a", "True", Some("10.0.0.5"));
+        let mut terminating = full_pod("a", "True", Some("10.0.0.5"));
         terminating.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
-        assert_eq!(target_of(&terminating, &s), Err(NotTarget::Terminating));
+        assert_eq!(
+            target_of(&PodSummary::of(&terminating), &s),
+            Err(NotTarget::Terminating)
+        );
+        assert_eq!(
+            target_of(&pod("a", "True", Some("")), &s),
+            Err(NotTarget::NoIp),
+            "an empty podIP is no IP"
+        );
     }
 
     #[test]
@@ -389,9 +390,11 @@ mod tests {
     #[test]
     fn a_selector_picks_its_pods_from_the_namespace() {
         let pod = |name: &str, app: &str| {
-            let mut pod = Pod::default();
-            pod.metadata.name = Some(name.to_owned());
-            pod.metadata.labels = Some(BTreeMap::from([("app".to_owned(), app.to_owned())]));
+            let pod = PodSummary {
+                name: name.to_owned(),
+                labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+                ..PodSummary::default()
+            };
             (name.to_owned(), Arc::new(pod))
         };
         let pods = BTreeMap::from([pod("m0", "mina"), pod("m1", "mina"), pod("x", "other")]);
@@ -411,38 +414,47 @@ mod tests {
     }
 
     #[test]
-    fn a_slim_pod_is_still_the_same_target() {
+    fn a_pod_is_kept_as_what_discovery_reads_of_it() {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "mina-0", "labels": {"app": "mina"},
                          "annotations": {"big": "x".repeat(10_000)},
                          "managedFields": [{"manager": "kubectl"}]},
             "spec": {"containers": [{"name": "mina", "image": "mina:1", "env": [{"name": "A", "value": "b"}],
-                                     "ports": [{"name": "graphql", "containerPort": 3085}]}]},
-            "status": {"podIP": "10.0.0.7", "phase": "Running",
-                       "conditions": [{"type": "Ready", "status": "True"}]}
+                                     "ports": [{"name": "graphql", "containerPort": 3085},
+                                               {"containerPort": 9000}]},
+                                    {"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9100}]}]},
+            "status": {"podIP": "10.0.0.7", "hostIP": "192.168.1.4", "phase": "Running",
+                       "conditions": [{"type": "PodScheduled", "status": "True"},
+                                      {"type": "Ready", "status": "True"}]}
         }))
         .unwrap();
-        let s = spec(json!({"port": "graphql"}));
-        let slim_pod = slim(pod.clone());
-        assert_eq!(target_of(&slim_pod, &s), target_of(&pod, &s));
-        assert!(target_of(&slim_pod, &s).is_ok());
-        let size = |p: &Pod| serde_json::to_vec(p).map(|v| v.len()).unwrap_or_default();
-        assert!(
-            size(&slim_pod) * 10 < size(&pod),
-            "{} vs {}",
-            size(&slim_pod),
-            size(&pod)
+        assert_eq!(
+            PodSummary::of(&pod),
+            PodSummary {
+                name: "mina-0".into(),
+                labels: BTreeMap::from([("app".into(), "mina".into())]),
+                terminating: false,
+                ready: true,
+                ip: Some("10.0.0.7".into()),
+                on_node_network: false,
+                ports: Box::new([("graphql".into(), 3085), ("metrics".into(), 9100)]),
+            },
+            "every container's named ports, nothing else"
+        );
+        let summary = PodSummary::of(&pod);
+        assert_eq!(
+            target_of(&summary, &spec(json!({"port": "metrics"}))).map(|t| t.url),
+            Ok("http://10.0.0.7:9100/graphql".to_owned())
         );
     }
 
     #[test]
-    fn a_pod_on_its_nodes_network_is_its_node_also_when_slim() {
-        let on = |spec: serde_json::Value, status: serde_json::Value| -> Pod {
-            let mut pod = pod("mina-0", "True", Some("10.0.0.7"));
-            let mut value = serde_json::to_value(&pod).unwrap();
+    fn a_pod_on_its_nodes_network_is_its_node() {
+        let on = |spec: serde_json::Value, status: serde_json::Value| -> PodSummary {
+            let mut value =
+                serde_json::to_value(full_pod("mina-0", "True", Some("10.0.0.7"))).unwrap();
             json_patch::merge(&mut value, &json!({"spec": spec, "status": status}));
-            pod = serde_json::from_value(value).unwrap();
-            slim(pod)
+            PodSummary::of(&serde_json::from_value(value).unwrap())
         };
         let node: std::net::IpAddr = "10.0.0.7".parse().unwrap();
         assert_eq!(
@@ -456,6 +468,14 @@ mod tests {
         assert_eq!(
             node_address(&on(json!({}), json!({"hostIP": "192.168.1.4"}))),
             None
+        );
+        assert_eq!(
+            node_address(&on(
+                json!({}),
+                json!({"hostIP": "fd00::7", "podIP": "fd00:0::7"})
+            )),
+            Some("fd00::7".parse().unwrap()),
+            "addresses are compared, not their spellings"
         );
     }
 }

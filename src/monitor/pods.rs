@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::{self, Pods};
+use super::discovery::{PodSummary, Pods};
 use crate::metrics::Metrics;
 
 /// A namespace's pods at one moment.
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     /// Whether the watch has listed them once (until then nothing is known).
     pub listed: bool,
-    pub pods: BTreeMap<String, Arc<Pod>>,
+    pub pods: BTreeMap<String, Arc<PodSummary>>,
 }
 
 /// A subscription to one namespace's pod watch; the watch stops when the last
@@ -106,9 +106,9 @@ async fn follow(
     metrics: Metrics,
 ) {
     let mut pods = Pods::default();
+    // Each pod is kept as what discovery reads of it (a few hundred bytes).
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|pod| *pod = discovery::slim(std::mem::take(pod)))
         .boxed();
     loop {
         let event = tokio::select! {

@@ -3,6 +3,7 @@
 //! the I/O (Events, status, actions) for what `observe` returns.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
@@ -19,8 +20,12 @@ pub struct TargetState {
     pub target: Target,
     /// Whether the last poll succeeded (`None` before the first poll).
     pub up: Option<bool>,
-    /// The data of the last successful poll.
-    pub last_good: Option<Value>,
+    /// What the last successful poll returned, as far as it is kept (see
+    /// [`Self::keeping`]), as compact JSON text: a `Value` takes a map node of
+    /// about 600 bytes for each object in it, however few fields it holds.
+    last_good: Option<Box<str>>,
+    /// The fields kept of a result between polls (`None`: all of it).
+    keeping: Option<Arc<BTreeSet<FieldPath>>>,
     pub last_poll: Option<Timestamp>,
     /// When `up` last changed (the first poll counts as a change).
     pub since: Option<Timestamp>,
@@ -75,6 +80,7 @@ impl TargetState {
             target,
             up: None,
             last_good: None,
+            keeping: None,
             last_poll: None,
             since: None,
             recorded_since: None,
@@ -92,6 +98,35 @@ impl TargetState {
     pub fn with_recorded_since(mut self, up: bool, at: Timestamp) -> Self {
         self.recorded_since = Some((up, at));
         self
+    }
+
+    /// The same target, keeping of each result only `fields` (those the rules
+    /// compare, and what `/stats` shows): a whole result can be kilobytes (a Mina
+    /// node's peer list).
+    pub fn keeping(mut self, fields: Arc<BTreeSet<FieldPath>>) -> Self {
+        self.keeping = Some(fields);
+        self
+    }
+
+    /// The data of the last successful poll, as far as it is kept.
+    pub fn last_good(&self) -> Option<Value> {
+        self.last_good
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+    }
+
+    fn keep(&mut self, data: &Value) {
+        let text = match &self.keeping {
+            None => serde_json::to_string(data),
+            Some(fields) => {
+                let mut kept = Value::Null;
+                for field in fields.iter() {
+                    field.keep(data, &mut kept);
+                }
+                serde_json::to_string(&kept)
+            }
+        };
+        self.last_good = text.ok().map(String::into_boxed_str);
     }
 
     /// Takes one poll result in, returning what it meant, in order: availability,
@@ -115,8 +150,10 @@ impl TargetState {
         self.throttled = false;
         let mut seen = Vec::new();
         let previous_up = self.up;
+        // Compared with even after failed polls: a recovery shows what changed.
+        let last_good = self.last_good();
         let previous_data = if previous_up == Some(true) {
-            self.last_good.take()
+            last_good.clone()
         } else {
             None
         };
@@ -125,8 +162,7 @@ impl TargetState {
                 if previous_up == Some(false) {
                     seen.push(Observed::PollRecovered);
                 }
-                let before = previous_data.as_ref().or(self.last_good.as_ref());
-                if let Some(before) = before {
+                if let Some(before) = &last_good {
                     seen.extend(
                         changes(fields, before, &data)
                             .into_iter()
@@ -182,11 +218,9 @@ impl TargetState {
         }
         self.up = Some(up);
         self.last_poll = Some(now);
-        if let Some(data) = data {
-            self.last_good = Some(data);
-        } else if let Some(kept) = previous_data {
-            // A failed poll keeps the last good data for diffs after recovery.
-            self.last_good = Some(kept);
+        // A failed poll keeps the last good data for diffs after recovery.
+        if let Some(data) = &data {
+            self.keep(data);
         }
         seen
     }
@@ -325,6 +359,39 @@ mod tests {
             "{seen:?}"
         );
         assert_eq!(t.last_error, None);
+    }
+
+    #[test]
+    fn only_the_kept_fields_outlive_a_poll_and_they_still_show_every_change() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let mut t = unpolled_mina_0(&rules).keeping(Arc::new(fields.clone()));
+        t.observe(ok("SYNCED", 1), &rules, &fields, at(0));
+        assert_eq!(
+            t.last_good(),
+            Some(json!({"d": {"syncStatus": "SYNCED"}})),
+            "uptimeSecs is read by no rule: not kept"
+        );
+        let down = Err(PollFailure::Status(500));
+        t.observe(down, &rules, &fields, at(1));
+        assert_eq!(
+            t.last_good(),
+            Some(json!({"d": {"syncStatus": "SYNCED"}})),
+            "a failed poll keeps the last good data"
+        );
+        let seen = t.observe(ok("CATCHUP", 9), &rules, &fields, at(2));
+        assert!(
+            seen.iter().any(|o| matches!(o, Observed::StateChanged(c)
+                if c.old == Some(json!("SYNCED")) && c.new == Some(json!("CATCHUP")))),
+            "the recovery is compared with what was kept before the failure: {seen:?}"
+        );
+        let mut all = unpolled_mina_0(&rules);
+        all.observe(ok("SYNCED", 1), &rules, &fields, at(0));
+        assert_eq!(
+            all.last_good(),
+            Some(json!({"d": {"syncStatus": "SYNCED", "uptimeSecs": 1}})),
+            "without a kept set, the whole result"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct Inputs<'a> {
     pub invalid: Option<&'a str>,
     /// Whether the pod list has been read at least once.
     pub discovered: bool,
-    pub targets: &'a BTreeMap<String, TargetState>,
+    pub targets: &'a BTreeMap<String, Box<TargetState>>,
     pub shard: &'a str,
     pub now: Timestamp,
 }
@@ -74,7 +74,7 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
         )
     };
 
-    let mut targets: Vec<&TargetState> = inputs.targets.values().collect();
+    let mut targets: Vec<&TargetState> = inputs.targets.values().map(|t| &**t).collect();
     // Failing targets first: with many pods, the ones an on-call engineer needs stay in.
     targets.sort_by_key(|t| (t.up == Some(true), t.target.name().to_owned()));
     let targets = targets
@@ -165,7 +165,7 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    fn target(name: &str, up: Option<bool>, polled: i64) -> (String, TargetState) {
+    fn target(name: &str, up: Option<bool>, polled: i64) -> (String, Box<TargetState>) {
         let mut t = TargetState::new(
             Target {
                 pod: Some(name.into()),
@@ -180,10 +180,10 @@ mod tests {
         if up == Some(false) {
             t.last_error = Some(PollFailure::Status(500));
         }
-        (name.to_owned(), t)
+        (name.to_owned(), Box::new(t))
     }
 
-    fn inputs(targets: &BTreeMap<String, TargetState>) -> Inputs<'_> {
+    fn inputs(targets: &BTreeMap<String, Box<TargetState>>) -> Inputs<'_> {
         Inputs {
             generation: Some(3),
             suspended: false,
@@ -218,7 +218,7 @@ mod tests {
         );
         assert_eq!(s.targets[0].last_error.as_deref(), Some("HTTP status 500"));
 
-        let none: BTreeMap<String, TargetState> = BTreeMap::new();
+        let none: BTreeMap<String, Box<TargetState>> = BTreeMap::new();
         assert_eq!(
             build(&inputs(&none), None).conditions[0].reason,
             "NoTargets"

@@ -132,15 +132,40 @@ impl Gate {
 /// a random part of the interval (at most 2 s), so that many targets started together
 /// spread out; later polls keep the rhythm with ±5% jitter and never overlap. A
 /// 429's Retry-After delays the next poll (at most [`super::poll::MAX_RETRY_AFTER`]).
-pub async fn poll_loop(
+pub fn poll_loop<M: From<Report> + Send + 'static>(
     polled: Polled,
     schedule: Schedule,
     poller: Poller,
     gate: Option<Gate>,
-    reports: mpsc::Sender<Box<Report>>,
+    reports: mpsc::Sender<M>,
     cancel: CancellationToken,
-) {
-    let Polled { target, url, route } = polled;
+) -> impl std::future::Future<Output = ()> + Send {
+    // One allocation holds what the loop keeps: its task (one per target, always
+    // alive) then holds a pointer, not the fields and the moved copies of them
+    // that an `async fn` keeps side by side.
+    run(Box::new(Loop {
+        polled,
+        schedule,
+        poller,
+        gate,
+        reports,
+        cancel,
+    }))
+}
+
+/// What one poll loop keeps.
+struct Loop<M> {
+    polled: Polled,
+    schedule: Schedule,
+    poller: Poller,
+    gate: Option<Gate>,
+    reports: mpsc::Sender<M>,
+    cancel: CancellationToken,
+}
+
+async fn run<M: From<Report>>(l: Box<Loop<M>>) {
+    let Polled { target, url, route } = &l.polled;
+    let (schedule, cancel) = (&l.schedule, &l.cancel);
     let interval = schedule.interval;
     let first = interval
         .min(Duration::from_secs(2))
@@ -151,10 +176,11 @@ pub async fn poll_loop(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        if let Some(gate) = &gate {
+        if let Some(gate) = &l.gate {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = gate.pass() => {}
+                // Boxed, as the poll below: it lives only while it waits.
+                _ = Box::pin(gate.pass()) => {}
             }
         }
         let started = Instant::now();
@@ -162,22 +188,22 @@ pub async fn poll_loop(
         let lateness = started.saturating_duration_since(next);
         let correlation_id = format!("{:016x}", fastrand::u64(..));
         let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
-        let report = match route.poller(&poller, &url) {
+        let report = match route.poller(&l.poller, url) {
             Err(refused) => PollReport {
                 result: Err(refused),
                 attempts: 0,
                 duration: Duration::ZERO,
             },
             Ok(poller) => {
-                let poller = match &gate {
+                let poller = match &l.gate {
                     Some(gate) => gate.shared(poller),
                     None => poller,
                 };
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     // Boxed: the poll's future is large and lives only while polling, so the
-                    // loop's own task (one per target, always alive) stays small.
-                    report = Box::pin(poller.poll(&url, &schedule.query, schedule.timeout).instrument(span)) => report,
+                    // loop's own task stays small.
+                    report = Box::pin(poller.poll(url, &schedule.query, schedule.timeout).instrument(span)) => report,
                 }
             }
         };
@@ -187,8 +213,9 @@ pub async fn poll_loop(
             .as_ref()
             .err()
             .and_then(PollFailure::retry_after);
-        let sent = reports
-            .send(Box::new(Report {
+        let sent = l
+            .reports
+            .send(M::from(Report {
                 target: target.clone(),
                 url: url.clone(),
                 report,
