@@ -187,6 +187,11 @@ pub struct Election {
     leading: watch::Sender<bool>,
     renewed: Arc<Mutex<Option<Instant>>>,
     observations: Observations,
+    /// The Lease as this replica last wrote it, while it leads: renewed from it
+    /// without reading it first.
+    written: Option<Lease>,
+    /// Told of every answer from the apiserver (readiness needs no probe of its own).
+    health: Option<Arc<crate::health::Health>>,
 }
 
 impl Election {
@@ -215,9 +220,17 @@ impl Election {
                 leading,
                 renewed,
                 observations: Observations::default(),
+                written: None,
+                health: None,
             },
             view,
         )
+    }
+
+    /// The same candidate, telling `health` whenever the apiserver answers it.
+    pub fn reporting_to(mut self, health: Arc<crate::health::Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Campaigns and leads until `cancel`; then releases the Lease if held.
@@ -228,7 +241,11 @@ impl Election {
             // Stamped before the request: the others' view of this renewal starts
             // when they read it, after it was sent.
             let attempt = Instant::now();
-            match self.try_once().await {
+            let round = self.try_once().await;
+            if let (Ok(_), Some(health)) = (&round, &self.health) {
+                health.apiserver_answered();
+            }
+            match round {
                 Ok(true) => {
                     last_renewal = Some(attempt);
                     if let Ok(mut renewed) = self.renewed.lock() {
@@ -284,6 +301,29 @@ impl Election {
 
     /// One round: Ok(true) when we hold the Lease afterwards.
     async fn try_once(&mut self) -> Result<bool, kube::Error> {
+        // Leading: renew the Lease as last written, with its resourceVersion, so
+        // that a write by anyone else since fails it — one request, not a read and
+        // a write. Any failure leaves the decision to a fresh read.
+        if let Some(mut lease) = self.written.take() {
+            let old = lease.spec.take().unwrap_or_default();
+            lease.spec = Some(self.spec(
+                Timestamp::now(),
+                old.acquire_time,
+                old.lease_transitions.unwrap_or(0),
+            ));
+            match self
+                .api
+                .replace(LEADER_LEASE, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(written) => {
+                    self.written = Some(written);
+                    return Ok(true);
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
         let current = self.api.get_opt(LEADER_LEASE).await?;
         let held = current.as_ref().map(|l| {
             self.observations
@@ -307,7 +347,8 @@ impl Election {
                     },
                     spec: Some(self.spec(now, None, 0)),
                 };
-                conflict_is_lost(self.api.create(&PostParams::default(), &lease).await)
+                let created = self.api.create(&PostParams::default(), &lease).await;
+                Ok(self.hold(conflict_is_lost(created)?))
             }
             Step::Renew | Step::Acquire => {
                 let Some(mut lease) = current else {
@@ -322,13 +363,19 @@ impl Election {
                     self.spec(now, None, transitions.saturating_add(1))
                 });
                 // replace carries metadata.resourceVersion: a concurrent writer fails it.
-                conflict_is_lost(
-                    self.api
-                        .replace(LEADER_LEASE, &PostParams::default(), &lease)
-                        .await,
-                )
+                let replaced = self
+                    .api
+                    .replace(LEADER_LEASE, &PostParams::default(), &lease)
+                    .await;
+                Ok(self.hold(conflict_is_lost(replaced)?))
             }
         }
+    }
+
+    /// Keeps the Lease this replica wrote, if it won it; whether it did.
+    fn hold(&mut self, won: Option<Lease>) -> bool {
+        self.written = won;
+        self.written.is_some()
     }
 
     fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
@@ -363,11 +410,12 @@ impl Election {
     }
 }
 
-/// A 409 (someone else wrote first) means we do not hold the Lease.
-fn conflict_is_lost(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+/// A 409 (someone else wrote first) means we do not hold the Lease; else the
+/// Lease as written.
+fn conflict_is_lost(result: Result<Lease, kube::Error>) -> Result<Option<Lease>, kube::Error> {
     match result {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Ok(lease) => Ok(Some(lease)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -79,6 +79,16 @@ impl Health {
         }
     }
 
+    /// Whether the apiserver answered this replica within the last `period`.
+    pub fn apiserver_answered_within(&self, period: Duration) -> bool {
+        let now = self.now();
+        self.apiserver
+            .lock()
+            .ok()
+            .and_then(|c| c.last_answer)
+            .is_some_and(|at| now.saturating_sub(at) < period)
+    }
+
     /// A request of this replica to the apiserver failed.
     pub fn apiserver_failed(&self, error: &str) {
         if let Ok(mut contact) = self.apiserver.lock() {
@@ -253,6 +263,10 @@ mod tests {
     #[test]
     fn health_records_what_it_is_told() {
         let health = Health::new();
+        assert!(
+            !health.apiserver_answered_within(Duration::from_secs(5)),
+            "never answered: the apiserver must be asked"
+        );
         health.tick();
         assert_eq!(health.liveness_problem(), None);
         health.apiserver_failed("refused");
@@ -265,5 +279,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(contact.last_error, None, "an answer clears the last error");
         assert!(contact.last_answer.is_some());
+        assert!(health.apiserver_answered_within(Duration::from_secs(5)));
+        assert!(
+            !health.apiserver_answered_within(Duration::ZERO),
+            "an answer is old once its period has passed"
+        );
     }
 }

@@ -95,7 +95,7 @@ pub async fn start(
         apiserver.clone(),
         cancel.clone(),
     ));
-    let roles = Roles::new(&client, &settings, &metrics);
+    let mut roles = Roles::new(&client, &settings, &metrics);
     let tenants = crate::tenancy::Tenants::new(settings.default_quota.clone());
     tokio::spawn(tenants.clone().run(client.clone(), cancel.clone()));
     let ctx = Context::new(
@@ -111,6 +111,9 @@ pub async fn start(
     // Schema ConfigMaps and ServiceAccounts: admission and the monitor's re-check
     // read the same caches.
     tokio::spawn(ctx.caches.clone().run(ctx.client.clone(), cancel.clone()));
+    // The Lease renewals tell readiness that the apiserver answers.
+    roles.election = roles.election.map(|e| e.reporting_to(ctx.health.clone()));
+    roles.membership = roles.membership.map(|m| m.reporting_to(ctx.health.clone()));
     tokio::spawn(watch_health(ctx.clone(), cancel.clone()));
     let webhook_addr = start_webhooks(&ctx, &settings, &cancel).await?;
     let (admin_addr, admin) = serve_admin(&ctx, &settings, &cancel).await?;
@@ -220,7 +223,8 @@ impl Roles {
 }
 
 /// Feeds [`crate::health`]: the watchdog's tick every second, and whether the
-/// apiserver answers (asked every few seconds), with a log line when that changes.
+/// apiserver answers (asked every few seconds unless a Lease renewal heard from it
+/// meanwhile), with a log line when that changes.
 async fn watch_health(ctx: Arc<Context>, cancel: CancellationToken) {
     use crate::health::{APISERVER_PERIOD, WATCHDOG_PERIOD};
     let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
@@ -234,11 +238,13 @@ async fn watch_health(ctx: Arc<Context>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = watchdog.tick() => ctx.health.tick(),
             _ = apiserver.tick() => {
-                let asked = tokio::time::timeout(APISERVER_PERIOD, ctx.client.apiserver_version()).await;
-                match asked {
-                    Ok(Ok(_)) => ctx.health.apiserver_answered(),
-                    Ok(Err(e)) => ctx.health.apiserver_failed(&e.to_string()),
-                    Err(_) => ctx.health.apiserver_failed("no answer within 5s"),
+                if !ctx.health.apiserver_answered_within(APISERVER_PERIOD) {
+                    let asked = tokio::time::timeout(APISERVER_PERIOD, ctx.client.apiserver_version()).await;
+                    match asked {
+                        Ok(Ok(_)) => ctx.health.apiserver_answered(),
+                        Ok(Err(e)) => ctx.health.apiserver_failed(&e.to_string()),
+                        Err(_) => ctx.health.apiserver_failed("no answer within 5s"),
+                    }
                 }
                 if let Some((open, limit)) = crate::health::count_descriptors() {
                     ctx.health.descriptors_counted(open, limit);

@@ -164,6 +164,8 @@ pub struct Membership {
     leadership: Leadership,
     /// How long each membership Lease has read the same (its observed time).
     observations: std::sync::Mutex<Observations>,
+    /// Told of every renewal (readiness needs no probe of the apiserver of its own).
+    health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 impl Membership {
@@ -182,7 +184,14 @@ impl Membership {
             metrics,
             leadership,
             observations: std::sync::Mutex::default(),
+            health: None,
         }
+    }
+
+    /// The same member, telling `health` whenever the apiserver answers a renewal.
+    pub fn reporting_to(mut self, health: std::sync::Arc<crate::health::Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Joins the shard once `listed` is set (the monitor knows every TargetApp, so
@@ -219,6 +228,9 @@ impl Membership {
             let renewed_now = match self.renew().await {
                 Ok(()) => {
                     renewed = Some(Instant::now());
+                    if let Some(health) = &self.health {
+                        health.apiserver_answered();
+                    }
                     true
                 }
                 Err(e) => {
