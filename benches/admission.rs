@@ -1,7 +1,9 @@
 //! Admission latency: the review of a typical TargetApp in-process (validation and
-//! defaulting), and through the apiserver the added latency of the webhooks on
-//! 500 creates (with both webhooks registered against an in-process replica,
-//! and without).
+//! defaulting), and through the apiserver the latency of 500 creates in each of
+//! four namespaces, interleaved: one no webhook selects, one that KCO's validating
+//! webhook alone selects, one that both of KCO's webhooks select (an in-process
+//! replica), and one that a webhook answering "allowed" at once selects — the
+//! floor: what calling any webhook costs a create on this machine.
 //!
 //! ```text
 //! cargo bench --bench admission
@@ -14,7 +16,10 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 
 use kco::admission::Validator;
 use kco::admission::cache::Caches;
@@ -121,11 +126,23 @@ async fn main() {
     wait_ready(&replica).await;
     // The apiserver learns of the configuration through its informer.
     wait_serving(cp, &hooked).await;
+    let validate_only = labelled_namespace(cp, "bench-adm-validate").await;
+    register_validating_only(cp, "kco-bench", &validate_only).await;
+    let floor = labelled_namespace(cp, "bench-adm-floor").await;
+    let calls = noop_webhook(cp, &floor, cancel.clone()).await;
     let client = cp.admin().await;
     let mut without = Vec::new();
     let mut with = Vec::new();
+    let mut validated = Vec::new();
+    let mut nooped = Vec::new();
+    let called_before = calls.load(Ordering::Relaxed);
     for i in 0..creates {
-        for (ns, samples) in [(&plain, &mut without), (&hooked, &mut with)] {
+        for (ns, samples) in [
+            (&plain, &mut without),
+            (&hooked, &mut with),
+            (&validate_only, &mut validated),
+            (&floor, &mut nooped),
+        ] {
             let app: TargetApp = serde_json::from_value(json!({
                 "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
                 "metadata": {"name": format!("app-{i}")},
@@ -141,9 +158,16 @@ async fn main() {
             }
         }
     }
+    assert_eq!(
+        calls.load(Ordering::Relaxed) - called_before,
+        creates,
+        "the no-op webhook was called once per create in its namespace"
+    );
     cancel.cancel();
     let (w50, w99) = percentiles(with);
     let (o50, o99) = percentiles(without);
+    let (v50_, v99_) = percentiles(validated);
+    let (n50, n99) = percentiles(nooped);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("\n| measure | p50 | p99 |\n|---|---|---|");
@@ -168,6 +192,16 @@ async fn main() {
         ms(w99)
     );
     println!(
+        "| create with KCO's validating webhook only ({creates}) | {:.2} ms | {:.2} ms |",
+        ms(v50_),
+        ms(v99_)
+    );
+    println!(
+        "| create with one webhook that allows at once ({creates}) | {:.2} ms | {:.2} ms |",
+        ms(n50),
+        ms(n99)
+    );
+    println!(
         "| added by the webhooks | {:.2} ms | {:.2} ms |",
         ms(w50.saturating_sub(o50)),
         ms(w99.saturating_sub(o99))
@@ -175,9 +209,19 @@ async fn main() {
     // Measured interleaved, so the ratio holds where absolute times swing.
     let ratio = |with: Duration, without: Duration| with.as_secs_f64() / without.as_secs_f64();
     println!(
-        "| with / without webhooks | {:.2}× | {:.2}× |",
+        "| with both webhooks / without | {:.2}× | {:.2}× |",
         ratio(w50, o50),
         ratio(w99, o99)
+    );
+    println!(
+        "| with the validating webhook only / without | {:.2}× | {:.2}× |",
+        ratio(v50_, o50),
+        ratio(v99_, o99)
+    );
+    println!(
+        "| with one no-op webhook / without (the floor) | {:.2}× | {:.2}× |",
+        ratio(n50, o50),
+        ratio(n99, o99)
     );
     // One line per figure for `./build.sh bench`'s report.
     println!();
@@ -191,4 +235,134 @@ async fn main() {
         ratio(w50, o50),
         ratio(w99, o99)
     );
+    println!(
+        "headline | admission | a create through the validating webhook only, of a plain create, p50 / p99 | {:.2}× / {:.2}×",
+        ratio(v50_, o50),
+        ratio(v99_, o99)
+    );
+    println!(
+        "headline | admission | a create through one no-op webhook (the floor), of a plain create, p50 / p99 | {:.2}× / {:.2}×",
+        ratio(n50, o50),
+        ratio(n99, o99)
+    );
+}
+
+/// Registers KCO's validating webhook (only) for `ns`, with the caBundle the
+/// replica wrote into its own configuration `name`; returns once the apiserver
+/// calls it (a dry-run create it refuses).
+async fn register_validating_only(cp: &ControlPlane, name: &str, ns: &str) {
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(cp.admin().await);
+    let mut config = configs.get(name).await.unwrap();
+    config.metadata = kube::api::ObjectMeta {
+        name: Some(format!("{name}-validate-only")),
+        ..Default::default()
+    };
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.name = format!("only.{}", hook.name);
+        hook.namespace_selector = Some(
+            serde_json::from_value(json!({"matchLabels": {"kco-admission-test": ns}})).unwrap(),
+        );
+    }
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+    // A query on a field the Mina schema lacks: only the webhook refuses it.
+    let refused: TargetApp = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"app": "mina"}}, "stateQuery": "{ noSuchField }"}
+    }))
+    .unwrap();
+    let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while apps.create(&dry, &refused).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the validating webhook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Serves a webhook that allows every request at once (over the same TLS server
+/// KCO's webhooks use) and registers it for `ns`; returns its call count once the
+/// apiserver calls it.
+async fn noop_webhook(cp: &ControlPlane, ns: &str, cancel: CancellationToken) -> Arc<AtomicUsize> {
+    use axum::routing::post;
+    let authority = support::pki::Authority::new("kco-bench-noop").unwrap();
+    let pem = authority.server(&["127.0.0.1"]).unwrap();
+    let certificate = Arc::new(kco::admission::server::Certificate::default());
+    certificate.load(&pem.cert, &pem.key).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = axum::Router::new().route(
+        "/allow",
+        post(move |body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                axum::Json(json!({
+                    "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": review["request"]["uid"], "allowed": true}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(kco::admission::server::serve(
+        listener,
+        router,
+        certificate,
+        cancel,
+    ));
+    use base64::Engine as _;
+    let config: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "kco-bench-noop"},
+        "webhooks": [{
+            "name": "allow.bench.kco.local",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent", "timeoutSeconds": 10,
+            "namespaceSelector": {"matchLabels": {"kco-admission-test": ns}},
+            "rules": [{"apiGroups": ["operator.kco.local"], "apiVersions": ["*"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["targetapps"]}],
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/allow"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&authority.cert_pem)
+            }
+        }]
+    }))
+    .unwrap();
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(cp.admin().await);
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+    let probe: TargetApp = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+        "metadata": {"name": "probe"}, "spec": {"selector": {"matchLabels": {"app": "mina"}}}
+    }))
+    .unwrap();
+    let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls.load(Ordering::Relaxed) == 0 {
+        let _ = apps.create(&dry, &probe).await;
+        assert!(
+            Instant::now() < deadline,
+            "the no-op webhook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    calls
 }

@@ -18,7 +18,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -113,6 +112,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut headlines = Vec::new();
+    let mut costs = Vec::new();
     for n in a.targets {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -143,6 +143,14 @@ fn main() {
             r["bare_polls_per_s"].as_f64().unwrap(),
             r["ratio"].as_f64().unwrap(),
         );
+        let cpu = r["cpu_us_per_poll"].as_f64().unwrap_or(0.0);
+        let parse = r["parse_us_per_poll"].as_f64().unwrap_or(0.0);
+        let observe = r["observe_us_per_poll"].as_f64().unwrap_or(0.0);
+        costs.push(format!(
+            "| {} | {cpu:.0} | {parse:.1} | {observe:.1} | {:.0} |",
+            r["targets"],
+            (cpu - parse - observe).max(0.0)
+        ));
         headlines.push(format!(
             "headline | pipeline | {} targets: saturated throughput, of the bare client's | {:.2}",
             r["targets"],
@@ -153,6 +161,16 @@ fn main() {
             r["targets"],
             r["cpu_s_per_1k_polls"].as_f64().unwrap()
         ));
+    }
+    println!(
+        "\nwhere a scheduled poll's CPU goes (µs per poll, the process's CPU over the polls):\n"
+    );
+    println!(
+        "| targets | all | parse the answer | diff and rules | the rest: HTTP on loopback, scheduling, channels |"
+    );
+    println!("|---|---|---|---|---|");
+    for line in costs {
+        println!("{line}");
     }
     // One line per figure for `./build.sh bench`'s report.
     println!();
@@ -258,15 +276,15 @@ fn rules() -> Vec<kco::triggers::Rule> {
     kco::triggers::compile(&raw).unwrap()
 }
 
-/// Runs the pipeline over `nodes` with `interval` for `seconds`; returns
-/// (polls, lateness samples in ms, CPU seconds, wall seconds).
+/// Runs the pipeline over `nodes` with `interval` for `seconds`; returns what
+/// was taken in while measuring, CPU seconds and wall seconds.
 async fn pipeline(
     nodes: &[SocketAddr],
     interval: Duration,
     warmup: Duration,
     seconds: u64,
     url: bool,
-) -> (u64, Vec<f64>, f64, f64) {
+) -> (Consumed, f64, f64) {
     let route = if url {
         // What an absolute graphqlEndpoint gets: the policy of the moment before
         // every poll, through the policy-checked client.
@@ -289,10 +307,16 @@ async fn pipeline(
     let poller = Poller::new(1024 * 1024, 2, "kco-test").unwrap();
     let rules = Arc::new(rules());
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
+    // What `kco run` keeps of each result: the fields the rules read.
+    let kept = Arc::new(kco::triggers::referenced_fields(&rules));
     let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);
-    let (tx, mut rx) = mpsc::channel::<Box<Report>>(4096);
     let cancel = CancellationToken::new();
+    let measuring = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::with_capacity(nodes.len());
+    // As in `kco run`, each target's reports go to its TargetApp's own task (here
+    // one TargetApp per target), which diffs them and evaluates the rules.
     for addr in nodes {
+        let (tx, rx) = mpsc::channel::<Box<Report>>(64);
         let schedule = Schedule {
             interval,
             timeout: Duration::from_secs(5),
@@ -307,45 +331,25 @@ async fn pipeline(
             schedule,
             poller.clone(),
             None,
-            tx.clone(),
+            tx,
             cancel.clone(),
         ));
+        let state = TargetState::new(
+            Target {
+                pod: Some(addr.to_string()),
+                url: format!("http://{addr}/graphql"),
+            },
+            &rules,
+            |_| None,
+        )
+        .keeping(kept.clone());
+        consumers.push(tokio::spawn(consume(
+            rx,
+            state,
+            (rules.clone(), fields.clone()),
+            measuring.clone(),
+        )));
     }
-    drop(tx);
-    let measuring = Arc::new(AtomicU64::new(0));
-    let flag = measuring.clone();
-    let consumer = tokio::spawn(async move {
-        let mut states: HashMap<String, TargetState> = HashMap::new();
-        let mut lateness = Vec::new();
-        let mut polls = 0u64;
-        let mut failures = 0u64;
-        while let Some(report) = rx.recv().await {
-            let state = states.entry(report.target.clone()).or_insert_with(|| {
-                TargetState::new(
-                    Target {
-                        pod: Some(report.target.clone()),
-                        url: report.url.clone(),
-                    },
-                    &rules,
-                    |_| None,
-                )
-            });
-            if report.report.result.is_err() {
-                failures += 1;
-            }
-            let _ = state.observe(
-                report.report.result,
-                &rules,
-                &fields,
-                k8s_openapi::jiff::Timestamp::now(),
-            );
-            if flag.load(Ordering::Relaxed) == 1 {
-                polls += 1;
-                lateness.push(report.lateness.as_secs_f64() * 1000.0);
-            }
-        }
-        (polls, lateness, failures)
-    });
     tokio::time::sleep(warmup).await;
     measuring.store(1, Ordering::Relaxed);
     let cpu0 = cpu_seconds();
@@ -355,11 +359,60 @@ async fn pipeline(
     let wall = t0.elapsed().as_secs_f64();
     measuring.store(2, Ordering::Relaxed);
     cancel.cancel();
-    let (polls, lateness, failures) = consumer.await.unwrap();
-    if failures > 0 {
-        eprintln!("  ({failures} polls failed)");
+    let mut total = Consumed::default();
+    for consumer in consumers {
+        let one = consumer.await.unwrap();
+        total.polls += one.polls;
+        total.failures += one.failures;
+        total.observe += one.observe;
+        total.lateness.extend(one.lateness);
     }
-    (polls, lateness, cpu, wall)
+    if total.failures > 0 {
+        eprintln!("  ({} polls failed)", total.failures);
+    }
+    (total, cpu, wall)
+}
+
+/// What the reports taken in while measuring were.
+#[derive(Default)]
+struct Consumed {
+    polls: u64,
+    failures: u64,
+    /// Time spent diffing and evaluating rules (`TargetState::observe`).
+    observe: Duration,
+    lateness: Vec<f64>,
+}
+
+/// One target's reports, taken in as its TargetApp's task does.
+async fn consume(
+    mut rx: mpsc::Receiver<Box<Report>>,
+    mut state: TargetState,
+    (rules, fields): (
+        Arc<Vec<kco::triggers::Rule>>,
+        Arc<std::collections::BTreeSet<kco::triggers::FieldPath>>,
+    ),
+    measuring: Arc<AtomicU64>,
+) -> Consumed {
+    let mut out = Consumed::default();
+    while let Some(report) = rx.recv().await {
+        let counted = measuring.load(Ordering::Relaxed) == 1;
+        if counted && report.report.result.is_err() {
+            out.failures += 1;
+        }
+        let started = Instant::now();
+        let _ = state.observe(
+            report.report.result,
+            &rules,
+            &fields,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        if counted {
+            out.observe += started.elapsed();
+            out.polls += 1;
+            out.lateness.push(report.lateness.as_secs_f64() * 1000.0);
+        }
+    }
+    out
 }
 
 /// A bare client loop per node: POST the same query and read the body, at full speed.
@@ -395,6 +448,28 @@ async fn bare(nodes: &[SocketAddr], seconds: u64) -> f64 {
     rate
 }
 
+/// Microseconds to parse a node's answer to the default query, as each poll does.
+async fn parse_cost(node: &SocketAddr) -> f64 {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = http
+        .post(format!("http://{node}/graphql"))
+        .json(&json!({ "query": DEFAULT_STATE_QUERY }))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let rounds = 20_000;
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        let parsed: serde_json::Value =
+            serde_json::from_slice(std::hint::black_box(&body)).unwrap();
+        std::hint::black_box(parsed);
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -407,7 +482,7 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     let sims = simulators(n);
     eprintln!("{n} targets: scheduled phase ({interval}s interval, {seconds}s measured)");
     let interval = Duration::from_secs(interval);
-    let (polls, mut lateness, cpu, wall) = pipeline(
+    let (scheduled, cpu, wall) = pipeline(
         &sims.nodes,
         interval,
         interval + Duration::from_secs(2),
@@ -415,14 +490,24 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
         url,
     )
     .await;
+    let polls = scheduled.polls;
+    let mut lateness = scheduled.lateness;
     lateness.sort_by(f64::total_cmp);
+    let per_poll_us = |d: f64| {
+        if polls > 0 {
+            d / polls as f64 * 1e6
+        } else {
+            0.0
+        }
+    };
+    let parse_us = parse_cost(&sims.nodes[0]).await;
     let rss_scheduled = proc_field("/proc/self/status", "VmHWM:") / 1024.0;
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!(
         "{n} targets: saturated pipeline and bare client ({}s each)",
         seconds.min(15)
     );
-    let (sat_polls, _, _, sat_wall) = pipeline(
+    let (saturated, _, sat_wall) = pipeline(
         &sims.nodes,
         Duration::from_millis(1),
         Duration::from_secs(2),
@@ -432,12 +517,15 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let bare_rate = bare(&sims.nodes, seconds.min(15)).await;
-    let pipeline_rate = sat_polls as f64 / sat_wall;
+    let pipeline_rate = saturated.polls as f64 / sat_wall;
     json!({
         "targets": n,
         "scheduled_polls_per_s": polls as f64 / wall,
         "cpu_s_per_1k_polls": if polls > 0 { cpu / polls as f64 * 1000.0 } else { 0.0 },
         "cpu_percent_of_core": cpu / wall * 100.0,
+        "cpu_us_per_poll": per_poll_us(cpu),
+        "parse_us_per_poll": parse_us,
+        "observe_us_per_poll": per_poll_us(scheduled.observe.as_secs_f64()),
         "peak_rss_mib": rss_scheduled,
         "lateness_p50_ms": percentile(&lateness, 0.5),
         "lateness_p99_ms": percentile(&lateness, 0.99),

@@ -35,6 +35,8 @@ pub struct Replicas {
     extra: Vec<String>,
     /// Leader and membership Lease durations (s) the replicas run with.
     pub timing: (u64, u64),
+    /// Leader renew deadline, leader retry period and membership renew period (s).
+    periods: (u64, u64, u64),
     http: reqwest::Client,
 }
 
@@ -56,6 +58,27 @@ impl Replicas {
         Self::start_on(ControlPlane::shared(), binary, prefix, n, extra, timing).await
     }
 
+    /// Replicas with the Lease timing `kco run` (and the chart) defaults to:
+    /// leader Lease 15 s, renew deadline 10 s, retry every 2 s; membership Lease
+    /// 10 s, renewed every 2 s. What benches that compare with other operators run.
+    pub async fn start_as_deployed(
+        binary: PathBuf,
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+    ) -> Self {
+        Self::start_timed(
+            ControlPlane::shared(),
+            binary,
+            prefix,
+            n,
+            extra,
+            (15, 10),
+            (10, 2, 2),
+        )
+        .await
+    }
+
     /// [`Replicas::start_with`] on the control plane `cp` (the full cluster's, say).
     pub async fn start_on(
         cp: &'static ControlPlane,
@@ -64,6 +87,19 @@ impl Replicas {
         n: usize,
         extra: &[&str],
         timing: (u64, u64),
+    ) -> Self {
+        let periods = (timing.0 - 1, RETRY, 1);
+        Self::start_timed(cp, binary, prefix, n, extra, timing, periods).await
+    }
+
+    async fn start_timed(
+        cp: &'static ControlPlane,
+        binary: PathBuf,
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        timing: (u64, u64),
+        periods: (u64, u64, u64),
     ) -> Self {
         kco::tls::install_crypto_provider();
         cp.install_kco_crds();
@@ -78,6 +114,7 @@ impl Replicas {
             processes: Vec::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             timing,
+            periods,
             http: fixtures::http_client(),
         };
         for i in 0..n {
@@ -112,13 +149,13 @@ impl Replicas {
             "--lease-duration",
             &self.timing.0.to_string(),
             "--lease-renew-deadline",
-            &(self.timing.0 - 1).to_string(),
+            &self.periods.0.to_string(),
             "--lease-retry-period",
-            &RETRY.to_string(),
+            &self.periods.1.to_string(),
             "--member-lease-duration",
             &self.timing.1.to_string(),
             "--member-renew-period",
-            "1",
+            &self.periods.2.to_string(),
             "--graphql-timeout",
             "2",
             "--graphql-max-retries",
