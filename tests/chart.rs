@@ -358,6 +358,46 @@ fn pdb(cp: &ControlPlane, args: &[&str]) -> Option<serde_json::Value> {
 }
 
 #[test]
+fn the_defaulting_webhook_can_be_left_out_and_validation_stays() {
+    let cp = ControlPlane::shared();
+    let kinds = |args: &[&str]| -> Vec<String> {
+        objects(&render(cp, "kco-system", args))
+            .into_iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+            .filter(|k| k.ends_with("WebhookConfiguration"))
+            .collect()
+    };
+    assert_eq!(
+        kinds(&[]),
+        [
+            "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration"
+        ]
+    );
+    let off = ["--set", "webhooks.defaulting=false"];
+    assert_eq!(kinds(&off), ["ValidatingWebhookConfiguration"]);
+    let validating = object(
+        &render(cp, "kco-system", &off),
+        "ValidatingWebhookConfiguration",
+        None,
+    );
+    let hooks: Vec<_> = validating["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            "validate.targetapps.operator.kco.local",
+            "validate.tenantquotas.operator.kco.local"
+        ]
+    );
+    refusal(cp, &["--set", "webhooks.defaulting=sometimes"]);
+}
+
+#[test]
 fn a_disruption_budget_is_rendered_only_where_it_cannot_block_a_drain() {
     let cp = ControlPlane::shared();
     let spec = pdb(cp, &[]).expect("a PDB by default");
