@@ -361,17 +361,19 @@ fn pdb(cp: &ControlPlane, args: &[&str]) -> Option<serde_json::Value> {
 fn the_defaulting_webhook_can_be_left_out_and_validation_stays() {
     let cp = ControlPlane::shared();
     let kinds = |args: &[&str]| -> Vec<String> {
-        objects(&render(cp, "kco-system", args))
+        let mut kinds: Vec<String> = objects(&render(cp, "kco-system", args))
             .into_iter()
             .filter_map(|d| d["kind"].as_str().map(str::to_owned))
             .filter(|k| k.ends_with("WebhookConfiguration"))
-            .collect()
+            .collect();
+        kinds.sort();
+        kinds
     };
     assert_eq!(
         kinds(&[]),
         [
-            "ValidatingWebhookConfiguration",
-            "MutatingWebhookConfiguration"
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration"
         ]
     );
     let off = ["--set", "webhooks.defaulting=false"];
