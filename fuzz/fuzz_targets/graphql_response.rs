@@ -128,7 +128,7 @@ fuzz_target!(|input: &[u8]| {
         }
         assert_eq!(state.up, Some(up));
         if up {
-            assert_eq!(state.last_good, data);
+            assert_eq!(state.last_good(), data);
         }
         was_up = Some(up);
     }
