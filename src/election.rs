@@ -320,7 +320,8 @@ impl Election {
                     self.written = Some(written);
                     return Ok(true);
                 }
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                // Written by someone else since, or deleted: read and decide.
+                Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
