@@ -274,17 +274,30 @@ async fn register_validating_only(cp: &ControlPlane, name: &str, ns: &str) {
         "spec": {"selector": {"matchLabels": {"app": "mina"}}, "stateQuery": "{ noSuchField }"}
     }))
     .unwrap();
+    dry_run_until(cp, ns, &refused, "the validating webhook", |created| {
+        !created
+    })
+    .await;
+}
+
+/// Dry-run creates `probe` in `ns` until `called(whether it was created)` says
+/// the apiserver called the webhook under test (it picks a new configuration up
+/// from its informer a moment after it is written); panics after 30 s.
+async fn dry_run_until(
+    cp: &ControlPlane,
+    ns: &str,
+    probe: &TargetApp,
+    webhook: &str,
+    mut called: impl FnMut(bool) -> bool,
+) {
     let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, ns);
     let dry = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while apps.create(&dry, &refused).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the validating webhook was never called"
-        );
+    while !called(apps.create(&dry, probe).await.is_ok()) {
+        assert!(Instant::now() < deadline, "{webhook} was never called");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -350,19 +363,9 @@ async fn noop_webhook(cp: &ControlPlane, ns: &str, cancel: CancellationToken) ->
         "metadata": {"name": "probe"}, "spec": {"selector": {"matchLabels": {"app": "mina"}}}
     }))
     .unwrap();
-    let apps: Api<TargetApp> = Api::namespaced(cp.admin().await, ns);
-    let dry = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while calls.load(Ordering::Relaxed) == 0 {
-        let _ = apps.create(&dry, &probe).await;
-        assert!(
-            Instant::now() < deadline,
-            "the no-op webhook was never called"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    dry_run_until(cp, ns, &probe, "the no-op webhook", |_| {
+        calls.load(Ordering::Relaxed) > 0
+    })
+    .await;
     calls
 }

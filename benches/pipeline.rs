@@ -313,9 +313,8 @@ async fn pipeline(
     };
     let poller = Poller::new(1024 * 1024, 2, "kco-test").unwrap();
     let rules = Arc::new(rules());
+    // The fields the rules read: what `kco run` compares and keeps of each result.
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
-    // What `kco run` keeps of each result: the fields the rules read.
-    let kept = Arc::new(kco::triggers::referenced_fields(&rules));
     let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);
     let cancel = CancellationToken::new();
     let measuring = Arc::new(AtomicU64::new(0));
@@ -349,7 +348,7 @@ async fn pipeline(
             &rules,
             |_| None,
         )
-        .keeping(kept.clone());
+        .keeping(fields.clone());
         consumers.push(tokio::spawn(consume(
             rx,
             state,

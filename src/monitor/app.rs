@@ -364,11 +364,7 @@ impl Monitor {
         let namespace = self.namespace.clone();
         match &target.pod {
             None => Route::Url { egress, namespace },
-            Some(pod) => match self
-                .pods
-                .get(pod)
-                .and_then(|pod| discovery::node_address(pod))
-            {
+            Some(pod) => match self.pods.get(pod).and_then(|pod| pod.node_address) {
                 Some(ip) => Route::NodeAddress {
                     egress,
                     namespace,

@@ -52,8 +52,9 @@ pub struct PodSummary {
     pub ready: bool,
     /// `status.podIP`, when set and not empty.
     pub ip: Option<String>,
-    /// The pod's IP is its node's (host network, or `status.hostIP` equal to it).
-    pub on_node_network: bool,
+    /// Its IP when that is its node's (host network, or `status.hostIP` equal to
+    /// it): polling it reaches the node, not a pod.
+    pub node_address: Option<IpAddr>,
     /// Its containers' named ports.
     pub ports: Box<[(String, i32)]>,
 }
@@ -78,7 +79,7 @@ impl PodSummary {
             ready: status
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-            on_node_network: parsed.is_some() && (host_network || host_ip == parsed),
+            node_address: parsed.filter(|ip| host_network || host_ip == Some(*ip)),
             ip,
             ports: spec
                 .into_iter()
@@ -126,14 +127,6 @@ pub fn target_of(pod: &PodSummary, spec: &TargetAppSpec) -> Result<Target, NotTa
         pod: Some(pod.name.clone()),
         url: format!("{scheme}://{host}:{port}{path}"),
     })
-}
-
-/// The pod's address when it is its node's: a pod on the host network, or one
-/// whose IP is its node's IP. Polling it reaches the node, not a pod.
-pub fn node_address(pod: &PodSummary) -> Option<IpAddr> {
-    pod.on_node_network
-        .then(|| pod.ip.as_deref()?.parse().ok())
-        .flatten()
 }
 
 /// The targets among `pods` (by pod name), or the one URL target.
@@ -436,7 +429,7 @@ mod tests {
                 terminating: false,
                 ready: true,
                 ip: Some("10.0.0.7".into()),
-                on_node_network: false,
+                node_address: None,
                 ports: Box::new([("graphql".into(), 3085), ("metrics".into(), 9100)]),
             },
             "every container's named ports, nothing else"
@@ -450,30 +443,21 @@ mod tests {
 
     #[test]
     fn a_pod_on_its_nodes_network_is_its_node() {
-        let on = |spec: serde_json::Value, status: serde_json::Value| -> PodSummary {
+        let on = |spec: serde_json::Value, status: serde_json::Value| -> Option<IpAddr> {
             let mut value =
                 serde_json::to_value(full_pod("mina-0", "True", Some("10.0.0.7"))).unwrap();
             json_patch::merge(&mut value, &json!({"spec": spec, "status": status}));
-            PodSummary::of(&serde_json::from_value(value).unwrap())
+            PodSummary::of(&serde_json::from_value(value).unwrap()).node_address
         };
-        let node: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let node: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(on(json!({"hostNetwork": true}), json!({})), Some(node));
+        assert_eq!(on(json!({}), json!({"hostIP": "10.0.0.7"})), Some(node));
+        assert_eq!(on(json!({}), json!({"hostIP": "192.168.1.4"})), None);
         assert_eq!(
-            node_address(&on(json!({"hostNetwork": true}), json!({}))),
-            Some(node)
-        );
-        assert_eq!(
-            node_address(&on(json!({}), json!({"hostIP": "10.0.0.7"}))),
-            Some(node)
-        );
-        assert_eq!(
-            node_address(&on(json!({}), json!({"hostIP": "192.168.1.4"}))),
-            None
-        );
-        assert_eq!(
-            node_address(&on(
+            on(
                 json!({}),
                 json!({"hostIP": "fd00::7", "podIP": "fd00:0::7"})
-            )),
+            ),
             Some("fd00::7".parse().unwrap()),
             "addresses are compared, not their spellings"
         );
