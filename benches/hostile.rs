@@ -26,11 +26,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kco::monitor::inflight::{DEFAULT_REPLICA_BYTES, DEFAULT_TENANT_BYTES, InFlight};
-use kco::monitor::poll::Poller;
+use kco::monitor::poll::{Poller, QueryBody};
 use kco::monitor::target::{Report, Schedule, poll_loop};
 use kco::simulator::Faults;
 use kco::targetapp::DEFAULT_STATE_QUERY;
@@ -333,7 +332,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
     let schedule = Schedule {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
-        query: Arc::from(DEFAULT_STATE_QUERY),
+        query: QueryBody::new(DEFAULT_STATE_QUERY),
     };
     let (tx, mut rx) = mpsc::channel::<Box<Report>>(4096);
     let cancel = CancellationToken::new();

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kco::monitor::discovery::Target;
-use kco::monitor::poll::Poller;
+use kco::monitor::poll::{Poller, QueryBody};
 use kco::monitor::state::TargetState;
 use kco::monitor::target::{Report, Schedule, poll_loop};
 use kco::targetapp::{ActionRule, DEFAULT_STATE_QUERY};
@@ -315,7 +315,7 @@ async fn pipeline(
     let rules = Arc::new(rules());
     // The fields the rules read: what `kco run` compares and keeps of each result.
     let fields = Arc::new(kco::triggers::referenced_fields(&rules));
-    let query: Arc<str> = Arc::from(DEFAULT_STATE_QUERY);
+    let query = QueryBody::new(DEFAULT_STATE_QUERY);
     let cancel = CancellationToken::new();
     let measuring = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::with_capacity(nodes.len());

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::discovery::{self, NotTarget, PodSummary, Target};
+use super::poll::QueryBody;
 use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Gate, Polled, Report, Route, Schedule, poll_loop};
@@ -130,7 +131,7 @@ pub async fn run(
         schedule: Schedule {
             interval,
             timeout,
-            query: Arc::from(spec.state_query.as_str()),
+            query: QueryBody::new(&spec.state_query),
         },
         pods: BTreeMap::new(),
         discovered: false,

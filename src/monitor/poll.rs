@@ -229,9 +229,26 @@ impl Poller {
 
     /// Polls `url` with `query`; each attempt may take `timeout`.
     pub async fn poll(&self, url: &str, query: &str, timeout: Duration) -> PollReport {
+        match parse_url(url) {
+            Ok(url) => self.poll_url(&url, &QueryBody::new(query), timeout).await,
+            Err(failure) => PollReport {
+                result: Err(failure),
+                attempts: 1,
+                duration: Duration::ZERO,
+            },
+        }
+    }
+
+    /// Polls `url`, parsed once by its poll loop, with a body written once for its
+    /// TargetApp; each attempt may take `timeout`.
+    pub async fn poll_url(
+        &self,
+        url: &reqwest::Url,
+        body: &QueryBody,
+        timeout: Duration,
+    ) -> PollReport {
         let started = Instant::now();
         let mut attempts = 0;
-        let body = serde_json::json!({ "query": query });
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.first_backoff)
             .with_max_delay(Duration::from_secs(5))
@@ -239,7 +256,7 @@ impl Poller {
             .with_max_times(self.max_retries as usize);
         let result = (|| {
             attempts += 1;
-            self.attempt(url, &body, timeout)
+            self.attempt(url, body, timeout)
         })
         .retry(backoff)
         .when(PollFailure::retryable)
@@ -253,13 +270,17 @@ impl Poller {
 
     async fn attempt(
         &self,
-        url: &str,
-        body: &Value,
+        url: &reqwest::Url,
+        body: &QueryBody,
         timeout: Duration,
     ) -> Result<PollData, PollFailure> {
         // One deadline for the whole exchange; where it strikes names the failure.
         let deadline = Instant::now() + timeout;
-        let mut request = self.http.post(url).json(body);
+        let mut request = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, JSON)
+            .body(body.0.clone());
         if !self.keep_alive {
             request = request.header(reqwest::header::CONNECTION, "close");
         }
@@ -325,6 +346,31 @@ impl Poller {
         }
         Ok((bytes, held))
     }
+}
+
+/// The body of a GraphQL-over-HTTP request for one query, written once: every
+/// poll of a TargetApp's targets sends the same bytes.
+#[derive(Debug, Clone)]
+pub struct QueryBody(bytes::Bytes);
+
+impl QueryBody {
+    pub fn new(query: &str) -> Self {
+        Self(serde_json::json!({ "query": query }).to_string().into())
+    }
+
+    /// The JSON text sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+const JSON: reqwest::header::HeaderValue =
+    reqwest::header::HeaderValue::from_static("application/json");
+
+/// A target's URL, parsed once for all its polls; a URL that does not parse is
+/// a failed poll (admission and discovery only let valid ones through).
+pub fn parse_url(url: &str) -> Result<reqwest::Url, PollFailure> {
+    reqwest::Url::parse(url).map_err(|e| PollFailure::Transport(format!("not a URL: {e}")))
 }
 
 /// A 429's Retry-After in seconds (an HTTP date is not honoured), capped.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::poll::{PollFailure, PollReport, Poller};
+use super::poll::{PollFailure, PollReport, Poller, QueryBody, parse_url};
 use crate::tenancy::{Egress, Purpose};
 
 /// One finished poll, for the TargetApp's task.
@@ -33,7 +33,8 @@ pub struct Report {
 pub struct Schedule {
     pub interval: Duration,
     pub timeout: Duration,
-    pub query: Arc<str>,
+    /// The state query, as the body every poll sends.
+    pub query: QueryBody,
 }
 
 /// How a target is reached, and what is checked before each poll of it: the
@@ -56,6 +57,14 @@ pub enum Route {
 }
 
 impl Route {
+    /// Moves whenever what [`Route::poller`] says may have changed.
+    fn generation(&self) -> u64 {
+        match self {
+            Self::Pod => 0,
+            Self::NodeAddress { egress, .. } | Self::Url { egress, .. } => egress.generation(),
+        }
+    }
+
     /// The poller for the next poll of `url`, or why the policy refuses it.
     pub fn poller(&self, base: &Poller, url: &str) -> Result<Poller, PollFailure> {
         match self {
@@ -117,8 +126,9 @@ impl Gate {
         }
     }
 
-    /// The poller for one poll: its body takes from the share of the namespace's
-    /// tenant of the moment (a changed TenantQuota moves it to its new tenant).
+    /// The poller for the next polls: its body takes from the share of the
+    /// namespace's tenant of the moment (a changed TenantQuota moves it to its new
+    /// tenant).
     fn shared(&self, poller: Poller) -> Poller {
         let tenant = self
             .tenants
@@ -163,9 +173,49 @@ struct Loop<M> {
     cancel: CancellationToken,
 }
 
+/// The poller of the last poll and the generation of the quotas and addresses
+/// it was made from: the endpoint check, the policy's client and the tenant's
+/// share are made again only when a TenantQuota, a namespace's labels or the
+/// apiserver's addresses change, so a tightened policy still stops the next
+/// poll.
+struct Made {
+    generation: u64,
+    poller: Result<Poller, PollFailure>,
+}
+
+impl<M> Loop<M> {
+    fn generation(&self) -> u64 {
+        let tenants = self.gate.as_ref().map_or(0, |g| g.tenants.generation());
+        self.polled.route.generation().wrapping_add(tenants)
+    }
+
+    /// The poller for the next poll: the one made before while nothing it
+    /// depends on changed.
+    fn poller<'a>(&self, made: &'a mut Option<Made>) -> &'a Result<Poller, PollFailure> {
+        let generation = self.generation();
+        let current = match made.take() {
+            Some(kept) if kept.generation == generation => kept,
+            _ => Made {
+                generation,
+                poller: self
+                    .polled
+                    .route
+                    .poller(&self.poller, &self.polled.url)
+                    .map(|poller| match &self.gate {
+                        Some(gate) => gate.shared(poller),
+                        None => poller,
+                    }),
+            },
+        };
+        &made.insert(current).poller
+    }
+}
+
 async fn run<M: From<Report>>(l: Box<Loop<M>>) {
-    let Polled { target, url, route } = &l.polled;
+    let Polled { target, url, .. } = &l.polled;
     let (schedule, cancel) = (&l.schedule, &l.cancel);
+    let parsed = parse_url(url);
+    let mut made = None;
     let interval = schedule.interval;
     let first = interval
         .min(Duration::from_secs(2))
@@ -188,22 +238,18 @@ async fn run<M: From<Report>>(l: Box<Loop<M>>) {
         let lateness = started.saturating_duration_since(next);
         let correlation_id = format!("{:016x}", fastrand::u64(..));
         let span = tracing::debug_span!("poll", target = %target, correlation_id = %correlation_id);
-        let report = match route.poller(&l.poller, url) {
-            Err(refused) => PollReport {
-                result: Err(refused),
+        let report = match (l.poller(&mut made), &parsed) {
+            (Err(refused), _) | (Ok(_), Err(refused)) => PollReport {
+                result: Err(refused.clone()),
                 attempts: 0,
                 duration: Duration::ZERO,
             },
-            Ok(poller) => {
-                let poller = match &l.gate {
-                    Some(gate) => gate.shared(poller),
-                    None => poller,
-                };
+            (Ok(poller), Ok(parsed)) => {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     // Boxed: the poll's future is large and lives only while polling, so the
                     // loop's own task stays small.
-                    report = Box::pin(poller.poll(url, &schedule.query, schedule.timeout).instrument(span)) => report,
+                    report = Box::pin(poller.poll_url(parsed, &schedule.query, schedule.timeout).instrument(span)) => report,
                 }
             }
         };

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,11 +26,19 @@ pub type DnsOverrides = Arc<HashMap<String, Vec<IpAddr>>>;
 /// The apiserver's addresses, never a target: kept current (its Service and
 /// endpoints can move), read at every check.
 #[derive(Clone, Default)]
-pub struct Apiserver(Arc<RwLock<Arc<[IpAddr]>>>);
+pub struct Apiserver(Arc<Addresses>);
+
+#[derive(Default)]
+struct Addresses {
+    current: RwLock<Arc<[IpAddr]>>,
+    /// Moves at every change of `current`.
+    generation: AtomicU64,
+}
 
 impl Apiserver {
     pub fn get(&self) -> Arc<[IpAddr]> {
         self.0
+            .current
             .read()
             .map(|a| a.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
@@ -38,10 +47,20 @@ impl Apiserver {
     pub fn set(&self, mut addresses: Vec<IpAddr>) {
         addresses.sort();
         addresses.dedup();
-        match self.0.write() {
-            Ok(mut a) => *a = addresses.into(),
+        match self.0.current.write() {
+            Ok(mut a) => {
+                if **a == *addresses {
+                    return;
+                }
+                *a = addresses.into();
+            }
             Err(e) => *e.into_inner() = addresses.into(),
         }
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
     }
 }
 
@@ -99,6 +118,16 @@ impl Egress {
                 user_agent,
             }),
         }
+    }
+
+    /// Moves whenever an endpoint check or a client made before may no longer
+    /// hold: a TenantQuota, a namespace's labels or the apiserver's addresses
+    /// changed. What a poll loop derived at one generation it keeps until then.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .tenants
+            .generation()
+            .wrapping_add(self.inner.apiserver.generation())
     }
 
     /// The endpoint policy of `namespace`.
@@ -314,6 +343,26 @@ impl Resolve for PolicyResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_apiserver_addresses_move_the_generation_and_the_same_ones_do_not() {
+        let apiserver = Apiserver::from(vec!["10.96.0.1".parse().unwrap()]);
+        let first = apiserver.generation();
+        apiserver.set(vec!["10.96.0.1".parse().unwrap()]);
+        assert_eq!(apiserver.generation(), first, "the same address");
+        apiserver.set(vec![
+            "10.96.0.1".parse().unwrap(),
+            "10.0.0.5".parse().unwrap(),
+        ]);
+        assert_ne!(apiserver.generation(), first, "an added address");
+        assert_eq!(
+            &*apiserver.get(),
+            &[
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "10.96.0.1".parse().unwrap()
+            ]
+        );
+    }
 
     fn resolver(purpose: Purpose) -> PolicyResolver {
         PolicyResolver {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ pub struct Tenants {
     shares: RwLock<BTreeMap<String, f64>>,
     polls: moka::sync::Cache<String, Arc<PollGate>>,
     synced: AtomicBool,
+    /// Moves whenever a TenantQuota or a namespace's labels change: what was
+    /// derived from an effective quota at one generation holds until it moves.
+    generation: AtomicU64,
 }
 
 impl Tenants {
@@ -65,7 +68,19 @@ impl Tenants {
             shares: RwLock::default(),
             polls: cache(),
             synced: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// Moves whenever any namespace's effective quota may have changed (a
+    /// TenantQuota or a namespace's labels changed): a poll loop keeps what it
+    /// derived from the quota (the endpoint check, the client) until it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The quota of `namespace`.
@@ -139,18 +154,21 @@ impl Tenants {
         if let Ok(mut quotas) = self.quotas.write() {
             quotas.insert(name.to_owned(), spec);
         }
+        self.changed();
     }
 
     pub fn remove_quota(&self, name: &str) {
         if let Ok(mut quotas) = self.quotas.write() {
             quotas.remove(name);
         }
+        self.changed();
     }
 
     pub fn put_namespace(&self, name: &str, labels: Labels) {
         if let Ok(mut namespaces) = self.namespaces.write() {
             namespaces.insert(name.to_owned(), labels);
         }
+        self.changed();
     }
 
     /// Records how many TargetApps each namespace holds.
@@ -254,6 +272,7 @@ impl Tenants {
                         if let (Some(list), Ok(mut current)) = (listing_quotas.take(), self.quotas.write()) {
                             *current = list;
                         }
+                        self.changed();
                         quotas_done = true;
                     }
                     Some(Ok(watcher::Event::Apply(q))) => self.put_quota(&q.name_any(), q.spec),
@@ -272,6 +291,7 @@ impl Tenants {
                         if let (Some(list), Ok(mut current)) = (listing_namespaces.take(), self.namespaces.write()) {
                             *current = list;
                         }
+                        self.changed();
                         namespaces_done = true;
                     }
                     Some(Ok(watcher::Event::Apply(ns))) => self.put_namespace(&ns.name_any(), ns.labels().clone()),
@@ -279,6 +299,7 @@ impl Tenants {
                         if let Ok(mut current) = self.namespaces.write() {
                             current.remove(&ns.name_any());
                         }
+                        self.changed();
                     }
                 },
             }
@@ -347,6 +368,31 @@ mod tests {
         assert_eq!(t.effective("blue-1").sources, ["blue"]);
         assert!(t.effective("other").sources.is_empty());
         assert_eq!(t.effective("blue-1").tenant("blue-1"), "quota/blue");
+    }
+
+    #[test]
+    fn every_change_an_effective_quota_reads_moves_the_generation() {
+        let t = tenants();
+        let mut seen = t.generation();
+        let mut moved = |what: &str, t: &Tenants| {
+            let now = t.generation();
+            assert_ne!(now, seen, "{what} must move the generation");
+            seen = now;
+        };
+        t.put_quota("red", TenantQuotaSpec::default());
+        moved("a new TenantQuota", &t);
+        t.put_quota("red", TenantQuotaSpec::default());
+        moved("a changed TenantQuota", &t);
+        t.remove_quota("red");
+        moved("a deleted TenantQuota", &t);
+        t.put_namespace("other", [("tenant".to_owned(), "blue".to_owned())].into());
+        moved("a namespace's new labels", &t);
+        assert_eq!(t.effective("other").sources, ["blue"]);
+        // What does not change an effective quota leaves it where it is.
+        let before = t.generation();
+        t.set_app_counts(BTreeMap::from([("other".to_owned(), 3)]));
+        t.set_shares(BTreeMap::from([("quota/blue".to_owned(), 0.5)]));
+        assert_eq!(t.generation(), before);
     }
 
     #[test]
