@@ -24,6 +24,7 @@ pub mod shutdown;
 /// operator image is built without it (docs/adr/0009-the-simulator-is-a-feature.md).
 #[cfg(feature = "simulator")]
 pub mod simulator;
+pub mod target_metrics;
 pub mod targetapp;
 pub mod tenancy;
 pub mod tls;

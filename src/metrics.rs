@@ -49,6 +49,8 @@ pub struct Metrics {
     pub throttled: IntCounterVec,
     /// Time polls waited for their tenant's budget, by namespace.
     pub throttle_wait: CounterVec,
+    /// What TargetApps export of their targets' answers (`spec.metrics`).
+    pub target_series: crate::target_metrics::Store,
     /// The allocator's live and resident bytes (jemalloc), read at each scrape.
     #[cfg(feature = "jemalloc")]
     heap_allocated: IntGauge,
@@ -171,7 +173,10 @@ impl Metrics {
             &["namespace"],
         )?;
         registry.register(Box::new(throttle_wait.clone()))?;
+        let target_series = crate::target_metrics::Store::default();
+        registry.register(Box::new(target_series.clone()))?;
         Ok(Self {
+            target_series,
             #[cfg(feature = "jemalloc")]
             heap_allocated: gauge(
                 "operator_kco_heap_allocated_bytes",
@@ -185,7 +190,7 @@ impl Metrics {
             throttle_wait,
             throttled: counter(
                 "operator_kco_tenant_throttled_total",
-                "Polls delayed (kind=poll), actions skipped (kind=action), Events dropped (kind=event) and polls stopped for their bytes in flight (kind=response_bytes) by a tenant's budget.",
+                "Polls delayed (kind=poll), actions skipped (kind=action), Events dropped (kind=event), polls stopped for their bytes in flight (kind=response_bytes) and targets whose series were not exported (kind=metric_series) by a tenant's budget.",
                 &["namespace", "kind"],
             )?,
             webhook_requests,
@@ -273,6 +278,7 @@ impl Metrics {
 
     /// Removes the series of a TargetApp that is no longer monitored here.
     pub fn forget_targetapp(&self, namespace: &str, name: &str) {
+        self.target_series.forget_app(namespace, name);
         let matches = |labels: &std::collections::HashMap<&str, &str>| {
             labels.get("namespace") == Some(&namespace) && labels.get("targetapp") == Some(&name)
         };

@@ -49,6 +49,38 @@ fn is_label(part: &str) -> bool {
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// Why `key` is not a label key: an optional DNS subdomain prefix and `/`, then
+/// a name of 1 to 63 letters, digits, `-`, `_` and `.`, starting and ending with
+/// a letter or digit (`app`, `app.kubernetes.io/name`).
+pub fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && subdomain(prefix).is_err()
+    {
+        return Err(format!(
+            "{key:?} is not a label key: its prefix must be a DNS subdomain (RFC 1123)"
+        ));
+    }
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_LABEL
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a label key: 1 to {MAX_LABEL} letters, digits, '-', '_' and '.', starting and ending with a letter or digit, after an optional prefix and '/'"
+        ))
+    }
+}
+
 /// Why `kind` is not a Kind: an ASCII letter followed by letters and digits
 /// (`Deployment`, `ConfigMap`), at most 63 characters.
 pub fn kind(kind: &str) -> Result<(), String> {
@@ -84,6 +116,28 @@ pub fn api_version(api_version: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_keys_are_the_apiservers_label_keys() {
+        for good in ["app", "app.kubernetes.io/name", "a_b-c.d", "Zone", "x/y"] {
+            assert_eq!(label_key(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(MAX_LABEL + 1);
+        for bad in [
+            "",
+            "/app",
+            "app/",
+            "-app",
+            "app-",
+            "a b",
+            "a/b/c",
+            "UPPER.example/x",
+            long.as_str(),
+            "a\"\nb",
+        ] {
+            assert!(label_key(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 
     #[test]
     fn names_are_names() {

@@ -107,6 +107,30 @@ pub struct TargetAppSpec {
     /// Trigger -> action rules, evaluated on every poll of every target.
     #[serde(default)]
     pub actions: Vec<ActionRule>,
+
+    /// Fields of each target's answer exported as Prometheus gauges
+    /// `kco_target_<name>` by the replica that polls it (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricField>,
+}
+
+/// One field of the answer exported as a Prometheus series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricField {
+    /// Path into the query result, as in triggers: a number (or numeric scalar),
+    /// a boolean, an enum (one series per member, 1 for the current one), a
+    /// list's length (`.#`), or `$up`.
+    #[schemars(length(min = 1))]
+    pub field: String,
+    /// The series is `kco_target_<name>`: lowercase letters, digits and
+    /// underscores, starting with a letter.
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+    /// Keys of the pod's labels to copy onto its series, as `label_<key>` with
+    /// `.`, `/` and `-` made `_` (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_labels: Vec<String>,
 }
 
 fn default_graphql_endpoint() -> String {

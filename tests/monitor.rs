@@ -799,3 +799,132 @@ async fn a_restarted_replica_exports_its_targets_though_it_has_no_status_to_writ
         "nothing changed, so the status was not written again"
     );
 }
+
+/// The `kco_target_*` lines of `metrics` that name `target`.
+fn target_series<'a>(metrics: &'a str, target: &str) -> Vec<&'a str> {
+    let target = format!("target=\"{target}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kco_target_") && l.contains(&target))
+        .collect()
+}
+
+#[tokio::test]
+async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_target() {
+    let bed = bed("mon-series", 2).await;
+    bed.apply(json!({
+        "selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "metrics": [
+            {"field": "daemonStatus.blockchainLength", "name": "blockchain_length", "podLabels": ["app"]},
+            {"field": "daemonStatus.syncStatus", "name": "sync_status"},
+            {"field": "daemonStatus.peers.#", "name": "peers"}
+        ]
+    }))
+    .await;
+    let length = format!(
+        "kco_target_blockchain_length{{namespace=\"{}\",targetapp=\"mina\",target=\"mina-0\",label_app=\"mina\"}} 1000",
+        bed.ns
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut metrics = bed.metrics().await;
+    while !metrics.contains(&length) {
+        assert!(Instant::now() < deadline, "no {length} in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = bed.metrics().await;
+    }
+    assert!(metrics.contains("# TYPE kco_target_blockchain_length gauge"));
+    assert_eq!(
+        metric(&metrics, "kco_target_peers", &["target=\"mina-1\""]),
+        3.0
+    );
+    // A state set: one series per member of the schema's enum, 1 for the current.
+    let sync = target_series(&metrics, "mina-1")
+        .into_iter()
+        .filter(|l| l.starts_with("kco_target_sync_status{"))
+        .count();
+    assert_eq!(sync, 6, "every SyncStatus member:\n{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "kco_target_sync_status",
+            &["target=\"mina-1\"", "sync_status=\"SYNCED\""]
+        ),
+        1.0
+    );
+    bed.wait_status(10, "MetricsExported", |s| {
+        s.conditions.iter().any(|c| c.type_ == "MetricsExported")
+    })
+    .await;
+    let status = bed.status().await;
+    let exported = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MetricsExported")
+        .unwrap();
+    assert_eq!(
+        (exported.status.as_str(), exported.reason.as_str()),
+        ("True", "Exported")
+    );
+
+    // The series follow the answer.
+    bed.set_state(1, SyncStatus::Offline).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = bed.metrics().await;
+        let offline = metric(
+            &metrics,
+            "kco_target_sync_status",
+            &["target=\"mina-1\"", "sync_status=\"OFFLINE\""],
+        );
+        let synced = metric(
+            &metrics,
+            "kco_target_sync_status",
+            &["target=\"mina-1\"", "sync_status=\"SYNCED\""],
+        );
+        if offline == 1.0 && synced == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mina-1 never showed OFFLINE:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A pod that goes takes its series along; the other's stay.
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &bed.ns);
+    pods.delete("mina-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = bed.metrics().await;
+        if target_series(&metrics, "mina-1").is_empty() {
+            assert!(!target_series(&metrics, "mina-0").is_empty(), "{metrics}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mina-1's series stayed:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // And a deleted TargetApp takes all of them.
+    bed.apps()
+        .delete("mina", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = bed.metrics().await;
+        if !metrics.lines().any(|l| l.starts_with("kco_target_")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "series outlived their TargetApp:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -486,6 +486,122 @@ async fn poll_budgets_throttle_one_tenant_and_not_the_other() {
     assert!(note.contains("actions per hour"), "{note}");
 }
 
+/// Distinct targets of `ns` with `kco_target_*` series in `metrics`.
+fn exporting_targets(metrics: &str, ns: &str) -> std::collections::BTreeSet<String> {
+    let ns = format!("namespace=\"{ns}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kco_target_") && l.contains(&ns))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("target=\"")?;
+            Some(rest.split('"').next()?.to_owned())
+        })
+        .collect()
+}
+
+/// Waits until `ns` exports series of exactly `count` targets.
+async fn wait_exporting(bed: &Bed, ns: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = bed.metrics().await;
+        if exporting_targets(&metrics, ns).len() == count {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}: not {count} exporting targets in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_metric_series_exports_no_more_and_another_is_not() {
+    let _serial = SERIAL.lock().await;
+    let mut a = Bed::new("tq-series-a", 3).await;
+    let b = Bed::new("tq-series-b", 2).await;
+    label(a.cp, &a.ns, "tenant", "series").await;
+    // 7 series per target (6 SyncStatus members and the length): two targets fit.
+    apply_quota(
+        a.cp,
+        "series",
+        json!({"namespaceSelector": {"matchLabels": {"tenant": "series"}}, "maxMetricSeries": 15}),
+    )
+    .await;
+    a.start_operator(|s| s.namespace = None).await;
+    let spec = json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "metrics": [{"field": "daemonStatus.syncStatus", "name": "sync_status"},
+                    {"field": "daemonStatus.blockchainLength", "name": "blockchain_length"}]});
+    a.apply(spec.clone()).await;
+    b.apply(spec).await;
+    wait_exporting(&a, &b.ns, 2).await;
+    wait_exporting(&a, &a.ns, 2).await;
+    // Its polls go on: only the series are bounded.
+    a.wait_status(30, "3/3", |s| s.targets_ready.as_deref() == Some("3/3"))
+        .await;
+    a.wait_status(10, "MetricsExported False", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "MetricsExported" && c.status == "False")
+    })
+    .await;
+    let refused = a.status().await;
+    let condition = refused
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MetricsExported")
+        .unwrap();
+    assert_eq!(condition.reason, "QuotaExceeded");
+    assert!(
+        condition
+            .message
+            .contains("15 metric series TenantQuota series allows"),
+        "{condition:?}"
+    );
+    let note = a.wait_event(20, "QuotaExceeded", "metric series").await;
+    assert!(note.contains("exports no series"), "{note}");
+    // Every target polled, and still only two export.
+    let metrics = a.metrics().await;
+    assert_eq!(
+        exporting_targets(&metrics, &a.ns).len(),
+        2,
+        "over the budget:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "operator_kco_tenant_throttled_total{{kind=\"metric_series\",namespace=\"{}\"}}",
+            a.ns
+        )),
+        "the refusal is counted"
+    );
+    // The other tenant: every target, and nothing to report.
+    b.wait_status(10, "MetricsExported True", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "MetricsExported" && c.status == "True")
+    })
+    .await;
+    let other = b.status().await;
+    assert!(other.conditions.iter().all(|c| c.reason != "QuotaExceeded"));
+
+    // A raised quota lets the third target export, and the condition clears.
+    apply_quota(
+        a.cp,
+        "series",
+        json!({"namespaceSelector": {"matchLabels": {"tenant": "series"}}, "maxMetricSeries": 100}),
+    )
+    .await;
+    wait_exporting(&a, &a.ns, 3).await;
+    a.wait_status(10, "MetricsExported True", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "MetricsExported" && c.status == "True")
+    })
+    .await;
+    let quotas: Api<TenantQuota> = Api::all(a.cp.admin().await);
+    quotas.delete("series", &Default::default()).await.unwrap();
+}
+
 /// A TargetApp asking for an hour-long poll timeout against a node that never
 /// answers: its polls are cut at the tenant's ceiling, so the slow answer holds
 /// a connection (and its bytes) for seconds, not an hour.

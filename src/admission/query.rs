@@ -451,6 +451,28 @@ fn fits(leaf: &LeafType, value: &Value) -> Result<(), String> {
     }
 }
 
+/// How a leaf is exported as a series (`spec.metrics`), or why it cannot be.
+pub fn series_kind(leaf: &LeafType) -> Result<crate::target_metrics::Kind, String> {
+    use crate::target_metrics::{Kind, MAX_STATES};
+    match leaf {
+        LeafType::Number { .. } => Ok(Kind::Number),
+        LeafType::Boolean => Ok(Kind::Boolean),
+        LeafType::Enum { name, values } if values.len() > MAX_STATES => Err(format!(
+            "the enum {name} has {} members; at most {MAX_STATES} are exported (a series each)",
+            values.len()
+        )),
+        LeafType::Enum { values, .. } => Ok(Kind::States(values.clone().into())),
+        LeafType::List(_) => Err(format!(
+            "the field is {}: export its length (`.#`) or one of its items",
+            describe(leaf)
+        )),
+        LeafType::Text { .. } | LeafType::Object { .. } => Err(format!(
+            "the field is {}; only numbers, booleans, enums and list lengths are exported",
+            describe(leaf)
+        )),
+    }
+}
+
 fn describe(leaf: &LeafType) -> String {
     match leaf {
         LeafType::Enum { name, .. } => format!("the enum {name}"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::query::{QuerySchema, check_condition, check_operation, check_query};
+use super::query::{QuerySchema, QueryShape, check_condition, check_operation, check_query};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::nesting::{Deepest, Path, Step};
@@ -268,68 +268,8 @@ impl Validator {
             }
         }
 
-        let schema = match (&spec.schema, custom) {
-            (
-                SchemaSource {
-                    config_map_ref: Some(_),
-                    ..
-                },
-                Some(custom),
-            ) => Some(custom),
-            (
-                SchemaSource {
-                    config_map_ref: Some(_),
-                    mina: None,
-                },
-                None,
-            ) => {
-                v.warnings.push(
-                    "the query's fields are not checked: its schema comes from a ConfigMap"
-                        .to_owned(),
-                );
-                None
-            }
-            (
-                SchemaSource {
-                    config_map_ref: Some(_),
-                    mina: Some(_),
-                },
-                _,
-            ) => {
-                v.refuse("spec.schema", "give either mina or configMapRef, not both");
-                None
-            }
-            (
-                SchemaSource {
-                    mina: None,
-                    config_map_ref: None,
-                },
-                _,
-            ) => {
-                v.refuse("spec.schema", "give mina: {} or configMapRef");
-                None
-            }
-            _ => Some(&self.mina),
-        };
-        let shape = match schema.map(|s| check_query(s, &spec.state_query)) {
-            Some(Ok(shape)) => Some(shape),
-            Some(Err(problems)) => {
-                for p in problems {
-                    v.refuse("spec.stateQuery", p);
-                }
-                None
-            }
-            // No schema at hand: what holds for every schema is still checked (a
-            // mutation is never sent).
-            None => {
-                if let Err(problems) = check_operation(&spec.state_query) {
-                    for p in problems {
-                        v.refuse("spec.stateQuery", p);
-                    }
-                }
-                None
-            }
-        };
+        let shape = self.shape(spec, custom, &mut v);
+        self.check_metrics(&mut v, spec, shape.as_ref());
 
         // Triggers that failed here are not compiled again below (a regex at the size
         // limit costs milliseconds to refuse).
@@ -415,6 +355,180 @@ impl Validator {
             );
         }
         v
+    }
+}
+
+impl Validator {
+    /// The shape of the state query's answer, checked against the TargetApp's
+    /// schema (`custom` for a `configMapRef` source, when the caller has it);
+    /// `None` when there is no schema at hand or the query is refused.
+    fn shape(
+        &self,
+        spec: &crate::targetapp::TargetAppSpec,
+        custom: Option<&QuerySchema>,
+        v: &mut Verdict,
+    ) -> Option<QueryShape> {
+        let schema = match (&spec.schema, custom) {
+            (
+                SchemaSource {
+                    config_map_ref: Some(_),
+                    ..
+                },
+                Some(custom),
+            ) => Some(custom),
+            (
+                SchemaSource {
+                    config_map_ref: Some(_),
+                    mina: None,
+                },
+                None,
+            ) => {
+                v.warnings.push(
+                    "the query's fields are not checked: its schema comes from a ConfigMap"
+                        .to_owned(),
+                );
+                None
+            }
+            (
+                SchemaSource {
+                    config_map_ref: Some(_),
+                    mina: Some(_),
+                },
+                _,
+            ) => {
+                v.refuse("spec.schema", "give either mina or configMapRef, not both");
+                None
+            }
+            (
+                SchemaSource {
+                    mina: None,
+                    config_map_ref: None,
+                },
+                _,
+            ) => {
+                v.refuse("spec.schema", "give mina: {} or configMapRef");
+                None
+            }
+            _ => Some(&self.mina),
+        };
+        match schema.map(|s| check_query(s, &spec.state_query)) {
+            Some(Ok(shape)) => Some(shape),
+            Some(Err(problems)) => {
+                for p in problems {
+                    v.refuse("spec.stateQuery", p);
+                }
+                None
+            }
+            // No schema at hand: what holds for every schema is still checked (a
+            // mutation is never sent).
+            None => {
+                if let Err(problems) = check_operation(&spec.state_query) {
+                    for p in problems {
+                        v.refuse("spec.stateQuery", p);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The series `spec.metrics` asks for, as the monitor exports them: each
+    /// entry's kind comes from the schema (unchecked without one). Problems are
+    /// what [`Validator::validate`] reports of them.
+    pub fn series(
+        &self,
+        app: &TargetApp,
+        custom: Option<&QuerySchema>,
+    ) -> Vec<crate::target_metrics::Series> {
+        let mut v = Verdict::default();
+        let shape = self.shape(&app.spec, custom, &mut v);
+        self.check_metrics(&mut v, &app.spec, shape.as_ref())
+    }
+
+    /// Checks `spec.metrics`: names unique and valid, fields selected by the
+    /// query and exportable, pod labels few and distinct. Returns the entries
+    /// that pass.
+    fn check_metrics(
+        &self,
+        v: &mut Verdict,
+        spec: &crate::targetapp::TargetAppSpec,
+        shape: Option<&QueryShape>,
+    ) -> Vec<crate::target_metrics::Series> {
+        use crate::target_metrics::{self as tm, Kind, MAX_METRICS, MAX_POD_LABELS, PREFIX};
+        if spec.metrics.len() > MAX_METRICS {
+            v.refuse(
+                "spec.metrics",
+                format!(
+                    "{} entries; at most {MAX_METRICS} are allowed",
+                    spec.metrics.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut compiled = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, entry) in spec.metrics.iter().enumerate() {
+            let at = |field: &str| format!("spec.metrics[{i}].{field}");
+            let before = v.problems.len();
+            if let Err(why) = tm::check_name(&entry.name) {
+                v.refuse(at("name"), why);
+            } else if !names.insert(entry.name.as_str()) {
+                v.refuse(
+                    at("name"),
+                    format!("{:?} is exported by an earlier entry", entry.name),
+                );
+            }
+            if entry.pod_labels.len() > MAX_POD_LABELS {
+                v.refuse(
+                    at("podLabels"),
+                    format!(
+                        "{} labels; at most {MAX_POD_LABELS} are allowed",
+                        entry.pod_labels.len()
+                    ),
+                );
+            }
+            let mut labels: Vec<(String, String)> = Vec::new();
+            for (j, key) in entry.pod_labels.iter().enumerate() {
+                let label = tm::pod_label(key);
+                if let Err(why) = crate::names::label_key(key) {
+                    v.refuse(at(&format!("podLabels[{j}]")), why);
+                } else if labels.iter().any(|(l, _)| *l == label) {
+                    v.refuse(
+                        at(&format!("podLabels[{j}]")),
+                        format!("{key:?} becomes the series label {label}, as an earlier key does"),
+                    );
+                }
+                labels.push((label, key.clone()));
+            }
+            let kind = match entry.field.parse::<crate::triggers::FieldPath>() {
+                Err(e) => {
+                    v.refuse(at("field"), e.to_string());
+                    continue;
+                }
+                Ok(path) => match shape {
+                    Some(shape) => match shape
+                        .resolve(&path)
+                        .and_then(|leaf| super::query::series_kind(&leaf))
+                    {
+                        Ok(kind) => (path, kind),
+                        Err(why) => {
+                            v.refuse(at("field"), why);
+                            continue;
+                        }
+                    },
+                    None => (path, Kind::Unchecked),
+                },
+            };
+            if v.problems.len() == before {
+                compiled.push(tm::Series {
+                    name: format!("{PREFIX}{}", entry.name),
+                    field: kind.0,
+                    kind: kind.1,
+                    pod_labels: labels,
+                });
+            }
+        }
+        compiled
     }
 }
 
@@ -578,6 +692,92 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("serviceAccountName"))
         );
+    }
+
+    #[test]
+    fn exported_fields_are_checked_against_the_query_and_compiled_with_their_kinds() {
+        use crate::target_metrics::Kind;
+        let target = app(json!({
+            "selector": {"matchLabels": {"app": "mina"}},
+            "metrics": [
+                {"field": "daemonStatus.blockchainLength", "name": "blockchain_length", "podLabels": ["app.kubernetes.io/name"]},
+                {"field": "daemonStatus.syncStatus", "name": "sync_status"},
+                {"field": "daemonStatus.peers.#", "name": "peers"},
+                {"field": "$up", "name": "up"}
+            ]
+        }));
+        let v = Validator::new();
+        let verdict = v.validate(&target, None);
+        assert_eq!(verdict.problems, vec![], "{verdict:?}");
+        let series = v.series(&target, None);
+        let kinds: Vec<(&str, &Kind)> = series.iter().map(|s| (s.name.as_str(), &s.kind)).collect();
+        assert_eq!(kinds[0], ("kco_target_blockchain_length", &Kind::Number));
+        assert!(
+            matches!(kinds[1], ("kco_target_sync_status", Kind::States(members)) if members.contains(&"SYNCED".to_owned()) && members.contains(&"OFFLINE".to_owned())),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds[2], ("kco_target_peers", &Kind::Number));
+        assert_eq!(kinds[3], ("kco_target_up", &Kind::Boolean));
+        assert_eq!(
+            series[0].pod_labels,
+            [(
+                "label_app_kubernetes_io_name".to_owned(),
+                "app.kubernetes.io/name".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_export_that_cannot_be_a_series_is_refused_with_its_path() {
+        let verdict = Validator::new().validate(
+            &app(json!({
+                "selector": {"matchLabels": {"app": "mina"}},
+                "stateQuery": "query { daemonStatus { syncStatus blockchainLength commitId peers { peerId } } }",
+                "metrics": [
+                    {"field": "daemonStatus.commitId", "name": "commit"},
+                    {"field": "daemonStatus.peers", "name": "peers"},
+                    {"field": "daemonStatus.uptimeSecs", "name": "uptime"},
+                    {"field": "daemonStatus.blockchainLength", "name": "Height"},
+                    {"field": "daemonStatus.blockchainLength", "name": "height", "podLabels": ["a.b", "a-b", "bad key"]},
+                    {"field": "daemonStatus.syncStatus", "name": "height"},
+                    {"field": "daemonStatus..x", "name": "broken"}
+                ]
+            })),
+            None,
+        );
+        assert_eq!(
+            paths(&verdict),
+            [
+                "spec.metrics[0].field",
+                "spec.metrics[1].field",
+                "spec.metrics[2].field",
+                "spec.metrics[3].name",
+                "spec.metrics[4].podLabels[1]",
+                "spec.metrics[4].podLabels[2]",
+                "spec.metrics[5].name",
+                "spec.metrics[6].field",
+            ],
+            "{verdict:#?}"
+        );
+        let text = messages(&verdict);
+        assert!(
+            text[0].contains("only numbers, booleans, enums and list lengths"),
+            "{text:?}"
+        );
+        assert!(text[1].contains("export its length"), "{text:?}");
+        assert!(text[2].contains("uptimeSecs"), "{text:?}");
+        assert!(text[4].contains("label_a_b"), "{text:?}");
+        assert!(text[6].contains("earlier entry"), "{text:?}");
+        let many = Validator::new().validate(
+            &app(json!({
+                "selector": {"matchLabels": {"app": "mina"}},
+                "metrics": (0..=crate::target_metrics::MAX_METRICS)
+                    .map(|i| json!({"field": "$up", "name": format!("up_{i}")}))
+                    .collect::<Vec<_>>()
+            })),
+            None,
+        );
+        assert_eq!(paths(&many), ["spec.metrics"]);
     }
 
     #[test]

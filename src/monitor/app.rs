@@ -73,6 +73,10 @@ struct Monitor {
     inbox: mpsc::Sender<Box<Message>>,
     /// Cancelled when this monitor stops (its actions' waits end with it).
     cancel: CancellationToken,
+    /// Whether `spec.metrics` asks for series, and the targets whose series the
+    /// tenant's budget refused at their last poll, with why (for the status).
+    exports: bool,
+    over_series: BTreeMap<String, String>,
 }
 
 /// What reaches a TargetApp's task from its poll loops and its actions (one
@@ -156,6 +160,8 @@ pub async fn run(
             .map(|_| tokio::time::Instant::now() + interval + timeout + Duration::from_secs(2)),
         inbox: tx,
         cancel: cancel.clone(),
+        exports: false,
+        over_series: BTreeMap::new(),
         ctx,
         namespace,
         name,
@@ -178,6 +184,19 @@ pub async fn run(
     // A schema ConfigMap can change without the TargetApp changing: while only
     // the schema makes it invalid, it is checked again every tick.
     let schema_may_heal = over_quota.is_none() && app.spec.schema.config_map_ref.is_some();
+    // What this task exports replaces what an earlier one of the same TargetApp
+    // did; an invalid or suspended one exports nothing.
+    let series = if invalid.is_none() && over_quota.is_none() && !app.spec.suspend {
+        monitor.ctx.series_of(&app)
+    } else {
+        Vec::new()
+    };
+    monitor.exports = !series.is_empty();
+    monitor
+        .ctx
+        .metrics
+        .target_series
+        .define(&monitor.namespace, &monitor.name, series.into());
     let invalid = match over_quota {
         Some(why) => {
             monitor
@@ -276,6 +295,13 @@ impl Monitor {
         for name in lost {
             if let Some(running) = self.loops.remove(&name) {
                 running.cancel();
+            }
+            self.ctx
+                .metrics
+                .target_series
+                .forget_target(&self.namespace, &self.name, &name);
+            if self.over_series.remove(&name).is_some() {
+                self.dirty = true;
             }
             if let Some(state) = self.targets.remove(&name)
                 && !wanted.contains_key(&name)
@@ -415,6 +441,13 @@ impl Monitor {
         // handled late, then never looks newer than it is.
         let sent_at = report.sent_at;
         let now = Timestamp::now();
+        if self.exports {
+            let answer = report.report.result.as_ref().ok().map(|d| &d.data);
+            self.export(&report.target, answer).await;
+        }
+        let Some(state) = self.targets.get_mut(&report.target) else {
+            return;
+        };
         let seen = state.observe(report.report.result, &self.rules, &self.fields, sent_at);
         let target = state.target.clone();
         for observed in seen {
@@ -691,6 +724,53 @@ impl Monitor {
         });
     }
 
+    /// Exports what `target`'s answer (`None`: its poll failed) says of the
+    /// fields in `spec.metrics`, within the tenant's series budget; the first
+    /// target the budget refuses is reported (Event, and the status until none
+    /// is refused).
+    async fn export(&mut self, target: &str, answer: Option<&serde_json::Value>) {
+        let labels = self.pods.get(target).map(|pod| &pod.labels);
+        let budget = self.ctx.tenants.series_budget(&self.namespace);
+        let recorded = self.ctx.metrics.target_series.record(
+            &self.namespace,
+            &self.name,
+            target,
+            labels,
+            (answer, answer.is_some()),
+            &budget,
+        );
+        match recorded {
+            Ok(()) => {
+                if self.over_series.remove(target).is_some() {
+                    self.dirty = true;
+                }
+            }
+            Err(over) => {
+                let first = self.over_series.is_empty();
+                let why = format!(
+                    "{target} exports no series: its tenant's series would exceed the {} metric series {} allows on this replica",
+                    over.max, over.named
+                );
+                if self
+                    .over_series
+                    .insert(target.to_owned(), why.clone())
+                    .is_none()
+                {
+                    self.dirty = true;
+                }
+                if first {
+                    tracing::warn!(namespace = %self.namespace, tapp = %self.name, target, error = %over, "metric series over the tenant's budget");
+                    self.ctx
+                        .metrics
+                        .throttled
+                        .with_label_values(&[self.namespace.as_str(), "metric_series"])
+                        .inc();
+                    self.notify(Reason::QuotaExceeded, why, None).await;
+                }
+            }
+        }
+    }
+
     /// Publishes an Event on the TargetApp and, for a pod target, on the pod too.
     async fn notify(&self, reason: Reason, note: String, target: Option<&Target>) {
         let pod = target.and_then(|t| t.pod.as_deref());
@@ -721,6 +801,11 @@ impl Monitor {
                 invalid,
                 discovered: self.discovered,
                 targets: &self.targets,
+                exports: match self.over_series.values().next() {
+                    _ if !self.exports => status::Exports::Nothing,
+                    Some(why) => status::Exports::Refused(why),
+                    None => status::Exports::All,
+                },
                 shard: &shard,
                 now,
             },

@@ -210,6 +210,13 @@ impl Context {
         }))
     }
 
+    /// The series `app` exports (`spec.metrics`), with kinds from its schema
+    /// (the same cache as [`Context::recheck`]).
+    pub fn series_of(&self, app: &TargetApp) -> Vec<crate::target_metrics::Series> {
+        let custom = self.caches.schema_of(app).ok().flatten();
+        self.validator.series(app, custom.as_deref())
+    }
+
     /// What admission would say of `app` now, with the schema of its `configMapRef`
     /// from the same cache (a stored TargetApp may predate the webhooks or have
     /// passed them while they were down): each problem as `path: reason`.

@@ -23,6 +23,18 @@ pub struct Inputs<'a> {
     pub targets: &'a BTreeMap<String, Box<TargetState>>,
     pub shard: &'a str,
     pub now: Timestamp,
+    pub exports: Exports<'a>,
+}
+
+/// What the status says of `spec.metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exports<'a> {
+    /// The TargetApp exports no series.
+    Nothing,
+    /// Every target's series are exported.
+    All,
+    /// Some target's series are not: why (the tenant's budget).
+    Refused(&'a str),
 }
 
 /// The status for `inputs`; conditions keep their transition time from `previous`
@@ -90,21 +102,30 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
         .collect();
 
     let ready_status = if ready { "True" } else { "False" };
-    let transition = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == ready_status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(inputs.now));
+    let mut conditions = vec![condition(
+        inputs,
+        previous,
+        ("Ready", ready_status, reason),
+        message,
+    )];
+    match inputs.exports {
+        Exports::Nothing => {}
+        Exports::All => conditions.push(condition(
+            inputs,
+            previous,
+            ("MetricsExported", "True", "Exported"),
+            "the fields of spec.metrics are exported as kco_target_* series".to_owned(),
+        )),
+        Exports::Refused(why) => conditions.push(condition(
+            inputs,
+            previous,
+            ("MetricsExported", "False", "QuotaExceeded"),
+            why.to_owned(),
+        )),
+    }
     TargetAppStatus {
         phase: Some(phase),
-        conditions: vec![Condition {
-            type_: "Ready".to_owned(),
-            status: ready_status.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            last_transition_time: transition,
-            observed_generation: inputs.generation,
-        }],
+        conditions,
         observed_generation: inputs.generation,
         shard: Some(inputs.shard.to_owned()),
         targets_ready: Some(format!("{up}/{total}")),
@@ -112,6 +133,29 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
         // Firings are written only by the action dispatcher's fence (optimistic
         // concurrency); leaving them out here keeps this merge patch off them.
         firings: Vec::new(),
+    }
+}
+
+/// A condition of `type_` with `status`, keeping its transition time from
+/// `previous` while its status does not change.
+fn condition(
+    inputs: &Inputs<'_>,
+    previous: Option<&TargetAppStatus>,
+    (type_, status, reason): (&str, &str, &str),
+    message: String,
+) -> Condition {
+    let transition = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(inputs.now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: transition,
+        observed_generation: inputs.generation,
     }
 }
 
@@ -192,6 +236,7 @@ mod tests {
             targets,
             shard: "kco-0",
             now: at(100),
+            exports: Exports::Nothing,
         }
     }
 

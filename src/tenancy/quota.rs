@@ -77,6 +77,12 @@ pub struct TenantQuotaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_poll_timeout_seconds: Option<u32>,
+    /// Most Prometheus series the tenant's TargetApps export (`spec.metrics`),
+    /// split across replicas as its polls are: a target whose series would go
+    /// beyond it exports none, and its TargetApp says so (default: 2,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_metric_series: Option<u32>,
     /// Where absolute GraphQL endpoints may point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_policy: Option<EndpointPolicySpec>,
@@ -137,6 +143,10 @@ pub struct Usage {
 /// namespace sets `maxPollTimeoutSeconds` (a quota may set it lower or higher).
 pub const DEFAULT_MAX_POLL_TIMEOUT_SECONDS: u32 = 60;
 
+/// The most series a tenant exports when no TenantQuota of its namespaces sets
+/// `maxMetricSeries` (a quota may set it lower or higher).
+pub const DEFAULT_MAX_METRIC_SERIES: u32 = 2_000;
+
 /// The limits that apply to one namespace, with the TenantQuotas they come from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
@@ -150,6 +160,9 @@ pub struct Effective {
     /// Longest poll attempt (`timeoutSeconds`): the lowest the quotas set, or
     /// [`DEFAULT_MAX_POLL_TIMEOUT_SECONDS`] when none does.
     pub max_poll_timeout_seconds: u32,
+    /// Most series exported (`spec.metrics`): the lowest the quotas set, or
+    /// [`DEFAULT_MAX_METRIC_SERIES`] when none does.
+    pub max_metric_series: u32,
     /// The TenantQuotas that select the namespace (empty: the default quota).
     pub sources: Vec<String>,
 }
@@ -166,6 +179,7 @@ impl Effective {
             max_replicas: None,
             max_action_seconds: None,
             max_poll_timeout_seconds: DEFAULT_MAX_POLL_TIMEOUT_SECONDS,
+            max_metric_series: DEFAULT_MAX_METRIC_SERIES,
             sources: Vec::new(),
         }
     }
@@ -238,6 +252,7 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         (a, b) => a.or(b),
     };
     let mut poll_ceiling = None;
+    let mut series_ceiling = None;
     for (name, q) in quotas {
         e.sources.push(name.clone());
         e.max_target_apps = min(e.max_target_apps, q.max_target_apps);
@@ -253,7 +268,9 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         e.max_replicas = min(e.max_replicas, q.max_replicas);
         e.max_action_seconds = min(e.max_action_seconds, q.max_action_seconds);
         poll_ceiling = min(poll_ceiling, q.max_poll_timeout_seconds);
+        series_ceiling = min(series_ceiling, q.max_metric_series);
     }
+    e.max_metric_series = series_ceiling.unwrap_or(DEFAULT_MAX_METRIC_SERIES);
     // The quotas' ceiling (the lowest set), above the default or below it.
     e.max_poll_timeout_seconds = poll_ceiling.unwrap_or(DEFAULT_MAX_POLL_TIMEOUT_SECONDS);
     e.sources.sort();

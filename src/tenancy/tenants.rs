@@ -206,6 +206,23 @@ impl Tenants {
             .clamp(0.01, 1.0)
     }
 
+    /// `namespace`'s tenant's series budget on this replica: its quota's
+    /// `maxMetricSeries` times this replica's share of the tenant, so that the
+    /// replicas together stay within the quota.
+    pub fn series_budget(&self, namespace: &str) -> crate::target_metrics::Budget {
+        let e = self.effective(namespace);
+        let tenant = e.tenant(namespace);
+        let share = self.share(&tenant);
+        // Rounded down: the replicas' budgets add up to at most the quota.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let max = (f64::from(e.max_metric_series) * share).floor() as usize;
+        crate::target_metrics::Budget {
+            tenant,
+            max,
+            named: e.named(),
+        }
+    }
+
     /// Waits for a poll of `namespace` to be within its tenant's budget; how long
     /// it waited (zero when unlimited or within budget).
     pub async fn poll_permit(&self, namespace: &str) -> Duration {

@@ -1,0 +1,303 @@
+use serde_json::json;
+
+use super::*;
+
+fn series(name: &str, field: &str, kind: Kind) -> Series {
+    Series {
+        name: format!("{PREFIX}{name}"),
+        field: field.parse().unwrap(),
+        kind,
+        pod_labels: Vec::new(),
+    }
+}
+
+fn sync_states() -> Kind {
+    Kind::States(["CONNECTING", "SYNCED", "OFFLINE"].map(String::from).into())
+}
+
+fn budget(tenant: &str, max: usize) -> Budget {
+    Budget {
+        tenant: tenant.to_owned(),
+        max,
+        named: format!("TenantQuota {tenant}"),
+    }
+}
+
+fn answer() -> Value {
+    json!({"daemonStatus": {
+        "blockchainLength": "1234",
+        "syncStatus": "SYNCED",
+        "peers": [{"peerId": "a"}, {"peerId": "b"}],
+        "catchup": true,
+        "commit": "abc"
+    }})
+}
+
+#[test]
+fn names_are_metric_names_and_not_the_labels_every_series_carries() {
+    for good in ["blockchain_length", "peers", "a1", "sync_status_2"] {
+        assert_eq!(check_name(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "",
+        "Peers",
+        "1peers",
+        "_peers",
+        "peer-count",
+        "peers:total",
+        "peers count",
+        "target",
+        "namespace",
+        "targetapp",
+        "label_app",
+        &"x".repeat(MAX_NAME + 1),
+    ] {
+        assert!(check_name(bad).is_err(), "{bad:?} must be refused");
+    }
+}
+
+#[test]
+fn pod_labels_become_label_names_as_kube_state_metrics_writes_them() {
+    assert_eq!(pod_label("app"), "label_app");
+    assert_eq!(
+        pod_label("app.kubernetes.io/name"),
+        "label_app_kubernetes_io_name"
+    );
+    assert_eq!(pod_label("topology-zone"), "label_topology_zone");
+}
+
+#[test]
+fn an_answer_reads_as_numbers_lengths_booleans_and_state_sets() {
+    let defs = [
+        series("length", "daemonStatus.blockchainLength", Kind::Number),
+        series("peers", "daemonStatus.peers.#", Kind::Number),
+        series("catchup", "daemonStatus.catchup", Kind::Boolean),
+        series("sync", "daemonStatus.syncStatus", sync_states()),
+        series("up", "$up", Kind::Boolean),
+    ];
+    let data = answer();
+    let got = read(&defs, Some(&data), true);
+    let expected = vec![
+        Reading {
+            series: 0,
+            state: None,
+            value: 1234.0,
+        },
+        Reading {
+            series: 1,
+            state: None,
+            value: 2.0,
+        },
+        Reading {
+            series: 2,
+            state: None,
+            value: 1.0,
+        },
+        Reading {
+            series: 3,
+            state: Some(0),
+            value: 0.0,
+        },
+        Reading {
+            series: 3,
+            state: Some(1),
+            value: 1.0,
+        },
+        Reading {
+            series: 3,
+            state: Some(2),
+            value: 0.0,
+        },
+        Reading {
+            series: 4,
+            state: None,
+            value: 1.0,
+        },
+    ];
+    assert_eq!(got, expected);
+    assert_eq!(per_target(&defs), 7);
+}
+
+#[test]
+fn what_a_target_answers_never_makes_a_label_or_a_sample_of_another_type() {
+    let defs = [
+        series("sync", "daemonStatus.syncStatus", sync_states()),
+        series("length", "daemonStatus.blockchainLength", Kind::Number),
+        series("commit", "daemonStatus.commit", Kind::Unchecked),
+        series("catchup", "daemonStatus.catchup", Kind::Number),
+    ];
+    let hostile = json!({"daemonStatus": {
+        "syncStatus": "\"} 1\nkco_target_evil{x=\"",
+        "blockchainLength": "12e400",
+        "commit": "abc",
+        "catchup": true
+    }});
+    let got = read(&defs, Some(&hostile), true);
+    // A value outside the enum sets every member to 0; no new member appears.
+    assert_eq!(
+        got,
+        vec![
+            Reading {
+                series: 0,
+                state: Some(0),
+                value: 0.0
+            },
+            Reading {
+                series: 0,
+                state: Some(1),
+                value: 0.0
+            },
+            Reading {
+                series: 0,
+                state: Some(2),
+                value: 0.0
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_failed_poll_keeps_only_up_at_zero() {
+    let defs = [
+        series("length", "daemonStatus.blockchainLength", Kind::Number),
+        series("up", "$up", Kind::Boolean),
+    ];
+    assert_eq!(
+        read(&defs, None, false),
+        vec![Reading {
+            series: 1,
+            state: None,
+            value: 0.0
+        }]
+    );
+}
+
+fn rendered(store: &Store) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&store.families())
+        .unwrap()
+}
+
+#[test]
+fn a_store_exports_each_target_with_its_labels_and_forgets_what_goes() {
+    let store = Store::default();
+    let mut length = series(
+        "blockchain_length",
+        "daemonStatus.blockchainLength",
+        Kind::Number,
+    );
+    length.pod_labels = vec![(
+        pod_label("app.kubernetes.io/name"),
+        "app.kubernetes.io/name".to_owned(),
+    )];
+    store.define(
+        "chain",
+        "mina",
+        vec![
+            length,
+            series("sync_status", "daemonStatus.syncStatus", sync_states()),
+        ]
+        .into(),
+    );
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "mina".to_owned()),
+        ("secret".to_owned(), "x".to_owned()),
+    ]);
+    let data = answer();
+    let b = budget("quota/blue", 100);
+    store
+        .record(
+            "chain",
+            "mina",
+            "mina-0",
+            Some(&labels),
+            (Some(&data), true),
+            &b,
+        )
+        .unwrap();
+    store
+        .record("chain", "mina", "mina-1", None, (Some(&data), true), &b)
+        .unwrap();
+    let text = rendered(&store);
+    assert!(
+        text.contains("# TYPE kco_target_blockchain_length gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kco_target_blockchain_length{namespace="chain",targetapp="mina",target="mina-0",label_app_kubernetes_io_name="mina"} 1234"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kco_target_sync_status{namespace="chain",targetapp="mina",target="mina-1",sync_status="SYNCED"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kco_target_sync_status{namespace="chain",targetapp="mina",target="mina-1",sync_status="OFFLINE"} 0"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret"),
+        "only the chosen pod labels: {text}"
+    );
+    assert_eq!(store.tenant_series("quota/blue"), 8);
+
+    // A failed poll: the target's values are unknown, so its series go.
+    store
+        .record("chain", "mina", "mina-1", None, (None, false), &b)
+        .unwrap();
+    assert!(!rendered(&store).contains("mina-1"));
+    assert_eq!(store.tenant_series("quota/blue"), 4);
+    store.forget_target("chain", "mina", "mina-0");
+    assert_eq!(store.tenant_series("quota/blue"), 0);
+    store
+        .record("chain", "mina", "mina-0", None, (Some(&data), true), &b)
+        .unwrap();
+    store.forget_app("chain", "mina");
+    assert_eq!(rendered(&store), "");
+    assert_eq!(store.tenant_series("quota/blue"), 0);
+    // A forgotten TargetApp's late report exports nothing.
+    store
+        .record("chain", "mina", "mina-0", None, (Some(&data), true), &b)
+        .unwrap();
+    assert_eq!(rendered(&store), "");
+}
+
+#[test]
+fn over_its_budget_a_tenants_target_exports_nothing_and_other_tenants_are_untouched() {
+    let store = Store::default();
+    let defs: Arc<[Series]> = vec![series(
+        "sync_status",
+        "daemonStatus.syncStatus",
+        sync_states(),
+    )]
+    .into();
+    store.define("blue-1", "mina", defs.clone());
+    store.define("red-1", "mina", defs);
+    let data = answer();
+    let blue = budget("quota/blue", 5);
+    let red = budget("quota/red", 5);
+    store
+        .record("blue-1", "mina", "a", None, (Some(&data), true), &blue)
+        .unwrap();
+    let over = store
+        .record("blue-1", "mina", "b", None, (Some(&data), true), &blue)
+        .unwrap_err();
+    assert_eq!((over.wanted, over.total, over.max), (3, 6, 5));
+    assert!(
+        over.to_string().contains("TenantQuota quota/blue"),
+        "{over}"
+    );
+    store
+        .record("red-1", "mina", "a", None, (Some(&data), true), &red)
+        .unwrap();
+    let text = rendered(&store);
+    assert!(text.contains(r#"namespace="blue-1",targetapp="mina",target="a""#));
+    assert!(!text.contains(r#"target="b""#), "{text}");
+    assert!(text.contains(r#"namespace="red-1""#));
+    assert_eq!(store.tenant_series("quota/blue"), 3);
+    // Its own next answer replaces what it exported: no double counting.
+    store
+        .record("blue-1", "mina", "a", None, (Some(&data), true), &blue)
+        .unwrap();
+    assert_eq!(store.tenant_series("quota/blue"), 3);
+}
