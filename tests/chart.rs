@@ -1184,57 +1184,93 @@ fn the_containerfile_builds_what_ci_builds() {
     );
 }
 
+/// The series names of the example TargetApp's `spec.metrics`: what the Mina
+/// alerts and the dashboard's Mina row read.
+fn example_series() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_path("docs/examples/targetapp-mina.yaml")).unwrap();
+    let example: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    example["spec"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("kco_target_{}", m["name"].as_str().unwrap()))
+        .collect()
+}
+
+/// Whether every metric `expr` names is one KCO exports, or one the example
+/// TargetApp exports; and that it names at least one.
+fn names_known(expr: &str, exported: &[String], example: &[String]) -> Result<(), String> {
+    let metric = regex::Regex::new(r"(operator_kco|kco_target)_[a-z_]+").unwrap();
+    let used: Vec<&str> = metric.find_iter(expr).map(|m| m.as_str()).collect();
+    if used.is_empty() {
+        return Err(format!("no KCO metric in {expr}"));
+    }
+    for name in used {
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        let known = if name.starts_with("kco_target_") {
+            example.iter().any(|e| e == name)
+        } else {
+            exported.iter().any(|e| e == base)
+        };
+        if !known {
+            return Err(format!(
+                "{name} is neither KCO's nor the example TargetApp's"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_dashboard_queries_only_exported_metrics() {
     let text = std::fs::read_to_string(repo_path("charts/kco/dashboards/kco.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
     let exported = kco::metrics::Metrics::new().unwrap().names();
-    let metric = regex::Regex::new(r"operator_kco_[a-z_]+").unwrap();
+    let example = example_series();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
-    for panel in panels {
+    let mut mina = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            let used: Vec<&str> = metric.find_iter(expr).map(|m| m.as_str()).collect();
-            assert!(!used.is_empty(), "{expr}");
-            for name in used {
-                let base = name.trim_end_matches("_bucket");
-                assert!(
-                    exported.iter().any(|e| e == base),
-                    "{}: {name}",
-                    panel["title"]
-                );
+            if let Err(why) = names_known(expr, &exported, &example) {
+                panic!("{}: {why}", panel["title"]);
             }
+            mina += usize::from(expr.contains("kco_target_"));
         }
     }
+    assert!(
+        mina >= 3,
+        "a row on the Mina nodes: lag, peers, sync status"
+    );
 }
 
 #[test]
 fn every_alert_has_a_runbook_and_uses_only_exported_metrics() {
-    let text = std::fs::read_to_string(repo_path("charts/kco/alerts/kco.rules.yaml")).unwrap();
-    let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let exported = kco::metrics::Metrics::new().unwrap().names();
-    let metric = regex::Regex::new(r"operator_kco_[a-z_]+").unwrap();
+    let example = example_series();
     let mut alerts = Vec::new();
-    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
-        let name = rule["alert"].as_str().unwrap().to_owned();
-        let url = rule["annotations"]["runbook_url"].as_str().unwrap();
-        let file = url.rsplit("/blob/main/").next().unwrap();
-        assert!(repo_path(file).is_file(), "{name}: no runbook at {file}");
-        assert!(rule["labels"]["severity"].is_string(), "{name}");
-        for used in metric.find_iter(rule["expr"].as_str().unwrap()) {
-            let base = used
-                .as_str()
-                .trim_end_matches("_bucket")
-                .trim_end_matches("_count")
-                .trim_end_matches("_sum");
+    for file in ["kco.rules.yaml", "mina.rules.yaml"] {
+        let text =
+            std::fs::read_to_string(repo_path(&format!("charts/kco/alerts/{file}"))).unwrap();
+        let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap().to_owned();
+            let url = rule["annotations"]["runbook_url"].as_str().unwrap();
+            let runbook = url.rsplit("/blob/main/").next().unwrap();
             assert!(
-                exported.iter().any(|e| e == base),
-                "{name} uses {} which KCO does not export",
-                used.as_str()
+                repo_path(runbook).is_file(),
+                "{name}: no runbook at {runbook}"
             );
+            assert!(rule["labels"]["severity"].is_string(), "{name}");
+            if let Err(why) = names_known(rule["expr"].as_str().unwrap(), &exported, &example) {
+                panic!("{name}: {why}");
+            }
+            alerts.push(name);
         }
-        alerts.push(name);
     }
     for wanted in [
         "KCONoLeader",
@@ -1246,9 +1282,40 @@ fn every_alert_has_a_runbook_and_uses_only_exported_metrics() {
         "KCOTenantThrottled",
         "KCOWebhookCertificateExpiring",
         "KCOTargetAppDegraded",
+        "KCOMinaNodeLagging",
+        "KCOMinaNodeFewPeers",
+        "KCOMinaNodeNotSynced",
     ] {
         assert!(alerts.iter().any(|a| a == wanted), "{wanted} missing");
     }
+}
+
+#[test]
+fn the_mina_alerts_are_in_the_prometheus_rule_only_when_asked_for() {
+    let cp = ControlPlane::shared();
+    let groups = |args: &[&str]| -> Vec<String> {
+        let text = render(cp, "kco-system", args);
+        let rule = object(&text, "PrometheusRule", None);
+        rule["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        groups(&["--set", "metrics.prometheusRule.enabled=true"]),
+        ["kco"]
+    );
+    assert_eq!(
+        groups(&[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.minaAlerts=true"
+        ]),
+        ["kco", "kco-mina"]
+    );
 }
 
 /// A writer into a shared buffer.
@@ -1278,23 +1345,50 @@ async fn promtool_checks_the_alerts_and_kcos_real_metrics() {
         .output()
         .unwrap();
     assert!(ok(out, "promtool check rules").contains("10 rules found"));
-    // Each alert fires on the series that should fire it, and stays silent otherwise.
     let out = Command::new(&promtool)
-        .args(["test", "rules", "kco.tests.yaml"])
+        .args(["check", "rules", "mina.rules.yaml"])
         .current_dir(&alerts)
         .output()
         .unwrap();
-    ok(out, "promtool test rules");
+    assert!(ok(out, "promtool check rules").contains("3 rules found"));
+    // Each alert fires on the series that should fire it, and stays silent otherwise.
+    for tests in ["kco.tests.yaml", "mina.tests.yaml"] {
+        let out = Command::new(&promtool)
+            .args(["test", "rules", tests])
+            .current_dir(&alerts)
+            .output()
+            .unwrap();
+        ok(out, "promtool test rules");
+    }
 
     // The exposition of a working operator passes promtool's lint.
     let mut bed = Bed::new("chart-metrics", 1).await;
     bed.start_operator(|s| s.graphql_max_retries = 0).await;
-    bed.apply(json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}))
-        .await;
+    // With the example's exported fields: their series are linted too.
+    let text = std::fs::read_to_string(repo_path("docs/examples/targetapp-mina.yaml")).unwrap();
+    let example: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    bed.apply(
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "metrics": example["spec"]["metrics"]}),
+    )
+    .await;
     bed.wait_status(30, "1/1", |s| s.targets_ready.as_deref() == Some("1/1"))
         .await;
-    let metrics = bed.metrics().await;
+    let mut metrics = bed.metrics().await;
+    for _ in 0..50 {
+        if metrics.contains("kco_target_sync_status{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        metrics = bed.metrics().await;
+    }
     assert!(metrics.contains("operator_kco_tapp_polls_total"));
+    for series in example_series() {
+        assert!(
+            metrics.contains(&format!("{series}{{")),
+            "{series} in:\n{metrics}"
+        );
+    }
     let mut check = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

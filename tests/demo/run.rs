@@ -191,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
          The operator's metrics and state (replicas on ports {ports}):\n\n  \
          curl -s http://127.0.0.1:{admin_port}/metrics | grep operator_kco\n  \
          curl -s http://127.0.0.1:{admin_port}/stats\n\n\
+         Each node's chain height, peers and sync status as Prometheus series (spec.metrics of\n\
+         mina), exported by the replica that polls them:\n\n  \
+         for port in {ports_spaced}; do curl -s http://127.0.0.1:$port/metrics | grep '^kco_target_'; done\n\n\
          Ask a node directly, as KCO does, or run a command in a pod, as exec_command does:\n\n  \
          curl -s http://{first}/graphql -H 'content-type: application/json' \\\n    \
          -d '{{\"query\": \"{{ daemonStatus {{ syncStatus blockchainLength }} }}\"}}'\n  \
@@ -202,6 +205,11 @@ async fn main() -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
+        ports_spaced = admin_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
         kubeconfig = kubeconfig.display(),
         kubectl = kubectl.display(),
         control = sim.control_addr(),
