@@ -163,7 +163,7 @@ benches() {
   export CARGO_TARGET_DIR="$cache_root/bench-target"
   step "building the benches (release)"
   cargo bench --locked --no-run --benches
-  for name in pipeline scale admission failover hostile; do
+  for name in pipeline scale admission failover hostile series; do
     local -a args=()
     if [ "$quick" = "--quick" ]; then
       case "$name" in
@@ -172,6 +172,7 @@ benches() {
         admission) args=(--creates 20) ;;
         failover) args=(--runs 1) ;;
         hostile) args=(--healthy 20 --seconds 3) ;;
+        series) args=(--targets 100) ;;
       esac
     fi
     step "bench: $name ${args[*]}"
