@@ -437,6 +437,16 @@ fn validate_files(files: &[PathBuf], schema: Option<&std::path::Path>) -> ExitCo
                 println!("{name}: {kind} {object}: skipped (not a TargetApp)");
                 continue;
             }
+            // What the apiserver refuses under kubectl's strict field validation,
+            // and decoding would drop: a field the schema does not have.
+            let unknown = crate::admission::fields::unknown_in_targetapp(&document);
+            if !unknown.is_empty() {
+                rejected = true;
+                for problem in &unknown {
+                    println!("{name}: {object}: {problem}");
+                }
+                continue;
+            }
             // What the apiserver would store: the mutating webhook's defaults first.
             let mut document = document;
             if let Some(spec) = document.get_mut("spec") {

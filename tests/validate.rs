@@ -206,3 +206,37 @@ fn every_workflow_action_is_pinned_by_commit() {
     }
     assert!(uses > 10, "{uses} uses: lines read");
 }
+
+#[test]
+fn an_unknown_field_is_an_error_with_its_path_not_a_lost_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: typo, namespace: chain}
+spec:
+  selector: {matchLabels: {app: mina}}
+  pollingIntervall: 5
+  actions:
+  - trigger: {field: $up, condition: equals, value: false}
+    action: restart_pod
+    paramters: {gracePeriod: 30}
+"#,
+    )
+    .unwrap();
+    let (code, stdout, _) = kco(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    for expected in [
+        "chain/typo: spec.pollingIntervall: unknown field; did you mean \"pollingInterval\"?",
+        "chain/typo: spec.actions[0].paramters: unknown field; did you mean \"parameters\"?",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.ends_with(expected)),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("accepted"), "{stdout}");
+}

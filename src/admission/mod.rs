@@ -14,6 +14,7 @@ pub mod access;
 pub mod cache;
 pub mod certs;
 pub mod defaults;
+pub mod fields;
 pub mod query;
 pub mod review;
 pub mod server;
