@@ -199,6 +199,87 @@ async fn a_tenant_over_its_targetapp_quota_is_refused_and_another_is_not() {
         assert!(Instant::now() < deadline, "usage never written: {usage:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // And whether it applies, whether it shares namespaces, and the generation
+    // it describes.
+    let conditions = |q: &TenantQuota| -> Vec<(String, String, String)> {
+        q.status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    };
+    let wait_quota = |what: &'static str, done: Box<dyn Fn(&TenantQuota) -> bool>| {
+        let quotas = quotas.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let q = quotas.get("tenant-a").await.unwrap();
+                if done(&q) {
+                    return q;
+                }
+                assert!(Instant::now() < deadline, "never {what}: {:?}", q.status);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let q = wait_quota(
+        "Ready",
+        Box::new(|q| q.status.as_ref().is_some_and(|s| !s.conditions.is_empty())),
+    )
+    .await;
+    assert_eq!(
+        conditions(&q),
+        [
+            ("Ready".into(), "True".into(), "Applied".into()),
+            ("Overlapping".into(), "False".into(), "NoOverlap".into())
+        ]
+    );
+    let status = q.status.clone().unwrap();
+    assert_eq!(status.observed_generation, q.metadata.generation);
+    assert_eq!(status.conditions[0].message, "applies to 2 namespaces");
+    // A second quota over one of its namespaces, and a changed spec.
+    apply_quota(
+        cp,
+        "tenant-a-extra",
+        json!({"namespaces": [a.clone()], "maxPollsPerSecond": 5}),
+    )
+    .await;
+    apply_quota(
+        cp,
+        "tenant-a",
+        json!({"namespaceSelector": {"matchLabels": {"tenant": "a"}}, "maxTargetApps": 3}),
+    )
+    .await;
+    let q = wait_quota(
+        "Overlapping",
+        Box::new(|q| {
+            q.status.as_ref().is_some_and(|s| {
+                s.observed_generation == q.metadata.generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Overlapping" && c.status == "True")
+            })
+        }),
+    )
+    .await;
+    let overlapping = q
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Overlapping")
+        .unwrap();
+    assert_eq!(overlapping.reason, "SharedNamespaces");
+    assert!(
+        overlapping.message.contains(&format!(
+            "namespace {a} is also selected by TenantQuota tenant-a-extra"
+        )),
+        "{overlapping:?}"
+    );
+    quotas
+        .delete("tenant-a-extra", &Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

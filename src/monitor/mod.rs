@@ -277,7 +277,8 @@ pub async fn run(
     };
     let mut listing: Option<HashSet<String>> = None;
     // The TenantQuota usage this replica last wrote, by quota: written on change.
-    let mut usage_written: HashMap<String, crate::tenancy::quota::Usage> = HashMap::new();
+    let mut usage_written: HashMap<String, crate::tenancy::quota::TenantQuotaStatus> =
+        HashMap::new();
     let mut quota_ticks: u64 = 0;
     // Without sharding nobody sends ownership changes: the channel closes at once.
     let mut follow = true;
@@ -556,56 +557,95 @@ impl Shard {
     }
 }
 
-/// Leader-only: each TenantQuota's namespaces and TargetApps, in its status, when
-/// they changed since `written`.
+/// Leader-only: each TenantQuota's status — its namespaces and TargetApps, whether
+/// it applies and overlaps another, the generation it describes — when it says
+/// something the stored one (or the last written, until the watch shows it) does
+/// not.
 async fn write_quota_usage(
     ctx: &Context,
     apps: &HashMap<String, Arc<TargetApp>>,
-    written: &mut HashMap<String, crate::tenancy::quota::Usage>,
+    written: &mut HashMap<String, crate::tenancy::quota::TenantQuotaStatus>,
 ) {
+    use crate::tenancy::quota_status;
     let api: Api<crate::tenancy::TenantQuota> = Api::all(ctx.client.clone());
-    for (name, namespaces) in ctx.tenants.quotas() {
-        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-        for app in apps.values() {
-            if let Some(ns) = app.metadata.namespace.as_deref()
-                && namespaces.iter().any(|n| n == ns)
-            {
-                *counts.entry(ns).or_default() += 1;
-            }
-        }
-        let fullest = counts.iter().max_by_key(|(_, n)| **n);
-        let usage = crate::tenancy::quota::Usage {
-            namespaces: namespaces.len() as u32,
-            target_apps: counts.values().sum(),
-            fullest_namespace: fullest.map(|(ns, _)| (*ns).to_owned()),
-            fullest_count: fullest.map(|(_, n)| *n).unwrap_or(0),
+    let all = ctx.tenants.quotas();
+    written.retain(|name, _| all.iter().any(|(n, _)| n == name));
+    let known_actions = crate::actions::Registry::builtin().names();
+    for (name, namespaces) in &all {
+        let Some((spec, stored)) = ctx.tenants.quota(name) else {
+            continue;
         };
-        if written.get(&name) == Some(&usage) {
+        let previous = stored.status.as_ref();
+        let next = quota_status::build(
+            &quota_status::Inputs {
+                name,
+                spec: &spec,
+                generation: stored.generation,
+                usage: usage_of(namespaces, apps),
+                selected: namespaces,
+                all: &all,
+                known_actions: &known_actions,
+                now: k8s_openapi::jiff::Timestamp::now(),
+            },
+            previous.or(written.get(name)),
+        );
+        if !quota_status::changed(previous, &next) {
+            // The watch shows what was written.
+            written.remove(name);
             continue;
         }
-        let patch = serde_json::json!({"status": {"usage": usage}});
+        if written
+            .get(name)
+            .is_some_and(|w| !quota_status::changed(Some(w), &next))
+        {
+            // Written already; the watch has not shown it yet.
+            continue;
+        }
+        let patch = serde_json::json!({"status": next});
         if !ctx.leadership.confirm() {
             return;
         }
         match api
             .patch_status(
-                &name,
+                name,
                 &kube::api::PatchParams::default(),
                 &kube::api::Patch::Merge(&patch),
             )
             .await
         {
             Ok(_) => {
-                written.insert(name, usage);
+                written.insert(name.clone(), next);
             }
             Err(e) => {
                 ctx.metrics
                     .errors
                     .with_label_values(&["status_write"])
                     .inc();
-                tracing::debug!(quota = %name, error = %e, "cannot write TenantQuota usage");
+                tracing::debug!(quota = %name, error = %e, "cannot write TenantQuota status");
             }
         }
+    }
+}
+
+/// The namespaces a quota selects and the TargetApps in them.
+fn usage_of(
+    namespaces: &[String],
+    apps: &HashMap<String, Arc<TargetApp>>,
+) -> crate::tenancy::quota::Usage {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for app in apps.values() {
+        if let Some(ns) = app.metadata.namespace.as_deref()
+            && namespaces.iter().any(|n| n == ns)
+        {
+            *counts.entry(ns).or_default() += 1;
+        }
+    }
+    let fullest = counts.iter().max_by_key(|(_, n)| **n);
+    crate::tenancy::quota::Usage {
+        namespaces: u32::try_from(namespaces.len()).unwrap_or(u32::MAX),
+        target_apps: counts.values().sum(),
+        fullest_namespace: fullest.map(|(ns, _)| (*ns).to_owned()),
+        fullest_count: fullest.map(|(_, n)| *n).unwrap_or(0),
     }
 }
 

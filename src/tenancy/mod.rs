@@ -10,6 +10,7 @@ pub mod egress;
 pub mod endpoint;
 pub mod ledger;
 pub mod quota;
+pub mod quota_status;
 pub mod services;
 pub mod tenants;
 

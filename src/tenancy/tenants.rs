@@ -35,6 +35,13 @@ pub struct ActionBudget {
     pub named: String,
 }
 
+/// A TenantQuota's generation and status, as the watch last saw them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stored {
+    pub generation: Option<i64>,
+    pub status: Option<super::quota::TenantQuotaStatus>,
+}
+
 /// Tenants, quotas and budgets; shared by admission, monitoring and actions.
 pub struct Tenants {
     default: Quota,
@@ -46,6 +53,9 @@ pub struct Tenants {
     shares: RwLock<BTreeMap<String, f64>>,
     polls: moka::sync::Cache<String, Arc<PollGate>>,
     synced: AtomicBool,
+    /// Each TenantQuota's generation and status as stored (for the leader's
+    /// status writes).
+    stored: RwLock<BTreeMap<String, Stored>>,
     /// Moves whenever a TenantQuota or a namespace's labels change: what was
     /// derived from an effective quota at one generation holds until it moves.
     generation: AtomicU64,
@@ -69,6 +79,7 @@ impl Tenants {
             polls: cache(),
             synced: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            stored: RwLock::default(),
         })
     }
 
@@ -105,6 +116,30 @@ impl Tenants {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The spec, generation and stored status of TenantQuota `name`.
+    pub fn quota(&self, name: &str) -> Option<(TenantQuotaSpec, Stored)> {
+        let spec = self.quotas.read().ok()?.get(name).cloned()?;
+        let stored = self
+            .stored
+            .read()
+            .ok()
+            .and_then(|s| s.get(name).cloned())
+            .unwrap_or_default();
+        Some((spec, stored))
+    }
+
+    fn store(&self, q: &TenantQuota) {
+        if let Ok(mut stored) = self.stored.write() {
+            stored.insert(
+                q.name_any(),
+                Stored {
+                    generation: q.metadata.generation,
+                    status: q.status.clone(),
+                },
+            );
+        }
     }
 
     /// Every TenantQuota with the namespaces it selects.
@@ -281,19 +316,31 @@ impl Tenants {
                     Some(Err(e)) => tracing::warn!(error = %e, "TenantQuota watch failed; retrying"),
                     Some(Ok(watcher::Event::Init)) => listing_quotas = Some(BTreeMap::new()),
                     Some(Ok(watcher::Event::InitApply(q))) => {
+                        self.store(&q);
                         if let Some(list) = listing_quotas.as_mut() {
                             list.insert(q.name_any(), q.spec);
                         }
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
                         if let (Some(list), Ok(mut current)) = (listing_quotas.take(), self.quotas.write()) {
+                            if let Ok(mut stored) = self.stored.write() {
+                                stored.retain(|name, _| list.contains_key(name));
+                            }
                             *current = list;
                         }
                         self.changed();
                         quotas_done = true;
                     }
-                    Some(Ok(watcher::Event::Apply(q))) => self.put_quota(&q.name_any(), q.spec),
-                    Some(Ok(watcher::Event::Delete(q))) => self.remove_quota(&q.name_any()),
+                    Some(Ok(watcher::Event::Apply(q))) => {
+                        self.store(&q);
+                        self.put_quota(&q.name_any(), q.spec);
+                    }
+                    Some(Ok(watcher::Event::Delete(q))) => {
+                        if let Ok(mut stored) = self.stored.write() {
+                            stored.remove(&q.name_any());
+                        }
+                        self.remove_quota(&q.name_any());
+                    }
                 },
                 event = namespace_events.next() => match event {
                     None => return,
