@@ -487,10 +487,18 @@ async fn poll_budgets_throttle_one_tenant_and_not_the_other() {
         json!({"namespaceSelector": {"matchLabels": {"tenant": "noisy"}}, "maxPollsPerSecond": 2, "maxActionsPerHour": 1}),
     )
     .await;
-    // One operator for both tenants.
+    // One operator for both tenants, leading (it writes the quotas' status), with
+    // its Leases and action ledger in a namespace of its own.
+    let leases = a.cp.namespace("tq-polls-leases").await;
     a.start_operator(|s| {
         s.namespace = None;
         s.graphql_max_retries = 0;
+        s.lease_namespace = leases;
+        s.election = Some(kco::election::Timing {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_secs(1),
+        });
     })
     .await;
     let spec = json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
@@ -565,6 +573,25 @@ async fn poll_budgets_throttle_one_tenant_and_not_the_other() {
     a.set_state(2, SyncStatus::Offline).await;
     let note = a.wait_event(30, "QuotaExceeded", "mina-2").await;
     assert!(note.contains("actions per hour"), "{note}");
+    // The quota's status counts the hour's actions from the ledger: the one slot.
+    let quotas: Api<TenantQuota> = Api::all(a.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let usage = quotas
+            .get("noisy")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.usage);
+        if usage.as_ref().and_then(|u| u.actions_last_hour) == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "actions never counted: {usage:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Distinct targets of `ns` with `kco_target_*` series in `metrics`.

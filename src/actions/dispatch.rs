@@ -261,6 +261,11 @@ impl Dispatcher {
         self
     }
 
+    /// The action ledger, when actions are counted in one.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
     /// Takes a slot of the tenant's hourly budget for an action in `namespace`, or
     /// says why not; waits (bounded) while the apiserver is unavailable.
     async fn take_budget(&self, namespace: &str) -> Result<(), String> {

@@ -571,6 +571,12 @@ async fn write_quota_usage(
     let all = ctx.tenants.quotas();
     written.retain(|name, _| all.iter().any(|(n, _)| n == name));
     let known_actions = crate::actions::Registry::builtin().names();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // One list of the ledger's Leases for every quota (none: not counted).
+    let actions = match ctx.dispatcher.ledger() {
+        Some(ledger) if !all.is_empty() => ledger.counts(now.as_second()).await.ok(),
+        _ => None,
+    };
     for (name, namespaces) in &all {
         let Some((spec, stored)) = ctx.tenants.quota(name) else {
             continue;
@@ -581,11 +587,18 @@ async fn write_quota_usage(
                 name,
                 spec: &spec,
                 generation: stored.generation,
-                usage: usage_of(namespaces, apps),
+                usage: crate::tenancy::quota::Usage {
+                    // Counted only where a budget is: the ledger holds no others.
+                    actions_last_hour: actions
+                        .as_ref()
+                        .filter(|_| spec.max_actions_per_hour.is_some())
+                        .map(|counts| crate::tenancy::ledger::quota_actions(name, counts)),
+                    ..usage_of(namespaces, apps)
+                },
                 selected: namespaces,
                 all: &all,
                 known_actions: &known_actions,
-                now: k8s_openapi::jiff::Timestamp::now(),
+                now,
             },
             previous.or(written.get(name)),
         );
@@ -646,6 +659,7 @@ fn usage_of(
         target_apps: counts.values().sum(),
         fullest_namespace: fullest.map(|(ns, _)| (*ns).to_owned()),
         fullest_count: fullest.map(|(_, n)| *n).unwrap_or(0),
+        actions_last_hour: None,
     }
 }
 

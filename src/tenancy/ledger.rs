@@ -65,6 +65,30 @@ pub fn take_slot(recorded: &[i64], now: i64, per_hour: u32) -> Result<Vec<i64>, 
     Ok(kept)
 }
 
+/// How many of `recorded` fall in the window ending at `now`.
+pub fn in_window(recorded: &[i64], now: i64) -> u32 {
+    let count = recorded
+        .iter()
+        .filter(|t| **t > now.saturating_sub(WINDOW_SECONDS) && **t <= now)
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// Actions in the hour ending at `now` of the tenants of `quota`: every tenant
+/// whose quotas include it (`quota/a`, and `quota/a+b` where two quotas select
+/// a namespace), from `counts` by tenant.
+pub fn quota_actions(quota: &str, counts: &BTreeMap<String, u32>) -> u32 {
+    counts
+        .iter()
+        .filter(|(tenant, _)| {
+            tenant
+                .strip_prefix("quota/")
+                .is_some_and(|names| names.split('+').any(|n| n == quota))
+        })
+        .map(|(_, n)| *n)
+        .fold(0, u32::saturating_add)
+}
+
 /// The name of `tenant`'s ledger Lease: a DNS label whatever the tenant's name.
 pub fn lease_name(tenant: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, tenant.as_bytes());
@@ -103,6 +127,28 @@ impl Ledger {
         Self {
             leases: Api::namespaced(client, namespace),
         }
+    }
+
+    /// Every tenant's actions in the hour ending at `now`, by tenant (one list of
+    /// the ledger's Leases; an unreadable one counts none).
+    pub async fn counts(&self, now: i64) -> Result<BTreeMap<String, u32>, kube::Error> {
+        let leases = self
+            .leases
+            .list(&kube::api::ListParams::default().labels(LEDGER_LABEL))
+            .await?;
+        Ok(leases
+            .items
+            .iter()
+            .filter_map(|lease| {
+                let tenant = lease
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(TENANT_ANNOTATION)?;
+                let times = times_of(lease).ok()?;
+                Some((tenant.clone(), in_window(&times, now)))
+            })
+            .collect())
     }
 
     /// Takes a slot of `tenant`'s budget of `per_hour` actions at `now` (Unix
@@ -167,6 +213,21 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quotas_actions_are_its_tenants_in_the_last_hour() {
+        assert_eq!(in_window(&[100, 3000, 3700, 3800, 9999], 3800), 3);
+        let counts = BTreeMap::from([
+            ("quota/a".to_owned(), 2),
+            ("quota/a+b".to_owned(), 3),
+            ("quota/ab".to_owned(), 7),
+            ("quota/b".to_owned(), 5),
+            ("namespace/a".to_owned(), 11),
+        ]);
+        assert_eq!(quota_actions("a", &counts), 5);
+        assert_eq!(quota_actions("b", &counts), 8);
+        assert_eq!(quota_actions("c", &counts), 0);
+    }
 
     #[test]
     fn no_hour_holds_more_than_the_budget() {

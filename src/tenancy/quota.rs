@@ -137,6 +137,10 @@ pub struct Usage {
     pub fullest_namespace: Option<String>,
     #[serde(default)]
     pub fullest_count: u32,
+    /// Actions of the quota's tenants in the last hour, from the action ledger
+    /// (when the quota sets maxActionsPerHour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions_last_hour: Option<u32>,
 }
 
 /// The longest poll attempt (`timeoutSeconds`) when no TenantQuota of the

@@ -161,6 +161,7 @@ mod tests {
             target_apps: apps,
             fullest_namespace: None,
             fullest_count: 0,
+            actions_last_hour: None,
         }
     }
 
