@@ -289,7 +289,17 @@ impl Metrics {
             let _ = self.targets.remove_label_values(&[namespace, name, state]);
         }
         // Series with further labels: remove every one that names this TargetApp.
-        for family in self.registry.gather() {
+        // Only these families are read: the whole registry holds every tenant's
+        // exported series too, which a hand-off of many TargetApps would render
+        // once for each.
+        use prometheus::core::Collector;
+        let families: [&dyn Collector; 4] = [
+            &self.polls,
+            &self.actions,
+            &self.action_duration,
+            &self.firings,
+        ];
+        for family in families.iter().flat_map(|c| c.collect()) {
             for metric in family.get_metric() {
                 let labels: std::collections::HashMap<&str, &str> = metric
                     .get_label()
