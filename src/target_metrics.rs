@@ -39,9 +39,25 @@ pub const MAX_STATES: usize = 32;
 /// The longest `name`, without the prefix.
 pub const MAX_NAME: usize = 64;
 
-/// The labels every series carries; a state set's member label may not take one
-/// of these names.
-pub const RESERVED_LABELS: [&str; 3] = ["namespace", "targetapp", "target"];
+/// The labels every series carries, and those Prometheus and its operator give
+/// a scraped series: a state set's member label may not take one of these names
+/// (nor start with `exported_`, what a clash is renamed to).
+pub const RESERVED_LABELS: [&str; 9] = [
+    "namespace",
+    "targetapp",
+    "target",
+    "job",
+    "instance",
+    "pod",
+    "service",
+    "endpoint",
+    "container",
+];
+
+/// The longest `target` label: a URL target is labelled with its scheme, host,
+/// port and path (never its query, which may hold what is not meant for
+/// Prometheus), cut to this length.
+pub const MAX_TARGET_LABEL: usize = 253;
 
 /// What a series reads of its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +109,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "{name:?} may hold only lowercase letters, digits and underscores, not {bad:?}"
         ));
     }
+    if name.starts_with("exported_") {
+        return Err(format!(
+            "{name:?} starts with exported_, which Prometheus gives a label that clashes with its own; choose another name"
+        ));
+    }
     if name.starts_with("label_") {
         return Err(format!(
             "{name:?} starts with label_, which pod labels' series labels do; choose another name"
@@ -104,6 +125,27 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The `target` label of a target named `target`: a pod's name as it is; a URL's
+/// scheme, host, port and path, at most [`MAX_TARGET_LABEL`] bytes.
+pub fn target_label(target: &str) -> String {
+    let label = match url::Url::parse(target) {
+        Ok(url) if url.has_host() => {
+            let mut label = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+            if let Some(port) = url.port() {
+                label.push_str(&format!(":{port}"));
+            }
+            label.push_str(url.path());
+            label
+        }
+        _ => target.to_owned(),
+    };
+    let mut end = label.len().min(MAX_TARGET_LABEL);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    label[..end].to_owned()
 }
 
 /// The series label a pod label becomes: `label_` and its key with every
@@ -180,6 +222,20 @@ fn as_f64(n: Num) -> f64 {
     }
 }
 
+/// What a poll's result says for the series: the answer (`None` inside: the poll
+/// failed, so the values are unknown), or nothing at all for a poll throttled for
+/// its bytes in flight — other tenants' load can cause that, and it tells
+/// nothing of the target, so its series stay as they were.
+pub fn answer_of(
+    result: &Result<crate::monitor::poll::PollData, crate::monitor::poll::PollFailure>,
+) -> Option<Option<&Value>> {
+    match result {
+        Ok(data) => Some(Some(&data.data)),
+        Err(crate::monitor::poll::PollFailure::Throttled(_)) => None,
+        Err(_) => Some(None),
+    }
+}
+
 /// How many series `series` export per target at most.
 pub fn per_target(series: &[Series]) -> usize {
     series
@@ -223,6 +279,8 @@ struct App {
 
 struct Exported {
     tenant: String,
+    /// The `target` label when it is not the target's name (a URL's).
+    label: Option<String>,
     /// The chosen pod labels' values, in the order of each series' `pod_labels`.
     pod_labels: BTreeMap<String, String>,
     readings: Vec<Reading>,
@@ -322,6 +380,7 @@ impl Store {
                 target.to_owned(),
                 Exported {
                     tenant: budget.tenant.clone(),
+                    label: Some(target_label(target)).filter(|l| l != target),
                     pod_labels,
                     readings,
                 },
@@ -380,7 +439,7 @@ impl Store {
                     let mut labels = vec![
                         pair("namespace", namespace),
                         pair("targetapp", app),
-                        pair("target", target),
+                        pair("target", exported.label.as_deref().unwrap_or(target)),
                     ];
                     for (label, key) in &series.pod_labels {
                         let value = exported.pod_labels.get(key).map_or("", String::as_str);

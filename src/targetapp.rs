@@ -53,9 +53,9 @@ pub struct TargetAppSpec {
     pub selector: Option<LabelSelector>,
 
     /// A path (polled on each selected pod at `<scheme>://<podIP>:<port><path>`) or an
-    /// absolute http(s) URL (then the URL is the one target).
+    /// absolute http(s) URL (then the URL is the one target); at most 2,048 characters.
     #[serde(default = "default_graphql_endpoint")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2048))]
     pub graphql_endpoint: String,
 
     /// For path endpoints: the port number, or the name of a container port.

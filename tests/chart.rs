@@ -536,6 +536,9 @@ fn the_chart_takes_the_values_platform_teams_expect() {
     let monitor = object(&text, "ServiceMonitor", Some("ops"));
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(monitor["spec"]["endpoints"][0]["scrapeTimeout"], "10s");
+    // The tenant's namespace stays `namespace`: alerts group by tenant, and one
+    // tenant's series never land in another's group.
+    assert_eq!(monitor["spec"]["endpoints"][0]["honorLabels"], true);
     assert_eq!(
         monitor["spec"]["endpoints"][0]["relabelings"][0]["action"],
         "labeldrop"

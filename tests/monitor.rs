@@ -598,9 +598,14 @@ async fn a_stored_query_is_checked_against_its_schema_configmap_and_never_mutate
     .await;
     bed.wait_status(30, "Monitoring", |s| s.phase == Some(Phase::Monitoring))
         .await;
-    // A ConfigMap that does not exist yet fails the TargetApp until it does.
-    bed.apply(spec("later", "query { daemonStatus { syncStatus } }"))
-        .await;
+    // A ConfigMap that does not exist yet fails the TargetApp until it does (and
+    // its series wait for it too).
+    let mut later = spec(
+        "later",
+        "query { daemonStatus { syncStatus blockchainLength } }",
+    );
+    later["metrics"] = json!([{"field": "daemonStatus.blockchainLength", "name": "height"}]);
+    bed.apply(later).await;
     bed.wait_status(20, "Failed on the missing ConfigMap", |s| {
         s.phase == Some(Phase::Failed)
             && s.conditions[0].message.contains("spec.schema.configMapRef")
@@ -613,6 +618,18 @@ async fn a_stored_query_is_checked_against_its_schema_configmap_and_never_mutate
         s.phase == Some(Phase::Monitoring)
     })
     .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = bed.metrics().await;
+        if metric(&metrics, "kco_target_height", &["targetapp=\"mina\""]) == 1000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no series once healed:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

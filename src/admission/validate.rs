@@ -51,6 +51,10 @@ impl Verdict {
 /// on every poll of every target.
 pub const MAX_RULES: usize = 100;
 
+/// The longest `graphqlEndpoint`: it names the target in status, Events and
+/// metrics.
+pub const MAX_ENDPOINT: usize = 2048;
+
 /// The largest spec accepted, in bytes of JSON: far above any real TargetApp, far
 /// below what would make validation or a poll's evaluation slow.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
@@ -245,7 +249,15 @@ impl Validator {
                 "a CA bundle from a Secret is not supported yet",
             );
         }
-        if is_absolute(&spec.graphql_endpoint) {
+        if spec.graphql_endpoint.len() > MAX_ENDPOINT {
+            v.refuse(
+                "spec.graphqlEndpoint",
+                format!(
+                    "{} characters; at most {MAX_ENDPOINT} are allowed",
+                    spec.graphql_endpoint.len()
+                ),
+            );
+        } else if is_absolute(&spec.graphql_endpoint) {
             if let Err(message) =
                 self.egress
                     .check_url(namespace, Purpose::Graphql, &spec.graphql_endpoint)
@@ -724,6 +736,20 @@ mod tests {
                 "label_app_kubernetes_io_name".to_owned(),
                 "app.kubernetes.io/name".to_owned()
             )]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_longer_than_a_name_should_be_is_refused() {
+        let long = format!(
+            "http://mina.chain.svc/graphql?pad={}",
+            "x".repeat(MAX_ENDPOINT)
+        );
+        let verdict = Validator::new().validate(&app(json!({"graphqlEndpoint": long})), None);
+        assert_eq!(paths(&verdict), ["spec.graphqlEndpoint"], "{verdict:?}");
+        assert!(
+            messages(&verdict)[0].contains("at most 2048"),
+            "{verdict:?}"
         );
     }
 

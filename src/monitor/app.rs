@@ -220,6 +220,14 @@ pub async fn run(
                             "the schema ConfigMap now accepts the spec; polling");
                         monitor.discovered = false;
                         monitor.dirty = true;
+                        // Its series too: they wait for the same schema.
+                        let series = monitor.ctx.series_of(&app);
+                        monitor.exports = !series.is_empty();
+                        monitor.ctx.metrics.target_series.define(
+                            &monitor.namespace,
+                            &monitor.name,
+                            series.into(),
+                        );
                         break;
                     }
                     Box::pin(monitor.write_status(invalid.as_deref())).await;
@@ -441,8 +449,9 @@ impl Monitor {
         // handled late, then never looks newer than it is.
         let sent_at = report.sent_at;
         let now = Timestamp::now();
-        if self.exports {
-            let answer = report.report.result.as_ref().ok().map(|d| &d.data);
+        if self.exports
+            && let Some(answer) = crate::target_metrics::answer_of(&report.report.result)
+        {
             self.export(&report.target, answer).await;
         }
         let Some(state) = self.targets.get_mut(&report.target) else {

@@ -50,6 +50,10 @@ fn names_are_metric_names_and_not_the_labels_every_series_carries() {
         "namespace",
         "targetapp",
         "label_app",
+        "instance",
+        "job",
+        "pod",
+        "exported_namespace",
         &"x".repeat(MAX_NAME + 1),
     ] {
         assert!(check_name(bad).is_err(), "{bad:?} must be refused");
@@ -300,4 +304,51 @@ fn over_its_budget_a_tenants_target_exports_nothing_and_other_tenants_are_untouc
         .record("blue-1", "mina", "a", None, (Some(&data), true), &blue)
         .unwrap();
     assert_eq!(store.tenant_series("quota/blue"), 3);
+}
+
+#[test]
+fn a_url_target_is_labelled_without_its_query_and_never_longer_than_a_name() {
+    assert_eq!(target_label("mina-0"), "mina-0");
+    assert_eq!(
+        target_label("http://mina.chain.svc:3085/graphql?token=secret#x"),
+        "http://mina.chain.svc:3085/graphql"
+    );
+    let padded = format!("http://mina.chain.svc/{}", "é".repeat(10_000));
+    let label = target_label(&padded);
+    assert!(label.len() <= MAX_TARGET_LABEL, "{}", label.len());
+    assert!(label.starts_with("http://mina.chain.svc/"));
+
+    let store = Store::default();
+    store.define(
+        "chain",
+        "mina",
+        vec![series("up", "$up", Kind::Boolean)].into(),
+    );
+    let url = format!("http://mina.chain.svc/graphql?pad={}", "x".repeat(100_000));
+    store
+        .record("chain", "mina", &url, None, (None, false), &budget("t", 10))
+        .unwrap();
+    let text = rendered(&store);
+    assert!(
+        text.contains(r#"kco_target_up{namespace="chain",targetapp="mina",target="http://mina.chain.svc/graphql"} 0"#),
+        "{text}"
+    );
+    assert!(text.len() < 1024, "{} bytes", text.len());
+}
+
+#[test]
+fn a_throttled_poll_leaves_the_series_and_a_failed_one_does_not() {
+    use crate::monitor::poll::{PollData, PollFailure};
+    let data = answer();
+    let ok: Result<PollData, PollFailure> = Ok(PollData {
+        data: data.clone(),
+        errors: Vec::new(),
+    });
+    assert_eq!(answer_of(&ok), Some(Some(&data)));
+    assert_eq!(answer_of(&Err(PollFailure::Status(500))), Some(None));
+    assert_eq!(
+        answer_of(&Err(PollFailure::Throttled("the share is used".into()))),
+        None,
+        "another tenant's load must not read as the target down"
+    );
 }
