@@ -121,7 +121,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     if RESERVED_LABELS.contains(&name) {
         return Err(format!(
-            "{name:?} is a label every series carries; choose another name"
+            "{name:?} is a label every series carries, or one Prometheus gives it; choose another name"
         ));
     }
     Ok(())
