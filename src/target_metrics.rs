@@ -281,7 +281,7 @@ struct Exported {
     tenant: String,
     /// The `target` label when it is not the target's name (a URL's).
     label: Option<String>,
-    /// The chosen pod labels' values, in the order of each series' `pod_labels`.
+    /// The chosen pod labels' values, by key.
     pod_labels: BTreeMap<String, String>,
     readings: Vec<Reading>,
 }
