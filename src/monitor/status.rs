@@ -144,19 +144,17 @@ fn condition(
     (type_, status, reason): (&str, &str, &str),
     message: String,
 ) -> Condition {
-    let transition = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(inputs.now));
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        last_transition_time: transition,
-        observed_generation: inputs.generation,
-    }
+    crate::conditions::condition(
+        crate::conditions::Said {
+            type_,
+            status,
+            reason,
+            message,
+        },
+        previous.map_or(&[][..], |p| &p.conditions),
+        inputs.generation,
+        inputs.now,
+    )
 }
 
 /// Records a firing, replacing the previous one of the same rule and target and

@@ -4,7 +4,7 @@
 //! restrictive combination applies), and the generation it describes. Pure: the
 //! leader writes what [`build`] returns when [`changed`] says so.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
 use super::quota::{TenantQuotaSpec, TenantQuotaStatus, Usage, check};
@@ -52,19 +52,17 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TenantQuotaStatus>) -> Tenan
         Some(message) => ("True", "SharedNamespaces", message),
     };
     let condition = |(type_, (status, reason, message)): (&str, (&str, &str, String))| {
-        let transition = previous
-            .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-            .filter(|c| c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(inputs.now));
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            last_transition_time: transition,
-            observed_generation: inputs.generation,
-        }
+        crate::conditions::condition(
+            crate::conditions::Said {
+                type_,
+                status,
+                reason,
+                message,
+            },
+            previous.map_or(&[][..], |p| &p.conditions),
+            inputs.generation,
+            inputs.now,
+        )
     };
     TenantQuotaStatus {
         usage: Some(inputs.usage.clone()),
@@ -142,6 +140,8 @@ pub fn changed(written: Option<&TenantQuotaStatus>, next: &TenantQuotaStatus) ->
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
 
     fn at(s: i64) -> Timestamp {
