@@ -618,18 +618,10 @@ async fn a_stored_query_is_checked_against_its_schema_configmap_and_never_mutate
         s.phase == Some(Phase::Monitoring)
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = bed.metrics().await;
-        if metric(&metrics, "kco_target_height", &["targetapp=\"mina\""]) == 1000.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no series once healed:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bed.wait_metrics(10, "series once healed", |m| {
+        metric(m, "kco_target_height", &["targetapp=\"mina\""]) == 1000.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -842,13 +834,7 @@ async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_ta
         "kco_target_blockchain_length{{namespace=\"{}\",targetapp=\"mina\",target=\"mina-0\",label_app=\"mina\"}} 1000",
         bed.ns
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut metrics = bed.metrics().await;
-    while !metrics.contains(&length) {
-        assert!(Instant::now() < deadline, "no {length} in:\n{metrics}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        metrics = bed.metrics().await;
-    }
+    let metrics = bed.wait_metrics(30, &length, |m| m.contains(&length)).await;
     assert!(metrics.contains("# TYPE kco_target_blockchain_length gauge"));
     assert_eq!(
         metric(&metrics, "kco_target_peers", &["target=\"mina-1\""]),
@@ -885,63 +871,34 @@ async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_ta
 
     // The series follow the answer.
     bed.set_state(1, SyncStatus::Offline).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = bed.metrics().await;
-        let offline = metric(
-            &metrics,
-            "kco_target_sync_status",
-            &["target=\"mina-1\"", "sync_status=\"OFFLINE\""],
-        );
-        let synced = metric(
-            &metrics,
-            "kco_target_sync_status",
-            &["target=\"mina-1\"", "sync_status=\"SYNCED\""],
-        );
-        if offline == 1.0 && synced == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mina-1 never showed OFFLINE:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let member = |m: &str, member: &str| {
+        let member = format!("sync_status=\"{member}\"");
+        metric(m, "kco_target_sync_status", &["target=\"mina-1\"", &member])
+    };
+    bed.wait_metrics(10, "mina-1 OFFLINE", |m| {
+        member(m, "OFFLINE") == 1.0 && member(m, "SYNCED") == 0.0
+    })
+    .await;
 
     // A pod that goes takes its series along; the other's stay.
     let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &bed.ns);
     pods.delete("mina-1", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let metrics = bed.metrics().await;
-        if target_series(&metrics, "mina-1").is_empty() {
-            assert!(!target_series(&metrics, "mina-0").is_empty(), "{metrics}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mina-1's series stayed:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let metrics = bed
+        .wait_metrics(15, "mina-1's series gone", |m| {
+            target_series(m, "mina-1").is_empty()
+        })
+        .await;
+    assert!(!target_series(&metrics, "mina-0").is_empty(), "{metrics}");
 
     // And a deleted TargetApp takes all of them.
     bed.apps()
         .delete("mina", &DeleteParams::default())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let metrics = bed.metrics().await;
-        if !metrics.lines().any(|l| l.starts_with("kco_target_")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "series outlived their TargetApp:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bed.wait_metrics(15, "no series after the TargetApp", |m| {
+        !m.lines().any(|l| l.starts_with("kco_target_"))
+    })
+    .await;
 }

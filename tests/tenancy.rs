@@ -609,18 +609,9 @@ fn exporting_targets(metrics: &str, ns: &str) -> std::collections::BTreeSet<Stri
 
 /// Waits until `ns` exports series of exactly `count` targets.
 async fn wait_exporting(bed: &Bed, ns: &str, count: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = bed.metrics().await;
-        if exporting_targets(&metrics, ns).len() == count {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ns}: not {count} exporting targets in:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = format!("{count} exporting targets in {ns}");
+    bed.wait_metrics(30, &what, |m| exporting_targets(m, ns).len() == count)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -351,6 +351,27 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
             .expect("the admin server answers")
     }
 
+    /// Waits until the operator's `/metrics` text passes `check`, and returns it.
+    pub async fn wait_metrics(
+        &self,
+        secs: u64,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let metrics = self.metrics().await;
+            if check(&metrics) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/metrics never showed {what}:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn pod_exists(&self, name: &str) -> bool {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         pods.get_opt(name).await.expect("apiserver call").is_some()
