@@ -112,6 +112,11 @@ pub struct TargetAppSpec {
     /// `kco_target_<name>` by the replica that polls it (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricField>,
+
+    /// Fields of the answer (paths as in triggers) whose every change is reported
+    /// as a StateChanged Event, besides the fields the rules compare (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_changes: Vec<String>,
 }
 
 /// One field of the answer exported as a Prometheus series.
@@ -197,7 +202,9 @@ impl Default for SchemaSource {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MinaSchema {}
 
-/// One rule: when `trigger` fires for a target, run `action` with `parameters`.
+/// One rule: when `trigger` fires for a target, run `action` with `parameters`;
+/// a rule without an action only records the firing (a TriggerFired Event and
+/// the firings metric).
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionRule {
@@ -206,9 +213,12 @@ pub struct ActionRule {
     pub name: Option<String>,
     /// When the rule fires.
     pub trigger: Trigger,
-    /// The action to run: restart_pod, scale_deployment, patch_resource, webhook or exec_command.
+    /// The action to run: restart_pod, scale_deployment, patch_resource, webhook or
+    /// exec_command. Without one the rule only records its firings: a TriggerFired
+    /// Event and the firings metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub action: String,
+    pub action: Option<String>,
     /// The action's parameters; each action validates its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
@@ -304,7 +314,8 @@ mod wire {
         #[serde(default)]
         pub name: Option<String>,
         pub trigger: Trigger,
-        pub action: String,
+        #[serde(default)]
+        pub action: Option<String>,
         #[serde(default)]
         pub parameters: Option<BTreeMap<String, Box<RawValue>>>,
         #[serde(default)]
@@ -624,7 +635,7 @@ mod tests {
                 }),
                 for_: Some("1m".to_owned()),
             },
-            action: "webhook".to_owned(),
+            action: Some("webhook".to_owned()),
             parameters: Some(BTreeMap::from([
                 ("url".to_owned(), json!("https://hooks.example.com")),
                 ("headers".to_owned(), json!({"x": "y"})),

@@ -285,6 +285,7 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         app: app.clone(),
         rule_name: "offline".into(),
         rule: app.spec.actions[0].clone(),
+        action: "restart_pod".into(),
         cooldown: Duration::from_secs(300),
         target: "mina-0".into(),
         pod: Some("mina-0".into()),

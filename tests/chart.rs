@@ -1075,8 +1075,13 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
     }
     apps.create(
         &Default::default(),
-        &app("fine", json!({"selector": {"matchLabels": {"app": "mina"}},
-            "actions": [rule("notify", "webhook", json!({"url": "https://hooks.example.com/kco"}))]})),
+        &app(
+            "fine",
+            json!({"selector": {"matchLabels": {"app": "mina"}},
+            "actions": [rule("notify", "webhook", json!({"url": "https://hooks.example.com/kco"})),
+                        // A rule that only records has no action for the policy to judge.
+                        {"name": "record", "trigger": {"field": "$up", "condition": "changed"}}]}),
+        ),
     )
     .await
     .unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kco::simulator::{Faults, NodeState, SyncStatus};
+use kco::simulator::{Faults, NodeState, StatePatch, SyncStatus};
 use kco::targetapp::{Phase, TargetAppStatus};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
@@ -816,6 +816,65 @@ fn target_series<'a>(metrics: &'a str, target: &str) -> Vec<&'a str> {
         .lines()
         .filter(|l| l.starts_with("kco_target_") && l.contains(&target))
         .collect()
+}
+
+#[tokio::test]
+async fn chosen_fields_are_reported_and_a_rule_without_an_action_only_records() {
+    let bed = bed("mon-record", 2).await;
+    bed.apply(json!({
+        "selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+        "reportChanges": ["daemonStatus.peers.#"],
+        "actions": [{"name": "offline", "cooldown": "0s",
+                     "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "OFFLINE"}}]
+    }))
+    .await;
+    bed.wait_status(30, "Monitoring 2/2", |s| {
+        s.phase == Some(Phase::Monitoring) && s.targets_ready.as_deref() == Some("2/2")
+    })
+    .await;
+
+    // A field no rule reads, reported because the TargetApp asks for it.
+    let peers = StatePatch {
+        peer_count: Some(5),
+        ..Default::default()
+    };
+    bed.sim.patch_state(bed.nodes[0], peers).await.unwrap();
+    let changed = bed.wait_event(10, "StateChanged", "mina-0").await;
+    assert!(
+        changed.contains("daemonStatus.peers.# changed from 3 to 5"),
+        "{changed}"
+    );
+
+    // The rule fires and records: an Event and the firings metric, no action.
+    bed.set_state(1, SyncStatus::Offline).await;
+    let fired = bed.wait_event(10, "TriggerFired", "mina-1").await;
+    assert!(
+        fired.contains("rule offline fired for mina-1") && fired.contains("recorded only"),
+        "{fired}"
+    );
+    let ns = format!("namespace=\"{}\"", bed.ns);
+    bed.wait_metrics(10, "one firing counted", |m| {
+        metric(
+            m,
+            "operator_kco_trigger_firings_total",
+            &[&ns, "rule=\"offline\""],
+        ) == 1.0
+    })
+    .await;
+    // The rule's own field is reported too, as always.
+    bed.wait_event(10, "StateChanged", "mina-1").await;
+    // Polls go on each second: had an action been dispatched, its outcome would
+    // be an Event by now, and its firing recorded in status.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for reason in ["ActionSucceeded", "ActionFailed", "ActionSkipped"] {
+        assert_eq!(bed.events(reason).await, vec![], "{reason}");
+    }
+    assert_eq!(bed.status().await.firings, vec![]);
+    assert_eq!(
+        bed.events("TriggerFired").await.len(),
+        1,
+        "one firing for one episode"
+    );
 }
 
 #[tokio::test]

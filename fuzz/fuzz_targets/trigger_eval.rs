@@ -227,7 +227,7 @@ fn rule(r: &RuleIn) -> ActionRule {
             value_from,
             for_: r.hold_for.as_ref().map(duration),
         },
-        action: "restart_pod".to_owned(),
+        action: Some("restart_pod".to_owned()),
         parameters: None,
         cooldown: r.cooldown.as_ref().map(duration),
         too_deep: Vec::new(),

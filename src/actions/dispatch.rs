@@ -84,6 +84,8 @@ pub struct Firing {
     pub app: Arc<TargetApp>,
     pub rule_name: String,
     pub rule: ActionRule,
+    /// The action the rule runs (a rule that only records is never dispatched).
+    pub action: String,
     pub cooldown: Duration,
     /// The target's name (pod name, or URL) and its pod, if any.
     pub target: String,
@@ -355,7 +357,7 @@ impl Dispatcher {
         if let Some(previous) = &seen {
             let resumable = self
                 .registry
-                .get(firing.rule.action.as_str())
+                .get(firing.action.as_str())
                 .is_some_and(|a| a.resumable());
             match judge(previous, &Episode::of(firing), resumable) {
                 Precedent::Fire => {}
@@ -529,7 +531,7 @@ impl Dispatcher {
         // again while the apiserver is unavailable (reading its Secrets).
         let resumable = self
             .registry
-            .get(firing.rule.action.as_str())
+            .get(firing.action.as_str())
             .is_some_and(|a| a.resumable());
         let result = (|| self.run(&firing, fired_at, dry_run))
             .retry(patience(FINISH_PATIENCE))
@@ -558,7 +560,7 @@ impl Dispatcher {
         fired_at: Timestamp,
         dry_run: bool,
     ) -> Result<Outcome, ActionError> {
-        let name = firing.rule.action.as_str();
+        let name = firing.action.as_str();
         self.registry
             .validate(name, firing.rule.parameters.as_ref())
             .map_err(|problems| ActionError::Invalid(params::joined(&problems)))?;

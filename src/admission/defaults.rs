@@ -58,7 +58,10 @@ pub fn apply(spec: &mut Value, defaults: Defaults) {
                 rule.insert("name".into(), json!(default_rule_name(index)));
             }
             set(rule, "cooldown", json!(DEFAULT_COOLDOWN));
-            set(rule, "parameters", json!({}));
+            // A rule that only records has no action to take parameters.
+            if rule.get("action").is_some_and(|a| !a.is_null()) {
+                set(rule, "parameters", json!({}));
+            }
         }
     }
 }
@@ -112,7 +115,8 @@ mod tests {
             "actions": [
                 {"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}},
                 {"name": "lag", "action": "webhook", "cooldown": "1h", "parameters": {"url": "https://x.example"},
-                 "trigger": {"field": "$up", "condition": "equals", "value": false}}
+                 "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                {"trigger": {"field": "$up", "condition": "changed"}}
             ]
         });
         apply(
@@ -134,7 +138,8 @@ mod tests {
                     {"name": "rule-0", "action": "restart_pod", "cooldown": "5m", "parameters": {},
                      "trigger": {"field": "$up", "condition": "equals", "value": false}},
                     {"name": "lag", "action": "webhook", "cooldown": "1h", "parameters": {"url": "https://x.example"},
-                     "trigger": {"field": "$up", "condition": "equals", "value": false}}
+                     "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                    {"name": "rule-2", "cooldown": "5m", "trigger": {"field": "$up", "condition": "changed"}}
                 ]
             })
         );

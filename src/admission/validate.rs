@@ -282,6 +282,7 @@ impl Validator {
 
         let shape = self.shape(spec, custom, &mut v);
         self.check_metrics(&mut v, spec, shape.as_ref());
+        check_reported(&mut v, spec, shape.as_ref());
 
         // Triggers that failed here are not compiled again below (a regex at the size
         // limit costs milliseconds to refuse).
@@ -308,18 +309,24 @@ impl Validator {
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
             self.check_rule_quota(&mut v, i, rule, namespace, &quota);
-            if let Err(problems) = self
-                .registry
-                .validate(&rule.action, rule.parameters.as_ref())
-            {
-                for p in problems {
-                    let path = if p.path.is_empty() {
-                        at("action")
-                    } else {
-                        at(&format!("parameters.{}", p.path))
-                    };
-                    v.refuse(path, p.message);
+            match &rule.action {
+                Some(action) => {
+                    if let Err(problems) = self.registry.validate(action, rule.parameters.as_ref()) {
+                        for p in problems {
+                            let path = if p.path.is_empty() {
+                                at("action")
+                            } else {
+                                at(&format!("parameters.{}", p.path))
+                            };
+                            v.refuse(path, p.message);
+                        }
+                    }
                 }
+                None if rule.parameters.as_ref().is_some_and(|p| !p.is_empty()) => v.refuse(
+                    at("parameters"),
+                    "parameters without an action: name the action they are for, or leave them out (a rule without an action only records its firings)",
+                ),
+                None => {}
             }
             if failed_triggers.contains(&i) {
                 continue;
@@ -361,7 +368,7 @@ impl Validator {
                 v.refuse(at("trigger.valueFrom.field"), message);
             }
         }
-        if !spec.actions.is_empty() && spec.service_account_name.is_none() {
+        if spec.actions.iter().any(|r| r.action.is_some()) && spec.service_account_name.is_none() {
             v.warnings.push(
                 "spec.serviceAccountName is not set: triggers will fire but their actions will be refused".to_owned(),
             );
@@ -544,6 +551,49 @@ impl Validator {
     }
 }
 
+/// Checks `spec.reportChanges`: few, distinct paths into the answer that the
+/// query selects.
+fn check_reported(
+    v: &mut Verdict,
+    spec: &crate::targetapp::TargetAppSpec,
+    shape: Option<&QueryShape>,
+) {
+    if spec.report_changes.len() > MAX_REPORTED {
+        v.refuse(
+            "spec.reportChanges",
+            format!(
+                "{} fields; at most {MAX_REPORTED} are allowed",
+                spec.report_changes.len()
+            ),
+        );
+        return;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, field) in spec.report_changes.iter().enumerate() {
+        let at = format!("spec.reportChanges[{i}]");
+        let path = match field.parse::<crate::triggers::FieldPath>() {
+            Ok(path) => path,
+            Err(e) => {
+                v.refuse(at, e.to_string());
+                continue;
+            }
+        };
+        if path.is_up() {
+            v.refuse(
+                at,
+                "$up is reported already, as PollFailed and PollRecovered Events",
+            );
+        } else if !seen.insert(path.clone()) {
+            v.refuse(at, format!("{field:?} is named by an earlier entry"));
+        } else if let Some(Err(why)) = shape.map(|shape| shape.resolve(&path)) {
+            v.refuse(at, why);
+        }
+    }
+}
+
+/// The most fields `spec.reportChanges` may name.
+pub const MAX_REPORTED: usize = 20;
+
 impl Validator {
     /// What the tenant's quota says of rule `i`: the action is allowed, its replica
     /// counts are under the ceiling, its URL passes the endpoint policy.
@@ -555,11 +605,14 @@ impl Validator {
         namespace: &str,
         quota: &crate::tenancy::Effective,
     ) {
+        let Some(action) = rule.action.as_deref() else {
+            return;
+        };
         let at = |field: &str| format!("spec.actions[{i}].{field}");
         let params = rule.parameters.as_ref();
         let param = |key: &str| params.and_then(|p| p.get(key));
-        if self.registry.get(&rule.action).is_some()
-            && let Some(why) = quota.quota.refuses_action(namespace, &rule.action)
+        if self.registry.get(action).is_some()
+            && let Some(why) = quota.quota.refuses_action(namespace, action)
         {
             v.refuse(at("action"), why);
         }
@@ -576,7 +629,7 @@ impl Validator {
                 ),
             );
         }
-        match rule.action.as_str() {
+        match action {
             "scale_deployment" => {
                 let Some(ceiling) = quota.max_replicas else {
                     return;
@@ -704,6 +757,73 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("serviceAccountName"))
         );
+    }
+
+    #[test]
+    fn a_rule_without_an_action_records_and_takes_no_parameters() {
+        let rule = |extra: Value| {
+            let mut rule =
+                json!({"trigger": {"field": "daemonStatus.syncStatus", "condition": "changed"}});
+            if let (Some(rule), Some(extra)) = (rule.as_object_mut(), extra.as_object()) {
+                rule.extend(extra.clone());
+            }
+            app(json!({"selector": {}, "actions": [rule]}))
+        };
+        let v = Validator::new();
+        let records = v.validate(&rule(json!({})), None);
+        assert_eq!(records.problems, vec![], "{records:?}");
+        // No action to run: no ServiceAccount to run it as is needed.
+        assert!(records.warnings.is_empty(), "{records:?}");
+        assert_eq!(
+            v.validate(&rule(json!({"parameters": {}})), None).problems,
+            vec![]
+        );
+        let stray = v.validate(&rule(json!({"parameters": {"gracePeriod": 0}})), None);
+        assert_eq!(paths(&stray), ["spec.actions[0].parameters"]);
+        assert!(
+            messages(&stray)[0].contains("without an action"),
+            "{stray:?}"
+        );
+    }
+
+    #[test]
+    fn reported_fields_are_paths_the_query_selects_named_once() {
+        let verdict = Validator::new().validate(
+            &app(json!({
+                "selector": {},
+                "stateQuery": "query { daemonStatus { syncStatus blockchainLength peers { peerId } } }",
+                "reportChanges": [
+                    "daemonStatus.syncStatus", "daemonStatus.peers.#", "daemonStatus.uptimeSecs",
+                    "$up", "daemonStatus..x", "daemonStatus.syncStatus"
+                ]
+            })),
+            None,
+        );
+        assert_eq!(
+            paths(&verdict),
+            [
+                "spec.reportChanges[2]",
+                "spec.reportChanges[3]",
+                "spec.reportChanges[4]",
+                "spec.reportChanges[5]",
+            ],
+            "{verdict:#?}"
+        );
+        let text = messages(&verdict);
+        assert!(
+            text[0].contains("selects no field \"uptimeSecs\""),
+            "{text:?}"
+        );
+        assert!(text[1].contains("PollFailed"), "{text:?}");
+        assert!(text[3].contains("earlier entry"), "{text:?}");
+        let many = Validator::new().validate(
+            &app(json!({
+                "selector": {},
+                "reportChanges": (0..=MAX_REPORTED).map(|_| "daemonStatus.syncStatus").collect::<Vec<_>>()
+            })),
+            None,
+        );
+        assert_eq!(paths(&many), ["spec.reportChanges"]);
     }
 
     #[test]

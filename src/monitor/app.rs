@@ -39,6 +39,8 @@ struct Monitor {
     name: String,
     reference: ObjectReference,
     rules: Vec<Rule>,
+    /// The fields whose changes are StateChanged Events: those the rules read
+    /// and those `spec.reportChanges` names.
     fields: BTreeSet<FieldPath>,
     /// What is kept of each target's last good result between polls: the fields
     /// the rules read, and for the Mina health query what `/stats` shows.
@@ -168,6 +170,15 @@ pub async fn run(
         app: app.clone(),
     };
     monitor.fields = triggers::referenced_fields(&monitor.rules);
+    // Fields the TargetApp asks to hear of (validated: an invalid TargetApp is
+    // not polled).
+    monitor.fields.extend(
+        app.spec
+            .report_changes
+            .iter()
+            .filter_map(|field| field.parse::<triggers::FieldPath>().ok())
+            .filter(|field| !field.is_up()),
+    );
     let mut kept = monitor.fields.clone();
     if app.spec.state_query == crate::targetapp::DEFAULT_STATE_QUERY {
         kept.extend(
@@ -568,7 +579,7 @@ impl Monitor {
             ])
             .inc();
         tracing::info!(namespace = %self.namespace, tapp = %self.name, target = %target.name(), rule = %rule.name,
-            action = %rule.action, correlation_id, "trigger fired");
+            action = rule.action.as_deref().unwrap_or("(records only)"), correlation_id, "trigger fired");
         status::record_firing(
             &mut self.firings,
             RuleFiring {
@@ -576,13 +587,19 @@ impl Monitor {
                 target: target.name().to_owned(),
                 time: Time(now),
                 cleared: None,
-                done: None,
+                // A rule that only records has nothing left to finish.
+                done: rule.action.is_none().then_some(Time(now)),
                 resumed: None,
             },
         );
         let c = &rule.condition;
+        let then = match &rule.action {
+            None => "recorded only (the rule has no action)".to_owned(),
+            Some(action) if self.app.spec.dry_run => format!("running {action} (dry run)"),
+            Some(action) => format!("running {action}"),
+        };
         let note = format!(
-            "rule {} fired for {}: {} {}{}; running {}{}",
+            "rule {} fired for {}: {} {}{}; {then}",
             rule.name,
             target.name(),
             c.field,
@@ -592,15 +609,15 @@ impl Monitor {
                 triggers::Operand::Value(v) => format!(" {v}"),
                 triggers::Operand::Field { path, offset } => format!(" {path}{offset:+}"),
             },
-            rule.action,
-            if self.app.spec.dry_run {
-                " (dry run)"
-            } else {
-                ""
-            },
         );
         self.notify(Reason::TriggerFired, note, Some(target)).await;
-        let Some(spec_rule) = self.app.spec.actions.get(index).cloned() else {
+        let (Some(action), Some(spec_rule)) = (
+            rule.action.clone(),
+            self.app.spec.actions.get(index).cloned(),
+        ) else {
+            // A rule that only records is done: its firing is kept by this
+            // replica (cooldown and episode), not fenced in status, which is
+            // the record of actions run.
             return;
         };
         let state = self
@@ -612,6 +629,7 @@ impl Monitor {
             app: self.app.clone(),
             rule_name: rule.name.clone(),
             rule: spec_rule,
+            action,
             cooldown: rule.cooldown,
             target: target.name().to_owned(),
             pod: target.pod.clone(),
@@ -694,7 +712,12 @@ impl Monitor {
         }) {
             record.cleared = Some(Time(ended_at));
         }
-        if self.app.spec.actions.is_empty() {
+        // Only firings of rules with an action are recorded in status.
+        if !self
+            .rules
+            .iter()
+            .any(|r| r.name == rule && r.action.is_some())
+        {
             return;
         }
         let what = || {
@@ -1005,7 +1028,7 @@ async fn act(
 ) {
     let namespace = firing.app.namespace().unwrap_or_default();
     let app = firing.app.name_any();
-    let action = firing.rule.action.clone();
+    let action = firing.action.clone();
     let target = firing.target.clone();
     let pod = firing.pod.clone();
     let rule = firing.rule_name.clone();

@@ -31,8 +31,8 @@ pub struct Rule {
     pub hold_for: Duration,
     /// Minimum time between firings for one target.
     pub cooldown: Duration,
-    /// The action to run.
-    pub action: String,
+    /// The action to run; `None` for a rule that only records its firings.
+    pub action: Option<String>,
 }
 
 /// A problem with one rule, with its field path in the TargetApp

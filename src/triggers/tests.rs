@@ -333,7 +333,7 @@ fn rule(name: Option<&str>, t: Trigger, cooldown: Option<&str>) -> ActionRule {
     ActionRule {
         name: name.map(str::to_owned),
         trigger: t,
-        action: "restart_pod".into(),
+        action: Some("restart_pod".into()),
         parameters: None,
         cooldown: cooldown.map(str::to_owned),
         too_deep: Vec::new(),
