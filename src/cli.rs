@@ -41,6 +41,36 @@ pub enum LogFormat {
     Text,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// YAML or JSON files, each with one or more documents, judged in order.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The schema for TargetApps whose schema comes from a ConfigMap (SDL or
+    /// introspection JSON); the built-in Mina schema is used otherwise.
+    #[arg(long, conflicts_with = "cluster")]
+    schema: Option<PathBuf>,
+    /// A file of TenantQuota manifests (repeatable): TargetApps are judged as in a
+    /// cluster holding these quotas (and no TargetApps but the files' own, created
+    /// in order). Without it, every namespace has the operator's default quota.
+    #[arg(long = "quota", value_name = "FILE", conflicts_with = "cluster")]
+    quotas: Vec<PathBuf>,
+    /// A namespace's labels, for quotas that select namespaces by label
+    /// (repeatable): NAMESPACE:KEY=VALUE[,KEY=VALUE...]. Every namespace has
+    /// kubernetes.io/metadata.name=<its name> besides.
+    #[arg(
+        long = "namespace-labels",
+        value_name = "NS:LABELS",
+        conflicts_with = "cluster"
+    )]
+    namespace_labels: Vec<String>,
+    /// Ask the cluster of the current kubeconfig context instead: a server-side
+    /// dry run of each manifest's apply with strict field validation, through
+    /// its admission webhooks and policies. Nothing is stored.
+    #[arg(long)]
+    cluster: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: watch TargetApps, poll their targets, report and act.
@@ -52,17 +82,11 @@ pub enum Command {
     /// Work with GraphQL schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// Check TargetApp manifests offline, as the admission webhook would (exit 0: all
-    /// accepted, 1: some rejected, 2: usage or read error).
-    Validate {
-        /// YAML or JSON files, each with one or more documents.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// The schema for TargetApps whose schema comes from a ConfigMap (SDL or
-        /// introspection JSON); the built-in Mina schema is used otherwise.
-        #[arg(long)]
-        schema: Option<PathBuf>,
-    },
+    /// Check TargetApp and TenantQuota manifests before applying them: offline, as
+    /// the admission webhooks of a cluster with the given TenantQuotas would, or by
+    /// the cluster itself with --cluster (exit 0: all accepted, 1: some rejected,
+    /// 2: usage or read error).
+    Validate(ValidateArgs),
     /// Check that an endpoint answers (exit 0 on a 2xx answer, 1 otherwise): the
     /// chart's `helm test` and health checks use it, as KCO's image has no shell
     /// or curl. Follows no redirect and uses no proxy.
@@ -171,7 +195,7 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crds { out_dir, .. } => print_crds(out_dir.as_deref()),
-        Command::Validate { files, schema } => validate_files(&files, schema.as_deref()),
+        Command::Validate(args) => validate(&args),
         Command::Probe {
             url,
             timeout_seconds,
@@ -376,105 +400,61 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn validate_files(files: &[PathBuf], schema: Option<&std::path::Path>) -> ExitCode {
-    use crate::admission::{Validator, query::QuerySchema, validate::parse_targetapp};
-    let custom = match schema {
-        None => None,
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) if text.trim_start().starts_with('{') => {
-                match schema::import_introspection(&text) {
-                    Ok(imported) => Some(QuerySchema::from_sdl(&imported.sdl)),
-                    Err(e) => {
-                        eprintln!("kco: {}: {e}", path.display());
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-            Ok(sdl) => Some(QuerySchema::from_sdl(&sdl)),
-            Err(e) => {
-                eprintln!("kco: cannot read {}: {e}", path.display());
+fn validate(args: &ValidateArgs) -> ExitCode {
+    use crate::preflight::{self, Judgement, Unreadable};
+    // Every file is read before any is judged: one that cannot be read is a
+    // usage error, whatever the others hold.
+    let mut entries = Vec::new();
+    for file in &args.files {
+        match preflight::read(file) {
+            Ok(manifests) => entries.extend(manifests.into_iter().map(Ok)),
+            Err(Unreadable::File(e)) => {
+                eprintln!("kco: {e}");
                 return ExitCode::from(2);
             }
-        },
+            Err(Unreadable::Yaml(e)) => entries.push(Err(e)),
+        }
+    }
+    let judged = if args.cluster {
+        judge_on_cluster(&entries)
+    } else {
+        judge_offline(args, &entries)
     };
-    let validator = Validator::new();
+    let judged = match judged {
+        Ok(judged) => judged,
+        Err(e) => {
+            eprintln!("kco: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut rejected = false;
-    for file in files {
-        let name = file.display();
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) => {
-                eprintln!("kco: cannot read {name}: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(&text) {
-            Ok(documents) => documents,
-            Err(e) => {
-                println!("{name}: not valid YAML: {e}");
+    for (entry, judgement) in entries.iter().zip(judged) {
+        let manifest = match entry {
+            Ok(manifest) => manifest,
+            Err(broken) => {
+                println!("{broken}");
                 rejected = true;
                 continue;
             }
         };
-        for document in documents.into_iter().filter(|d| !d.is_null()) {
-            let kind = document
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or("(no kind)")
-                .to_owned();
-            let object = format!(
-                "{}/{}",
-                document
-                    .pointer("/metadata/namespace")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default"),
-                document
-                    .pointer("/metadata/name")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("(no name)")
-            );
-            if kind != "TargetApp" {
-                println!("{name}: {kind} {object}: skipped (not a TargetApp)");
-                continue;
+        let (file, object) = (&manifest.file, &manifest.object);
+        match judgement {
+            Some(Judgement::Accepted { warnings }) => {
+                for warning in warnings {
+                    println!("{file}: {object}: warning: {warning}");
+                }
+                println!("{file}: {object}: accepted");
             }
-            // What the apiserver refuses under kubectl's strict field validation,
-            // and decoding would drop: a field the schema does not have.
-            let unknown = crate::admission::fields::unknown_in_targetapp(&document);
-            if !unknown.is_empty() {
+            Some(Judgement::Refused(problems)) => {
                 rejected = true;
-                for problem in &unknown {
-                    println!("{name}: {object}: {problem}");
-                }
-                continue;
-            }
-            // What the apiserver would store: the mutating webhook's defaults first.
-            let mut document = document;
-            if let Some(spec) = document.get_mut("spec") {
-                crate::admission::defaults::apply(
-                    spec,
-                    crate::admission::defaults::Defaults::default(),
-                );
-            }
-            let app = match parse_targetapp(document) {
-                Ok(app) => app,
-                Err(e) => {
-                    println!("{name}: {object}: {e}");
-                    rejected = true;
-                    continue;
-                }
-            };
-            let verdict = validator.validate(&app, custom.as_ref());
-            for warning in &verdict.warnings {
-                println!("{name}: {object}: warning: {warning}");
-            }
-            if verdict.accepted() {
-                println!("{name}: {object}: accepted");
-            } else {
-                rejected = true;
-                for problem in &verdict.problems {
-                    println!("{name}: {object}: {problem}");
+                for problem in problems {
+                    println!("{file}: {object}: {problem}");
                 }
             }
+            Some(Judgement::Skipped) | None => println!(
+                "{file}: {} {object}: skipped (not a TargetApp or TenantQuota)",
+                manifest.kind
+            ),
         }
     }
     if rejected {
@@ -482,4 +462,78 @@ fn validate_files(files: &[PathBuf], schema: Option<&std::path::Path>) -> ExitCo
     } else {
         ExitCode::SUCCESS
     }
+}
+
+type Entry = Result<crate::preflight::Manifest, String>;
+
+/// Each entry judged offline (`None` for a file that is not YAML).
+fn judge_offline(
+    args: &ValidateArgs,
+    entries: &[Entry],
+) -> Result<Vec<Option<crate::preflight::Judgement>>, String> {
+    use crate::admission::query::QuerySchema;
+    use crate::preflight::{self, Offline, Unreadable};
+    let custom = match &args.schema {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if text.trim_start().starts_with('{') => {
+                let imported = schema::import_introspection(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Some(QuerySchema::from_sdl(&imported.sdl))
+            }
+            Ok(sdl) => Some(QuerySchema::from_sdl(&sdl)),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        },
+    };
+    let mut quota_manifests = Vec::new();
+    for file in &args.quotas {
+        match preflight::read(file) {
+            Ok(manifests) if manifests.iter().any(|m| m.kind == "TenantQuota") => {
+                quota_manifests.extend(manifests);
+            }
+            Ok(_) => return Err(format!("--quota {}: no TenantQuota in it", file.display())),
+            Err(Unreadable::File(e) | Unreadable::Yaml(e)) => return Err(e),
+        }
+    }
+    let quotas = preflight::quotas(&quota_manifests)
+        .map_err(|problems| format!("a --quota is not valid:\n{}", problems.join("\n")))?;
+    let namespaces = args
+        .namespace_labels
+        .iter()
+        .map(|text| {
+            preflight::namespace_labels(text).map_err(|e| format!("--namespace-labels {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut offline = Offline::new(custom, quotas, namespaces);
+    Ok(entries
+        .iter()
+        .map(|entry| entry.as_ref().ok().map(|manifest| offline.judge(manifest)))
+        .collect())
+}
+
+/// Each entry judged by the cluster of the current kubeconfig context.
+fn judge_on_cluster(entries: &[Entry]) -> Result<Vec<Option<crate::preflight::Judgement>>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        crate::tls::install_crypto_provider();
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| format!("no cluster to ask: {e}"))?;
+        let namespace = config.default_namespace.clone();
+        let client =
+            kube::Client::try_from(config).map_err(|e| format!("no cluster to ask: {e}"))?;
+        let mut judged = Vec::with_capacity(entries.len());
+        for entry in entries {
+            judged.push(match entry {
+                Ok(manifest) => {
+                    Some(crate::preflight::on_cluster(&client, manifest, &namespace).await?)
+                }
+                Err(_) => None,
+            });
+        }
+        Ok(judged)
+    })
 }

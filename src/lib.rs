@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod names;
 pub mod nesting;
 pub mod operator;
+pub mod preflight;
 pub mod probe;
 pub mod schema;
 pub mod shard;

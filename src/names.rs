@@ -64,21 +64,36 @@ pub fn label_key(key: &str) -> Result<(), String> {
             "{key:?} is not a label key: its prefix must be a DNS subdomain (RFC 1123)"
         ));
     }
-    let bytes = name.as_bytes();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= MAX_LABEL
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
-    if ok {
+    if !name.is_empty() && is_label_value(name) {
         Ok(())
     } else {
         Err(format!(
             "{key:?} is not a label key: 1 to {MAX_LABEL} letters, digits, '-', '_' and '.', starting and ending with a letter or digit, after an optional prefix and '/'"
         ))
     }
+}
+
+/// Why `value` is not a label value: empty, or 1 to 63 letters, digits, `-`,
+/// `_` and `.`, starting and ending with a letter or digit.
+pub fn label_value(value: &str) -> Result<(), String> {
+    if is_label_value(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a label value: at most {MAX_LABEL} letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.is_empty()
+        || (bytes.len() <= MAX_LABEL
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric))
 }
 
 /// Why `kind` is not a Kind: an ASCII letter followed by letters and digits

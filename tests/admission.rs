@@ -542,6 +542,61 @@ async fn the_apiserver_refuses_invalid_targetapps_and_stores_valid_ones_with_def
         "nothing stored"
     );
 
+    // `kco validate --cluster` asks the same webhooks by a server-side dry run,
+    // with the apiserver's strict field validation, and stores nothing.
+    let file = cp.dir.join(format!("{ns}-validate.yaml"));
+    let manifest = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: operator.kco.local/v1alpha1\nkind: TargetApp\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        )
+    };
+    let documents = [
+        manifest("dry", "{selector: {matchLabels: {app: mina}}}"),
+        manifest(
+            "dry-link",
+            "{graphqlEndpoint: 'http://169.254.169.254/latest'}",
+        ),
+        manifest("dry-typo", "{selector: {}, pollingIntervall: 5}"),
+    ];
+    std::fs::write(&file, documents.join("---\n")).unwrap();
+    let mut validate = std::process::Command::new(env!("CARGO_BIN_EXE_kco"));
+    validate
+        .args(["validate", "--cluster"])
+        .arg(&file)
+        .env("KUBECONFIG", cp.kubeconfig(&User::Admin).unwrap());
+    let out = tokio::task::spawn_blocking(move || validate.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].ends_with(&format!("{ns}/dry: accepted")),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(&format!("{ns}/dry-link: "))
+            && lines[1].contains("denied the request")
+            && lines[1].contains("spec.graphqlEndpoint: 169.254.169.254 is a link-local"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].contains(&format!("{ns}/dry-typo: "))
+            && lines[2].contains(".spec.pollingIntervall: field not declared in schema"),
+        "{stdout}"
+    );
+    assert!(
+        apps.get_opt("dry").await.unwrap().is_none(),
+        "a dry run stores nothing"
+    );
+
     // Hostile manifests reach the webhooks (the apiserver takes up to 3 MiB) and are
     // refused with the field, in time.
     let up = json!({"field": "$up", "condition": "equals", "value": false});

@@ -143,6 +143,154 @@ fn the_operations_example_needs_only_its_tenant_quota() {
     );
 }
 
+const SANDBOX_QUOTA: &str = r#"
+apiVersion: operator.kco.local/v1alpha1
+kind: TenantQuota
+metadata: {name: sandbox}
+spec:
+  namespaceSelector:
+    matchLabels: {kco.example.com/tenant: sandbox}
+  maxTargetApps: 1
+  minPollingInterval: 60
+  allowedActions: [restart_pod]
+"#;
+
+/// Two TargetApps of one namespace: the first applied twice (a create, then an
+/// update), the second polling fast and calling a webhook.
+const TWO_APPS: &str = r#"
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: a, namespace: play}
+spec: {selector: {matchLabels: {app: mina}}, pollingInterval: 60}
+---
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: a, namespace: play}
+spec: {selector: {matchLabels: {app: mina}}, pollingInterval: 90}
+---
+apiVersion: operator.kco.local/v1alpha1
+kind: TargetApp
+metadata: {name: b, namespace: play}
+spec:
+  selector: {matchLabels: {app: mina}}
+  pollingInterval: 10
+  actions:
+  - trigger: {field: $up, condition: equals, value: false}
+    action: webhook
+    parameters: {url: https://hooks.example.com/x}
+"#;
+
+/// Writes `text` to `name` in `dir`, returning its path.
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn quotas_and_namespace_labels_judge_as_that_cluster_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| write(&dir, name, text);
+    let quota = write("quota.yaml", SANDBOX_QUOTA);
+    let apps = write("apps.yaml", TWO_APPS);
+    let labels = "play:kco.example.com/tenant=sandbox,team=a";
+    let (code, stdout, stderr) = kco(&[
+        "validate",
+        &apps,
+        "--quota",
+        &quota,
+        "--namespace-labels",
+        labels,
+    ]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    // The same object twice is a create and an update: one TargetApp.
+    assert!(lines[0].ends_with("play/a: accepted"), "{stdout}");
+    assert!(lines[1].ends_with("play/a: accepted"), "{stdout}");
+    for (line, expected) in lines[2..].iter().zip([
+        "play/b: metadata.namespace: the tenant of namespace play has 1 TargetApps and TenantQuota sandbox allows at most 1",
+        "play/b: spec.pollingInterval: 10s is below the minimum of 60s set by TenantQuota sandbox",
+        "play/b: spec.actions[0].action: action webhook is not allowed in namespace play by its tenant quota (allowed: restart_pod)",
+    ]) {
+        assert!(line.ends_with(expected), "{expected:?} in
+{stdout}");
+    }
+    // A namespace the quota does not select has the operator's default quota.
+    let (code, stdout, _) = kco(&["validate", &apps, "--quota", &quota]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with(
+            "play/b: accepted
+"
+        ),
+        "{stdout}"
+    );
+    // The label every namespace has selects without being given.
+    let by_name = write(
+        "by-name.yaml",
+        &SANDBOX_QUOTA.replace(
+            "{kco.example.com/tenant: sandbox}",
+            "{kubernetes.io/metadata.name: play}",
+        ),
+    );
+    let (code, stdout, _) = kco(&["validate", &apps, "--quota", &by_name]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("set by TenantQuota sandbox"), "{stdout}");
+}
+
+#[test]
+fn tenant_quotas_are_judged_as_their_webhook_would_and_a_bad_one_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| write(&dir, name, text);
+    let good = write("good.yaml", SANDBOX_QUOTA);
+    let typo = write(
+        "typo.yaml",
+        &SANDBOX_QUOTA.replace("maxTargetApps", "maxTargetApp"),
+    );
+    let everyone = write(
+        "everyone.yaml",
+        &SANDBOX_QUOTA.replace("{kco.example.com/tenant: sandbox}", "{}"),
+    );
+    let (code, stdout, _) = kco(&["validate", &good, &typo, &everyone]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].ends_with("good.yaml: sandbox: accepted"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with(
+            "typo.yaml: sandbox: spec.maxTargetApp: unknown field; did you mean \"maxTargetApps\"?"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].contains("everyone.yaml: sandbox: spec.namespaceSelector: an empty selector selects every namespace"),
+        "{stdout}"
+    );
+    let apps = write("apps.yaml", TWO_APPS);
+    for (args, needle) in [
+        (vec!["--quota", &everyone], "a --quota is not valid"),
+        (vec!["--quota", &apps], "no TenantQuota in it"),
+        (
+            vec!["--quota", &good, "--namespace-labels", "Play:x=y"],
+            "namespace \"Play\" is not a valid name",
+        ),
+        (
+            vec!["--quota", &good, "--namespace-labels", "play:x=-y"],
+            "is not a label value",
+        ),
+        (vec!["--cluster", "--quota", &good], "cannot be used with"),
+    ] {
+        let mut all = vec!["validate", apps.as_str()];
+        all.extend(args.iter().copied());
+        let (code, stdout, stderr) = kco(&all);
+        assert_eq!(code, Some(2), "{all:?}: {stdout}{stderr}");
+        assert!(stderr.contains(needle), "{all:?}: {stderr}");
+    }
+}
+
 /// README, docs, comments and tests speak of KCO and its users, never of how it
 /// was built: no work sessions, no tracker issue numbers, no design notes kept
 /// outside the repository.

@@ -14,33 +14,50 @@ use super::Problem;
 /// The fields of `document` (a TargetApp manifest) that the TargetApp CRD's
 /// schema does not have, each with its path and the closest known field.
 pub fn unknown_in_targetapp(document: &Value) -> Vec<Problem> {
+    use kube::CustomResourceExt;
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    let schema = SCHEMA.get_or_init(|| {
-        use kube::CustomResourceExt;
-        crate::targetapp::TargetApp::crd()
-            .spec
-            .versions
-            .first()
-            .and_then(|v| v.schema.as_ref())
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| serde_json::to_value(s).ok())
-            .map(|mut schema| {
-                // Every object has these; the CRD's schema leaves them out, and the
-                // apiserver checks `metadata` on its own.
-                if let Some(properties) = schema["properties"].as_object_mut() {
-                    for (field, kind) in [
-                        ("apiVersion", "string"),
-                        ("kind", "string"),
-                        ("metadata", "object"),
-                    ] {
-                        properties.insert(field.to_owned(), serde_json::json!({"type": kind}));
-                    }
+    unknown(
+        document,
+        SCHEMA.get_or_init(|| schema_of(&crate::targetapp::TargetApp::crd())),
+    )
+}
+
+/// The fields of `document` (a TenantQuota manifest) that the TenantQuota CRD's
+/// schema does not have.
+pub fn unknown_in_tenantquota(document: &Value) -> Vec<Problem> {
+    use kube::CustomResourceExt;
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    unknown(
+        document,
+        SCHEMA.get_or_init(|| schema_of(&crate::tenancy::TenantQuota::crd())),
+    )
+}
+
+/// The OpenAPI schema of a whole object of `crd`'s kind.
+fn schema_of(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    crd.spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .map(|mut schema| {
+            // Every object has these; the CRD's schema leaves them out, and the
+            // apiserver checks `metadata` on its own.
+            if let Some(properties) = schema["properties"].as_object_mut() {
+                for (field, kind) in [
+                    ("apiVersion", "string"),
+                    ("kind", "string"),
+                    ("metadata", "object"),
+                ] {
+                    properties.insert(field.to_owned(), serde_json::json!({"type": kind}));
                 }
-                schema
-            })
-            .unwrap_or(Value::Null)
-    });
-    unknown(document, schema)
+            }
+            schema
+        })
+        .unwrap_or(Value::Null)
 }
 
 /// The fields of `value` that `schema` (an OpenAPI v3 structural schema) does not

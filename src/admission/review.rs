@@ -260,17 +260,8 @@ impl Admission {
     pub fn check(&self, app: &TargetApp, creating: bool) -> (Vec<String>, Vec<String>) {
         let namespace = app.metadata.namespace.as_deref().unwrap_or("default");
         let mut problems = Vec::new();
-        if creating {
-            let quota = self.tenants.effective(namespace);
-            let count = self.tenants.tenant_app_count(namespace);
-            if let Some(max) = quota.max_target_apps
-                && count >= max as usize
-            {
-                problems.push(format!(
-                    "metadata.namespace: the tenant of namespace {namespace} has {count} TargetApps and {} allows at most {max}",
-                    quota.named()
-                ));
-            }
+        if creating && let Some(why) = self.tenants.refuses_another_app(namespace) {
+            problems.push(why);
         }
         let custom = self.caches.schema_of(app).unwrap_or_else(|why| {
             problems.push(format!("spec.schema.configMapRef: {why}"));

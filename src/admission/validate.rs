@@ -127,7 +127,12 @@ impl Validator {
     /// The default quota and endpoint policy, without the apiserver's addresses
     /// (what `kco validate` checks offline).
     pub fn new() -> Self {
-        let tenants = Tenants::new(Quota::default());
+        Self::offline(Tenants::new(Quota::default()))
+    }
+
+    /// Validates with each namespace's quota from `tenants` and the endpoint
+    /// policy, without the apiserver's addresses (`kco validate --quota`).
+    pub fn offline(tenants: Arc<Tenants>) -> Self {
         let egress = Egress::new(
             tenants.clone(),
             crate::tenancy::Apiserver::default(),

@@ -199,6 +199,13 @@ impl Tenants {
         self.changed();
     }
 
+    /// Whether the labels of namespace `name` are known.
+    pub fn has_namespace(&self, name: &str) -> bool {
+        self.namespaces
+            .read()
+            .is_ok_and(|namespaces| namespaces.contains_key(name))
+    }
+
     pub fn put_namespace(&self, name: &str, labels: Labels) {
         if let Ok(mut namespaces) = self.namespaces.write() {
             namespaces.insert(name.to_owned(), labels);
@@ -223,6 +230,20 @@ impl Tenants {
             .filter(|(ns, _)| self.effective(ns).tenant(ns) == tenant)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Why a new TargetApp in `namespace` is over its tenant's `maxTargetApps`
+    /// (as `path: reason`), if it is.
+    pub fn refuses_another_app(&self, namespace: &str) -> Option<String> {
+        let quota = self.effective(namespace);
+        let max = quota.max_target_apps?;
+        let count = self.tenant_app_count(namespace);
+        (count >= max as usize).then(|| {
+            format!(
+                "metadata.namespace: the tenant of namespace {namespace} has {count} TargetApps and {} allows at most {max}",
+                quota.named()
+            )
+        })
     }
 
     /// This replica's share of each tenant's budgets (tenant → 0..=1).
