@@ -333,6 +333,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
         interval: Duration::from_secs(1),
         timeout: Duration::from_secs(2),
         query: QueryBody::new(DEFAULT_STATE_QUERY),
+        credentials: None,
     };
     let (tx, mut rx) = mpsc::channel::<Box<Report>>(4096);
     let cancel = CancellationToken::new();

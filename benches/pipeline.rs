@@ -327,6 +327,7 @@ async fn pipeline(
             interval,
             timeout: Duration::from_secs(5),
             query: query.clone(),
+            credentials: None,
         };
         tokio::spawn(poll_loop(
             kco::monitor::target::Polled {

@@ -190,7 +190,13 @@ pub struct Settings {
     pub dns_overrides: Vec<(String, IpAddr)>,
     /// The ServiceAccount names actions may run as (empty: any).
     pub action_accounts: Vec<String>,
+    /// How often poll credentials (`spec.auth`) are read again from their Secret.
+    pub credentials_refresh: Duration,
 }
+
+/// How often poll credentials are read again: a rotated Secret is in use within
+/// this time.
+pub const CREDENTIALS_REFRESH: Duration = Duration::from_secs(60);
 
 /// The admission webhook server and its certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +488,7 @@ impl Settings {
             kubeconfig: a.kubeconfig.clone(),
             instance,
             namespace: a.namespace.clone(),
+            credentials_refresh: CREDENTIALS_REFRESH,
         })
     }
 
@@ -510,6 +517,7 @@ impl Settings {
             default_quota: Quota::default(),
             dns_overrides: Vec::new(),
             action_accounts: Vec::new(),
+            credentials_refresh: CREDENTIALS_REFRESH,
         }
     }
 }

@@ -92,6 +92,11 @@ pub struct TargetAppSpec {
     #[serde(default)]
     pub schema: SchemaSource,
 
+    /// A header every poll carries, its value from a Secret of this namespace read
+    /// with `serviceAccountName`'s rights (never the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+
     /// The ServiceAccount of this namespace whose rights actions run with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
@@ -166,6 +171,27 @@ pub struct SecretKeyRef {
     pub name: String,
     /// The key inside the Secret.
     pub key: String,
+}
+
+/// Credentials a poll carries: one header, its value from a Secret key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// The Secret key holding the credential (a token, or `user:password` for
+    /// `Basic`); one trailing newline is dropped.
+    pub secret_ref: SecretKeyRef,
+    /// The header that carries it.
+    #[serde(default = "default_auth_header")]
+    pub header: String,
+    /// Sent before the credential, as in `Authorization: Bearer <token>`: `Bearer`,
+    /// `Basic` (the credential is base64-encoded), or none (the header is the
+    /// credential alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+}
+
+fn default_auth_header() -> String {
+    "Authorization".to_owned()
 }
 
 /// A key of a ConfigMap in the TargetApp's namespace.

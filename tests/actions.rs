@@ -511,6 +511,7 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     let receiver = Receiver::start(receiver_ip, &host).await;
     secret(&bed, "kco-webhook-hmac", "key", b"tenant-secret").await;
     secret(&bed, "kco-webhook-ca", "ca.crt", receiver.ca_pem.as_bytes()).await;
+    secret(&bed, "kco-webhook-auth", "token", b"pd-token\n").await;
     let url = format!("https://{host}:{}/kco", receiver.addr.port());
     bed.apply(
         json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
@@ -521,7 +522,8 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
                        "secretRef": {"name": "kco-webhook-hmac", "key": "key"},
                        "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}})),
            rule("retry", "CATCHUP", "webhook",
-                json!({"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}})),
+                json!({"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"},
+                       "auth": {"secretRef": {"name": "kco-webhook-auth", "key": "token"}, "scheme": "Bearer"}})),
            rule("evil", "BOOTSTRAP", "webhook",
                 json!({"url": "https://evil.example.com/x"})),
         ]}),
@@ -594,6 +596,12 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
         got[1].headers.get("x-kco-signature").is_none(),
         "no secretRef, no signature"
     );
+    // The receiver's credential, from the tenant's Secret, on every attempt, and
+    // nowhere in what KCO reports.
+    for attempt in &got[1..] {
+        assert_eq!(attempt.headers["authorization"], "Bearer pd-token");
+    }
+    assert!(!note.contains("pd-token"), "{note}");
 
     // A name that resolves to a forbidden address is refused at connect time.
     bed.set_state(0, SyncStatus::Bootstrap).await;

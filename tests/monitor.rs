@@ -877,6 +877,103 @@ async fn chosen_fields_are_reported_and_a_rule_without_an_action_only_records() 
     );
 }
 
+/// Every node answers only requests carrying `Authorization: Bearer <token>`.
+async fn require_token(bed: &Bed, token: &str) {
+    for node in &bed.nodes {
+        let faults = Faults {
+            require_header: Some(kco::simulator::RequiredHeader {
+                name: "authorization".into(),
+                value: format!("Bearer {token}"),
+            }),
+            ..Default::default()
+        };
+        bed.sim.set_faults(*node, faults).await.unwrap();
+    }
+}
+
+async fn put_token(bed: &Bed, name: &str, token: &str) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(bed.client.clone(), &bed.ns);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "stringData": {"token": format!("{token}\n")}
+    });
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("kco-test").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn polls_carry_credentials_read_as_the_tenant_and_follow_the_secret() {
+    let mut bed = Bed::new("mon-auth", 2).await;
+    bed.start_operator(|s| {
+        fast_polls(s);
+        s.credentials_refresh = Duration::from_secs(1);
+    })
+    .await;
+    bed.grant_actions().await;
+    require_token(&bed, "s3cret-one").await;
+    put_token(&bed, "kco-graphql-auth", "s3cret-one").await;
+    let spec = |secret: &str| {
+        json!({
+            "selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+            "serviceAccountName": "kco-actions",
+            "auth": {"secretRef": {"name": secret, "key": "token"}, "scheme": "Bearer"}
+        })
+    };
+    bed.apply(spec("kco-graphql-auth")).await;
+    bed.wait_status(30, "Monitoring 2/2 with the token", |s| {
+        s.phase == Some(Phase::Monitoring) && s.targets_ready.as_deref() == Some("2/2")
+    })
+    .await;
+
+    // The nodes move to a new token: polls fail until the Secret has it too,
+    // then recover within a refresh period, with no change to the TargetApp.
+    require_token(&bed, "s3cret-two").await;
+    let failed = bed.wait_event(10, "PollFailed", "mina-0").await;
+    assert!(failed.contains("HTTP status 401"), "{failed}");
+    put_token(&bed, "kco-graphql-auth", "s3cret-two").await;
+    bed.wait_event(10, "PollRecovered", "mina-0").await;
+    bed.wait_status(10, "2/2 with the rotated token", |s| {
+        s.targets_ready.as_deref() == Some("2/2")
+    })
+    .await;
+
+    // A Secret the account may not read is never read with the operator's
+    // rights instead: the polls fail, saying why.
+    put_token(&bed, "other", "s3cret-two").await;
+    bed.apply(spec("other")).await;
+    let refused = bed.wait_event(15, "PollFailed", "Forbidden").await;
+    assert!(
+        refused.contains(
+            "cannot read Secret other: Forbidden (403) (read as ServiceAccount kco-actions)"
+        ),
+        "{refused}"
+    );
+
+    // Nothing KCO writes or serves shows the credential.
+    let events: Api<Event> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let written =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap()).unwrap();
+    let status = serde_json::to_string(&bed.status().await).unwrap();
+    let metrics = bed.metrics().await;
+    for (what, text) in [
+        ("Events", written),
+        ("status", status),
+        ("metrics", metrics),
+    ] {
+        assert!(
+            !text.contains("s3cret"),
+            "the credential is in the {what}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_target() {
     let bed = bed("mon-series", 2).await;

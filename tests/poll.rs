@@ -362,6 +362,63 @@ async fn a_webhook_client_follows_no_redirect_where_a_graphql_client_would() {
         .unwrap();
     assert!(answer.status().is_redirection(), "{}", answer.status());
     assert_eq!(sim.node(second).await.unwrap().requests, 0);
+    // Nor does a GraphQL poll that carries credentials: the redirect fails the
+    // poll, and the other host never sees the header.
+    let auth: kco::targetapp::Auth = serde_json::from_value(serde_json::json!({
+        "secretRef": {"name": "t", "key": "token"}, "scheme": "Bearer"
+    }))
+    .unwrap();
+    let header = kco::monitor::credentials::header_of(&auth, b"s3cret").unwrap();
+    let client = egress
+        .client_without_redirects("chain", kco::tenancy::Purpose::Graphql, None)
+        .unwrap();
+    let poller = Poller::new(1024 * 1024, 0, "kco-test")
+        .unwrap()
+        .with_client(client)
+        .with_header(header);
+    let failure = poller
+        .poll(&url(first), "{ version }", Duration::from_secs(2))
+        .await
+        .result
+        .unwrap_err();
+    assert_eq!(failure.reason(), "redirect", "{failure}");
+    assert_eq!(sim.node(second).await.unwrap().requests, 0);
+}
+
+#[tokio::test]
+async fn a_node_behind_an_authenticating_proxy_answers_only_its_credentials() {
+    let (sim, addr, poller) = bed().await;
+    let faults = Faults {
+        require_header: Some(kco::simulator::RequiredHeader {
+            name: "authorization".into(),
+            value: "Bearer s3cret".into(),
+        }),
+        ..Default::default()
+    };
+    sim.set_faults(addr, faults).await.unwrap();
+    let without = poller
+        .poll(&url(addr), "{ version }", Duration::from_secs(2))
+        .await;
+    assert_eq!(without.result.unwrap_err(), PollFailure::Status(401));
+    let auth = |scheme: &str| -> kco::targetapp::Auth {
+        serde_json::from_value(serde_json::json!({
+            "secretRef": {"name": "t", "key": "token"}, "scheme": scheme
+        }))
+        .unwrap()
+    };
+    let header = kco::monitor::credentials::header_of(&auth("Bearer"), b"s3cret\n").unwrap();
+    let with = poller
+        .clone()
+        .with_header(header)
+        .poll(&url(addr), "{ version }", Duration::from_secs(2))
+        .await;
+    with.result.unwrap();
+    let wrong = kco::monitor::credentials::header_of(&auth("Basic"), b"s3cret").unwrap();
+    let refused = poller
+        .with_header(wrong)
+        .poll(&url(addr), "{ version }", Duration::from_secs(2))
+        .await;
+    assert_eq!(refused.result.unwrap_err(), PollFailure::Status(401));
 }
 
 #[tokio::test]

@@ -308,7 +308,11 @@ impl Dispatcher {
     }
 
     /// A client that acts as `system:serviceaccount:<namespace>:<account>`.
-    fn impersonating(&self, namespace: &str, account: &str) -> Result<kube::Client, ActionError> {
+    pub fn impersonating(
+        &self,
+        namespace: &str,
+        account: &str,
+    ) -> Result<kube::Client, ActionError> {
         // A name with a `:` would make another user name than a ServiceAccount's.
         crate::names::subdomain(account)
             .map_err(|why| ActionError::Invalid(format!("spec.serviceAccountName: {why}")))?;

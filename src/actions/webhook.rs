@@ -25,6 +25,7 @@ const PARAMS: &[&str] = &[
     "timeoutSeconds",
     "secretRef",
     "caSecretRef",
+    "auth",
 ];
 
 /// Headers KCO sets itself: a tenant may not override them.
@@ -115,6 +116,17 @@ impl Action for Webhook {
         for key in ["secretRef", "caSecretRef"] {
             secret_ref(params, key, &mut problems);
         }
+        if let Some(auth) = auth_of(params, &mut problems)
+            && let Some(Value::Object(headers)) = params.get("headers")
+            && let Some(twice) = headers
+                .keys()
+                .find(|h| h.eq_ignore_ascii_case(&auth.header))
+        {
+            problems.push(ParamProblem::at(
+                &format!("headers.{twice}"),
+                "auth sets this header",
+            ));
+        }
         done(problems)
     }
 
@@ -152,6 +164,18 @@ impl Action for Webhook {
                 Some((name, key)) => Some(read_secret(ctx, &name, &key).await?),
                 None => None,
             };
+            let auth = match auth_of(params, &mut ignored) {
+                Some(auth) => {
+                    let (name, key) = (&auth.secret_ref.name, &auth.secret_ref.key);
+                    let credential = read_secret(ctx, name, key).await?;
+                    Some(
+                        crate::monitor::credentials::header_of(&auth, &credential).map_err(
+                            |why| ActionError::Invalid(format!("Secret {name} key {key:?}: {why}")),
+                        )?,
+                    )
+                }
+                None => None,
+            };
             let key = idempotency_key(ctx);
             let body = serde_json::to_vec(&body(ctx, &key))
                 .map_err(|e| ActionError::Failed(format!("cannot encode the body: {e}")))?;
@@ -184,6 +208,9 @@ impl Action for Webhook {
                         request = request.header(name.as_str(), value);
                     }
                 }
+            }
+            if let Some((name, value)) = auth {
+                request = request.header(name, value);
             }
             let request = request.body(body.clone());
             let mut delay = Duration::from_millis(250);
@@ -243,6 +270,37 @@ impl Action for Webhook {
 }
 
 /// `{name, key}` of a Secret in the TargetApp's namespace, if `key` is given.
+/// `auth`: a header whose value comes from a Secret, as a TargetApp's
+/// `spec.auth`.
+fn auth_of(params: &Params, problems: &mut Vec<ParamProblem>) -> Option<crate::targetapp::Auth> {
+    let value = params.get("auth")?;
+    if let Some(extra) = value.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !["secretRef", "header", "scheme"].contains(&k.as_str()))
+    }) {
+        problems.push(ParamProblem::at(&format!("auth.{extra}"), "unknown field"));
+        return None;
+    }
+    let auth: crate::targetapp::Auth = match serde_json::from_value(value.clone()) {
+        Ok(auth) => auth,
+        Err(e) => {
+            problems.push(ParamProblem::at(
+                "auth",
+                format!("must be {{secretRef: {{name, key}}, header?, scheme?}}: {e}"),
+            ));
+            return None;
+        }
+    };
+    let found = crate::monitor::credentials::check(&auth);
+    if found.is_empty() {
+        return Some(auth);
+    }
+    for (field, why) in found {
+        problems.push(ParamProblem::at(&format!("auth.{field}"), why));
+    }
+    None
+}
+
 fn secret_ref(
     params: &Params,
     field: &str,
@@ -428,6 +486,45 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receivers_credential_is_a_header_from_a_secret_checked_like_a_polls() {
+        let problems = |auth: Value, headers: Value| -> Vec<String> {
+            let params = serde_json::from_value(json!({
+                "url": "https://hooks.example.com/x", "auth": auth, "headers": headers
+            }))
+            .unwrap();
+            match super::super::Registry::builtin().validate("webhook", Some(&params)) {
+                Ok(()) => Vec::new(),
+                Err(found) => found.into_iter().map(|p| p.path).collect(),
+            }
+        };
+        let good =
+            json!({"secretRef": {"name": "kco-webhook-auth", "key": "token"}, "scheme": "Bearer"});
+        assert_eq!(
+            problems(good.clone(), json!({"X-Team": "chain"})),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(good, json!({"authorization": "Bearer in-the-clear"})),
+            ["headers.authorization"]
+        );
+        assert_eq!(
+            problems(
+                json!({"secretRef": {"name": "a", "key": "b"}, "header": "Host"}),
+                json!({})
+            ),
+            ["auth.header"]
+        );
+        assert_eq!(
+            problems(
+                json!({"secretRef": {"name": "a", "key": "b"}, "shceme": "Bearer"}),
+                json!({})
+            ),
+            ["auth.shceme"]
+        );
+        assert_eq!(problems(json!({"scheme": "Bearer"}), json!({})), ["auth"]);
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_of_the_time_and_the_body() {

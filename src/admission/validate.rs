@@ -254,6 +254,9 @@ impl Validator {
                 "a CA bundle from a Secret is not supported yet",
             );
         }
+        if let Some(auth) = &spec.auth {
+            check_auth(&mut v, spec, auth);
+        }
         if spec.graphql_endpoint.len() > MAX_ENDPOINT {
             v.refuse(
                 "spec.graphqlEndpoint",
@@ -556,6 +559,36 @@ impl Validator {
     }
 }
 
+/// Checks `spec.auth`: a header and scheme that can carry a credential, a
+/// Secret key by name, and the ServiceAccount it is read as.
+fn check_auth(
+    v: &mut Verdict,
+    spec: &crate::targetapp::TargetAppSpec,
+    auth: &crate::targetapp::Auth,
+) {
+    for (field, why) in crate::monitor::credentials::check(auth) {
+        v.refuse(format!("spec.auth.{field}"), why);
+    }
+    if spec.service_account_name.is_none() {
+        v.refuse(
+            "spec.auth",
+            "the Secret is read with the rights of spec.serviceAccountName, which is not set",
+        );
+    }
+    let plain = if is_absolute(&spec.graphql_endpoint) {
+        spec.graphql_endpoint
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    } else {
+        spec.scheme == crate::targetapp::Scheme::Http
+    };
+    if plain {
+        v.warnings.push(
+            "spec.auth: the credentials are sent over plain http, readable by anything on the path; use https".to_owned(),
+        );
+    }
+}
+
 /// Checks `spec.reportChanges`: few, distinct paths into the answer that the
 /// query selects.
 fn check_reported(
@@ -789,6 +822,46 @@ mod tests {
             messages(&stray)[0].contains("without an action"),
             "{stray:?}"
         );
+    }
+
+    #[test]
+    fn credentials_need_a_service_account_to_be_read_as_and_a_header_to_go_in() {
+        let v = Validator::new();
+        let auth =
+            json!({"secretRef": {"name": "kco-graphql-auth", "key": "token"}, "scheme": "Bearer"});
+        let https = v.validate(
+            &app(json!({"selector": {}, "scheme": "https", "serviceAccountName": "kco-actions", "auth": auth})),
+            None,
+        );
+        assert_eq!(https.problems, vec![], "{https:?}");
+        assert!(https.warnings.is_empty(), "{https:?}");
+        let plain = v.validate(
+            &app(json!({"graphqlEndpoint": "http://mina.chain.svc/graphql",
+                        "serviceAccountName": "kco-actions", "auth": auth})),
+            None,
+        );
+        assert_eq!(plain.problems, vec![], "{plain:?}");
+        assert!(
+            plain.warnings.iter().any(|w| w.contains("plain http")),
+            "{plain:?}"
+        );
+        let anonymous = v.validate(
+            &app(json!({"selector": {}, "scheme": "https", "auth": auth})),
+            None,
+        );
+        assert_eq!(paths(&anonymous), ["spec.auth"]);
+        assert!(
+            messages(&anonymous)[0].contains("serviceAccountName"),
+            "{anonymous:?}"
+        );
+        let host = v.validate(
+            &app(
+                json!({"selector": {}, "scheme": "https", "serviceAccountName": "kco-actions",
+                        "auth": {"secretRef": {"name": "s", "key": "k"}, "header": "Host"}}),
+            ),
+            None,
+        );
+        assert_eq!(paths(&host), ["spec.auth.header"]);
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub async fn run(
             interval,
             timeout,
             query: QueryBody::new(&spec.state_query),
+            credentials: None,
         },
         pods: BTreeMap::new(),
         discovered: false,
@@ -247,6 +248,11 @@ pub async fn run(
         }
     }
 
+    if let Some(auth) = app.spec.auth.clone() {
+        let credentials = Box::pin(monitor.credentials(auth)).await;
+        monitor.schedule.credentials = Some(credentials);
+    }
+
     // One fixed URL, or the pods of the namespace's shared watch.
     let subscription = if discovery::is_absolute(&app.spec.graphql_endpoint) {
         monitor.discovered = true;
@@ -285,6 +291,30 @@ pub async fn run(
 }
 
 impl Monitor {
+    /// The credentials `auth` asks for, read as the TargetApp's ServiceAccount
+    /// now and every refresh period while this task runs.
+    async fn credentials(&self, auth: crate::targetapp::Auth) -> super::credentials::Credentials {
+        use super::credentials::{self, Credentials};
+        // Validated: a TargetApp with `auth` names its ServiceAccount.
+        let Some(account) = self.app.spec.service_account_name.as_deref() else {
+            return Credentials::failed("spec.serviceAccountName is not set".to_owned());
+        };
+        match self.ctx.dispatcher.impersonating(&self.namespace, account) {
+            Ok(client) => {
+                credentials::start(
+                    client,
+                    &self.namespace,
+                    account,
+                    auth,
+                    self.ctx.settings.credentials_refresh,
+                    self.cancel.clone(),
+                )
+                .await
+            }
+            Err(e) => Credentials::failed(e.to_string()),
+        }
+    }
+
     /// The namespace's pods changed: this TargetApp's targets follow its selector.
     async fn on_pods(&mut self, snapshot: &super::pods::Snapshot) {
         if !snapshot.listed {

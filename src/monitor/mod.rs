@@ -6,6 +6,7 @@
 //! ([`discovery`], [`state`], [`status`], [`crate::triggers`]); the tasks do the I/O.
 
 pub mod app;
+pub mod credentials;
 pub mod discovery;
 pub mod inflight;
 pub mod pods;

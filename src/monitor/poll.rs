@@ -59,6 +59,9 @@ pub enum PollFailure {
     /// responses being read: the poll stops, telling nothing of the target.
     #[error("throttled: {0}")]
     Throttled(String),
+    /// The credentials `spec.auth` asks for cannot be read or used.
+    #[error("no credentials to send: {0}")]
+    Credentials(String),
 }
 
 impl PollFailure {
@@ -83,6 +86,7 @@ impl PollFailure {
             Self::GraphqlErrors(_) => "graphql_errors",
             Self::NotAllowed(_) => "not_allowed",
             Self::Throttled(_) => "throttled",
+            Self::Credentials(_) => "credentials",
         }
     }
 
@@ -106,6 +110,7 @@ impl PollFailure {
         "graphql_errors",
         "not_allowed",
         "throttled",
+        "credentials",
     ];
 
     /// Whether trying again soon may help. A slow body would be as slow again, and a
@@ -164,6 +169,8 @@ pub struct Poller {
     /// Whether the connection stays open for the next poll; when not, each poll
     /// asks for `Connection: close` and nothing is held between polls.
     keep_alive: bool,
+    /// A header every poll carries (`spec.auth`), its value marked sensitive.
+    header: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
 }
 
 /// `kco/<version> (<instance>)`.
@@ -197,6 +204,7 @@ impl Poller {
             first_backoff: Duration::from_millis(200),
             share: None,
             keep_alive: true,
+            header: None,
         })
     }
 
@@ -218,6 +226,16 @@ impl Poller {
     /// polled rarely should not hold a descriptor and buffers while it waits.
     pub fn with_keep_alive(mut self, keep_alive: bool) -> Self {
         self.keep_alive = keep_alive;
+        self
+    }
+
+    /// The same poller, every poll carrying `header` (credentials: the client
+    /// must follow no redirect).
+    pub fn with_header(
+        mut self,
+        header: (reqwest::header::HeaderName, reqwest::header::HeaderValue),
+    ) -> Self {
+        self.header = Some(header);
         self
     }
 
@@ -283,6 +301,9 @@ impl Poller {
             .body(body.0.clone());
         if !self.keep_alive {
             request = request.header(reqwest::header::CONNECTION, "close");
+        }
+        if let Some((name, value)) = &self.header {
+            request = request.header(name.clone(), value.clone());
         }
         let sent = tokio::time::timeout_at(deadline, request.send()).await;
         let response = match sent {
@@ -683,6 +704,7 @@ mod tests {
             PollFailure::GraphqlErrors(String::new()),
             PollFailure::NotAllowed(String::new()),
             PollFailure::Throttled(String::new()),
+            PollFailure::Credentials(String::new()),
         ];
         let labels: Vec<&str> = every.iter().map(PollFailure::reason).collect();
         assert_eq!(labels, PollFailure::REASONS, "one distinct label each");

@@ -35,6 +35,8 @@ pub struct Schedule {
     pub timeout: Duration,
     /// The state query, as the body every poll sends.
     pub query: QueryBody,
+    /// The header every poll carries (`spec.auth`), as last read.
+    pub credentials: Option<super::credentials::Credentials>,
 }
 
 /// How a target is reached, and what is checked before each poll of it: the
@@ -65,8 +67,14 @@ impl Route {
         }
     }
 
-    /// The poller for the next poll of `url`, or why the policy refuses it.
-    pub fn poller(&self, base: &Poller, url: &str) -> Result<Poller, PollFailure> {
+    /// The poller for the next poll of `url`, or why the policy refuses it. A
+    /// poll that carries credentials follows no redirect.
+    pub fn poller(
+        &self,
+        base: &Poller,
+        url: &str,
+        credentials: bool,
+    ) -> Result<Poller, PollFailure> {
         match self {
             Self::Pod => Ok(base.clone()),
             Self::NodeAddress {
@@ -81,9 +89,12 @@ impl Route {
                 egress
                     .check_url(namespace, Purpose::Graphql, url)
                     .map_err(PollFailure::NotAllowed)?;
-                let client = egress
-                    .client(namespace, Purpose::Graphql, None)
-                    .map_err(PollFailure::NotAllowed)?;
+                let client = if credentials {
+                    egress.client_without_redirects(namespace, Purpose::Graphql, None)
+                } else {
+                    egress.client(namespace, Purpose::Graphql, None)
+                }
+                .map_err(PollFailure::NotAllowed)?;
                 Ok(base.clone().with_client(client))
             }
         }
@@ -173,11 +184,11 @@ struct Loop<M> {
     cancel: CancellationToken,
 }
 
-/// The poller of the last poll and the generation of the quotas and addresses
-/// it was made from: the endpoint check, the policy's client and the tenant's
-/// share are made again only when a TenantQuota, a namespace's labels or the
-/// apiserver's addresses change, so a tightened policy still stops the next
-/// poll.
+/// The poller of the last poll and the generation of the quotas, addresses and
+/// credentials it was made from: the endpoint check, the policy's client, the
+/// tenant's share and the credentials' header are made again only when a
+/// TenantQuota, a namespace's labels, the apiserver's addresses or the
+/// credentials change, so a tightened policy still stops the next poll.
 struct Made {
     generation: u64,
     poller: Result<Poller, PollFailure>,
@@ -186,7 +197,33 @@ struct Made {
 impl<M> Loop<M> {
     fn generation(&self) -> u64 {
         let tenants = self.gate.as_ref().map_or(0, |g| g.tenants.generation());
-        self.polled.route.generation().wrapping_add(tenants)
+        let credentials = self
+            .schedule
+            .credentials
+            .as_ref()
+            .map_or(0, |c| c.generation());
+        self.polled
+            .route
+            .generation()
+            .wrapping_add(tenants)
+            .wrapping_add(credentials)
+    }
+
+    /// The poller for `url` now: the route's, carrying the credentials, taking
+    /// from the tenant's share.
+    fn make(&self) -> Result<Poller, PollFailure> {
+        let credentials = self.schedule.credentials.as_ref();
+        let mut poller =
+            self.polled
+                .route
+                .poller(&self.poller, &self.polled.url, credentials.is_some())?;
+        if let Some(credentials) = credentials {
+            poller = poller.with_header(credentials.header().map_err(PollFailure::Credentials)?);
+        }
+        Ok(match &self.gate {
+            Some(gate) => gate.shared(poller),
+            None => poller,
+        })
     }
 
     /// The poller for the next poll: the one made before while nothing it
@@ -197,14 +234,7 @@ impl<M> Loop<M> {
             Some(kept) if kept.generation == generation => kept,
             _ => Made {
                 generation,
-                poller: self
-                    .polled
-                    .route
-                    .poller(&self.poller, &self.polled.url)
-                    .map(|poller| match &self.gate {
-                        Some(gate) => gate.shared(poller),
-                        None => poller,
-                    }),
+                poller: self.make(),
             },
         };
         &made.insert(current).poller

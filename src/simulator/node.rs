@@ -144,6 +144,17 @@ pub struct Faults {
     /// Serve HTTPS with a self-signed certificate that no client trusts. Read when a
     /// connection is accepted: connections already open keep their protocol.
     pub untrusted_tls: bool,
+    /// Answer 401 to a request that does not carry this header with exactly this
+    /// value: a node behind an authenticating proxy.
+    pub require_header: Option<RequiredHeader>,
+}
+
+/// A header a request must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequiredHeader {
+    pub name: String,
+    pub value: String,
 }
 
 /// The largest latency a node can be told to add (10 minutes).
@@ -164,6 +175,15 @@ pub const MAX_TRICKLE_MS: u64 = 60_000;
 impl Faults {
     /// Checks that the faults make sense together.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(required) = &self.require_header
+            && (axum::http::HeaderName::from_bytes(required.name.as_bytes()).is_err()
+                || axum::http::HeaderValue::from_str(&required.value).is_err())
+        {
+            return Err(format!(
+                "requireHeader {:?} is not a header name and value",
+                required.name
+            ));
+        }
         if let Some(status) = self.http_status
             && !(400..=599).contains(&status)
         {

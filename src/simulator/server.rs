@@ -189,6 +189,18 @@ async fn graphql(
     } else {
         faults
     };
+    if let Some(required) = &faults.require_header
+        && headers
+            .get(required.name.as_str())
+            .is_none_or(|v| v.as_bytes() != required.value.as_bytes())
+    {
+        let mut response = status_response(401);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mina\""),
+        );
+        return response;
+    }
     let response = match faults.answer() {
         Answer::Reset => {
             switch.0.notify_one();

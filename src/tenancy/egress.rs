@@ -79,8 +79,8 @@ pub struct Egress {
     inner: Arc<Inner>,
 }
 
-/// (namespace, purpose, trusted CA, the policy's text).
-type ClientKey = (String, Purpose, Option<Vec<u8>>, String);
+/// (namespace, purpose, trusted CA, the policy's text, whether redirects are followed).
+type ClientKey = (String, Purpose, Option<Vec<u8>>, String, bool);
 
 struct Inner {
     tenants: Arc<super::Tenants>,
@@ -180,12 +180,35 @@ impl Egress {
         purpose: Purpose,
         ca: Option<&[u8]>,
     ) -> Result<reqwest::Client, String> {
+        self.client_with(namespace, purpose, ca, true)
+    }
+
+    /// As [`Self::client`], but following no redirect whatever the purpose: for
+    /// requests that carry credentials, which a redirect would hand to another
+    /// host.
+    pub fn client_without_redirects(
+        &self,
+        namespace: &str,
+        purpose: Purpose,
+        ca: Option<&[u8]>,
+    ) -> Result<reqwest::Client, String> {
+        self.client_with(namespace, purpose, ca, false)
+    }
+
+    fn client_with(
+        &self,
+        namespace: &str,
+        purpose: Purpose,
+        ca: Option<&[u8]>,
+        follow_redirects: bool,
+    ) -> Result<reqwest::Client, String> {
         let policy = self.policy(namespace);
         let key = (
             namespace.to_owned(),
             purpose,
             ca.map(<[u8]>::to_vec),
             format!("{policy:?}"),
+            follow_redirects,
         );
         if let Some(client) = self.inner.clients.get(&key) {
             return Ok(client);
@@ -202,6 +225,7 @@ impl Egress {
             // A webhook request carries the tenant's headers and signature: a redirect
             // would hand them to another host, so none is followed.
             Purpose::Webhook => reqwest::redirect::Policy::none(),
+            Purpose::Graphql if !follow_redirects => reqwest::redirect::Policy::none(),
             Purpose::Graphql => {
                 let redirect_check = resolver.clone();
                 reqwest::redirect::Policy::custom(move |attempt| {
