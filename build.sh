@@ -163,7 +163,7 @@ benches() {
   export CARGO_TARGET_DIR="$cache_root/bench-target"
   step "building the benches (release)"
   cargo bench --locked --no-run --benches
-  for name in pipeline scale admission failover hostile series; do
+  for name in pipeline scale admission failover hostile series secured; do
     local -a args=()
     if [ "$quick" = "--quick" ]; then
       case "$name" in
@@ -173,6 +173,7 @@ benches() {
         failover) args=(--runs 1) ;;
         hostile) args=(--healthy 20 --seconds 3) ;;
         series) args=(--targets 100) ;;
+        secured) args=(--polls 500) ;;
       esac
     fi
     step "bench: $name ${args[*]}"
@@ -187,7 +188,7 @@ benches() {
     echo
     echo "| bench | figure | value |"
     echo "|---|---|---|"
-    cat "$out"/{pipeline,scale,admission,failover,hostile}.md \
+    cat "$out"/{pipeline,scale,admission,failover,hostile,series,secured}.md \
       | sed -n 's/^headline | \(.*\)$/| \1 |/p'
     echo
     echo "Each bench's own tables: target/bench/<bench>.md."

@@ -283,6 +283,11 @@ pub async fn on_cluster(
             "metadata.name: required".to_owned(),
         ]));
     };
+    // Names go into the request's path: a name that is not one (`x#`, `a/b`)
+    // would address something else.
+    if let Err(why) = crate::names::subdomain(name) {
+        return Ok(Judgement::Refused(vec![format!("metadata.name: {why}")]));
+    }
     let api: Api<DynamicObject> = if manifest.kind == "TenantQuota" {
         Api::all_with(client.clone(), &api_resource)
     } else {
@@ -291,6 +296,11 @@ pub async fn on_cluster(
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .unwrap_or(namespace);
+        if let Err(why) = crate::names::label(namespace) {
+            return Ok(Judgement::Refused(vec![format!(
+                "metadata.namespace: {why}"
+            )]));
+        }
         Api::namespaced_with(client.clone(), namespace, &api_resource)
     };
     let mut params = PatchParams::apply("kco-validate").dry_run().force();

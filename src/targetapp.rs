@@ -62,14 +62,19 @@ pub struct TargetAppSpec {
     #[serde(default = "default_port")]
     pub port: IntOrString,
 
-    /// `http` or `https`. HTTPS certificates are verified, against `caSecretRef` if given.
+    /// `http` or `https`. HTTPS certificates are verified, against `tls.caSecretRef`
+    /// if given.
     #[serde(default)]
     pub scheme: Scheme,
 
-    /// A Secret key of this namespace holding the PEM CA bundle that signs the
-    /// targets' HTTPS certificates.
+    /// Replaced by `tls.caSecretRef`; refused when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+
+    /// How HTTPS targets are verified, and the certificate polls present; the
+    /// Secrets are read with `serviceAccountName`'s rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TargetTls>,
 
     /// Seconds between polls of each target (at least 1, and at least the tenant's
     /// minimum). Defaults to the operator's DEFAULT_POLLING_INTERVAL (30).
@@ -171,6 +176,32 @@ pub struct SecretKeyRef {
     pub name: String,
     /// The key inside the Secret.
     pub key: String,
+}
+
+/// How HTTPS targets are verified, and what polls present to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetTls {
+    /// A Secret key holding the PEM CA bundle the targets' certificates must
+    /// chain to (instead of the platform's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The name the targets' certificates must be issued to, instead of the host
+    /// polled (a pod's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) whose certificate
+    /// polls present (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretRef>,
+}
+
+/// A Secret in the TargetApp's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
 }
 
 /// Credentials a poll carries: one header, its value from a Secret key.

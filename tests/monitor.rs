@@ -511,14 +511,17 @@ async fn an_invalid_spec_fails_with_the_reason_in_status() {
         "{:?}",
         status.conditions
     );
-    // A feature that is not built yet is refused, not ignored.
+    // A field that moved is refused, not ignored.
     bed.apply(
         json!({"selector": {"matchLabels": {"app": "mina"}}, "scheme": "https",
                      "caSecretRef": {"name": "mina-ca", "key": "ca.crt"}}),
     )
     .await;
     bed.wait_status(20, "Failed on caSecretRef", |s| {
-        s.phase == Some(Phase::Failed) && s.conditions[0].message.contains("spec.caSecretRef")
+        s.phase == Some(Phase::Failed)
+            && s.conditions[0]
+                .message
+                .contains("spec.caSecretRef: moved: set spec.tls.caSecretRef")
     })
     .await;
     let admin = fixtures::http_client();
@@ -892,20 +895,7 @@ async fn require_token(bed: &Bed, token: &str) {
 }
 
 async fn put_token(bed: &Bed, name: &str, token: &str) {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(bed.client.clone(), &bed.ns);
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-        "stringData": {"token": format!("{token}\n")}
-    });
-    secrets
-        .patch(
-            name,
-            &kube::api::PatchParams::apply("kco-test").force(),
-            &kube::api::Patch::Apply(&secret),
-        )
-        .await
-        .unwrap();
+    put_secret(bed, name, "Opaque", json!({"token": format!("{token}\n")})).await;
 }
 
 #[tokio::test]
@@ -952,9 +942,19 @@ async fn polls_carry_credentials_read_as_the_tenant_and_follow_the_secret() {
     assert!(
         refused.contains(
             "cannot read Secret other: Forbidden (403) (read as ServiceAccount kco-actions)"
-        ),
+        ) && refused.contains("nothing was sent"),
         "{refused}"
     );
+    // Not sent is not down: `$up` rules do not fire on it, and status says why.
+    bed.wait_status(10, "the reason in status", |s| {
+        s.targets.len() == 2
+            && s.targets.iter().all(|t| {
+                t.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("no credentials to send"))
+            })
+    })
+    .await;
 
     // Nothing KCO writes or serves shows the credential.
     let events: Api<Event> = Api::namespaced(bed.client.clone(), &bed.ns);
@@ -971,6 +971,116 @@ async fn polls_carry_credentials_read_as_the_tenant_and_follow_the_secret() {
             !text.contains("s3cret"),
             "the credential is in the {what}: {text}"
         );
+    }
+}
+
+async fn put_secret(bed: &Bed, name: &str, type_: &str, data: Value) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(bed.client.clone(), &bed.ns);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "type": type_, "stringData": data
+    });
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("kco-test").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_against_the_tenants_ca_and_name_and_see_its_certificate() {
+    let mut bed = Bed::new("mon-tls", 2).await;
+    bed.start_operator(fast_polls).await;
+    bed.grant_actions().await;
+    // The nodes serve a certificate of the tenant's own CA, issued to a Service
+    // name (not to the pod addresses polled), and ask for a client certificate
+    // of another CA.
+    let servers = support::pki::Authority::new("mina-servers").unwrap();
+    let clients = support::pki::Authority::new("mina-clients").unwrap();
+    let name = format!("mina.{}.svc", bed.ns);
+    let serving = servers.server(&[&name]).unwrap();
+    let client = clients.client("kco", None).unwrap();
+    for node in &bed.nodes {
+        let faults = Faults {
+            tls: Some(kco::simulator::ServeTls {
+                cert_pem: serving.cert.clone(),
+                key_pem: serving.key.clone(),
+                client_ca_pem: Some(clients.cert_pem.clone()),
+            }),
+            ..Default::default()
+        };
+        bed.sim.set_faults(*node, faults).await.unwrap();
+    }
+    put_secret(
+        &bed,
+        "kco-graphql-ca",
+        "Opaque",
+        json!({"ca.crt": servers.cert_pem}),
+    )
+    .await;
+    put_secret(
+        &bed,
+        "kco-graphql-client",
+        "kubernetes.io/tls",
+        json!({"tls.crt": client.cert, "tls.key": client.key}),
+    )
+    .await;
+    let spec = |tls: Value| {
+        json!({
+            "selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
+            "scheme": "https", "serviceAccountName": "kco-actions", "tls": tls
+        })
+    };
+    let ca = json!({"name": "kco-graphql-ca", "key": "ca.crt"});
+    let certificate = json!({"name": "kco-graphql-client"});
+    bed.apply(spec(
+        json!({"caSecretRef": ca, "serverName": name, "clientCertSecretRef": certificate}),
+    ))
+    .await;
+    bed.wait_status(30, "Monitoring 2/2 over mutual TLS", |s| {
+        s.phase == Some(Phase::Monitoring) && s.targets_ready.as_deref() == Some("2/2")
+    })
+    .await;
+
+    // Each setting is needed: without the client certificate the node refuses
+    // the handshake, under another name or against the platform's roots the
+    // node's certificate is refused.
+    for (what, tls) in [
+        (
+            "no client certificate",
+            json!({"caSecretRef": ca, "serverName": name}),
+        ),
+        (
+            "another name",
+            json!({"caSecretRef": ca, "serverName": "mina.other.svc", "clientCertSecretRef": certificate}),
+        ),
+        (
+            "the platform's roots",
+            json!({"serverName": name, "clientCertSecretRef": certificate}),
+        ),
+    ] {
+        bed.apply(spec(tls)).await;
+        bed.wait_status(20, what, |s| {
+            s.targets_ready.as_deref() == Some("0/2")
+                && s.targets.iter().all(|t| {
+                    t.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("TLS handshake failed"))
+                })
+        })
+        .await;
+        bed.apply(spec(
+            json!({"caSecretRef": ca, "serverName": name, "clientCertSecretRef": certificate}),
+        ))
+        .await;
+        bed.wait_status(20, "2/2 again", |s| {
+            s.targets_ready.as_deref() == Some("2/2")
+        })
+        .await;
     }
 }
 

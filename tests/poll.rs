@@ -370,7 +370,12 @@ async fn a_webhook_client_follows_no_redirect_where_a_graphql_client_would() {
     .unwrap();
     let header = kco::monitor::credentials::header_of(&auth, b"s3cret").unwrap();
     let client = egress
-        .client_without_redirects("chain", kco::tenancy::Purpose::Graphql, None)
+        .client_for(
+            "chain",
+            kco::tenancy::Purpose::Graphql,
+            kco::tenancy::egress::Trust::Platform,
+            true,
+        )
         .unwrap();
     let poller = Poller::new(1024 * 1024, 0, "kco-test")
         .unwrap()

@@ -291,7 +291,13 @@ fn auth_of(params: &Params, problems: &mut Vec<ParamProblem>) -> Option<crate::t
             return None;
         }
     };
-    let found = crate::monitor::credentials::check(&auth);
+    let mut found = crate::monitor::credentials::check(&auth);
+    let lower = auth.header.to_ascii_lowercase();
+    if found.iter().all(|(field, _)| *field != "header")
+        && (RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-kco-"))
+    {
+        found.push(("header", format!("{} is set by KCO", auth.header)));
+    }
     if found.is_empty() {
         return Some(auth);
     }
@@ -524,6 +530,16 @@ mod tests {
             ["auth.shceme"]
         );
         assert_eq!(problems(json!({"scheme": "Bearer"}), json!({})), ["auth"]);
+        for own in ["Idempotency-Key", "X-KCO-Signature", "x-kco-correlation-id"] {
+            assert_eq!(
+                problems(
+                    json!({"secretRef": {"name": "a", "key": "b"}, "header": own}),
+                    json!({})
+                ),
+                ["auth.header"],
+                "{own}"
+            );
+        }
     }
 
     #[test]

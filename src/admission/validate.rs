@@ -249,10 +249,10 @@ impl Validator {
             v.refuse("spec.schema.configMapRef.name", why);
         }
         if spec.ca_secret_ref.is_some() {
-            v.refuse(
-                "spec.caSecretRef",
-                "a CA bundle from a Secret is not supported yet",
-            );
+            v.refuse("spec.caSecretRef", "moved: set spec.tls.caSecretRef");
+        }
+        if let Some(tls) = &spec.tls {
+            check_tls(&mut v, spec, tls);
         }
         if let Some(auth) = &spec.auth {
             check_auth(&mut v, spec, auth);
@@ -575,16 +575,47 @@ fn check_auth(
             "the Secret is read with the rights of spec.serviceAccountName, which is not set",
         );
     }
-    let plain = if is_absolute(&spec.graphql_endpoint) {
-        spec.graphql_endpoint
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
-    } else {
-        spec.scheme == crate::targetapp::Scheme::Http
-    };
-    if plain {
+    if !over_https(spec) {
         v.warnings.push(
             "spec.auth: the credentials are sent over plain http, readable by anything on the path; use https".to_owned(),
+        );
+    }
+}
+
+/// Whether the targets are polled over https: an `https://` URL, or pods with
+/// `scheme: https`.
+fn over_https(spec: &crate::targetapp::TargetAppSpec) -> bool {
+    if is_absolute(&spec.graphql_endpoint) {
+        spec.graphql_endpoint
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    } else {
+        spec.scheme == crate::targetapp::Scheme::Https
+    }
+}
+
+/// Checks `spec.tls`: names and Secret keys, https targets, and the
+/// ServiceAccount its Secrets are read as.
+fn check_tls(
+    v: &mut Verdict,
+    spec: &crate::targetapp::TargetAppSpec,
+    tls: &crate::targetapp::TargetTls,
+) {
+    for (field, why) in crate::monitor::credentials::check_tls(tls) {
+        v.refuse(format!("spec.tls.{field}"), why);
+    }
+    if !over_https(spec) {
+        v.refuse(
+            "spec.tls",
+            "the targets are polled over http; set scheme: https (or an https URL) for TLS settings to apply",
+        );
+    }
+    if (tls.ca_secret_ref.is_some() || tls.client_cert_secret_ref.is_some())
+        && spec.service_account_name.is_none()
+    {
+        v.refuse(
+            "spec.tls",
+            "its Secrets are read with the rights of spec.serviceAccountName, which is not set",
         );
     }
 }
@@ -862,6 +893,54 @@ mod tests {
             None,
         );
         assert_eq!(paths(&host), ["spec.auth.header"]);
+    }
+
+    #[test]
+    fn tls_settings_apply_to_https_targets_and_their_secrets_need_an_account() {
+        let v = Validator::new();
+        let tls = json!({"caSecretRef": {"name": "kco-graphql-ca", "key": "ca.crt"},
+                         "serverName": "mina.chain.svc", "clientCertSecretRef": {"name": "kco-graphql-client"}});
+        let good = v.validate(
+            &app(json!({"selector": {}, "scheme": "https", "serviceAccountName": "kco-actions", "tls": tls})),
+            None,
+        );
+        assert_eq!(good.problems, vec![], "{good:?}");
+        let plain = v.validate(
+            &app(json!({"selector": {}, "serviceAccountName": "kco-actions", "tls": tls})),
+            None,
+        );
+        assert_eq!(paths(&plain), ["spec.tls"]);
+        let anonymous = v.validate(
+            &app(json!({"selector": {}, "scheme": "https", "tls": tls})),
+            None,
+        );
+        assert_eq!(paths(&anonymous), ["spec.tls"]);
+        // A server name alone reads no Secret: no account is needed.
+        let named = v.validate(
+            &app(
+                json!({"selector": {}, "scheme": "https", "tls": {"serverName": "mina.chain.svc"}}),
+            ),
+            None,
+        );
+        assert_eq!(named.problems, vec![], "{named:?}");
+        let odd = v.validate(
+            &app(json!({"selector": {}, "scheme": "https", "serviceAccountName": "kco-actions",
+                        "caSecretRef": {"name": "a", "key": "b"},
+                        "tls": {"serverName": "not a name", "caSecretRef": {"name": "../x", "key": "ca.crt"}}})),
+            None,
+        );
+        assert_eq!(
+            paths(&odd),
+            [
+                "spec.caSecretRef",
+                "spec.tls.serverName",
+                "spec.tls.caSecretRef.name"
+            ]
+        );
+        assert!(
+            messages(&odd)[0].contains("spec.tls.caSecretRef"),
+            "{odd:?}"
+        );
     }
 
     #[test]

@@ -248,8 +248,8 @@ pub async fn run(
         }
     }
 
-    if let Some(auth) = app.spec.auth.clone() {
-        let credentials = Box::pin(monitor.credentials(auth)).await;
+    if app.spec.auth.is_some() || app.spec.tls.is_some() {
+        let credentials = Box::pin(monitor.credentials()).await;
         monitor.schedule.credentials = Some(credentials);
     }
 
@@ -291,28 +291,46 @@ pub async fn run(
 }
 
 impl Monitor {
-    /// The credentials `auth` asks for, read as the TargetApp's ServiceAccount
-    /// now and every refresh period while this task runs.
-    async fn credentials(&self, auth: crate::targetapp::Auth) -> super::credentials::Credentials {
-        use super::credentials::{self, Credentials};
-        // Validated: a TargetApp with `auth` names its ServiceAccount.
+    /// What `spec.auth` and `spec.tls` ask for, read as the TargetApp's
+    /// ServiceAccount now and every refresh period while this task runs.
+    async fn credentials(&self) -> super::credentials::Credentials {
+        use super::credentials::{self, Credentials, Wanted};
+        let wanted = Wanted {
+            auth: self.app.spec.auth.clone(),
+            tls: self.app.spec.tls.clone(),
+            instance: self.ctx.settings.instance.clone(),
+        };
+        let reads_secrets = wanted.auth.is_some()
+            || wanted
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.ca_secret_ref.is_some() || t.client_cert_secret_ref.is_some());
+        if !reads_secrets {
+            return Credentials::without_secrets(&wanted);
+        }
+        // Validated: a TargetApp that reads Secrets names its ServiceAccount.
         let Some(account) = self.app.spec.service_account_name.as_deref() else {
             return Credentials::failed("spec.serviceAccountName is not set".to_owned());
         };
-        match self.ctx.dispatcher.impersonating(&self.namespace, account) {
-            Ok(client) => {
-                credentials::start(
-                    client,
-                    &self.namespace,
-                    account,
-                    auth,
-                    self.ctx.settings.credentials_refresh,
-                    self.cancel.clone(),
-                )
-                .await
-            }
-            Err(e) => Credentials::failed(e.to_string()),
-        }
+        let (dispatcher, namespace, as_account) = (
+            self.ctx.dispatcher.clone(),
+            self.namespace.clone(),
+            account.to_owned(),
+        );
+        let client: credentials::ClientFor = Arc::new(move || {
+            dispatcher
+                .impersonating(&namespace, &as_account)
+                .map_err(|e| e.to_string())
+        });
+        credentials::start(
+            client,
+            &self.namespace,
+            account,
+            wanted,
+            self.ctx.settings.credentials_refresh,
+            self.cancel.clone(),
+        )
+        .await
     }
 
     /// The namespace's pods changed: this TargetApp's targets follow its selector.
@@ -516,6 +534,19 @@ impl Monitor {
                     )
                     .await;
                 }
+                Observed::Throttled(failure @ super::poll::PollFailure::Credentials(_)) => {
+                    tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
+                        correlation_id = %report.correlation_id, error = %failure, "poll not sent");
+                    self.notify(
+                        Reason::PollFailed,
+                        format!(
+                            "polling {} failed (credentials): {failure}; nothing was sent, and the target keeps its last state",
+                            target.name()
+                        ),
+                        Some(&target),
+                    )
+                    .await;
+                }
                 Observed::Throttled(failure) => {
                     self.ctx
                         .metrics
@@ -610,18 +641,21 @@ impl Monitor {
             .inc();
         tracing::info!(namespace = %self.namespace, tapp = %self.name, target = %target.name(), rule = %rule.name,
             action = rule.action.as_deref().unwrap_or("(records only)"), correlation_id, "trigger fired");
-        status::record_firing(
-            &mut self.firings,
-            RuleFiring {
-                rule: rule.name.clone(),
-                target: target.name().to_owned(),
-                time: Time(now),
-                cleared: None,
-                // A rule that only records has nothing left to finish.
-                done: rule.action.is_none().then_some(Time(now)),
-                resumed: None,
-            },
-        );
+        // The firings of rules with an action, as the fence will record them
+        // (a rule that only records keeps its firings in the target's state).
+        if rule.action.is_some() {
+            status::record_firing(
+                &mut self.firings,
+                RuleFiring {
+                    rule: rule.name.clone(),
+                    target: target.name().to_owned(),
+                    time: Time(now),
+                    cleared: None,
+                    done: None,
+                    resumed: None,
+                },
+            );
+        }
         let c = &rule.condition;
         let then = match &rule.action {
             None => "recorded only (the rule has no action)".to_owned(),

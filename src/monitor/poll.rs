@@ -123,6 +123,13 @@ impl PollFailure {
         }
     }
 
+    /// Whether KCO, not the target, kept the poll from telling anything: its
+    /// body was dropped for the bytes in flight, or it could not be sent
+    /// without the credentials it needs. The target's state is unknown, not down.
+    pub fn told_nothing(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::Credentials(_))
+    }
+
     /// How long the target asked to be left alone (Retry-After of a 429), at most
     /// [`MAX_RETRY_AFTER`]: the poll loop delays the next poll by it.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -173,6 +180,20 @@ pub struct Poller {
     header: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
 }
 
+/// The client of pod targets, before it is built (a TargetApp with its own TLS
+/// settings builds one more).
+pub fn pod_client(instance: &str) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(user_agent(instance))
+        // Targets are pods and Services: never through a proxy from the environment,
+        // and never to wherever a redirect points.
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(2)
+        .tcp_nodelay(true)
+}
+
 /// `kco/<version> (<instance>)`.
 pub fn user_agent(instance: &str) -> String {
     format!("kco/{} ({instance})", env!("CARGO_PKG_VERSION"))
@@ -187,16 +208,7 @@ impl Poller {
     /// `instance` names the replica in the User-Agent, so that a target's operators
     /// see which replica polls it.
     pub fn new(max_bytes: u64, max_retries: u32, instance: &str) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(user_agent(instance))
-            // Targets are pods and Services: never through a proxy from the environment,
-            // and never to wherever a redirect points.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(2)
-            .tcp_nodelay(true)
-            .build()?;
+        let http = pod_client(instance).build()?;
         Ok(Self {
             http,
             max_bytes,

@@ -32,7 +32,7 @@ pub struct TargetState {
     /// first poll that agrees keeps that `since`.
     recorded_since: Option<(bool, Timestamp)>,
     pub last_error: Option<PollFailure>,
-    /// Whether the last poll was throttled (it told nothing of the target).
+    /// Whether the last poll told nothing of the target (throttled, or not sent).
     pub throttled: bool,
     /// One firing state per rule, in rule order.
     pub firing: Vec<FiringState>,
@@ -77,8 +77,9 @@ pub enum Observed {
     PollFailed(PollFailure),
     /// `$up` turned true again.
     PollRecovered,
-    /// A poll was throttled after one that was not: KCO, not the target, stopped
-    /// it, so `$up`, the data and every rule stay as they were.
+    /// A poll told nothing after one that did: KCO, not the target, stopped it
+    /// (throttled) or could not send it (no credentials), so `$up`, the data
+    /// and every rule stay as they were.
     Throttled(PollFailure),
     /// A field a trigger references changed.
     StateChanged(Change),
@@ -170,9 +171,16 @@ impl TargetState {
         fields: &BTreeSet<FieldPath>,
         now: Timestamp,
     ) -> Vec<Observed> {
-        if let Err(failure @ PollFailure::Throttled(_)) = result {
+        if let Err(failure) = result.as_ref()
+            && failure.told_nothing()
+        {
+            let failure = failure.clone();
             let first = !self.throttled;
             self.throttled = true;
+            // Why nothing is sent shows in status until a poll is.
+            if matches!(failure, PollFailure::Credentials(_)) {
+                self.last_error = Some(failure.clone());
+            }
             return if first {
                 vec![Observed::Throttled(failure)]
             } else {
@@ -517,6 +525,29 @@ mod tests {
             vec![Observed::Throttled(throttled)],
             "throttled again after a poll got through: told again"
         );
+    }
+
+    #[test]
+    fn a_poll_not_sent_for_want_of_credentials_is_no_sign_of_the_target() {
+        let rules = rules();
+        let fields = referenced_fields(&rules);
+        let mut t = unpolled_mina_0(&rules);
+        assert_eq!(t.observe(ok("SYNCED", 1), &rules, &fields, at(0)), vec![]);
+        let missing = PollFailure::Credentials("Secret t does not exist".into());
+        assert_eq!(
+            t.observe(Err(missing.clone()), &rules, &fields, at(1)),
+            vec![Observed::Throttled(missing.clone())]
+        );
+        assert_eq!(
+            t.observe(Err(missing.clone()), &rules, &fields, at(2)),
+            vec![]
+        );
+        // `$up` stays as it was (no `$up` rule fires), and the reason shows
+        // until a poll is sent again.
+        assert_eq!(t.up, Some(true));
+        assert_eq!(t.last_error, Some(missing));
+        assert_eq!(t.observe(ok("SYNCED", 3), &rules, &fields, at(3)), vec![]);
+        assert_eq!(t.last_error, None);
     }
 
     #[test]

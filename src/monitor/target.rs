@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::credentials::Material;
 use super::poll::{PollFailure, PollReport, Poller, QueryBody, parse_url};
+use crate::tenancy::egress::Trust;
 use crate::tenancy::{Egress, Purpose};
 
 /// One finished poll, for the TargetApp's task.
@@ -67,34 +69,39 @@ impl Route {
         }
     }
 
-    /// The poller for the next poll of `url`, or why the policy refuses it. A
-    /// poll that carries credentials follows no redirect.
+    /// The poller for the next poll of `url`, or why the policy refuses it,
+    /// with what the TargetApp's Secrets make (its own TLS settings; a poll that
+    /// carries credentials follows no redirect).
     pub fn poller(
         &self,
         base: &Poller,
         url: &str,
-        credentials: bool,
+        material: Option<&Material>,
     ) -> Result<Poller, PollFailure> {
+        let tls = material.and_then(|m| m.tls.as_ref());
+        let pod = || match tls {
+            Some((_, client)) => base.clone().with_client(client.clone()),
+            None => base.clone(),
+        };
         match self {
-            Self::Pod => Ok(base.clone()),
+            Self::Pod => Ok(pod()),
             Self::NodeAddress {
                 egress,
                 namespace,
                 ip,
             } => egress
                 .check_node_address(namespace, *ip)
-                .map(|()| base.clone())
+                .map(|()| pod())
                 .map_err(PollFailure::NotAllowed),
             Self::Url { egress, namespace } => {
                 egress
                     .check_url(namespace, Purpose::Graphql, url)
                     .map_err(PollFailure::NotAllowed)?;
-                let client = if credentials {
-                    egress.client_without_redirects(namespace, Purpose::Graphql, None)
-                } else {
-                    egress.client(namespace, Purpose::Graphql, None)
-                }
-                .map_err(PollFailure::NotAllowed)?;
+                let trust = tls.map_or(Trust::Platform, |(prepared, _)| Trust::Config(prepared));
+                let credentials = material.is_some_and(|m| m.header.is_some());
+                let client = egress
+                    .client_for(namespace, Purpose::Graphql, trust, credentials)
+                    .map_err(PollFailure::NotAllowed)?;
                 Ok(base.clone().with_client(client))
             }
         }
@@ -212,13 +219,16 @@ impl<M> Loop<M> {
     /// The poller for `url` now: the route's, carrying the credentials, taking
     /// from the tenant's share.
     fn make(&self) -> Result<Poller, PollFailure> {
-        let credentials = self.schedule.credentials.as_ref();
+        let material = match &self.schedule.credentials {
+            Some(credentials) => Some(credentials.material().map_err(PollFailure::Credentials)?),
+            None => None,
+        };
         let mut poller =
             self.polled
                 .route
-                .poller(&self.poller, &self.polled.url, credentials.is_some())?;
-        if let Some(credentials) = credentials {
-            poller = poller.with_header(credentials.header().map_err(PollFailure::Credentials)?);
+                .poller(&self.poller, &self.polled.url, material.as_ref())?;
+        if let Some(header) = material.and_then(|m| m.header) {
+            poller = poller.with_header(header);
         }
         Ok(match &self.gate {
             Some(gate) => gate.shared(poller),

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use graphql::{MinaSchema, schema, state_hash};
-pub use node::{Answer, Faults, NodeState, RequiredHeader, StatePatch, SyncStatus};
+pub use node::{Answer, Faults, NodeState, RequiredHeader, ServeTls, StatePatch, SyncStatus};
 
 /// Why a simulator operation failed. The control API maps each to a status code.
 #[derive(Debug, thiserror::Error)]

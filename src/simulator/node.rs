@@ -147,6 +147,22 @@ pub struct Faults {
     /// Answer 401 to a request that does not carry this header with exactly this
     /// value: a node behind an authenticating proxy.
     pub require_header: Option<RequiredHeader>,
+    /// Serve HTTPS with this certificate (read when a connection is accepted),
+    /// and with `clientCaPem`, ask for a client certificate that CA signs.
+    pub tls: Option<ServeTls>,
+}
+
+/// A certificate a node serves, and the CA of the client certificates it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeTls {
+    /// PEM certificate chain, the node's own first.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
+    /// PEM CA: a client must present a certificate it signs.
+    #[serde(default)]
+    pub client_ca_pem: Option<String>,
 }
 
 /// A header a request must carry.
@@ -175,6 +191,9 @@ pub const MAX_TRICKLE_MS: u64 = 60_000;
 impl Faults {
     /// Checks that the faults make sense together.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            super::server::serving(tls).map_err(|e| format!("tls: {e}"))?;
+        }
         if let Some(required) = &self.require_header
             && (axum::http::HeaderName::from_bytes(required.name.as_bytes()).is_err()
                 || axum::http::HeaderValue::from_str(&required.value).is_err())

@@ -55,7 +55,14 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
                 continue;
             }
         };
-        let tls = node.faults.borrow().untrusted_tls;
+        let tls = {
+            let faults = node.faults.borrow();
+            match (&faults.tls, faults.untrusted_tls) {
+                (Some(serve), _) => Tls::Serve(serve.clone()),
+                (None, true) => Tls::Untrusted,
+                (None, false) => Tls::Off,
+            }
+        };
         tokio::spawn(connection(
             stream,
             router.clone(),
@@ -66,12 +73,19 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
     }
 }
 
+/// What a connection is served over.
+enum Tls {
+    Off,
+    Untrusted,
+    Serve(super::node::ServeTls),
+}
+
 async fn connection(
     stream: TcpStream,
     router: Router,
     cancel: CancellationToken,
     addr: SocketAddr,
-    tls: bool,
+    tls: Tls,
 ) {
     // A second handle on the socket, to set SO_LINGER=0 (an RST on close) when a
     // reset fault fires while hyper owns the stream.
@@ -82,12 +96,22 @@ async fn connection(
     let service = router.layer(axum::Extension(switch.clone()));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = async {
-        if !tls {
-            return builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .await;
-        }
-        let Some(acceptor) = untrusted_tls() else {
+        let acceptor = match &tls {
+            Tls::Off => {
+                return builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .await;
+            }
+            Tls::Untrusted => untrusted_tls(),
+            Tls::Serve(serve) => match serving(serve) {
+                Ok(acceptor) => Some(acceptor),
+                Err(e) => {
+                    tracing::warn!(node = %addr, error = %e, "cannot serve the node's certificate");
+                    None
+                }
+            },
+        };
+        let Some(acceptor) = acceptor else {
             return Ok(());
         };
         let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
@@ -150,6 +174,43 @@ fn untrusted_tls() -> Option<tokio_rustls::TlsAcceptor> {
             }
         })
         .clone()
+}
+
+/// A TLS acceptor serving `tls`'s certificate, asking for a client certificate
+/// when `tls` names a client CA.
+pub(super) fn serving(tls: &super::node::ServeTls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(cert.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn split_handle(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {

@@ -79,8 +79,30 @@ pub struct Egress {
     inner: Arc<Inner>,
 }
 
-/// (namespace, purpose, trusted CA, the policy's text, whether redirects are followed).
-type ClientKey = (String, Purpose, Option<Vec<u8>>, String, bool);
+/// (namespace, purpose, what it trusts, the policy's text, whether redirects are followed).
+type ClientKey = (String, Purpose, Vec<u8>, String, bool);
+
+/// What a client trusts (and presents).
+#[derive(Debug, Clone, Copy)]
+pub enum Trust<'a> {
+    /// The platform's roots.
+    Platform,
+    /// This PEM CA bundle instead.
+    Ca(&'a [u8]),
+    /// A TLS configuration made from a TargetApp's Secrets.
+    Config(&'a crate::tls::Prepared),
+}
+
+impl Trust<'_> {
+    /// What tells clients apart in the cache.
+    fn key(&self) -> Vec<u8> {
+        match self {
+            Self::Platform => Vec::new(),
+            Self::Ca(pem) => [b"ca:".as_slice(), pem].concat(),
+            Self::Config(prepared) => [b"config:".as_slice(), &prepared.fingerprint].concat(),
+        }
+    }
+}
 
 struct Inner {
     tenants: Arc<super::Tenants>,
@@ -180,33 +202,35 @@ impl Egress {
         purpose: Purpose,
         ca: Option<&[u8]>,
     ) -> Result<reqwest::Client, String> {
-        self.client_with(namespace, purpose, ca, true)
+        let trust = ca.map_or(Trust::Platform, Trust::Ca);
+        self.client_with(namespace, purpose, trust, true)
     }
 
-    /// As [`Self::client`], but following no redirect whatever the purpose: for
-    /// requests that carry credentials, which a redirect would hand to another
-    /// host.
-    pub fn client_without_redirects(
+    /// As [`Self::client`], trusting and presenting what `trust` says, and
+    /// following no redirect whatever the purpose when `credentials`: a request
+    /// that carries them would hand them to another host.
+    pub fn client_for(
         &self,
         namespace: &str,
         purpose: Purpose,
-        ca: Option<&[u8]>,
+        trust: Trust<'_>,
+        credentials: bool,
     ) -> Result<reqwest::Client, String> {
-        self.client_with(namespace, purpose, ca, false)
+        self.client_with(namespace, purpose, trust, !credentials)
     }
 
     fn client_with(
         &self,
         namespace: &str,
         purpose: Purpose,
-        ca: Option<&[u8]>,
+        trust: Trust<'_>,
         follow_redirects: bool,
     ) -> Result<reqwest::Client, String> {
         let policy = self.policy(namespace);
         let key = (
             namespace.to_owned(),
             purpose,
-            ca.map(<[u8]>::to_vec),
+            trust.key(),
             format!("{policy:?}"),
             follow_redirects,
         );
@@ -248,13 +272,19 @@ impl Egress {
             .redirect(redirects)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(2);
-        if let Some(pem) = ca {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("the CA bundle is not valid PEM: {e}"))?;
-            if certs.is_empty() {
-                return Err("the CA bundle holds no certificate".to_owned());
+        match trust {
+            Trust::Platform => {}
+            Trust::Ca(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| format!("the CA bundle is not valid PEM: {e}"))?;
+                if certs.is_empty() {
+                    return Err("the CA bundle holds no certificate".to_owned());
+                }
+                builder = builder.tls_certs_only(certs);
             }
-            builder = builder.tls_certs_only(certs);
+            Trust::Config(prepared) => {
+                builder = builder.tls_backend_preconfigured((*prepared.config).clone());
+            }
         }
         let client = builder
             .build()
