@@ -513,6 +513,18 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     secret(&bed, "kco-webhook-ca", "ca.crt", receiver.ca_pem.as_bytes()).await;
     secret(&bed, "kco-webhook-auth", "token", b"pd-token\n").await;
     let url = format!("https://{host}:{}/kco", receiver.addr.port());
+    // PagerDuty's integration: its URL and its routing key, in one Secret.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(bed.client.clone(), &bed.ns);
+    let pagerduty = serde_json::from_value(json!({
+        "metadata": {"name": "kco-webhook-url"},
+        "stringData": {"url": format!("{url}/page\n"), "routing": "R0UT1NG"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &pagerduty)
+        .await
+        .unwrap();
     bed.apply(
         json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
         "serviceAccountName": "kco-actions",
@@ -526,6 +538,11 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
                        "auth": {"secretRef": {"name": "kco-webhook-auth", "key": "token"}, "scheme": "Bearer"}})),
            rule("evil", "BOOTSTRAP", "webhook",
                 json!({"url": "https://evil.example.com/x"})),
+           rule("page", "LISTENING", "webhook",
+                json!({"urlSecretRef": {"name": "kco-webhook-url", "key": "url"},
+                       "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"},
+                       "format": "pagerduty", "severity": "critical",
+                       "routingKeySecretRef": {"name": "kco-webhook-url", "key": "routing"}})),
         ]}),
     )
     .await;
@@ -612,6 +629,29 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
     );
     assert_eq!(receiver.received().len(), 3, "nothing else was sent");
 
+    // A PagerDuty event to a URL kept in a Secret: the event as PagerDuty's
+    // Events API v2 reads it, and the URL nowhere in what KCO reports.
+    bed.set_state(2, SyncStatus::Listening).await;
+    let note = bed.wait_event(20, "ActionSucceeded", "rule page").await;
+    assert!(
+        note.contains("(the URL in Secret kco-webhook-url): HTTP 200") && !note.contains(&host),
+        "{note}"
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let page = &got[3];
+    assert_eq!(page.path, "/kco/page");
+    let event: Value = serde_json::from_slice(&page.body).unwrap();
+    assert_eq!(event["routing_key"], "R0UT1NG");
+    assert_eq!(event["event_action"], "trigger");
+    assert_eq!(
+        event["dedup_key"],
+        page.headers["idempotency-key"].to_str().unwrap()
+    );
+    assert_eq!(event["payload"]["severity"], "critical");
+    assert_eq!(event["payload"]["source"], format!("{}/mina", bed.ns));
+    assert_eq!(event["payload"]["custom_details"]["newValue"], "LISTENING");
+
     // A replica recorded a firing of `notify` for mina-0 and died before it
     // finished: the replica that sees the episode next sends it as that firing
     // (same firedAt, so the same idempotency key), and records that it finished.
@@ -648,8 +688,8 @@ async fn webhook_sends_the_signed_body_once_per_firing_and_refuses_forbidden_add
         .await;
     assert!(note.contains(&died_at.to_string()), "{note}");
     let got = receiver.received();
-    assert_eq!(got.len(), 4, "{got:?}");
-    let body: Value = serde_json::from_slice(&got[3].body).unwrap();
+    assert_eq!(got.len(), 5, "{got:?}");
+    let body: Value = serde_json::from_slice(&got[4].body).unwrap();
     assert_eq!(body["firedAt"], died_at.to_string());
     assert_eq!(body["pod"], "mina-0");
     let record = bed

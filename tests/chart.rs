@@ -1080,7 +1080,9 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
             json!({"selector": {"matchLabels": {"app": "mina"}},
             "actions": [rule("notify", "webhook", json!({"url": "https://hooks.example.com/kco"})),
                         // A rule that only records has no action for the policy to judge.
-                        {"name": "record", "trigger": {"field": "$up", "condition": "changed"}}]}),
+                        {"name": "record", "trigger": {"field": "$up", "condition": "changed"}},
+                        // A URL kept in a Secret is judged when it is read.
+                        rule("page", "webhook", json!({"urlSecretRef": {"name": "kco-webhook-url", "key": "url"}}))]}),
         ),
     )
     .await

@@ -10,6 +10,7 @@ mod dispatch;
 pub mod exec_command;
 mod params;
 mod patch_resource;
+pub mod receivers;
 mod restart_pod;
 mod scale_deployment;
 pub mod webhook;

@@ -26,6 +26,10 @@ const PARAMS: &[&str] = &[
     "secretRef",
     "caSecretRef",
     "auth",
+    "urlSecretRef",
+    "format",
+    "severity",
+    "routingKeySecretRef",
 ];
 
 /// Headers KCO sets itself: a tenant may not override them.
@@ -67,25 +71,22 @@ impl Action for Webhook {
 
     fn validate(&self, params: &Params) -> Result<(), Vec<ParamProblem>> {
         let mut problems = params.unknown(PARAMS);
-        require(params, "url", &mut problems);
-        if let Some(url) = params.string("url", &mut problems) {
-            match reqwest::Url::parse(&url) {
-                Err(e) => problems.push(ParamProblem::at("url", format!("not a URL: {e}"))),
-                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-                    problems.push(ParamProblem::at(
-                        "url",
-                        format!("scheme {} is not allowed (http or https only)", u.scheme()),
-                    ))
-                }
-                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                    problems.push(ParamProblem::at(
-                        "url",
-                        "credentials in the URL are not allowed (use secretRef to sign the body)",
-                    ))
-                }
-                Ok(_) => {}
+        match (params.get("url"), params.get("urlSecretRef")) {
+            (Some(_), Some(_)) => problems.push(ParamProblem::at(
+                "urlSecretRef",
+                "give url or urlSecretRef, not both",
+            )),
+            (None, Some(_)) => {
+                secret_ref(params, "urlSecretRef", &mut problems);
             }
+            _ => require(params, "url", &mut problems),
         }
+        if let Some(url) = params.string("url", &mut problems)
+            && let Err(why) = check_url(&url)
+        {
+            problems.push(ParamProblem::at("url", why));
+        }
+        check_format(params, &mut problems);
         params.choice("method", &["POST", "PUT"], &mut problems);
         params.int("timeoutSeconds", 1, 300, &mut problems);
         match params.get("headers") {
@@ -143,46 +144,28 @@ impl Action for Webhook {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let mut ignored = Vec::new();
-            let url = params
-                .string("url", &mut ignored)
-                .ok_or_else(|| ActionError::Invalid("url is required".into()))?;
+            let (url, shown) = destination(ctx, params).await?;
             let method = params.choice("method", &["POST", "PUT"], &mut ignored);
             let method = if method.as_deref() == Some("PUT") {
                 reqwest::Method::PUT
             } else {
                 reqwest::Method::POST
             };
-            // The policy again at run time: the object may predate the policy.
+            // The policy again at run time: the object may predate the policy,
+            // and a URL from a Secret is seen only now.
             ctx.egress
                 .check_url(&ctx.namespace, Purpose::Webhook, &url)
-                .map_err(|why| ActionError::NotAllowed(format!("webhook URL {url}: {why}")))?;
-            let secret = match secret_ref(params, "secretRef", &mut ignored) {
-                Some((name, key)) => Some(read_secret(ctx, &name, &key).await?),
-                None => None,
-            };
-            let ca = match secret_ref(params, "caSecretRef", &mut ignored) {
-                Some((name, key)) => Some(read_secret(ctx, &name, &key).await?),
-                None => None,
-            };
-            let auth = match auth_of(params, &mut ignored) {
-                Some(auth) => {
-                    let (name, key) = (&auth.secret_ref.name, &auth.secret_ref.key);
-                    let credential = read_secret(ctx, name, key).await?;
-                    Some(
-                        crate::monitor::credentials::header_of(&auth, &credential).map_err(
-                            |why| ActionError::Invalid(format!("Secret {name} key {key:?}: {why}")),
-                        )?,
-                    )
-                }
-                None => None,
-            };
+                .map_err(|why| ActionError::NotAllowed(format!("webhook URL {shown}: {why}")))?;
+            let secret = optional_secret(ctx, params, "secretRef").await?;
+            let ca = optional_secret(ctx, params, "caSecretRef").await?;
+            let auth = auth_header(ctx, params).await?;
             let key = idempotency_key(ctx);
-            let body = serde_json::to_vec(&body(ctx, &key))
+            let body = serde_json::to_vec(&formatted(ctx, params, &key).await?)
                 .map_err(|e| ActionError::Failed(format!("cannot encode the body: {e}")))?;
             if ctx.dry_run {
                 return Ok(Outcome {
                     message: format!(
-                        "would {method} {} bytes to {url} (idempotency key {key}{}) [dry run: nothing sent]",
+                        "would {method} {} bytes to {shown} (idempotency key {key}{}) [dry run: nothing sent]",
                         body.len(),
                         if secret.is_some() { ", signed" } else { "" }
                     ),
@@ -212,64 +195,217 @@ impl Action for Webhook {
             if let Some((name, value)) = auth {
                 request = request.header(name, value);
             }
-            let request = request.body(body.clone());
-            let mut delay = Duration::from_millis(250);
-            let mut last = String::new();
-            for attempt in 1..=ATTEMPTS {
-                let Some(mut this) = request.try_clone() else {
-                    return Err(ActionError::Failed("cannot repeat the request".into()));
-                };
-                // Each attempt is signed at the time it is sent.
-                if let Some(secret) = &secret {
-                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-                    this = this.header(SIGNATURE_HEADER, sign(secret, now, &body));
-                }
-                match this.send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        if status.is_success() {
-                            return Ok(Outcome {
-                                message: format!(
-                                    "{method} {url}: HTTP {} (idempotency key {key}, attempt {attempt})",
-                                    status.as_u16()
-                                ),
-                            });
-                        }
-                        last = format!("{method} {url}: HTTP {}", status.as_u16());
-                        if status.is_redirection() {
-                            return Err(ActionError::Refused(format!(
-                                "{last}: redirect not followed"
-                            )));
-                        }
-                        let retry = status.is_server_error()
-                            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                            || status == reqwest::StatusCode::REQUEST_TIMEOUT;
-                        if !retry {
-                            return Err(ActionError::Refused(last));
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(refusal) = policy_refusal(&e) {
-                            return Err(ActionError::NotAllowed(format!(
-                                "webhook URL {url}: {refusal}"
-                            )));
-                        }
-                        last = format!("{method} {url}: {}", describe(&e));
-                    }
-                }
-                if attempt < ATTEMPTS {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-            Err(ActionError::Failed(format!(
-                "{last} (after {ATTEMPTS} attempts)"
-            )))
+            let delivery = Delivery {
+                method,
+                shown,
+                key,
+                body,
+                signing: secret,
+            };
+            delivery.send(request).await
         })
     }
 }
 
-/// `{name, key}` of a Secret in the TargetApp's namespace, if `key` is given.
+/// One firing's request, sent with retries.
+struct Delivery {
+    method: reqwest::Method,
+    /// The URL as reports may show it (a URL from a Secret is not shown).
+    shown: String,
+    key: String,
+    body: Vec<u8>,
+    /// The HMAC key the body is signed with.
+    signing: Option<Vec<u8>>,
+}
+
+impl Delivery {
+    async fn send(self, request: reqwest::RequestBuilder) -> Result<Outcome, ActionError> {
+        let Self {
+            method,
+            shown,
+            key,
+            body,
+            signing,
+        } = self;
+        let request = request.body(body.clone());
+        let mut delay = Duration::from_millis(250);
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            let Some(mut this) = request.try_clone() else {
+                return Err(ActionError::Failed("cannot repeat the request".into()));
+            };
+            // Each attempt is signed at the time it is sent.
+            if let Some(signing) = &signing {
+                let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                this = this.header(SIGNATURE_HEADER, sign(signing, now, &body));
+            }
+            match this.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        return Ok(Outcome {
+                            message: format!(
+                                "{method} {shown}: HTTP {} (idempotency key {key}, attempt {attempt})",
+                                status.as_u16()
+                            ),
+                        });
+                    }
+                    last = format!("{method} {shown}: HTTP {}", status.as_u16());
+                    if status.is_redirection() {
+                        return Err(ActionError::Refused(format!(
+                            "{last}: redirect not followed"
+                        )));
+                    }
+                    let retry = status.is_server_error()
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || status == reqwest::StatusCode::REQUEST_TIMEOUT;
+                    if !retry {
+                        return Err(ActionError::Refused(last));
+                    }
+                }
+                Err(e) => {
+                    if let Some(refusal) = policy_refusal(&e) {
+                        return Err(ActionError::NotAllowed(format!(
+                            "webhook URL {shown}: {refusal}"
+                        )));
+                    }
+                    // The error's own copy of the URL stays out: it may be a secret.
+                    last = format!("{method} {shown}: {}", describe(&e.without_url()));
+                }
+            }
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Err(ActionError::Failed(format!(
+            "{last} (after {ATTEMPTS} attempts)"
+        )))
+    }
+}
+
+/// The receiver's URL, and how reports show it: `url` as written, or the URL
+/// read from `urlSecretRef` (shown as the Secret it came from).
+async fn destination(
+    ctx: &ActionContext,
+    params: &Params,
+) -> Result<(String, String), ActionError> {
+    let mut ignored = Vec::new();
+    if let Some(url) = params.string("url", &mut ignored) {
+        return Ok((url.clone(), url));
+    }
+    let (name, key) = secret_ref(params, "urlSecretRef", &mut ignored)
+        .ok_or_else(|| ActionError::Invalid("url or urlSecretRef is required".into()))?;
+    let shown = format!("(the URL in Secret {name})");
+    let bytes = read_secret(ctx, &name, &key).await?;
+    let url = std::str::from_utf8(&bytes)
+        .map(str::trim)
+        .map_err(|_| ActionError::Invalid(format!("{shown} is not text")))?
+        .to_owned();
+    check_url(&url).map_err(|why| ActionError::Invalid(format!("{shown}: {why}")))?;
+    Ok((url, shown))
+}
+
+/// The bytes of the Secret key `field` names, if it names one.
+async fn optional_secret(
+    ctx: &ActionContext,
+    params: &Params,
+    field: &str,
+) -> Result<Option<Vec<u8>>, ActionError> {
+    match secret_ref(params, field, &mut Vec::new()) {
+        Some((name, key)) => Ok(Some(read_secret(ctx, &name, &key).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The header `auth` asks for, its value from its Secret.
+async fn auth_header(
+    ctx: &ActionContext,
+    params: &Params,
+) -> Result<Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>, ActionError> {
+    let Some(auth) = auth_of(params, &mut Vec::new()) else {
+        return Ok(None);
+    };
+    let (name, key) = (&auth.secret_ref.name, &auth.secret_ref.key);
+    let credential = read_secret(ctx, name, key).await?;
+    crate::monitor::credentials::header_of(&auth, &credential)
+        .map(Some)
+        .map_err(|why| ActionError::Invalid(format!("Secret {name} key {key:?}: {why}")))
+}
+
+/// The body in the receiver's `format`.
+async fn formatted(ctx: &ActionContext, params: &Params, key: &str) -> Result<Value, ActionError> {
+    use super::receivers::{Extra, FORMATS, Format, SEVERITIES, render};
+    let mut ignored = Vec::new();
+    let format = params
+        .choice("format", FORMATS, &mut ignored)
+        .and_then(|f| Format::named(&f))
+        .unwrap_or(Format::Json);
+    let routing_key = match optional_secret(ctx, params, "routingKeySecretRef").await? {
+        Some(bytes) => Some(
+            String::from_utf8(bytes)
+                .map(|k| k.trim().to_owned())
+                .map_err(|_| ActionError::Invalid("the routing key is not text".into()))?,
+        ),
+        None => None,
+    };
+    let severity = params
+        .choice("severity", SEVERITIES, &mut ignored)
+        .unwrap_or_else(|| "warning".to_owned());
+    let extra = Extra {
+        routing_key: routing_key.as_deref(),
+        severity: &severity,
+    };
+    Ok(render(format, &body(ctx, key), extra))
+}
+
+/// Why `url` cannot be a receiver's URL.
+fn check_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Err(e) => Err(format!("not a URL: {e}")),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => Err(format!(
+            "scheme {} is not allowed (http or https only)",
+            u.scheme()
+        )),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => Err(
+            "credentials in the URL are not allowed (use secretRef to sign the body, or auth)"
+                .to_owned(),
+        ),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Checks `format` and what it needs: PagerDuty's `routingKeySecretRef` and
+/// `severity` go with it alone.
+fn check_format(params: &Params, problems: &mut Vec<ParamProblem>) {
+    let format = params
+        .choice("format", super::receivers::FORMATS, problems)
+        .and_then(|f| super::receivers::Format::named(&f))
+        .unwrap_or(super::receivers::Format::Json);
+    let pagerduty = format == super::receivers::Format::PagerDuty;
+    params.choice("severity", super::receivers::SEVERITIES, problems);
+    match (pagerduty, params.get("routingKeySecretRef").is_some()) {
+        (true, false) => problems.push(ParamProblem::at(
+            "routingKeySecretRef",
+            "format pagerduty needs the integration key's Secret",
+        )),
+        (false, true) => problems.push(ParamProblem::at(
+            "routingKeySecretRef",
+            "only format pagerduty takes a routing key",
+        )),
+        (true, true) => {
+            secret_ref(params, "routingKeySecretRef", problems);
+        }
+        (false, false) => {}
+    }
+    if !pagerduty && params.get("severity").is_some() {
+        problems.push(ParamProblem::at(
+            "severity",
+            "only format pagerduty takes a severity",
+        ));
+    }
+}
+
 /// `auth`: a header whose value comes from a Secret, as a TargetApp's
 /// `spec.auth`.
 fn auth_of(params: &Params, problems: &mut Vec<ParamProblem>) -> Option<crate::targetapp::Auth> {
@@ -307,6 +443,7 @@ fn auth_of(params: &Params, problems: &mut Vec<ParamProblem>) -> Option<crate::t
     None
 }
 
+/// `{name, key}` of a Secret in the TargetApp's namespace, if `key` is given.
 fn secret_ref(
     params: &Params,
     field: &str,
@@ -492,6 +629,53 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_take_what_they_need_and_nothing_else() {
+        let problems = |params: Value| -> Vec<String> {
+            let params = serde_json::from_value(params).unwrap();
+            match super::super::Registry::builtin().validate("webhook", Some(&params)) {
+                Ok(()) => Vec::new(),
+                Err(found) => found.into_iter().map(|p| p.path).collect(),
+            }
+        };
+        let url = "https://events.pagerduty.com/v2/enqueue";
+        let key = json!({"name": "kco-webhook-auth", "key": "pagerduty"});
+        assert_eq!(
+            problems(
+                json!({"url": url, "format": "pagerduty", "severity": "critical", "routingKeySecretRef": key})
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(
+                json!({"urlSecretRef": {"name": "kco-webhook-url", "key": "url"}, "format": "slack"})
+            ),
+            Vec::<String>::new()
+        );
+        for (params, path) in [
+            (
+                json!({"url": url, "format": "pagerduty"}),
+                "routingKeySecretRef",
+            ),
+            (
+                json!({"url": url, "routingKeySecretRef": key}),
+                "routingKeySecretRef",
+            ),
+            (
+                json!({"url": url, "format": "slack", "severity": "critical"}),
+                "severity",
+            ),
+            (json!({"url": url, "format": "xml"}), "format"),
+            (
+                json!({"url": url, "urlSecretRef": {"name": "a", "key": "b"}}),
+                "urlSecretRef",
+            ),
+            (json!({"format": "slack"}), "url"),
+        ] {
+            assert_eq!(problems(params.clone()), [path], "{params}");
+        }
+    }
 
     #[test]
     fn a_receivers_credential_is_a_header_from_a_secret_checked_like_a_polls() {
