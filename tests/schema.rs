@@ -92,6 +92,39 @@ fn the_schema_import_command_writes_sdl_and_warns() {
 
 /// Every type, field and argument the simulator serves exists in the Mina schema
 /// with the same type, so that what passes against the simulator passes against Mina.
+type Fields = apollo_compiler::collections::IndexMap<
+    apollo_compiler::Name,
+    apollo_compiler::schema::Component<apollo_compiler::schema::FieldDefinition>,
+>;
+
+/// Each of `ours` is in `theirs`, with the same type and arguments; how many
+/// were compared.
+fn compare_fields(name: &str, ours: &Fields, theirs: &Fields, problems: &mut Vec<String>) -> usize {
+    for (field_name, field) in ours {
+        let Some(their_field) = theirs.get(field_name) else {
+            problems.push(format!("{name}.{field_name} is not in the Mina schema"));
+            continue;
+        };
+        if field.ty != their_field.ty {
+            problems.push(format!(
+                "{name}.{field_name}: {} here, {} in Mina",
+                field.ty, their_field.ty
+            ));
+        }
+        for arg in &field.arguments {
+            match their_field.arguments.iter().find(|a| a.name == arg.name) {
+                None => problems.push(format!("{name}.{field_name}({}) is not in Mina", arg.name)),
+                Some(theirs) if theirs.ty != arg.ty => problems.push(format!(
+                    "{name}.{field_name}({}): {} here, {} in Mina",
+                    arg.name, arg.ty, theirs.ty
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    ours.len()
+}
+
 #[test]
 fn the_simulator_speaks_a_subset_of_the_mina_schema() {
     let mina = parse_lenient(kco::schema::MINA_SDL, "mina.graphql");
@@ -108,30 +141,18 @@ fn the_simulator_speaks_a_subset_of_the_mina_schema() {
         };
         match (ty, theirs) {
             (ExtendedType::Object(ours), ExtendedType::Object(theirs)) => {
-                for (field_name, field) in &ours.fields {
-                    checked_fields += 1;
-                    let Some(their_field) = theirs.fields.get(field_name) else {
-                        problems.push(format!("{name}.{field_name} is not in the Mina schema"));
-                        continue;
-                    };
-                    if field.ty != their_field.ty {
+                checked_fields += compare_fields(name, &ours.fields, &theirs.fields, &mut problems);
+                for interface in &ours.implements_interfaces {
+                    if !theirs.implements_interfaces.contains(interface) {
                         problems.push(format!(
-                            "{name}.{field_name}: {} here, {} in Mina",
-                            field.ty, their_field.ty
+                            "{name} does not implement {} in Mina",
+                            interface.name
                         ));
                     }
-                    for arg in &field.arguments {
-                        match their_field.arguments.iter().find(|a| a.name == arg.name) {
-                            None => problems
-                                .push(format!("{name}.{field_name}({}) is not in Mina", arg.name)),
-                            Some(theirs) if theirs.ty != arg.ty => problems.push(format!(
-                                "{name}.{field_name}({}): {} here, {} in Mina",
-                                arg.name, arg.ty, theirs.ty
-                            )),
-                            Some(_) => {}
-                        }
-                    }
                 }
+            }
+            (ExtendedType::Interface(ours), ExtendedType::Interface(theirs)) => {
+                checked_fields += compare_fields(name, &ours.fields, &theirs.fields, &mut problems);
             }
             (ExtendedType::Enum(ours), ExtendedType::Enum(theirs)) => {
                 for value in ours.values.keys() {
@@ -161,5 +182,123 @@ fn the_simulator_speaks_a_subset_of_the_mina_schema() {
             query.fields.contains_key(field),
             "the simulator should serve {field}"
         );
+    }
+}
+
+/// Every read query the pinned `mina-sdk` package's daemon client sends
+/// (`mina_sdk/daemon/queries.py`), with the variables it sends, answered by a
+/// simulated node without errors and with numbers the client can read.
+#[tokio::test]
+async fn the_simulator_answers_every_query_the_mina_sdk_client_sends() {
+    let path = Tools::locate().unwrap().mina_sdk_queries().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let constants = regex::Regex::new(r#"(?s)([A-Z_]+) = """(.*?)""""#).unwrap();
+    let queries: Vec<(String, String)> = constants
+        .captures_iter(&text)
+        .map(|c| (c[1].to_owned(), c[2].trim().to_owned()))
+        .filter(|(_, query)| query.starts_with("query"))
+        .collect();
+    assert!(
+        queries.len() >= 9,
+        "the package's read queries were not found in {}: {queries:?}",
+        path.display()
+    );
+    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let node = sim
+        .add_node(
+            (
+                support::fixtures::loopback_ip(),
+                support::fixtures::MINA_GRAPHQL_PORT,
+            )
+                .into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap()
+        .address;
+    // The sender of the node's pending payments, so that its pool is not empty.
+    let sender = kco::simulator::public_key(&format!("sender-{}", node.ip()));
+    let http = support::fixtures::http_client();
+    for (name, query) in &queries {
+        let mut variables = serde_json::Map::new();
+        for (variable, value) in [
+            ("$publicKey", serde_json::json!(sender)),
+            ("$token", serde_json::json!(kco::simulator::DEFAULT_TOKEN)),
+            ("$maxLength", serde_json::json!(3)),
+        ] {
+            if query.contains(variable) {
+                variables.insert(variable[1..].to_owned(), value);
+            }
+        }
+        let mut body = serde_json::json!({"query": query});
+        if !variables.is_empty() {
+            body["variables"] = serde_json::Value::Object(variables);
+        }
+        let answer: serde_json::Value = http
+            .post(format!("http://{node}/graphql"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer.get("errors").is_none(), "{name}: {answer}");
+        let data = &answer["data"];
+        assert!(
+            data.is_object() && !data.as_object().unwrap().is_empty(),
+            "{name}: {answer}"
+        );
+        let mut numbers = Vec::new();
+        numbers_in(data, &mut numbers);
+        for (field, value) in numbers {
+            assert!(
+                value.as_u64().is_some()
+                    || value
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())),
+                "{name}: {field} is {value}, which the client reads as an integer"
+            );
+        }
+        if name.starts_with("POOLED_USER_COMMANDS") {
+            assert_eq!(
+                data["pooledUserCommands"].as_array().unwrap().len(),
+                2,
+                "{name}: {answer}"
+            );
+        }
+    }
+}
+
+/// The fields the client turns into integers, wherever they are in `value`.
+fn numbers_in(value: &serde_json::Value, found: &mut Vec<(String, serde_json::Value)>) {
+    const READ_AS_INTEGERS: &[&str] = &[
+        "nonce",
+        "total",
+        "liquid",
+        "locked",
+        "blockHeight",
+        "slot",
+        "slotSinceGenesis",
+        "amount",
+        "fee",
+        "commandTransactionCount",
+        "blockchainLength",
+        "libp2pPort",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                if READ_AS_INTEGERS.contains(&key.as_str()) && !item.is_null() {
+                    found.push((key.clone(), item.clone()));
+                } else {
+                    numbers_in(item, found);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| numbers_in(i, found)),
+        _ => {}
     }
 }

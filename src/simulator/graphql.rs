@@ -2,7 +2,7 @@
 //! with Mina's exact type names, field names and nullability (checked against the
 //! embedded Mina schema by `tests/schema.rs`).
 
-use async_graphql::{EmptyMutation, EmptySubscription, Object, SimpleObject};
+use async_graphql::{EmptyMutation, EmptySubscription, Interface, Object, SimpleObject};
 
 use super::node::{NodeState, SyncStatus};
 
@@ -44,8 +44,20 @@ string_scalar!(
     Length,
     Epoch,
     Slot,
-    Globalslot
+    Globalslot,
+    PublicKey,
+    TokenId,
+    AccountNonce,
+    Balance,
+    Amount,
+    Fee,
+    TransactionId,
+    TransactionHash,
+    UserCommandKind
 );
+
+/// The default token's id (MINA itself).
+pub const DEFAULT_TOKEN: &str = "wSHV2S4qX9jFsLjQo8r1BsMLH2ZRKsZx6EJd1sbozGPieEC4Jf";
 
 /// Mina's slots per epoch and slot duration, for the consensus-time fields.
 const SLOTS_PER_EPOCH: u32 = 7140;
@@ -153,6 +165,164 @@ pub struct ProtocolState {
 pub struct Block {
     state_hash: StateHash,
     protocol_state: ProtocolState,
+    command_transaction_count: i32,
+    creator_account: Account,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "AnnotatedBalance")]
+pub struct AnnotatedBalance {
+    total: Balance,
+    liquid: Option<Balance>,
+    locked: Option<Balance>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Account")]
+pub struct Account {
+    public_key: PublicKey,
+    token_id: TokenId,
+    balance: AnnotatedBalance,
+    nonce: Option<AccountNonce>,
+    delegate: Option<PublicKey>,
+}
+
+/// A payment waiting in the node's transaction pool.
+#[derive(Clone)]
+pub struct UserCommandPayment {
+    id: TransactionId,
+    hash: TransactionHash,
+    nonce: i32,
+    amount: Amount,
+    fee: Fee,
+    from: PublicKey,
+    to: PublicKey,
+    memo: String,
+}
+
+#[Object(name = "UserCommandPayment")]
+impl UserCommandPayment {
+    async fn id(&self) -> &TransactionId {
+        &self.id
+    }
+    async fn hash(&self) -> &TransactionHash {
+        &self.hash
+    }
+    async fn kind(&self) -> UserCommandKind {
+        UserCommandKind("PAYMENT".to_owned())
+    }
+    async fn nonce(&self) -> i32 {
+        self.nonce
+    }
+    async fn amount(&self) -> &Amount {
+        &self.amount
+    }
+    async fn fee(&self) -> &Fee {
+        &self.fee
+    }
+    async fn token(&self) -> TokenId {
+        TokenId(DEFAULT_TOKEN.to_owned())
+    }
+    async fn fee_token(&self) -> TokenId {
+        TokenId(DEFAULT_TOKEN.to_owned())
+    }
+    async fn memo(&self) -> &str {
+        &self.memo
+    }
+    async fn is_delegation(&self) -> bool {
+        false
+    }
+    async fn from(&self) -> &PublicKey {
+        &self.from
+    }
+    async fn to(&self) -> &PublicKey {
+        &self.to
+    }
+    async fn valid_until(&self) -> Globalslot {
+        Globalslot(u32::MAX.to_string())
+    }
+}
+
+/// Mina's transactions of users (payments and delegations; the simulated pool
+/// holds payments).
+// Two fields of one type read as one attribute twice to clippy.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Interface)]
+#[graphql(
+    name = "UserCommand",
+    field(name = "id", ty = "&TransactionId"),
+    field(name = "hash", ty = "&TransactionHash"),
+    field(name = "kind", ty = "UserCommandKind"),
+    field(name = "nonce", ty = "i32"),
+    field(name = "amount", ty = "&Amount"),
+    field(name = "fee", ty = "&Fee"),
+    field(name = "token", ty = "TokenId"),
+    field(name = "fee_token", ty = "TokenId"),
+    field(name = "memo", ty = "&str"),
+    field(name = "is_delegation", ty = "bool"),
+    field(name = "from", ty = "&PublicKey"),
+    field(name = "to", ty = "&PublicKey"),
+    field(name = "valid_until", ty = "Globalslot")
+)]
+pub enum UserCommand {
+    Payment(UserCommandPayment),
+}
+
+/// A deterministic, Mina-looking public key (`B62q…`, 55 characters) for `seed`.
+pub fn public_key(seed: &str) -> String {
+    let digest = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut key = String::from("B62q");
+    let mut state = digest;
+    while key.len() < 55 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        key.push(char::from(
+            ALPHABET[(state >> 58) as usize % ALPHABET.len()],
+        ));
+    }
+    key
+}
+
+/// An account as a node reports it: a balance derived from the key, nonce 0
+/// (the simulated ledger knows every well-formed key).
+fn account(key: &str, token: Option<&str>) -> Account {
+    let balance =
+        1_000_000_000_000_u64 + u64::from(key.bytes().map(u32::from).sum::<u32>()) * 1_000_000;
+    Account {
+        public_key: PublicKey(key.to_owned()),
+        token_id: TokenId(token.unwrap_or(DEFAULT_TOKEN).to_owned()),
+        balance: AnnotatedBalance {
+            total: Balance(balance.to_string()),
+            liquid: Some(Balance(balance.to_string())),
+            locked: Some(Balance("0".to_owned())),
+        },
+        nonce: Some(AccountNonce("0".to_owned())),
+        delegate: Some(PublicKey(key.to_owned())),
+    }
+}
+
+/// The payments in a node's pool: two from one sender.
+fn pool(view: &NodeView) -> Vec<UserCommandPayment> {
+    let from = public_key(&format!("sender-{}", view.host));
+    (0..2)
+        .map(|i| {
+            let id = format!("{from}-{i}");
+            UserCommandPayment {
+                id: TransactionId(format!("Ckp{}", &public_key(&id)[4..])),
+                hash: TransactionHash(format!("5Ju{}", &public_key(&format!("hash-{id}"))[4..])),
+                nonce: i,
+                amount: Amount(((i as u64 + 1) * 1_000_000_000).to_string()),
+                fee: Fee("10000000".to_owned()),
+                from: PublicKey(from.clone()),
+                to: PublicKey(public_key(&format!("receiver-{i}"))),
+                memo: String::new(),
+            }
+        })
+        .collect()
 }
 
 /// A deterministic, Mina-looking state hash for a block height.
@@ -194,6 +364,7 @@ fn peer(view: &NodeView, index: u32) -> Peer {
 
 fn block(height: u32) -> Block {
     let slot = slot_of(height);
+    let creator = public_key(&format!("producer-{}", height % 7));
     let time = BlockTime((GENESIS_MILLIS + u64::from(slot) * SLOT_MILLIS).to_string());
     Block {
         state_hash: StateHash(state_hash(height)),
@@ -211,6 +382,8 @@ fn block(height: u32) -> Block {
                 slot_since_genesis: Globalslot(slot.to_string()),
             },
         },
+        command_transaction_count: to_int(height % 5),
+        creator_account: account(&creator, None),
     }
 }
 
@@ -277,6 +450,58 @@ impl Query {
                 client_port: i32::from(view.port),
             },
         })
+    }
+
+    /// The network the node is on.
+    #[graphql(name = "networkID")]
+    async fn network_id(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<String> {
+        let chain = &ctx.data::<NodeView>()?.state.chain_id;
+        Ok(format!("mina:{}", chain.get(..8).unwrap_or(chain)))
+    }
+
+    /// The node's peers (as `daemonStatus.peers`).
+    async fn get_peers(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+    ) -> async_graphql::Result<Vec<Peer>> {
+        let view = ctx.data::<NodeView>()?;
+        Ok((0..view.state.peer_count).map(|i| peer(view, i)).collect())
+    }
+
+    /// An account of the ledger: any key that looks like one (`B62…`) has one.
+    async fn account(
+        &self,
+        public_key: PublicKey,
+        token: Option<TokenId>,
+    ) -> async_graphql::Result<Option<Account>> {
+        let key = &public_key.0;
+        if !(key.starts_with("B62") && key.len() == 55) {
+            return Err(async_graphql::Error::new(format!(
+                "Couldn't parse public key {key:?}"
+            )));
+        }
+        Ok(Some(account(key, token.as_ref().map(|t| t.0.as_str()))))
+    }
+
+    /// The node's pending user commands, of `publicKey` when given.
+    async fn pooled_user_commands(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+        public_key: Option<PublicKey>,
+        ids: Option<Vec<async_graphql::ID>>,
+        hashes: Option<Vec<String>>,
+    ) -> async_graphql::Result<Vec<UserCommand>> {
+        let view = ctx.data::<NodeView>()?;
+        Ok(pool(view)
+            .into_iter()
+            .filter(|c| public_key.as_ref().is_none_or(|k| k.0 == c.from.0))
+            .filter(|c| {
+                ids.as_ref()
+                    .is_none_or(|ids| ids.iter().any(|i| i.as_str() == c.id.0))
+            })
+            .filter(|c| hashes.as_ref().is_none_or(|h| h.contains(&c.hash.0)))
+            .map(UserCommand::Payment)
+            .collect())
     }
 
     /// The newest blocks of the best chain, oldest first.

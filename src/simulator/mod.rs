@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use graphql::{MinaSchema, schema, state_hash};
+pub use graphql::{DEFAULT_TOKEN, MinaSchema, public_key, schema, state_hash};
 pub use node::{Answer, Faults, NodeState, RequiredHeader, ServeTls, StatePatch, SyncStatus};
 
 /// Why a simulator operation failed. The control API maps each to a status code.

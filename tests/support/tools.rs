@@ -82,7 +82,17 @@ impl Tools {
     /// The Mina daemon's introspection file from the pinned `mina-sdk` package,
     /// fetched into the cache by the install script if it is not there yet.
     pub fn mina_introspection(&self) -> Result<PathBuf> {
-        let path = self.dir.join("mina-sdk/graphql_schema.json");
+        self.mina_sdk_file("mina-sdk/graphql_schema.json")
+    }
+
+    /// The queries the pinned `mina-sdk` package's daemon client sends
+    /// (`mina_sdk/daemon/queries.py`), fetched as [`Self::mina_introspection`].
+    pub fn mina_sdk_queries(&self) -> Result<PathBuf> {
+        self.mina_sdk_file("mina-sdk/queries.py")
+    }
+
+    fn mina_sdk_file(&self, file: &str) -> Result<PathBuf> {
+        let path = self.dir.join(file);
         if !path.is_file() {
             let script = repo_root().join("tests/tools/install.sh");
             let status = std::process::Command::new("bash")
@@ -94,7 +104,7 @@ impl Tools {
                 .map_err(super::io(format!("run {}", script.display())))?;
             if !status.success() || !path.is_file() {
                 return Err(HarnessError::Tools(format!(
-                    "could not fetch the mina-sdk schema into {} ({status})",
+                    "could not fetch the mina-sdk package's {file} into {} ({status})",
                     path.display()
                 )));
             }

@@ -3,13 +3,13 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (Kubernetes),
 #   etcd, helm, kwok, promtool, helm-docs, actionlint  -> $KCO_CACHE_DIR/tools/<versions>/bin
 #   kwok's stock node and pod stages  -> $KCO_CACHE_DIR/tools/<versions>/kwok/stages
-#   the mina-sdk wheel's GraphQL introspection file  -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
+#   the mina-sdk wheel's GraphQL introspection file and client queries -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
 # Everything is built from source through the Go module proxy and PyPI; nothing
 # else is downloaded. A tool that is already in the cache and runs is left alone.
 # Prints the tools directory on the last line of stdout.
 #
 #   install.sh            everything
-#   install.sh mina-sdk   only the mina-sdk schema (what the schema drift test needs)
+#   install.sh mina-sdk   only the mina-sdk schema and client queries (what the schema tests need)
 #
 # KCO_CACHE_DIR (default ~/.cache/kco) moves the whole cache; KCO_TOOLS_DIR names
 # the tools directory itself.
@@ -102,26 +102,29 @@ rm -rf "$GOCACHE"
 fi
 
 schema="$tools/mina-sdk/graphql_schema.json"
-if [ -s "$schema" ]; then
-  say "mina-sdk $MINA_SDK_VERSION schema: cached"
+queries="$tools/mina-sdk/queries.py"
+if [ -s "$schema" ] && [ -s "$queries" ]; then
+  say "mina-sdk $MINA_SDK_VERSION schema and queries: cached"
 else
   say "mina-sdk $MINA_SDK_VERSION: downloading the wheel from PyPI"
   wheels="$(mktemp -d)"
   trap 'rm -rf "$wheels"' EXIT
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" "mina-sdk==$MINA_SDK_VERSION" \
     || die "could not download mina-sdk==$MINA_SDK_VERSION from PyPI"
-  python3 - "$wheels" "$schema" "$MINA_SDK_SHA256" <<'PY' || die "could not extract the schema from the mina-sdk wheel"
-import glob, hashlib, sys, zipfile
-wheels, out, want = sys.argv[1:]
+  python3 - "$wheels" "$schema" "$queries" "$MINA_SDK_SHA256" <<'PY' || die "could not extract the schema and queries from the mina-sdk wheel"
+import glob, hashlib, os, sys, zipfile
+wheels, schema, queries, want = sys.argv[1:]
 [whl] = glob.glob(wheels + "/mina_sdk-*.whl")
 got = hashlib.sha256(open(whl, "rb").read()).hexdigest()
 if got != want:
     sys.exit(f"mina-sdk wheel sha256 {got} does not match the pinned {want}")
+# The daemon's schema, and the GraphQL documents the package's client sends.
 with zipfile.ZipFile(whl) as z:
-    data = z.read("mina_sdk/schema/graphql_schema.json")
-with open(out + ".tmp", "wb") as f:
-    f.write(data)
-import os; os.replace(out + ".tmp", out)
+    for member, out in [("mina_sdk/schema/graphql_schema.json", schema),
+                        ("mina_sdk/daemon/queries.py", queries)]:
+        with open(out + ".tmp", "wb") as f:
+            f.write(z.read(member))
+        os.replace(out + ".tmp", out)
 PY
 fi
 
