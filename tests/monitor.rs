@@ -1100,7 +1100,12 @@ async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_ta
         "kco_target_blockchain_length{{namespace=\"{}\",targetapp=\"mina\",target=\"mina-0\",label_app=\"mina\"}} 1000",
         bed.ns
     );
-    let metrics = bed.wait_metrics(30, &length, |m| m.contains(&length)).await;
+    // Both targets polled once: each exports its series after its first answer.
+    let metrics = bed
+        .wait_metrics(30, &length, |m| {
+            m.contains(&length) && !target_series(m, "mina-1").is_empty()
+        })
+        .await;
     assert!(metrics.contains("# TYPE kco_target_blockchain_length gauge"));
     assert_eq!(
         metric(&metrics, "kco_target_peers", &["target=\"mina-1\""]),
