@@ -89,10 +89,7 @@ pub fn client_config(tls: &ClientTls<'_>) -> Result<rustls::ClientConfig, String
             .build()
             .map_err(|e| format!("cannot trust the CA bundle: {e}"))?
         }
-        None => Arc::new(
-            rustls_platform_verifier::Verifier::new(provider.clone())
-                .map_err(|e| format!("cannot read the platform's roots: {e}"))?,
-        ),
+        None => platform_verifier()?,
     };
     let verifier = match tls.server_name {
         Some(name) => {
@@ -128,6 +125,20 @@ pub fn client_config(tls: &ClientTls<'_>) -> Result<rustls::ClientConfig, String
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The platform's verifier, made once: it reads the system's roots.
+fn platform_verifier() -> Result<Arc<dyn ServerCertVerifier>, String> {
+    static VERIFIER: std::sync::OnceLock<Result<Arc<dyn ServerCertVerifier>, String>> =
+        std::sync::OnceLock::new();
+    VERIFIER
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls_platform_verifier::Verifier::new(provider)
+                .map(|v| Arc::new(v) as Arc<dyn ServerCertVerifier>)
+                .map_err(|e| format!("cannot read the platform's roots: {e}"))
+        })
+        .clone()
 }
 
 /// Verifies a server's certificate as issued to `name`, whatever host the

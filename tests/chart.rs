@@ -1005,6 +1005,12 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
             json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": "http://127.0.0.1:9/x"}))]}),
             "a webhook needs an http(s) URL",
         ),
+        (
+            "twice",
+            json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": "https://hooks.example.com/x",
+                "urlSecretRef": {"name": "kco-webhook-url", "key": "url"}}))]}),
+            "give url or urlSecretRef, not both",
+        ),
     ] {
         let err = apps
             .create(&Default::default(), &app(name, spec))

@@ -15,6 +15,14 @@ pub const SEVERITIES: &[&str] = &["critical", "error", "warning", "info"];
 /// The longest summary PagerDuty takes.
 const MAX_SUMMARY: usize = 1024;
 
+/// The longest Slack message KCO sends (Slack shows about this much of a text
+/// before it folds it).
+const MAX_SLACK_TEXT: usize = 3000;
+
+/// The longest value (as JSON text) a PagerDuty event's details carry: the
+/// whole event must stay under PagerDuty's 512 KB.
+const MAX_DETAIL_VALUE: usize = 16 * 1024;
+
 /// A body format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -63,20 +71,38 @@ pub fn summary(firing: &Value) -> String {
     )
 }
 
+/// `text` with Slack's control characters escaped.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// The body `format` sends for `firing` (KCO's JSON description, as the
 /// `json` format sends it).
 pub fn render(format: Format, firing: &Value, extra: Extra<'_>) -> Value {
     match format {
         Format::Json => firing.clone(),
-        Format::Slack => json!({ "text": summary(firing) }),
+        // A target's values are the target's to choose: Slack's markup
+        // (`<!channel>`, `<https://…|link>`) is escaped, as Slack documents.
+        Format::Slack => json!({ "text": cut(&slack_escaped(&summary(firing)), MAX_SLACK_TEXT) }),
         Format::PagerDuty => {
-            let mut summary = summary(firing);
-            if summary.len() > MAX_SUMMARY {
-                let mut end = MAX_SUMMARY;
-                while !summary.is_char_boundary(end) {
-                    end -= 1;
+            let summary = cut(&summary(firing), MAX_SUMMARY);
+            let mut details = firing.clone();
+            for key in ["oldValue", "newValue"] {
+                let size = details[key].to_string().len();
+                if size > MAX_DETAIL_VALUE {
+                    details[key] = json!(format!("({size} bytes of JSON, left out)"));
                 }
-                summary.truncate(end);
             }
             json!({
                 "routing_key": extra.routing_key,
@@ -95,7 +121,7 @@ pub fn render(format: Format, firing: &Value, extra: Extra<'_>) -> Value {
                     "component": firing["target"],
                     "group": firing["namespace"],
                     "class": firing["rule"],
-                    "custom_details": firing,
+                    "custom_details": details,
                 },
             })
         }
@@ -154,6 +180,31 @@ mod tests {
         let mut absent = firing();
         absent["oldValue"] = Value::Null;
         assert!(super::summary(&absent).contains("from (absent) to"));
+    }
+
+    #[test]
+    fn a_targets_values_are_text_to_slack_and_bounded_for_pagerduty() {
+        let mut hostile = firing();
+        hostile["newValue"] = json!("<!channel> see <https://evil.example|the docs> & more");
+        let text = render(Format::Slack, &hostile, EXTRA)["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(
+            text.contains("&lt;!channel&gt;") && text.contains("&amp; more"),
+            "{text}"
+        );
+        let mut huge = firing();
+        huge["newValue"] = json!("x".repeat(MAX_DETAIL_VALUE + 1));
+        let event = render(Format::PagerDuty, &huge, EXTRA);
+        let detail = event["payload"]["custom_details"]["newValue"]
+            .as_str()
+            .unwrap();
+        assert!(detail.ends_with("bytes of JSON, left out)"), "{detail}");
+        assert_eq!(event["payload"]["custom_details"]["oldValue"], "SYNCED");
+        let long = render(Format::Slack, &huge, EXTRA);
+        assert!(long["text"].as_str().unwrap().len() <= MAX_SLACK_TEXT);
     }
 
     #[test]

@@ -226,16 +226,23 @@ impl Credentials {
     /// Puts what `make` makes, unless what was read (`digest`) is what the
     /// current material was made from.
     fn replace(&self, digest: Vec<u8>, make: impl FnOnce() -> Result<Material, String>) {
+        let unchanged = |current: &Option<(Made, Vec<u8>)>| {
+            current
+                .as_ref()
+                .is_some_and(|(_, made_from)| *made_from == digest)
+        };
+        if self.inner.current.read().is_ok_and(|c| unchanged(&c)) {
+            return;
+        }
+        // Made outside the lock: polls read the material meanwhile.
+        let made = make();
         let Ok(mut current) = self.inner.current.write() else {
             return;
         };
-        if current
-            .as_ref()
-            .is_some_and(|(_, made_from)| *made_from == digest)
-        {
+        if unchanged(&current) {
             return;
         }
-        *current = Some((make(), digest));
+        *current = Some((made, digest));
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
