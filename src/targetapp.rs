@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -280,6 +281,13 @@ pub struct ActionRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub parameters: Option<BTreeMap<String, serde_json::Value>>,
+    /// More actions to run after `action`, in order, for the same firing: each
+    /// runs when the one before it succeeded, is recorded in
+    /// `status.firings[].steps` when it finishes, and counts as one action
+    /// against the tenant's hourly budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub then: Vec<ActionStep>,
     /// Minimum time between two firings of this rule for one target (Go duration, e.g.
     /// `10m`). Defaults to 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,10 +301,71 @@ pub struct ActionRule {
     pub too_deep: Vec<TooDeep>,
 }
 
+/// The most actions a rule runs for one firing: `action` and up to four `then`.
+pub const MAX_STEPS: usize = 5;
+
+/// An action a rule runs after its first one.
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionStep {
+    /// restart_pod, scale_deployment, patch_resource, webhook or exec_command.
+    #[schemars(length(min = 1))]
+    pub action: String,
+    /// The action's parameters; each action validates its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub parameters: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// One action of a rule, as it runs: the rule's `action` (step 0) or one of
+/// its `then` (step 1 and on).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step<'a> {
+    pub index: usize,
+    pub action: &'a str,
+    pub parameters: Option<&'a BTreeMap<String, serde_json::Value>>,
+}
+
+impl Step<'_> {
+    /// Where the step's `field` is in rule `rule` of a TargetApp:
+    /// `spec.actions[1].then[0].parameters`.
+    pub fn path(&self, rule: usize, field: &str) -> String {
+        match self.index {
+            0 => format!("spec.actions[{rule}].{field}"),
+            n => format!("spec.actions[{rule}].then[{}].{field}", n - 1),
+        }
+    }
+}
+
+impl ActionRule {
+    /// The actions the rule runs for a firing, in order (none for a rule that
+    /// only records; `then` without `action` is refused at admission and runs
+    /// nothing).
+    pub fn steps(&self) -> Vec<Step<'_>> {
+        let Some(first) = self.action.as_deref() else {
+            return Vec::new();
+        };
+        std::iter::once((first, self.parameters.as_ref()))
+            .chain(
+                self.then
+                    .iter()
+                    .map(|s| (s.action.as_str(), s.parameters.as_ref())),
+            )
+            .enumerate()
+            .map(|(index, (action, parameters))| Step {
+                index,
+                action,
+                parameters,
+            })
+            .collect()
+    }
+}
+
 /// A free-form field left out of a decoded rule because it nests too deep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TooDeep {
-    /// The field, from the rule: `parameters.<key>` or `trigger.value`.
+    /// The field, from the rule: `parameters.<key>`, `then[<n>].parameters.<key>`
+    /// or `trigger.value`.
     pub field: String,
     /// How deep it nests.
     pub depth: usize,
@@ -310,18 +379,23 @@ impl<'de> Deserialize<'de> for ActionRule {
         let mut too_deep = Vec::new();
         let parameters = match rule.parameters {
             None => None,
-            Some(raw) => {
-                let mut parameters = BTreeMap::new();
-                for (key, value) in raw {
-                    if let Some(value) = shallow(&value, format!("parameters.{key}"), &mut too_deep)
-                        .map_err(serde::de::Error::custom)?
-                    {
-                        parameters.insert(key, value);
-                    }
-                }
-                Some(parameters)
-            }
+            Some(raw) => Some(decode_parameters(raw, "parameters", &mut too_deep)?),
         };
+        let mut then = Vec::with_capacity(rule.then.len());
+        for (index, step) in rule.then.into_iter().enumerate() {
+            let parameters = match step.parameters {
+                None => None,
+                Some(raw) => Some(decode_parameters(
+                    raw,
+                    &format!("then[{index}].parameters"),
+                    &mut too_deep,
+                )?),
+            };
+            then.push(ActionStep {
+                action: step.action,
+                parameters,
+            });
+        }
         let value = match rule.trigger.value {
             None => None,
             Some(raw) => shallow(&raw, "trigger.value".to_owned(), &mut too_deep)
@@ -338,10 +412,27 @@ impl<'de> Deserialize<'de> for ActionRule {
             },
             action: rule.action,
             parameters,
+            then,
             cooldown: rule.cooldown,
             too_deep,
         })
     }
+}
+
+/// A rule's or step's parameters decoded, leaving out (as [`TooDeep`]s under
+/// `at`) those that nest too deep.
+fn decode_parameters<E: serde::de::Error>(
+    raw: BTreeMap<String, Box<RawValue>>,
+    at: &str,
+    too_deep: &mut Vec<TooDeep>,
+) -> Result<BTreeMap<String, serde_json::Value>, E> {
+    let mut parameters = BTreeMap::new();
+    for (key, value) in raw {
+        if let Some(value) = shallow(&value, format!("{at}.{key}"), too_deep).map_err(E::custom)? {
+            parameters.insert(key, value);
+        }
+    }
+    Ok(parameters)
 }
 
 /// `raw` decoded, or None (and a [`TooDeep`] for `field`) when it nests deeper than
@@ -376,7 +467,17 @@ mod wire {
         #[serde(default)]
         pub parameters: Option<BTreeMap<String, Box<RawValue>>>,
         #[serde(default)]
+        pub then: Vec<Step>,
+        #[serde(default)]
         pub cooldown: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub(super) struct Step {
+        pub action: String,
+        #[serde(default)]
+        pub parameters: Option<BTreeMap<String, Box<RawValue>>>,
     }
 
     #[derive(Deserialize)]
@@ -575,6 +676,53 @@ pub struct RuleFiring {
     /// When a replica took an unfinished firing over to run it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Time>,
+    /// The rule's actions that finished for this firing, in order: `action`
+    /// first, then each of `then`. Until `done`, the next one is the step under
+    /// way; a replica taking over resumes there (only an action safe to repeat
+    /// is run again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepResult>,
+}
+
+impl RuleFiring {
+    /// A firing of `rule` for `target` at `time`, not ended, not finished.
+    pub fn new(rule: String, target: String, time: Timestamp) -> Self {
+        Self {
+            rule,
+            target,
+            time: Time(time),
+            cleared: None,
+            done: None,
+            resumed: None,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// How one action of a firing ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepResult {
+    /// The action.
+    pub action: String,
+    /// Succeeded, Failed, DryRun, or NotRun (the tenant's hourly budget was
+    /// used up before it).
+    pub result: StepOutcome,
+    /// Why it failed or did not run: a short reason such as `timeout`,
+    /// `forbidden` or `quota` (the Event says more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it finished.
+    pub time: Time,
+}
+
+/// How an action of a firing ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepOutcome {
+    Succeeded,
+    Failed,
+    DryRun,
+    NotRun,
 }
 
 fn any_value(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
@@ -655,6 +803,31 @@ mod tests {
         let app: TargetApp = serde_json::from_value(value).unwrap();
         assert_eq!(app.spec.actions[0].too_deep[0].depth, MAX_VALUE_DEPTH + 1);
         assert_eq!(app.spec.actions[0].parameters, Some(BTreeMap::new()));
+
+        // A later action's parameters are measured the same way.
+        let then = app_json("{}", "null").replace(
+            r#""cooldown":"1m","#,
+            &format!(
+                r#""cooldown":"1m","then":[{{"action":"webhook","parameters":{{"url":"https://x.example","body":{}}}}}],"#,
+                nested(MAX_VALUE_DEPTH + 1)
+            ),
+        );
+        let app: TargetApp = serde_json::from_str(&then).unwrap();
+        let rule = &app.spec.actions[0];
+        assert_eq!(
+            rule.too_deep,
+            [TooDeep {
+                field: "then[0].parameters.body".to_owned(),
+                depth: MAX_VALUE_DEPTH + 1
+            }]
+        );
+        assert_eq!(
+            rule.then[0]
+                .parameters
+                .as_ref()
+                .map(|p| p.keys().collect::<Vec<_>>()),
+            Some(vec![&"url".to_owned()])
+        );
     }
 
     #[test]
@@ -697,6 +870,16 @@ mod tests {
                 ("url".to_owned(), json!("https://hooks.example.com")),
                 ("headers".to_owned(), json!({"x": "y"})),
             ])),
+            then: vec![
+                ActionStep {
+                    action: "restart_pod".to_owned(),
+                    parameters: None,
+                },
+                ActionStep {
+                    action: "scale_deployment".to_owned(),
+                    parameters: Some(BTreeMap::from([("replicas".to_owned(), json!(2))])),
+                },
+            ],
             cooldown: Some("10m".to_owned()),
             too_deep: Vec::new(),
         };

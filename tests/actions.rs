@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kco::actions::{Dispatched, Dispatcher, Firing};
 use kco::simulator::SyncStatus;
 use kco::targetapp::TargetApp;
@@ -285,7 +287,6 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
         app: app.clone(),
         rule_name: "offline".into(),
         rule: app.spec.actions[0].clone(),
-        action: "restart_pod".into(),
         cooldown: Duration::from_secs(300),
         target: "mina-0".into(),
         pod: Some("mina-0".into()),
@@ -321,7 +322,7 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     let outcomes = [a.unwrap(), b.unwrap()];
     let ran: Vec<_> = outcomes
         .iter()
-        .filter(|o| matches!(o, Dispatched::Ran { result: Ok(_), .. }))
+        .filter(|o| matches!(o, Dispatched::Ran { steps, .. } if steps.iter().all(|s| s.result.is_ok())))
         .collect();
     let skipped = outcomes
         .iter()
@@ -444,9 +445,189 @@ async fn two_dispatchers_racing_on_one_firing_run_one_action() {
     assert!(
         matches!(
             one.dispatch(again).await.unwrap(),
-            Dispatched::Ran { result: Ok(_), .. }
+            Dispatched::Ran { steps, .. } if steps.iter().all(|s| s.result.is_ok())
         ),
         "a new episode after the recorded end"
+    );
+}
+
+/// A rule's actions run in order, each recorded in status as it finishes; a
+/// failed one stops the rest; a replica taking an unfinished firing over runs on
+/// from the action under way (when it is safe to repeat), never again the ones
+/// recorded as finished.
+#[tokio::test]
+async fn a_rule_runs_its_actions_in_order_and_a_failed_one_stops_the_rest() {
+    let receiver_ip = std::net::IpAddr::V4(fixtures::loopback_ip());
+    let bed = bed_with("act-steps", |s, ns| {
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(receiver_ip)];
+        s.dns_overrides = vec![(format!("hooks.{ns}.svc"), receiver_ip)];
+    })
+    .await;
+    let host = format!("hooks.{}.svc", bed.ns);
+    let receiver = Receiver::start(receiver_ip, &host).await;
+    secret(&bed, "kco-webhook-ca", "ca.crt", receiver.ca_pem.as_bytes()).await;
+    let hook = json!({"url": format!("https://{host}:{}/kco", receiver.addr.port()),
+                      "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}});
+    let restart = json!({"action": "restart_pod", "parameters": {"strategy": "delete"}});
+    let mut page_then_restart = rule("page-then-restart", "OFFLINE", "webhook", hook.clone());
+    page_then_restart["then"] = json!([restart]);
+    let mut restart_then_page = rule(
+        "restart-then-page",
+        "CATCHUP",
+        "restart_pod",
+        json!({"strategy": "delete"}),
+    );
+    restart_then_page["then"] = json!([{"action": "webhook", "parameters": hook}]);
+    let spec = |suspend: bool| {
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1, "suspend": suspend,
+               "serviceAccountName": "kco-actions",
+               "actions": [page_then_restart.clone(), restart_then_page.clone()]})
+    };
+    bed.apply(spec(false)).await;
+    bed.wait_status(30, "3/3 up", |s| s.targets_ready.as_deref() == Some("3/3"))
+        .await;
+
+    // Both actions, in order: the receiver is called while mina-1 still runs.
+    bed.set_state(1, SyncStatus::Offline).await;
+    let note = bed
+        .wait_event(
+            20,
+            "ActionSucceeded",
+            "restart_pod for mina-1 (rule page-then-restart, step 2 of 2)",
+        )
+        .await;
+    assert!(note.contains("delete pod"), "{note}");
+    bed.wait_event(
+        5,
+        "ActionSucceeded",
+        "webhook for mina-1 (rule page-then-restart, step 1 of 2)",
+    )
+    .await;
+    assert!(!bed.pod_exists("mina-1").await);
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        (body["target"].as_str(), body["step"].as_u64()),
+        (Some("mina-1"), Some(1))
+    );
+    let record = |status: &kco::targetapp::TargetAppStatus, target: &str| {
+        status.firings.iter().find(|f| f.target == target).cloned()
+    };
+    let recorded = record(&bed.status().await, "mina-1").unwrap();
+    let steps: Vec<_> = recorded
+        .steps
+        .iter()
+        .map(|s| (s.action.as_str(), s.result))
+        .collect();
+    use kco::targetapp::StepOutcome::{Failed, Succeeded};
+    assert_eq!(
+        steps,
+        [("webhook", Succeeded), ("restart_pod", Succeeded)],
+        "{recorded:?}"
+    );
+    assert!(recorded.done.is_some(), "{recorded:?}");
+
+    // The receiver fails every attempt: the restart after it does not run.
+    receiver.fail_next(3);
+    bed.set_state(2, SyncStatus::Offline).await;
+    let note = bed
+        .wait_event(
+            20,
+            "ActionSkipped",
+            "restart_pod for mina-2 (rule page-then-restart, step 2 of 2) not run",
+        )
+        .await;
+    assert!(note.contains("step 1 (webhook) failed"), "{note}");
+    bed.wait_event(
+        5,
+        "ActionFailed",
+        "webhook for mina-2 (rule page-then-restart, step 1 of 2) failed",
+    )
+    .await;
+    assert!(
+        bed.pod_exists("mina-2").await,
+        "not restarted after the failed webhook"
+    );
+    let recorded = record(&bed.status().await, "mina-2").unwrap();
+    assert_eq!(recorded.steps.len(), 1, "{recorded:?}");
+    assert_eq!(recorded.steps[0].result, Failed);
+    assert!(recorded.done.is_some(), "{recorded:?}");
+
+    // A replica recorded mina-0's restart (step 1) and stopped while it called the
+    // webhook (step 2). A replica taking over, in the same episode, calls the
+    // webhook as that firing and restarts nothing.
+    bed.apply(spec(true)).await;
+    bed.wait_status(20, "suspended", |s| {
+        s.phase == Some(kco::targetapp::Phase::Suspended)
+    })
+    .await;
+    bed.set_state(0, SyncStatus::Catchup).await;
+    let died_at = Timestamp::from_second(Timestamp::now().as_second() - 60).unwrap();
+    let mut unfinished =
+        kco::targetapp::RuleFiring::new("restart-then-page".into(), "mina-0".into(), died_at);
+    unfinished.steps.push(kco::targetapp::StepResult {
+        action: "restart_pod".into(),
+        result: Succeeded,
+        reason: None,
+        time: Time(died_at),
+    });
+    let mut current = bed.apps().get_status("mina").await.unwrap();
+    current
+        .status
+        .get_or_insert_default()
+        .firings
+        .push(unfinished);
+    bed.apps()
+        .replace_status("mina", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    let calls = receiver.count();
+    bed.apply(spec(false)).await;
+    let note = bed
+        .wait_event(
+            30,
+            "ActionSucceeded",
+            "webhook for mina-0 (rule restart-then-page, step 2 of 2)",
+        )
+        .await;
+    assert!(
+        note.contains(&format!("resumed the firing of {died_at}")),
+        "{note}"
+    );
+    assert!(
+        bed.pod_exists("mina-0").await,
+        "the recorded restart is not run again"
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), calls + 1, "{got:?}");
+    let body: Value = serde_json::from_slice(&got[calls].body).unwrap();
+    assert_eq!(
+        (body["step"].as_u64(), body["firedAt"].as_str()),
+        (Some(2), Some(died_at.to_string().as_str()))
+    );
+    let recorded = record(&bed.status().await, "mina-0").unwrap();
+    let steps: Vec<_> = recorded
+        .steps
+        .iter()
+        .map(|s| (s.action.as_str(), s.result))
+        .collect();
+    assert_eq!(
+        steps,
+        [("restart_pod", Succeeded), ("webhook", Succeeded)],
+        "{recorded:?}"
+    );
+    assert!(
+        recorded.done.is_some() && recorded.resumed.is_some(),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        bed.events("ActionSkipped")
+            .await
+            .iter()
+            .filter(|(n, _)| n.contains("mina-0"))
+            .count(),
+        0
     );
 }
 
@@ -460,14 +641,11 @@ async fn unfinished_firing(
 ) {
     let mut current = apps.get_status("mina").await.unwrap();
     let mut status = current.status.clone().unwrap_or_default();
-    status.firings.push(kco::targetapp::RuleFiring {
-        rule: rule.into(),
-        target: target.into(),
-        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at),
-        cleared: None,
-        done: None,
-        resumed: None,
-    });
+    status.firings.push(kco::targetapp::RuleFiring::new(
+        rule.into(),
+        target.into(),
+        at,
+    ));
     current.status = Some(status);
     apps.replace_status("mina", &PostParams::default(), &current)
         .await

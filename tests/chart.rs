@@ -961,6 +961,10 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
         json!({"name": name, "action": action, "parameters": parameters,
                "trigger": {"field": "$up", "condition": "equals", "value": false}})
     };
+    let then = |mut rule: serde_json::Value, step: serde_json::Value| {
+        rule["then"] = json!([step]);
+        rule
+    };
     // The apiserver learns of a new policy within a second or so: retry the first.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1010,6 +1014,37 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
             json!({"selector": {}, "actions": [rule("a", "webhook", json!({"url": "https://hooks.example.com/x",
                 "urlSecretRef": {"name": "kco-webhook-url", "key": "url"}}))]}),
             "give url or urlSecretRef, not both",
+        ),
+        // A rule's later actions are held to the same invariants as its first.
+        (
+            "then-reboot",
+            json!({"selector": {}, "actions": [then(rule("a", "restart_pod", json!({})), json!({"action": "reboot_node"}))]}),
+            "not a built-in action",
+        ),
+        (
+            "then-hook",
+            json!({"selector": {}, "actions": [then(rule("a", "restart_pod", json!({})),
+                json!({"action": "webhook", "parameters": {"url": "http://[::1]:9/x"}}))]}),
+            "a webhook needs an http(s) URL",
+        ),
+        (
+            "then-path",
+            json!({"selector": {}, "actions": [then(rule("a", "restart_pod", json!({})),
+                json!({"action": "patch_resource", "parameters": {"kind": "ConfigMap", "name": "../../secrets/x"}}))]}),
+            "an object name (RFC 1123), never a path",
+        ),
+        (
+            "then-twice",
+            json!({"selector": {}, "actions": [then(rule("a", "restart_pod", json!({})),
+                json!({"action": "webhook", "parameters": {"url": "https://hooks.example.com/x",
+                       "urlSecretRef": {"name": "kco-webhook-url", "key": "url"}}}))]}),
+            "give url or urlSecretRef, not both",
+        ),
+        (
+            "then-alone",
+            json!({"selector": {}, "actions": [{"name": "a", "trigger": {"field": "$up", "condition": "changed"},
+                   "then": [{"action": "restart_pod"}]}]}),
+            "then without an action",
         ),
     ] {
         let err = apps
@@ -1088,7 +1123,10 @@ async fn the_validating_admission_policy_enforces_invariants_without_kco() {
                         // A rule that only records has no action for the policy to judge.
                         {"name": "record", "trigger": {"field": "$up", "condition": "changed"}},
                         // A URL kept in a Secret is judged when it is read.
-                        rule("page", "webhook", json!({"urlSecretRef": {"name": "kco-webhook-url", "key": "url"}}))]}),
+                        rule("page", "webhook", json!({"urlSecretRef": {"name": "kco-webhook-url", "key": "url"}})),
+                        // Several actions, each fine.
+                        then(rule("page-then-restart", "webhook", json!({"url": "https://hooks.example.com/kco"})),
+                             json!({"action": "restart_pod"}))]}),
         ),
     )
     .await

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{ActionContext, ActionError, Outcome, Params, Registry, params};
 use crate::monitor::status::record_firing;
-use crate::targetapp::{ActionRule, RuleFiring, TargetApp};
+use crate::targetapp::{ActionRule, RuleFiring, Step, StepOutcome, StepResult, TargetApp};
 use crate::tenancy::ledger::{Ledger, Refused};
 use crate::tenancy::{ActionBudget, Egress, Tenants};
 
@@ -68,6 +68,16 @@ impl Which {
     }
 }
 
+/// What a change to a status record comes to.
+enum Edit {
+    /// Write the changed record.
+    Write,
+    /// The record is as it should be already.
+    Keep,
+    /// The record is not the one the change is for (it moved on).
+    Gone,
+}
+
 /// Backoff from 250 ms to 2 s, with jitter, for at most `total`.
 pub fn patience(total: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -83,9 +93,9 @@ pub fn patience(total: Duration) -> ExponentialBuilder {
 pub struct Firing {
     pub app: Arc<TargetApp>,
     pub rule_name: String,
+    /// The rule, whose actions (`ActionRule::steps`) run in order (a rule that
+    /// only records is never dispatched).
     pub rule: ActionRule,
-    /// The action the rule runs (a rule that only records is never dispatched).
-    pub action: String,
     pub cooldown: Duration,
     /// The target's name (pod name, or URL) and its pod, if any.
     pub target: String,
@@ -126,14 +136,52 @@ pub enum Skip {
 #[derive(Debug)]
 pub enum Dispatched {
     Skipped(Skip),
-    /// The action ran (for real, or as a dry run), as the firing at `fired_at`
-    /// (earlier than this firing's own time when it resumed an unfinished one).
+    /// The rule's actions ran (for real, or as a dry run) from step `from` on, as
+    /// the firing at `fired_at` (earlier than this firing's own time, and `from`
+    /// past the first step, when it resumed an unfinished one).
     Ran {
-        result: Result<Outcome, ActionError>,
+        steps: Vec<StepRun>,
+        /// How many actions the rule has.
+        of: usize,
+        from: usize,
+        /// Why the steps after the last one in `steps` did not run, if they did not.
+        stopped: Option<Stopped>,
         dry_run: bool,
-        duration: Duration,
         fired_at: Timestamp,
     },
+}
+
+/// One action of a firing that ran.
+#[derive(Debug)]
+pub struct StepRun {
+    /// The step: 0 for the rule's `action`, then 1 for its first `then`, …
+    pub index: usize,
+    pub action: String,
+    pub result: Result<Outcome, ActionError>,
+    pub duration: Duration,
+}
+
+/// Why a firing's remaining actions did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The last step that ran failed.
+    Failed,
+    /// The tenant's hourly budget was used up before the next step.
+    Quota(String),
+    /// Another replica moved the firing's record on (it took the firing over).
+    TakenOver,
+    /// The last step's result could not be recorded: running the next one could
+    /// run it twice (a replica taking over cannot know it ran).
+    Unrecorded(String),
+}
+
+/// Where a fenced firing's actions start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    /// The firing's time, which its actions run as.
+    pub at: Timestamp,
+    /// The first step to run (past 0 when resuming an unfinished firing).
+    pub from: usize,
 }
 
 /// What a replica knows of a firing's episode, for `judge`.
@@ -165,14 +213,15 @@ impl Episode {
 pub enum Precedent {
     /// Record this firing and run its action.
     Fire,
-    /// Run the recorded firing's action again as that firing: it was recorded and
-    /// never finished (its replica stopped midway), its episode goes on, and the
-    /// action is safe to repeat.
+    /// Run the recorded firing's actions on as that firing, from the step under
+    /// way: it was recorded and never finished (its replica stopped midway), its
+    /// episode goes on, and that step's action is safe to repeat.
     Resume,
     Skip(Skip),
 }
 
-/// Judges a firing against the latest recorded one (pure: the fence reads status).
+/// Judges a firing against the latest recorded one (pure: the fence reads status);
+/// `resumable` says whether the recorded firing's step under way is safe to repeat.
 ///
 /// The recorded firing's episode has ended before this firing when this replica
 /// saw it end, or saw the condition false after it was recorded, or its end is
@@ -327,10 +376,19 @@ impl Dispatcher {
         Ok(client)
     }
 
+    /// Whether the action of step `index` of `rule` is safe to repeat.
+    fn resumable(&self, rule: &ActionRule, index: usize) -> bool {
+        rule.steps()
+            .get(index)
+            .and_then(|step| self.registry.get(step.action))
+            .is_some_and(|a| a.resumable())
+    }
+
     /// Records the firing in status unless it is inside the cooldown or another
-    /// dispatcher recorded it first; the time the action runs as (the firing's
-    /// own, or that of an unfinished firing of the same episode it resumes).
-    pub async fn fence(&self, firing: &Firing) -> Result<Result<Timestamp, Skip>, ActionError> {
+    /// dispatcher recorded it first; the time the actions run as (the firing's
+    /// own, or that of an unfinished firing of the same episode it resumes) and
+    /// the step to start at.
+    pub async fn fence(&self, firing: &Firing) -> Result<Result<Fenced, Skip>, ActionError> {
         let namespace = firing.app.namespace().unwrap_or_default();
         let name = firing.app.name_any();
         let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
@@ -350,19 +408,12 @@ impl Dispatcher {
                 .cloned()
         };
         let seen = find(&app);
-        let mut record = RuleFiring {
-            rule: firing.rule_name.clone(),
-            target: firing.target.clone(),
-            time: Time(firing.now),
-            cleared: None,
-            done: None,
-            resumed: None,
-        };
+        let mut record =
+            RuleFiring::new(firing.rule_name.clone(), firing.target.clone(), firing.now);
         if let Some(previous) = &seen {
-            let resumable = self
-                .registry
-                .get(firing.action.as_str())
-                .is_some_and(|a| a.resumable());
+            let under_way = previous.steps.len();
+            let resumable =
+                under_way < firing.rule.steps().len() && self.resumable(&firing.rule, under_way);
             match judge(previous, &Episode::of(firing), resumable) {
                 Precedent::Fire => {}
                 Precedent::Resume => {
@@ -374,6 +425,10 @@ impl Dispatcher {
                 Precedent::Skip(skip) => return Ok(Err(skip)),
             }
         }
+        let fenced = Fenced {
+            at: record.time.0,
+            from: record.steps.len(),
+        };
         for _ in 0..FENCE_ATTEMPTS {
             let mut status = app.status.clone().unwrap_or_default();
             record_firing(&mut status.firings, record.clone());
@@ -383,7 +438,7 @@ impl Dispatcher {
                 .replace_status(&name, &PostParams::default(), &app)
                 .await
             {
-                Ok(_) => return Ok(Ok(record.time.0)),
+                Ok(_) => return Ok(Ok(fenced)),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     app = apps
                         .get_status(&name)
@@ -410,24 +465,36 @@ impl Dispatcher {
         )))
     }
 
-    /// Records that the action of the firing of `rule` for `target` at `fired_at`
-    /// finished, so that no replica runs it again (`dispatch` retries it through a
-    /// short apiserver outage); a record it cannot update is at worst run once
-    /// more, with the same idempotency key.
-    pub async fn finish(
+    /// Records how step `index` of the firing of `firing`'s rule for its target
+    /// at `fired_at` ended, and with the `last` step that the firing is done, so
+    /// that no replica runs it again (`dispatch` retries it through a short
+    /// apiserver outage). Whether the record was still this dispatcher's to
+    /// write: `false` when it has moved on (another replica took the firing
+    /// over and recorded this step first) or is gone.
+    pub async fn finish_step(
         &self,
-        app: &TargetApp,
-        rule: &str,
-        target: &str,
+        firing: &Firing,
         fired_at: Timestamp,
-    ) -> Result<(), ActionError> {
+        index: usize,
+        result: &StepResult,
+        last: bool,
+    ) -> Result<bool, ActionError> {
         self.update_record(
-            app,
-            rule,
-            target,
+            &firing.app,
+            &firing.rule_name,
+            &firing.target,
             Which::At(fired_at),
             "record that an action finished",
-            |r| set_once(&mut r.done, Timestamp::now()),
+            |r| {
+                if r.done.is_some() || r.steps.len() != index {
+                    return Edit::Gone;
+                }
+                r.steps.push(result.clone());
+                if last {
+                    set_once(&mut r.done, Timestamp::now());
+                }
+                Edit::Write
+            },
         )
         .await
     }
@@ -458,16 +525,22 @@ impl Dispatcher {
             Which::AtOrBefore(fired_at),
             "record the end of an episode",
             |r| {
-                r.time.0.as_second() < ended_at.as_second()
+                if r.time.0.as_second() < ended_at.as_second()
                     && keep_earliest(&mut r.cleared, ended_at)
+                {
+                    Edit::Write
+                } else {
+                    Edit::Keep
+                }
             },
         )
         .await
+        .map(|_| ())
     }
 
-    /// Applies `change` (which says whether it changed anything) to the status
-    /// record of `rule` for `target` that `which` names, with optimistic
-    /// concurrency. Nothing to do when status holds another firing by then.
+    /// Applies `change` to the status record of `rule` for `target` that `which`
+    /// names, with optimistic concurrency; whether the record was there to
+    /// change (`change` did not find it `Gone`, nor status another firing).
     async fn update_record(
         &self,
         app: &TargetApp,
@@ -475,8 +548,8 @@ impl Dispatcher {
         target: &str,
         which: Which,
         doing: &str,
-        change: impl Fn(&mut RuleFiring) -> bool,
-    ) -> Result<(), ActionError> {
+        change: impl Fn(&mut RuleFiring) -> Edit,
+    ) -> Result<bool, ActionError> {
         let namespace = app.namespace().unwrap_or_default();
         let name = app.name_any();
         let apps: Api<TargetApp> = Api::namespaced(self.operator.clone(), &namespace);
@@ -491,16 +564,18 @@ impl Dispatcher {
                     .iter_mut()
                     .find(|f| f.rule == rule && f.target == target && which.matches(f))
             }) else {
-                return Ok(());
+                return Ok(false);
             };
-            if !change(record) {
-                return Ok(());
+            match change(record) {
+                Edit::Write => {}
+                Edit::Keep => return Ok(true),
+                Edit::Gone => return Ok(false),
             }
             match apps
                 .replace_status(&name, &PostParams::default(), &current)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(ActionError::from_kube(&what, e)),
             }
@@ -511,7 +586,7 @@ impl Dispatcher {
     }
 
     /// Takes the tenant's budget, fences `firing` and, if it is ours, runs its
-    /// action, then records that it finished.
+    /// rule's actions in order, recording each as it finishes.
     pub async fn dispatch(&self, firing: Firing) -> Result<Dispatched, ActionError> {
         let dry_run = firing.app.spec.dry_run;
         let namespace = firing.app.namespace().unwrap_or_default();
@@ -522,51 +597,116 @@ impl Dispatcher {
         }
         // A firing seen while the apiserver is down is not lost: the fence waits for
         // it (bounded), and then decides on fresh status as always.
-        let fired_at = match (|| self.fence(&firing))
+        let fenced = match (|| self.fence(&firing))
             .retry(patience(FENCE_PATIENCE))
             .when(ActionError::is_transient)
             .await?
         {
-            Ok(at) => at,
+            Ok(fenced) => fenced,
             Err(skip) => return Ok(Dispatched::Skipped(skip)),
         };
+        let steps = firing.rule.steps();
+        let mut ran = Vec::new();
+        let mut stopped = None;
+        for step in steps.iter().skip(fenced.from) {
+            // The first step's budget was taken before the fence.
+            if step.index > fenced.from
+                && let Err(why) = self.take_budget(&namespace).await
+            {
+                let result = step_result(step, StepOutcome::NotRun, Some("quota"));
+                // Recorded as not run, which ends the firing (a record that
+                // cannot be written is logged, and the firing ends here anyway).
+                let _ = self
+                    .record_step(&firing, fenced.at, step.index, &result, true)
+                    .await;
+                stopped = Some(Stopped::Quota(why));
+                break;
+            }
+            let run = self.run_step(&firing, step, fenced.at, dry_run).await;
+            let failed = run.result.is_err();
+            let last = failed || step.index + 1 == steps.len();
+            let result = run.recorded(step, dry_run);
+            ran.push(run);
+            match self
+                .record_step(&firing, fenced.at, step.index, &result, last)
+                .await
+            {
+                Ok(true) if failed => stopped = Some(Stopped::Failed),
+                Ok(true) => continue,
+                Ok(false) if !last => stopped = Some(Stopped::TakenOver),
+                Err(why) if !last => stopped = Some(Stopped::Unrecorded(why)),
+                _ => {}
+            }
+            break;
+        }
+        Ok(Dispatched::Ran {
+            steps: ran,
+            of: steps.len(),
+            from: fenced.from,
+            stopped,
+            dry_run,
+            fired_at: fenced.at,
+        })
+    }
+
+    /// Runs one step of a fenced firing; an action that is safe to repeat (see
+    /// `Action::resumable`) is tried again while the apiserver is unavailable
+    /// (reading its Secrets).
+    async fn run_step(
+        &self,
+        firing: &Firing,
+        step: &Step<'_>,
+        fired_at: Timestamp,
+        dry_run: bool,
+    ) -> StepRun {
         let started = std::time::Instant::now();
-        // An action that is safe to repeat (see `Action::resumable`) is tried
-        // again while the apiserver is unavailable (reading its Secrets).
-        let resumable = self
-            .registry
-            .get(firing.action.as_str())
-            .is_some_and(|a| a.resumable());
-        let result = (|| self.run(&firing, fired_at, dry_run))
+        let resumable = self.resumable(&firing.rule, step.index);
+        let result = (|| self.run(firing, step, fired_at, dry_run))
             .retry(patience(FINISH_PATIENCE))
             .when(|e: &ActionError| resumable && e.is_transient())
             .await;
-        let outcome = Dispatched::Ran {
+        StepRun {
+            index: step.index,
+            action: step.action.to_owned(),
             result,
-            dry_run,
             duration: started.elapsed(),
-            fired_at,
-        };
-        let finished = (|| self.finish(&firing.app, &firing.rule_name, &firing.target, fired_at))
+        }
+    }
+
+    /// Records a step's result (`finish_step`), waiting out a short apiserver
+    /// outage; whether the record was still this dispatcher's, or why it could
+    /// not be written (then a replica taking over may run the step again, with
+    /// the same idempotency key, if it is safe to repeat).
+    async fn record_step(
+        &self,
+        firing: &Firing,
+        fired_at: Timestamp,
+        index: usize,
+        result: &StepResult,
+        last: bool,
+    ) -> Result<bool, String> {
+        let recorded = (|| self.finish_step(firing, fired_at, index, result, last))
             .retry(patience(FINISH_PATIENCE))
             .when(ActionError::is_transient)
             .await;
-        if let Err(e) = finished {
-            tracing::warn!(namespace = %namespace, tapp = %firing.app.name_any(), target = %firing.target,
-                rule = %firing.rule_name, error = %e, "cannot record that the action finished; a replica taking over may run it again (same idempotency key)");
-        }
-        Ok(outcome)
+        recorded.map_err(|e| {
+            tracing::warn!(namespace = %firing.app.namespace().unwrap_or_default(), tapp = %firing.app.name_any(),
+                target = %firing.target, rule = %firing.rule_name, step = index, error = %e,
+                "cannot record that an action finished; a replica taking over may run it again (same idempotency key)");
+            e.to_string()
+        })
     }
 
     async fn run(
         &self,
         firing: &Firing,
+        step: &Step<'_>,
         fired_at: Timestamp,
         dry_run: bool,
     ) -> Result<Outcome, ActionError> {
-        let name = firing.action.as_str();
+        let name = step.action;
         self.registry
-            .validate(name, firing.rule.parameters.as_ref())
+            .validate(name, step.parameters)
             .map_err(|problems| ActionError::Invalid(params::joined(&problems)))?;
         let action = self
             .registry
@@ -598,9 +738,10 @@ impl Dispatcher {
             egress: self.egress.clone(),
             max_replicas: quota.max_replicas,
             correlation_id: firing.correlation_id.clone(),
+            step: step.index,
             dry_run,
         };
-        let params = Params::new(firing.rule.parameters.as_ref());
+        let params = Params::new(step.parameters);
         let timeout = action.timeout(&params).unwrap_or(self.default_timeout);
         let timeout = quota
             .max_action_seconds
@@ -608,6 +749,28 @@ impl Dispatcher {
         match tokio::time::timeout(timeout, action.run(&ctx, &params)).await {
             Ok(result) => result,
             Err(_) => Err(ActionError::Timeout(timeout)),
+        }
+    }
+}
+
+/// What status records of a step: how it ended, and why when it failed or did
+/// not run.
+fn step_result(step: &Step<'_>, result: StepOutcome, reason: Option<&str>) -> StepResult {
+    StepResult {
+        action: step.action.to_owned(),
+        result,
+        reason: reason.map(str::to_owned),
+        time: Time(Timestamp::now()),
+    }
+}
+
+impl StepRun {
+    /// What status records of this step.
+    fn recorded(&self, step: &Step<'_>, dry_run: bool) -> StepResult {
+        match &self.result {
+            Ok(_) if dry_run => step_result(step, StepOutcome::DryRun, None),
+            Ok(_) => step_result(step, StepOutcome::Succeeded, None),
+            Err(e) => step_result(step, StepOutcome::Failed, Some(e.reason())),
         }
     }
 }
@@ -661,6 +824,7 @@ mod tests {
             cleared: cleared.map(|c| Time(at(c))),
             done: done.then(|| Time(at(time))),
             resumed: None,
+            steps: Vec::new(),
         }
     }
 

@@ -23,7 +23,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-pub use dispatch::{Dispatched, Dispatcher, FENCE_PATIENCE, Firing, Skip, patience};
+pub use dispatch::{
+    Dispatched, Dispatcher, FENCE_PATIENCE, Fenced, Firing, Skip, StepRun, Stopped, patience,
+};
 pub use params::{ParamProblem, Params};
 pub use patch_resource::{ReplicaSetting, check_ceiling, replica_settings};
 
@@ -45,6 +47,9 @@ pub struct ActionContext {
     pub new: Option<Value>,
     /// When the rule fired (the fenced firing time).
     pub fired_at: Timestamp,
+    /// Which of the rule's actions this is: 0 for its `action`, 1 for its first
+    /// `then`, …
+    pub step: usize,
     /// The poll result that fired (`data`), if the poll succeeded.
     pub state: Option<Value>,
     pub correlation_id: String,

@@ -501,10 +501,14 @@ async fn read_secret(ctx: &ActionContext, name: &str, key: &str) -> Result<Vec<u
     Ok(value)
 }
 
-/// One key per firing: the same on every attempt and on every replica.
+/// One key per firing and action: the same on every attempt and on every replica.
 pub fn idempotency_key(ctx: &ActionContext) -> String {
     let uid = ctx.app.metadata.uid.as_deref().unwrap_or_default();
-    let material = format!("{uid}/{}/{}/{}", ctx.rule, ctx.target, ctx.fired_at);
+    let mut material = format!("{uid}/{}/{}/{}", ctx.rule, ctx.target, ctx.fired_at);
+    // The first action's key is the firing's alone; a later one's names its step.
+    if ctx.step > 0 {
+        material.push_str(&format!("/{}", ctx.step));
+    }
     hex(&ring::digest::digest(&ring::digest::SHA256, material.as_bytes()).as_ref()[..16])
 }
 
@@ -520,6 +524,7 @@ pub fn body(ctx: &ActionContext, key: &str) -> Value {
         "oldValue": ctx.old,
         "newValue": ctx.new,
         "firedAt": ctx.fired_at.to_string(),
+        "step": ctx.step + 1,
         "idempotencyKey": key,
         "correlationId": ctx.correlation_id,
     })

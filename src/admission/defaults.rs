@@ -62,6 +62,11 @@ pub fn apply(spec: &mut Value, defaults: Defaults) {
             if rule.get("action").is_some_and(|a| !a.is_null()) {
                 set(rule, "parameters", json!({}));
             }
+            if let Some(Value::Array(steps)) = rule.get_mut("then") {
+                for step in steps.iter_mut().filter_map(Value::as_object_mut) {
+                    set(step, "parameters", json!({}));
+                }
+            }
         }
     }
 }
@@ -115,7 +120,8 @@ mod tests {
             "actions": [
                 {"action": "restart_pod", "trigger": {"field": "$up", "condition": "equals", "value": false}},
                 {"name": "lag", "action": "webhook", "cooldown": "1h", "parameters": {"url": "https://x.example"},
-                 "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                 "trigger": {"field": "$up", "condition": "equals", "value": false},
+                 "then": [{"action": "restart_pod"}, {"action": "restart_pod", "parameters": {"gracePeriod": 5}}]},
                 {"trigger": {"field": "$up", "condition": "changed"}}
             ]
         });
@@ -138,7 +144,9 @@ mod tests {
                     {"name": "rule-0", "action": "restart_pod", "cooldown": "5m", "parameters": {},
                      "trigger": {"field": "$up", "condition": "equals", "value": false}},
                     {"name": "lag", "action": "webhook", "cooldown": "1h", "parameters": {"url": "https://x.example"},
-                     "trigger": {"field": "$up", "condition": "equals", "value": false}},
+                     "trigger": {"field": "$up", "condition": "equals", "value": false},
+                     "then": [{"action": "restart_pod", "parameters": {}},
+                              {"action": "restart_pod", "parameters": {"gracePeriod": 5}}]},
                     {"name": "rule-2", "cooldown": "5m", "trigger": {"field": "$up", "condition": "changed"}}
                 ]
             })

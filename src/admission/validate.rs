@@ -10,7 +10,7 @@ use super::query::{QuerySchema, QueryShape, check_condition, check_operation, ch
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::nesting::{Deepest, Path, Step};
-use crate::targetapp::{MAX_VALUE_DEPTH, SchemaSource, TargetApp};
+use crate::targetapp::{MAX_STEPS, MAX_VALUE_DEPTH, SchemaSource, TargetApp};
 use crate::tenancy::{Egress, Purpose, Quota, Tenants};
 use crate::triggers::{self, Operand};
 
@@ -316,25 +316,42 @@ impl Validator {
         };
         for (i, rule) in spec.actions.iter().enumerate() {
             let at = |field: &str| format!("spec.actions[{i}].{field}");
-            self.check_rule_quota(&mut v, i, rule, namespace, &quota);
-            match &rule.action {
-                Some(action) => {
-                    if let Err(problems) = self.registry.validate(action, rule.parameters.as_ref()) {
-                        for p in problems {
-                            let path = if p.path.is_empty() {
-                                at("action")
-                            } else {
-                                at(&format!("parameters.{}", p.path))
-                            };
-                            v.refuse(path, p.message);
-                        }
+            for step in rule.steps() {
+                self.check_step_quota(&mut v, i, &step, namespace, &quota);
+                if let Err(problems) = self.registry.validate(step.action, step.parameters) {
+                    for p in problems {
+                        let path = if p.path.is_empty() {
+                            step.path(i, "action")
+                        } else {
+                            step.path(i, &format!("parameters.{}", p.path))
+                        };
+                        v.refuse(path, p.message);
                     }
                 }
-                None if rule.parameters.as_ref().is_some_and(|p| !p.is_empty()) => v.refuse(
-                    at("parameters"),
-                    "parameters without an action: name the action they are for, or leave them out (a rule without an action only records its firings)",
-                ),
-                None => {}
+            }
+            if rule.action.is_none() {
+                if rule.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    v.refuse(
+                        at("parameters"),
+                        "parameters without an action: name the action they are for, or leave them out (a rule without an action only records its firings)",
+                    );
+                }
+                if !rule.then.is_empty() {
+                    v.refuse(
+                        at("then"),
+                        "then without an action: the rule's first action goes in `action`, the ones after it in `then`",
+                    );
+                }
+            }
+            if rule.then.len() >= MAX_STEPS {
+                v.refuse(
+                    at("then"),
+                    format!(
+                        "{} actions after the first: a rule runs at most {MAX_STEPS}, its `action` and {} in `then`",
+                        rule.then.len(),
+                        MAX_STEPS - 1
+                    ),
+                );
             }
             if failed_triggers.contains(&i) {
                 continue;
@@ -664,21 +681,20 @@ fn check_reported(
 pub const MAX_REPORTED: usize = 20;
 
 impl Validator {
-    /// What the tenant's quota says of rule `i`: the action is allowed, its replica
-    /// counts are under the ceiling, its URL passes the endpoint policy.
-    fn check_rule_quota(
+    /// What the tenant's quota says of an action of rule `i`: the action is
+    /// allowed, its replica counts are under the ceiling, its URL passes the
+    /// endpoint policy.
+    fn check_step_quota(
         &self,
         v: &mut Verdict,
         i: usize,
-        rule: &crate::targetapp::ActionRule,
+        step: &crate::targetapp::Step<'_>,
         namespace: &str,
         quota: &crate::tenancy::Effective,
     ) {
-        let Some(action) = rule.action.as_deref() else {
-            return;
-        };
-        let at = |field: &str| format!("spec.actions[{i}].{field}");
-        let params = rule.parameters.as_ref();
+        let action = step.action;
+        let at = |field: &str| step.path(i, field);
+        let params = step.parameters;
         let param = |key: &str| params.and_then(|p| p.get(key));
         if self.registry.get(action).is_some()
             && let Some(why) = quota.quota.refuses_action(namespace, action)
@@ -1286,5 +1302,40 @@ mod tests {
         let verdict =
             Validator::new().validate(&app(json!({"graphqlEndpoint": "file:///etc/passwd"})), None);
         assert_eq!(paths(&verdict), ["spec.graphqlEndpoint"], "{verdict:?}");
+    }
+
+    #[test]
+    fn a_rules_later_actions_are_checked_like_its_first() {
+        let fired = json!({"field": "$up", "condition": "equals", "value": false});
+        let verdict = Validator::new().validate(
+            &app(json!({
+                "selector": {},
+                "serviceAccountName": "kco-actions",
+                "actions": [
+                    {"action": "webhook", "parameters": {"url": "https://hooks.example.com/x"}, "trigger": fired,
+                     "then": [
+                        {"action": "reboot"},
+                        {"action": "restart_pod", "parameters": {"gracePeriod": -5}},
+                        {"action": "exec_command", "parameters": {"command": ["true"]}},
+                        {"action": "webhook", "parameters": {"url": "http://hook.other.svc/x"}},
+                     ]},
+                    {"trigger": fired, "then": [{"action": "restart_pod"}]},
+                    {"action": "restart_pod", "trigger": fired, "then": vec![json!({"action": "restart_pod"}); 5]},
+                ]
+            })),
+            None,
+        );
+        assert_eq!(
+            messages(&verdict),
+            [
+                "spec.actions[0].then[0].action: unknown action \"reboot\"; known actions: exec_command, patch_resource, restart_pod, scale_deployment, webhook",
+                "spec.actions[0].then[1].parameters.gracePeriod: -5 is outside 0..=86400",
+                "spec.actions[0].then[2].action: action exec_command is not allowed in namespace chain by its tenant quota (allowed: restart_pod, scale_deployment, patch_resource, webhook)",
+                "spec.actions[0].then[3].parameters.url: hook.other.svc is a Service of another namespace; webhooks may call Services of namespace chain only",
+                "spec.actions[1].then: then without an action: the rule's first action goes in `action`, the ones after it in `then`",
+                "spec.actions[2].then: 5 actions after the first: a rule runs at most 5, its `action` and 4 in `then`",
+            ],
+            "{verdict:#?}"
+        );
     }
 }

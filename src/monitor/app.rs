@@ -21,7 +21,7 @@ use super::state::{Observed, TargetState};
 use super::status;
 use super::target::{Gate, Polled, Report, Route, Schedule, poll_loop};
 use super::{AppStats, Context, TargetStats};
-use crate::actions::{ActionError, Dispatched, Firing, Skip};
+use crate::actions::{ActionError, Firing};
 use crate::events::queue::Pushed;
 use crate::events::{Notice, Reason};
 use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
@@ -83,7 +83,7 @@ struct Monitor {
 
 /// What reaches a TargetApp's task from its poll loops and its actions (one
 /// channel: each channel is most of a KiB, however little it carries).
-enum Message {
+pub(super) enum Message {
     Polled(Report),
     Adopt(Adopt),
 }
@@ -640,27 +640,20 @@ impl Monitor {
             ])
             .inc();
         tracing::info!(namespace = %self.namespace, tapp = %self.name, target = %target.name(), rule = %rule.name,
-            action = rule.action.as_deref().unwrap_or("(records only)"), correlation_id, "trigger fired");
+            actions = %actions_named(&rule.actions, "(records only)"), correlation_id, "trigger fired");
         // The firings of rules with an action, as the fence will record them
         // (a rule that only records keeps its firings in the target's state).
-        if rule.action.is_some() {
+        if !rule.actions.is_empty() {
             status::record_firing(
                 &mut self.firings,
-                RuleFiring {
-                    rule: rule.name.clone(),
-                    target: target.name().to_owned(),
-                    time: Time(now),
-                    cleared: None,
-                    done: None,
-                    resumed: None,
-                },
+                RuleFiring::new(rule.name.clone(), target.name().to_owned(), now),
             );
         }
         let c = &rule.condition;
-        let then = match &rule.action {
-            None => "recorded only (the rule has no action)".to_owned(),
-            Some(action) if self.app.spec.dry_run => format!("running {action} (dry run)"),
-            Some(action) => format!("running {action}"),
+        let then = match actions_named(&rule.actions, "") {
+            none if none.is_empty() => "recorded only (the rule has no action)".to_owned(),
+            actions if self.app.spec.dry_run => format!("running {actions} (dry run)"),
+            actions => format!("running {actions}"),
         };
         let note = format!(
             "rule {} fired for {}: {} {}{}; {then}",
@@ -675,10 +668,14 @@ impl Monitor {
             },
         );
         self.notify(Reason::TriggerFired, note, Some(target)).await;
-        let (Some(action), Some(spec_rule)) = (
-            rule.action.clone(),
-            self.app.spec.actions.get(index).cloned(),
-        ) else {
+        let Some(spec_rule) = self
+            .app
+            .spec
+            .actions
+            .get(index)
+            .filter(|r| r.action.is_some())
+            .cloned()
+        else {
             // A rule that only records is done: its firing is kept by this
             // replica (cooldown and episode), not fenced in status, which is
             // the record of actions run.
@@ -693,7 +690,6 @@ impl Monitor {
             app: self.app.clone(),
             rule_name: rule.name.clone(),
             rule: spec_rule,
-            action,
             cooldown: rule.cooldown,
             target: target.name().to_owned(),
             pod: target.pod.clone(),
@@ -708,7 +704,7 @@ impl Monitor {
         };
         // Off the monitor's loop: an action may take up to its timeout. Tracked, so
         // that a graceful shutdown lets running actions finish.
-        self.ctx.actions.spawn(act(
+        self.ctx.actions.spawn(super::acting::act(
             self.ctx.clone(),
             self.reference.clone(),
             firing,
@@ -751,14 +747,7 @@ impl Monitor {
         if at.as_second() != own.as_second() {
             status::record_firing(
                 &mut self.firings,
-                RuleFiring {
-                    rule: rule.clone(),
-                    target: target.clone(),
-                    time: Time(at),
-                    cleared: None,
-                    done: None,
-                    resumed: None,
-                },
+                RuleFiring::new(rule.clone(), target.clone(), at),
             );
         }
         if adoption == Adoption::Ended {
@@ -780,7 +769,7 @@ impl Monitor {
         if !self
             .rules
             .iter()
-            .any(|r| r.name == rule && r.action.is_some())
+            .any(|r| r.name == rule && !r.actions.is_empty())
         {
             return;
         }
@@ -1013,7 +1002,7 @@ impl Monitor {
 }
 
 /// Publishes an Event on the TargetApp (`app`) and, when `pod` is given, on the pod too.
-fn publish(
+pub(super) fn publish(
     ctx: &Context,
     app: &ObjectReference,
     namespace: &str,
@@ -1063,190 +1052,19 @@ fn publish(
 /// This replica's firing of `rule` for `target` at `own` is recorded as the
 /// firing at `at`: its own time, or an earlier firing of the same episode
 /// (recorded by another replica, or run here as an earlier unfinished one).
-struct Adopt {
-    target: String,
-    rule: String,
-    own: Timestamp,
-    at: Timestamp,
+pub(super) struct Adopt {
+    pub(super) target: String,
+    pub(super) rule: String,
+    pub(super) own: Timestamp,
+    pub(super) at: Timestamp,
 }
 
-/// How long a firing that found its episode already fired, with no recorded end,
-/// waits for that end, in steps (about 30 s in all): the replica that saw it may
-/// still be writing it (a hand-off in progress, an apiserver coming back). An end
-/// recorded before this firing makes it a new episode, fired late.
-const END_WAITS: [Duration; 5] = [
-    Duration::from_secs(2),
-    Duration::from_secs(3),
-    Duration::from_secs(5),
-    Duration::from_secs(8),
-    Duration::from_secs(12),
-];
-
-/// Fences a firing, runs its action, and reports what happened.
-async fn act(
-    ctx: Arc<Context>,
-    reference: ObjectReference,
-    firing: Firing,
-    inbox: mpsc::Sender<Box<Message>>,
-    cancel: CancellationToken,
-) {
-    let namespace = firing.app.namespace().unwrap_or_default();
-    let app = firing.app.name_any();
-    let action = firing.action.clone();
-    let target = firing.target.clone();
-    let pod = firing.pod.clone();
-    let rule = firing.rule_name.clone();
-    let cooldown = firing.cooldown;
-    let correlation_id = firing.correlation_id.clone();
-    let fired_at = firing.now;
-    let count = |result: &str| {
-        ctx.metrics
-            .actions
-            .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str(), result])
-            .inc();
-    };
-    let mut dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
-    // Re-judged while an earlier end of the episode may still be recorded by the
-    // replica that saw it. Meanwhile the monitor knows this stretch by its own
-    // time; an end it sees is written at once to the recorded firing (before this
-    // one: `Dispatcher::clear`), where the earliest end wins, so that it is not
-    // lost if this replica stops during the wait.
-    let mut waited = false;
-    for wait in END_WAITS {
-        let Ok(Dispatched::Skipped(Skip::AlreadyFired { pending: true, .. })) = &dispatched else {
-            break;
-        };
-        waited = true;
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        dispatched = ctx.dispatcher.dispatch(firing.clone()).await;
+/// Actions' names as Events tell them: `webhook, then restart_pod`, or `none`
+/// when there are none.
+pub(super) fn actions_named(actions: &[String], none: &str) -> String {
+    if actions.is_empty() {
+        none.to_owned()
+    } else {
+        actions.join(", then ")
     }
-    // What this stretch's firing is known as in the end, for the monitor's state.
-    let known_as = match &dispatched {
-        Ok(Dispatched::Skipped(Skip::AlreadyFired { at, .. } | Skip::LostRace { at })) => Some(*at),
-        Ok(Dispatched::Ran {
-            fired_at: ran_as, ..
-        }) => Some(*ran_as),
-        _ => None,
-    };
-    // Told even when it is this firing's own time: the stretch may have ended
-    // while the fence waited, its end then finding no record to go to.
-    if let Some(at) = known_as {
-        let _ = inbox
-            .send(Box::new(Message::Adopt(Adopt {
-                target: target.clone(),
-                rule: rule.clone(),
-                own: fired_at,
-                at,
-            })))
-            .await;
-    }
-    let (reason, note) = match dispatched {
-        Ok(Dispatched::Skipped(Skip::Cooldown { last })) => {
-            count("skipped");
-            let note = format!(
-                "{action} for {target} (rule {rule}) skipped: it last ran at {last}, within the cooldown of {}s",
-                cooldown.as_secs()
-            );
-            (Reason::ActionSkipped, note)
-        }
-        Ok(Dispatched::Skipped(Skip::QuotaExceeded { why })) => {
-            count("throttled");
-            ctx.metrics
-                .throttled
-                .with_label_values(&[namespace.as_str(), "action"])
-                .inc();
-            publish(
-                &ctx,
-                &reference,
-                &namespace,
-                Reason::QuotaExceeded,
-                format!("{action} for {target} (rule {rule}) not run: {why}"),
-                pod.as_deref(),
-            );
-            let note = format!("{action} for {target} (rule {rule}) skipped: {why}");
-            (Reason::ActionSkipped, note)
-        }
-        Ok(Dispatched::Skipped(Skip::AlreadyFired { at, .. })) => {
-            count("skipped");
-            let note = format!(
-                "{action} for {target} (rule {rule}) skipped: it already ran for this episode at {at} (the condition has not been seen false since)"
-            );
-            (Reason::ActionSkipped, note)
-        }
-        Ok(Dispatched::Skipped(Skip::LostRace { .. })) => {
-            count("skipped");
-            let note = format!(
-                "{action} for {target} (rule {rule}) skipped: another KCO replica acted on this firing"
-            );
-            (Reason::ActionSkipped, note)
-        }
-        Ok(Dispatched::Ran {
-            result,
-            dry_run,
-            duration,
-            fired_at: ran_as,
-        }) => {
-            let resumed = if ran_as.as_second() == fired_at.as_second() {
-                if waited {
-                    " (late: the end of the episode before it was recorded meanwhile)".to_owned()
-                } else {
-                    String::new()
-                }
-            } else {
-                format!(
-                    " (resumed the firing of {ran_as}, whose replica stopped before it finished)"
-                )
-            };
-            ctx.metrics
-                .action_duration
-                .with_label_values(&[namespace.as_str(), app.as_str(), action.as_str()])
-                .observe(duration.as_secs_f64());
-            match result {
-                Ok(outcome) if dry_run => {
-                    count("dry_run");
-                    (
-                        Reason::ActionSkipped,
-                        format!(
-                            "dry run of {action} for {target} (rule {rule}): {}",
-                            outcome.message
-                        ),
-                    )
-                }
-                Ok(outcome) => {
-                    count("success");
-                    (
-                        Reason::ActionSucceeded,
-                        format!(
-                            "{action} for {target} (rule {rule}): {}{resumed}",
-                            outcome.message
-                        ),
-                    )
-                }
-                Err(e) => {
-                    count("failure");
-                    tracing::warn!(namespace = %namespace, tapp = %app, target = %target, rule = %rule, action = %action,
-                        correlation_id = %correlation_id, reason = e.reason(), error = %e, "action failed");
-                    (
-                        Reason::ActionFailed,
-                        format!(
-                            "{action} for {target} (rule {rule}) failed ({}): {e}",
-                            e.reason()
-                        ),
-                    )
-                }
-            }
-        }
-        Err(e) => {
-            count("failure");
-            ctx.metrics.errors.with_label_values(&["fence"]).inc();
-            (
-                Reason::ActionFailed,
-                format!("{action} for {target} (rule {rule}) not run: {e}"),
-            )
-        }
-    };
-    publish(&ctx, &reference, &namespace, reason, note, pod.as_deref());
 }

@@ -5,6 +5,7 @@
 //! keeps one poll loop per target ([`target`]). The decisions are pure
 //! ([`discovery`], [`state`], [`status`], [`crate::triggers`]); the tasks do the I/O.
 
+pub mod acting;
 pub mod app;
 pub mod credentials;
 pub mod discovery;

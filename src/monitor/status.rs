@@ -298,26 +298,12 @@ mod tests {
         for i in 0..300 {
             record_firing(
                 &mut firings,
-                RuleFiring {
-                    rule: "r".into(),
-                    target: format!("p{i}"),
-                    time: Time(at(i)),
-                    cleared: None,
-                    done: None,
-                    resumed: None,
-                },
+                RuleFiring::new("r".into(), format!("p{i}"), at(i)),
             );
         }
         record_firing(
             &mut firings,
-            RuleFiring {
-                rule: "r".into(),
-                target: "p299".into(),
-                time: Time(at(999)),
-                cleared: None,
-                done: None,
-                resumed: None,
-            },
+            RuleFiring::new("r".into(), "p299".into(), at(999)),
         );
         assert_eq!(firings.len(), MAX_STATUS_FIRINGS);
         assert_eq!(firings.iter().filter(|f| f.target == "p299").count(), 1);
@@ -351,14 +337,9 @@ mod tests {
 
         // Firings recorded by the dispatcher are not this write's business.
         let mut with_firings = first.clone();
-        with_firings.firings.push(RuleFiring {
-            rule: "r".into(),
-            target: "a".into(),
-            time: Time(at(50)),
-            cleared: None,
-            done: None,
-            resumed: None,
-        });
+        with_firings
+            .firings
+            .push(RuleFiring::new("r".into(), "a".into(), at(50)));
         assert!(!should_write(Some(&with_firings), &polled_again));
 
         // A target going down is news: written, with a new transition time.

@@ -31,8 +31,8 @@ pub struct Rule {
     pub hold_for: Duration,
     /// Minimum time between firings for one target.
     pub cooldown: Duration,
-    /// The action to run; `None` for a rule that only records its firings.
-    pub action: Option<String>,
+    /// The actions to run, in order; none for a rule that only records its firings.
+    pub actions: Vec<String>,
 }
 
 /// A problem with one rule, with its field path in the TargetApp
@@ -133,7 +133,7 @@ pub fn compile(rules: &[ActionRule]) -> Result<Vec<Rule>, Vec<RuleProblem>> {
                 condition,
                 hold_for,
                 cooldown,
-                action: rule.action.clone(),
+                actions: rule.steps().iter().map(|s| s.action.to_owned()).collect(),
             });
         }
     }

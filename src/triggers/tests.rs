@@ -335,6 +335,7 @@ fn rule(name: Option<&str>, t: Trigger, cooldown: Option<&str>) -> ActionRule {
         trigger: t,
         action: Some("restart_pod".into()),
         parameters: None,
+        then: Vec::new(),
         cooldown: cooldown.map(str::to_owned),
         too_deep: Vec::new(),
     }
