@@ -229,6 +229,7 @@ fn rule(r: &RuleIn) -> ActionRule {
         },
         action: Some("restart_pod".to_owned()),
         parameters: None,
+        then: Vec::new(),
         cooldown: r.cooldown.as_ref().map(duration),
         too_deep: Vec::new(),
     }
