@@ -22,12 +22,14 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::SimulatorProcess;
 use kco::monitor::inflight::{DEFAULT_REPLICA_BYTES, DEFAULT_TENANT_BYTES, InFlight};
 use kco::monitor::poll::{Poller, QueryBody};
 use kco::monitor::target::{Report, Schedule, poll_loop};
@@ -242,47 +244,8 @@ fn main() {
 }
 
 /// A `kco simulate` child serving `count` nodes from 127.31.0.1; killed on drop.
-struct Simulator {
-    child: Child,
-    control: SocketAddr,
-    nodes: Vec<SocketAddr>,
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn simulator(count: usize) -> Simulator {
-    let first = Ipv4Addr::new(127, 31, 0, 1);
-    let control = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kco"))
-        .args(["simulate", "--log-level", "warn"])
-        .args(["--control", &control.to_string()])
-        .args(["--count", &count.to_string()])
-        .args(["--first-ip", &first.to_string(), "--port", "3085"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("node(s)"), "simulator did not start: {line}");
-    let base = u32::from(first);
-    let nodes = (0..count as u32)
-        .map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085)))
-        .collect();
-    Simulator {
-        child,
-        control,
-        nodes,
-    }
+fn simulator(count: usize) -> SimulatorProcess {
+    SimulatorProcess::start_here(Ipv4Addr::new(127, 31, 0, 1), count)
 }
 
 fn peak_rss_mib() -> f64 {

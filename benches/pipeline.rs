@@ -25,13 +25,15 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{SimulatorProcess, cpu_seconds};
 use kco::monitor::discovery::Target;
 use kco::monitor::poll::{Poller, QueryBody};
 use kco::monitor::state::TargetState;
@@ -188,59 +190,21 @@ fn main() {
 
 /// Simulator processes serving `n` nodes; killed on drop.
 struct Simulators {
-    children: Vec<Child>,
+    processes: Vec<SimulatorProcess>,
     nodes: Vec<SocketAddr>,
-}
-
-impl Drop for Simulators {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn simulators(n: usize) -> Simulators {
     let mut sims = Simulators {
-        children: Vec::new(),
+        processes: Vec::new(),
         nodes: Vec::new(),
     };
     for (k, start) in (0..n).step_by(NODES_PER_SIMULATOR).enumerate() {
         let count = NODES_PER_SIMULATOR.min(n - start);
         let first = Ipv4Addr::new(127, 20 + k as u8, 0, 1);
-        let control = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kco"))
-            .args([
-                "simulate",
-                "--log-level",
-                "warn",
-                "--control",
-                &control.to_string(),
-            ])
-            .args([
-                "--count",
-                &count.to_string(),
-                "--first-ip",
-                &first.to_string(),
-                "--port",
-                "3085",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("node(s)"), "simulator did not start: {line}");
-        sims.children.push(child);
-        let base = u32::from(first);
-        sims.nodes
-            .extend((0..count as u32).map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085))));
+        let process = SimulatorProcess::start_here(first, count);
+        sims.nodes.extend(&process.nodes);
+        sims.processes.push(process);
     }
     sims
 }
@@ -252,21 +216,6 @@ fn proc_field(file: &str, key: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// CPU seconds (user + system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100 on Linux)
 }
 
 fn rules() -> Vec<kco::triggers::Rule> {

@@ -29,16 +29,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{SimulatorProcess, cpu_seconds_of};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kco::simulator::NodeInfo;
@@ -136,24 +137,13 @@ fn args() -> Args {
 
 /// `kco simulate` processes serving the nodes; killed on drop.
 struct Simulators {
-    children: Vec<Child>,
-    controls: Vec<SocketAddr>,
+    processes: Vec<SimulatorProcess>,
     nodes: Vec<SocketAddr>,
-}
-
-impl Drop for Simulators {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn simulators(kco: &Path, n: usize) -> Simulators {
     let mut sims = Simulators {
-        children: Vec::new(),
-        controls: Vec::new(),
+        processes: Vec::new(),
         nodes: Vec::new(),
     };
     for (k, start) in (0..n).step_by(NODES_PER_SIMULATOR).enumerate() {
@@ -163,24 +153,9 @@ fn simulators(kco: &Path, n: usize) -> Simulators {
         let first = Ipv4Addr::new(127, 100 + k as u8, 0, 1);
         let control = support::process::free_port().expect("a free port for a simulator");
         let control = SocketAddr::from(([127, 0, 0, 1], control));
-        let mut child = Command::new(kco)
-            .args(["simulate", "--log-level", "warn"])
-            .args(["--control", &control.to_string()])
-            .args(["--count", &count.to_string()])
-            .args(["--first-ip", &first.to_string(), "--port", "3085"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {} simulate: {e}", kco.display()));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("simulator stdout"))
-            .read_line(&mut line)
-            .expect("read the simulator's first line");
-        assert!(line.contains("node(s)"), "simulator did not start: {line}");
-        sims.children.push(child);
-        sims.controls.push(control);
-        let base = u32::from(first);
-        sims.nodes
-            .extend((0..count as u32).map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085))));
+        let process = SimulatorProcess::start(kco, first, count, control);
+        sims.nodes.extend(&process.nodes);
+        sims.processes.push(process);
     }
     sims
 }
@@ -189,7 +164,7 @@ impl Simulators {
     /// Requests each node has received so far.
     async fn requests(&self, http: &reqwest::Client) -> HashMap<SocketAddr, u64> {
         let mut all = HashMap::new();
-        for control in &self.controls {
+        for control in self.processes.iter().map(|p| p.control) {
             let url = format!("http://{control}/nodes");
             let nodes: Vec<NodeInfo> = http
                 .get(&url)
@@ -215,22 +190,6 @@ fn status_field(pid: u32, key: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-/// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100 on Linux)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -429,12 +388,12 @@ async fn observe(
     let admin = ControlPlane::shared().admin().await;
     let requests0 = apiserver_requests(&admin).await;
     let before = sims.requests(http).await;
-    let cpu0 = cpu_seconds(pid);
-    let api0 = apiserver.map(cpu_seconds);
+    let cpu0 = cpu_seconds_of(pid);
+    let api0 = apiserver.map(cpu_seconds_of);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.window)).await;
-    let cpu = cpu_seconds(pid) - cpu0;
-    let api = apiserver.map(cpu_seconds).zip(api0).map(|(b, a)| b - a);
+    let cpu = cpu_seconds_of(pid) - cpu0;
+    let api = apiserver.map(cpu_seconds_of).zip(api0).map(|(b, a)| b - a);
     let wall = t0.elapsed().as_secs_f64();
     let mut served: Vec<(String, f64)> = apiserver_requests(&admin)
         .await

@@ -15,11 +15,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::{SimulatorProcess, cpu_seconds};
 use futures::StreamExt;
 use kco::monitor::credentials::header_of;
 use kco::monitor::poll::{Poller, QueryBody, parse_url};
@@ -207,49 +208,21 @@ fn authority(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
 }
 
 /// `kco simulate` serving the nodes, in a child process; killed on drop.
-struct Simulator {
-    child: Child,
-    control: SocketAddr,
-    nodes: Vec<SocketAddr>,
-}
+struct Simulator(SimulatorProcess);
 
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Simulator {
+    type Target = SimulatorProcess;
+    fn deref(&self) -> &SimulatorProcess {
+        &self.0
     }
 }
 
 impl Simulator {
     fn start() -> Self {
-        let first = Ipv4Addr::new(127, 30, 0, 1);
-        let control = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kco"))
-            .args(["simulate", "--log-level", "warn", "--control"])
-            .arg(control.to_string())
-            .args(["--count", &NODES.to_string(), "--first-ip"])
-            .arg(first.to_string())
-            .args(["--port", "3085"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("node(s)"), "simulator did not start: {line}");
-        let base = u32::from(first);
-        let nodes = (0..NODES as u32)
-            .map(|i| SocketAddr::from((Ipv4Addr::from(base + i), 3085)))
-            .collect();
-        Self {
-            child,
-            control,
-            nodes,
-        }
+        Self(SimulatorProcess::start_here(
+            Ipv4Addr::new(127, 30, 0, 1),
+            NODES,
+        ))
     }
 
     /// Sets every node to serve as `mode` needs.
@@ -291,18 +264,4 @@ fn arg(name: &str) -> Option<usize> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-}
-
-/// CPU seconds (user + system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
