@@ -128,6 +128,32 @@ pub struct TargetAppSpec {
     /// as a StateChanged Event, besides the fields the rules compare (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report_changes: Vec<String>,
+
+    /// GraphQL subscriptions to each target (Mina's `newSyncUpdate`, `newBlock`,
+    /// `chainReorganization`): the values they push are read by trigger paths
+    /// `@<name>.<path in the root field's value>`. Not served yet: admission
+    /// checks them and refuses the TargetApp until KCO subscribes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// The most subscriptions a TargetApp holds.
+pub const MAX_SUBSCRIPTIONS: usize = 8;
+
+/// One GraphQL subscription to each target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionSpec {
+    /// How trigger paths name what it pushes (`@<name>`): a GraphQL name,
+    /// unique in the list. Defaults to the subscription's root field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[_A-Za-z][_0-9A-Za-z]{0,62}$"))]
+    pub name: Option<String>,
+    /// The subscription operation, e.g. `subscription { newSyncUpdate }`: one
+    /// root field, checked against the schema like the state query.
+    #[schemars(length(min = 1, max = 16384))]
+    pub query: String,
 }
 
 /// One field of the answer exported as a Prometheus series.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use apollo_compiler::ast::OperationType;
 use apollo_compiler::executable::{Selection, SelectionSet};
 use apollo_compiler::schema::ExtendedType;
 use apollo_compiler::validation::Valid;
@@ -153,10 +154,15 @@ fn query_depth(query: &str) -> usize {
 /// operation, a query (a mutation or subscription is never sent, whether or not
 /// its schema is at hand).
 pub fn check_operation(query: &str) -> Result<(), Vec<String>> {
+    check_operation_is(query, OperationType::Query)
+}
+
+/// [`check_operation`] for an operation of kind `wanted`.
+pub fn check_operation_is(query: &str, wanted: OperationType) -> Result<(), Vec<String>> {
     check_size(query)?;
     let document = apollo_compiler::ast::Document::parse(query, "stateQuery")
         .map_err(|with_errors| problems(&with_errors.errors))?;
-    let operations: Vec<apollo_compiler::ast::OperationType> = document
+    let operations: Vec<OperationType> = document
         .definitions
         .iter()
         .filter_map(|d| match d {
@@ -164,7 +170,7 @@ pub fn check_operation(query: &str) -> Result<(), Vec<String>> {
             _ => None,
         })
         .collect();
-    one_query(*only_operation(&operations)?)
+    of_kind(*only_operation(&operations)?, wanted)
 }
 
 /// The one operation of a document; none or several are refused.
@@ -196,13 +202,15 @@ fn check_size(query: &str) -> Result<(), Vec<String>> {
     Ok(())
 }
 
-fn one_query(kind: apollo_compiler::ast::OperationType) -> Result<(), Vec<String>> {
-    if kind == apollo_compiler::ast::OperationType::Query {
-        Ok(())
-    } else {
-        Err(vec![format!(
+fn of_kind(kind: OperationType, wanted: OperationType) -> Result<(), Vec<String>> {
+    match (kind, wanted) {
+        _ if kind == wanted => Ok(()),
+        (_, OperationType::Query) => Err(vec![format!(
             "the operation is a {kind}; only a query is polled (mutations and subscriptions are refused)"
-        )])
+        )]),
+        _ => Err(vec![format!(
+            "the operation is a {kind}; only a subscription is subscribed to"
+        )]),
     }
 }
 
@@ -215,12 +223,40 @@ fn problems(errors: &apollo_compiler::validation::DiagnosticList) -> Vec<String>
 /// than [`MAX_QUERY_BYTES`] or nested deeper than [`MAX_QUERY_DEPTH`] are refused
 /// before they are parsed.
 pub fn check_query(schema: &QuerySchema, query: &str) -> Result<QueryShape, Vec<String>> {
+    check_against(schema, query, OperationType::Query)
+}
+
+/// Checks that `query` is a valid subscription against `schema`, as
+/// [`check_query`] checks a query (a subscription selects one root field); the
+/// root field's response key and what it selects, for [`QueryShape::with_pushed`].
+pub fn check_subscription(
+    schema: &QuerySchema,
+    query: &str,
+) -> Result<(String, QueryShape), Vec<String>> {
+    let shape = check_against(schema, query, OperationType::Subscription)?;
+    let mut roots = shape.root.keys();
+    let root = match (roots.next(), roots.next()) {
+        (Some(root), None) => root.clone(),
+        _ => {
+            return Err(vec![
+                "a subscription selects exactly one root field".to_owned(),
+            ]);
+        }
+    };
+    Ok((root, shape))
+}
+
+fn check_against(
+    schema: &QuerySchema,
+    query: &str,
+    wanted: OperationType,
+) -> Result<QueryShape, Vec<String>> {
     check_size(query)?;
     let document = ExecutableDocument::parse_and_validate(&schema.schema, query, "stateQuery")
         .map_err(|with_errors| problems(&with_errors.errors))?;
     let operations: Vec<_> = document.operations.iter().collect();
     let operation = *only_operation(&operations)?;
-    one_query(operation.operation_type)?;
+    of_kind(operation.operation_type, wanted)?;
     let mut shape = QueryShape {
         root: BTreeMap::new(),
         leaf_types: BTreeMap::new(),
@@ -301,6 +337,16 @@ fn leaf_of_named(schema: &Schema, name: &str) -> Option<LeafType> {
 }
 
 impl QueryShape {
+    /// This shape with what subscription `name` pushes (its root field
+    /// `root`, as `subscription` selects it) under `@name`, where trigger paths
+    /// read it.
+    pub fn with_pushed(mut self, name: &str, root: &str, mut subscription: QueryShape) -> Self {
+        if let Some(node) = subscription.root.remove(root) {
+            self.root.insert(format!("@{name}"), node);
+        }
+        self
+    }
+
     fn leaf(&self, ty: &apollo_compiler::ast::Type) -> LeafType {
         if ty.is_list() {
             return LeafType::List(Box::new(self.leaf(ty.item_type())));
@@ -318,6 +364,13 @@ impl QueryShape {
     pub fn resolve(&self, path: &FieldPath) -> Result<LeafType, String> {
         if path.is_up() {
             return Ok(LeafType::Boolean);
+        }
+        if let Some(name) = path.subscription()
+            && !self.root.contains_key(&format!("@{name}"))
+        {
+            return Err(format!(
+                "`@{name}` reads subscription {name}, and spec.subscriptions has none by that name"
+            ));
         }
         let mut children = &self.root;
         let mut current: Option<apollo_compiler::ast::Type> = None;

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::query::{QuerySchema, QueryShape, check_condition, check_operation, check_query};
+use super::query::{
+    QuerySchema, QueryShape, check_condition, check_operation, check_operation_is, check_query,
+    check_subscription,
+};
 use crate::actions::Registry;
 use crate::monitor::discovery::{is_absolute, selector_query};
 use crate::nesting::{Deepest, Path, Step};
 use crate::targetapp::{MAX_STEPS, MAX_VALUE_DEPTH, SchemaSource, TargetApp};
 use crate::tenancy::{Egress, Purpose, Quota, Tenants};
 use crate::triggers::{self, Operand};
+use apollo_compiler::ast::OperationType;
 
 /// A refusal: the field path and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,6 +459,17 @@ impl Validator {
             }
             _ => Some(&self.mina),
         };
+        let shape = self.query_shape(spec, schema, v);
+        check_subscriptions(v, spec, schema, shape)
+    }
+
+    /// The state query's shape ([`Self::shape`]).
+    fn query_shape(
+        &self,
+        spec: &crate::targetapp::TargetAppSpec,
+        schema: Option<&QuerySchema>,
+        v: &mut Verdict,
+    ) -> Option<QueryShape> {
         match schema.map(|s| check_query(s, &spec.state_query)) {
             Some(Ok(shape)) => Some(shape),
             Some(Err(problems)) => {
@@ -679,6 +694,73 @@ fn check_reported(
 
 /// The most fields `spec.reportChanges` may name.
 pub const MAX_REPORTED: usize = 20;
+
+/// Checks `spec.subscriptions` against `schema` (when at hand) like the state
+/// query, and their names; `shape` (the state query's) with what each pushes
+/// under `@<name>`, for trigger paths.
+fn check_subscriptions(
+    v: &mut Verdict,
+    spec: &crate::targetapp::TargetAppSpec,
+    schema: Option<&QuerySchema>,
+    mut shape: Option<QueryShape>,
+) -> Option<QueryShape> {
+    use crate::targetapp::MAX_SUBSCRIPTIONS;
+    if spec.subscriptions.is_empty() {
+        return shape;
+    }
+    if spec.subscriptions.len() > MAX_SUBSCRIPTIONS {
+        v.refuse(
+            "spec.subscriptions",
+            format!(
+                "{} subscriptions; at most {MAX_SUBSCRIPTIONS} are allowed",
+                spec.subscriptions.len()
+            ),
+        );
+        return shape;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, subscription) in spec.subscriptions.iter().enumerate() {
+        let at = |field: &str| format!("spec.subscriptions[{i}].{field}");
+        let checked = match schema {
+            Some(schema) => check_subscription(schema, &subscription.query).map(Some),
+            None => {
+                check_operation_is(&subscription.query, OperationType::Subscription).map(|()| None)
+            }
+        };
+        let pushed = match checked {
+            Ok(pushed) => pushed,
+            Err(problems) => {
+                for p in problems {
+                    v.refuse(at("query"), p);
+                }
+                shape = None;
+                continue;
+            }
+        };
+        let Some(name) = subscription
+            .name
+            .clone()
+            .or_else(|| pushed.as_ref().map(|(root, _)| root.clone()))
+        else {
+            continue;
+        };
+        if !names.insert(name.clone()) {
+            v.refuse(
+                at("name"),
+                format!("{name:?} names an earlier subscription too: give each its own name"),
+            );
+            continue;
+        }
+        if let (Some(query), Some((root, pushed))) = (shape.take(), pushed) {
+            shape = Some(query.with_pushed(&name, &root, pushed));
+        }
+    }
+    v.refuse(
+        "spec.subscriptions",
+        "not served yet: KCO checks subscriptions but does not subscribe to targets yet; leave them out (and the triggers on `@` paths that read them)",
+    );
+    shape
+}
 
 impl Validator {
     /// What the tenant's quota says of an action of rule `i`: the action is
@@ -1302,6 +1384,74 @@ mod tests {
         let verdict =
             Validator::new().validate(&app(json!({"graphqlEndpoint": "file:///etc/passwd"})), None);
         assert_eq!(paths(&verdict), ["spec.graphqlEndpoint"], "{verdict:?}");
+    }
+
+    #[test]
+    fn subscriptions_are_checked_like_the_query_and_triggers_read_them_by_name() {
+        let v = Validator::new();
+        let rule = |field: &str, condition: &str, value: Value| json!({"trigger": {"field": field, "condition": condition, "value": value}});
+        let fine = v.validate(
+            &app(json!({
+                "selector": {},
+                "subscriptions": [
+                    {"query": "subscription { newSyncUpdate }"},
+                    {"name": "blocks", "query": "subscription { newBlock { protocolState { consensusState { blockHeight } } } }"},
+                ],
+                "actions": [
+                    rule("@newSyncUpdate", "equals", json!("OFFLINE")),
+                    rule("@blocks.protocolState.consensusState.blockHeight", "greaterThan", json!(5)),
+                    rule("@nope.x", "equals", json!(1)),
+                    rule("@newSyncUpdate", "equals", json!("DOWN")),
+                    rule("@blocks.protocolState.consensusState.epoch", "equals", json!(1)),
+                ]
+            })),
+            None,
+        );
+        assert_eq!(
+            messages(&fine),
+            [
+                "spec.subscriptions: not served yet: KCO checks subscriptions but does not subscribe to targets yet; leave them out (and the triggers on `@` paths that read them)",
+                "spec.actions[2].trigger.field: `@nope` reads subscription nope, and spec.subscriptions has none by that name",
+                "spec.actions[3].trigger.value: \"DOWN\" is not a value of enum SyncStatus (CONNECTING, LISTENING, OFFLINE, BOOTSTRAP, SYNCED, CATCHUP)",
+                "spec.actions[4].trigger.field: @blocks.protocolState.consensusState selects no field \"epoch\" (it selects: blockHeight)",
+            ],
+            "{fine:#?}"
+        );
+        let wrong = v.validate(
+            &app(json!({
+                "selector": {},
+                "subscriptions": [
+                    {"query": "query { version }"},
+                    {"query": "subscription { newSyncUpdate chainReorganization }"},
+                    {"query": "subscription { newBlock { nothing } }"},
+                    {"query": "subscription { chainReorganization }"},
+                    {"name": "chainReorganization", "query": "subscription { newSyncUpdate }"},
+                ]
+            })),
+            None,
+        );
+        assert_eq!(
+            paths(&wrong),
+            [
+                "spec.subscriptions[0].query",
+                "spec.subscriptions[1].query",
+                "spec.subscriptions[2].query",
+                "spec.subscriptions[2].query",
+                "spec.subscriptions[4].name",
+                "spec.subscriptions",
+            ],
+            "{wrong:#?}"
+        );
+        let text = messages(&wrong);
+        assert!(
+            text[0].contains("only a subscription is subscribed to"),
+            "{text:?}"
+        );
+        assert!(text[1].contains("only have one root field"), "{text:?}");
+        assert!(
+            text[3].contains("does not have a field `nothing`"),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct TargetState {
     pub last_error: Option<PollFailure>,
     /// Whether the last poll told nothing of the target (throttled, or not sent).
     pub throttled: bool,
+    /// Whether a poll has succeeded yet (the kept state may hold pushed values
+    /// only).
+    answered: bool,
     /// One firing state per rule, in rule order.
     pub firing: Vec<FiringState>,
 }
@@ -118,6 +121,7 @@ impl TargetState {
             recorded_since: None,
             last_error: None,
             throttled: false,
+            answered: false,
             firing: rules
                 .iter()
                 .map(|r| FiringState::restored(recorded(&r.name)))
@@ -198,11 +202,18 @@ impl TargetState {
             None
         };
         let (data, up) = match result {
-            Ok(PollData { data, .. }) => {
+            Ok(PollData { mut data, .. }) => {
+                // The values subscriptions pushed are not part of the answer:
+                // they are kept beside it, as they were.
+                if let Some(before) = &last_good {
+                    carry_pushed(before, &mut data);
+                }
                 if previous_up == Some(false) {
                     seen.push(Observed::PollRecovered);
                 }
-                if let Some(before) = &last_good {
+                if self.answered
+                    && let Some(before) = &last_good
+                {
                     seen.extend(
                         changes(fields, before, &data)
                             .into_iter()
@@ -210,6 +221,7 @@ impl TargetState {
                     );
                 }
                 self.last_error = None;
+                self.answered = true;
                 (Some(data), true)
             }
             Err(failure) => {
@@ -229,26 +241,19 @@ impl TargetState {
             up,
         });
         for (index, (rule, firing)) in rules.iter().zip(self.firing.iter_mut()).enumerate() {
-            let ended = firing.ended();
-            let decision = rule.evaluate(firing, &current, previous.as_ref(), now);
-            if firing.ended() != ended
-                && let Some(fired_at) = firing.ended()
-            {
-                seen.push(Observed::Ended {
-                    rule: index,
-                    fired_at,
-                });
+            // A rule on a subscription's values is judged when they arrive.
+            if rule.subscription().is_some() {
+                continue;
             }
-            if decision == Decision::Fire {
-                let field = &rule.condition.field;
-                seen.push(Observed::Fired {
-                    rule: index,
-                    old: previous.as_ref().and_then(|p| field.resolve(p.data, p.up)),
-                    new: field.resolve(current.data, current.up),
-                    after: firing.ended(),
-                    false_at: firing.false_at(),
-                });
-            }
+            judge(
+                rule,
+                index,
+                firing,
+                &current,
+                previous.as_ref(),
+                now,
+                &mut seen,
+            );
         }
         if previous_up != Some(up) {
             self.since = match (previous_up, self.recorded_since.take()) {
@@ -263,6 +268,117 @@ impl TargetState {
             self.keep(data);
         }
         seen
+    }
+}
+
+impl TargetState {
+    /// Takes in `value`, which subscription `name` pushed (its root field's
+    /// value), returning what it meant: changes of the fields read under
+    /// `@name`, and the firings of the rules on them. A push says nothing of
+    /// `$up` nor of the state query's fields, and only the rules on this
+    /// subscription are judged.
+    pub fn push(
+        &mut self,
+        name: &str,
+        value: Value,
+        rules: &[Rule],
+        fields: &BTreeSet<FieldPath>,
+        now: Timestamp,
+    ) -> Vec<Observed> {
+        let up = self.up == Some(true);
+        let before = self.last_good();
+        let mut after = before
+            .clone()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(map) = &mut after {
+            map.insert(format!("@{name}"), value);
+        }
+        let mut seen = Vec::new();
+        if let Some(before) = &before {
+            let pushed: BTreeSet<FieldPath> = fields
+                .iter()
+                .filter(|f| f.subscription() == Some(name))
+                .cloned()
+                .collect();
+            seen.extend(
+                changes(&pushed, before, &after)
+                    .into_iter()
+                    .map(Observed::StateChanged),
+            );
+        }
+        let current = Observation {
+            data: Some(&after),
+            up,
+        };
+        // Before the first push, there is nothing to compare with.
+        let had = before
+            .as_ref()
+            .is_some_and(|b| b.get(format!("@{name}").as_str()).is_some());
+        let previous = had.then_some(Observation {
+            data: before.as_ref(),
+            up,
+        });
+        for (index, (rule, firing)) in rules.iter().zip(self.firing.iter_mut()).enumerate() {
+            if rule.subscription() != Some(name) {
+                continue;
+            }
+            judge(
+                rule,
+                index,
+                firing,
+                &current,
+                previous.as_ref(),
+                now,
+                &mut seen,
+            );
+        }
+        self.keep(&after);
+        seen
+    }
+}
+
+/// Copies into `data` (a new answer) the values subscriptions pushed that
+/// `before` (the kept state) holds, under their `@name` keys.
+fn carry_pushed(before: &Value, data: &mut Value) {
+    let (Value::Object(before), Value::Object(data)) = (before, data) else {
+        return;
+    };
+    for (key, value) in before.iter().filter(|(k, _)| k.starts_with('@')) {
+        data.insert(key.clone(), value.clone());
+    }
+}
+
+/// Evaluates rule `index` on an observation, adding its firing or the end of
+/// its episode to `seen`.
+fn judge(
+    rule: &Rule,
+    index: usize,
+    firing: &mut FiringState,
+    current: &Observation<'_>,
+    previous: Option<&Observation<'_>>,
+    now: Timestamp,
+    seen: &mut Vec<Observed>,
+) {
+    let ended = firing.ended();
+    let decision = rule.evaluate(firing, current, previous, now);
+    if firing.ended() != ended
+        && let Some(fired_at) = firing.ended()
+    {
+        seen.push(Observed::Ended {
+            rule: index,
+            fired_at,
+        });
+    }
+    if decision == Decision::Fire {
+        let field = &rule.condition.field;
+        seen.push(Observed::Fired {
+            rule: index,
+            old: previous.and_then(|p| field.resolve(p.data, p.up)),
+            new: field.resolve(current.data, current.up),
+            after: firing.ended(),
+            false_at: firing.false_at(),
+        });
     }
 }
 
@@ -312,6 +428,93 @@ mod tests {
             url: "http://x/graphql".into(),
         };
         TargetState::new(target, rules, |_| None)
+    }
+
+    #[test]
+    fn pushed_values_are_judged_by_their_own_rules_and_outlive_polls() {
+        let raw: Vec<ActionRule> = serde_json::from_value(json!([
+            {"name": "offline", "action": "restart_pod", "cooldown": "0s",
+             "trigger": {"field": "d.syncStatus", "condition": "equals", "value": "OFFLINE"}},
+            {"name": "pushed-offline", "action": "webhook", "cooldown": "0s",
+             "trigger": {"field": "@sync", "condition": "equals", "value": "OFFLINE"}},
+            {"name": "new-block", "cooldown": "0s",
+             "trigger": {"field": "@blocks.height", "condition": "changed"}}
+        ]))
+        .unwrap();
+        let rules = compile(&raw).unwrap();
+        let fields = referenced_fields(&rules);
+        let mut t = unpolled_mina_0(&rules);
+        let sync: FieldPath = "@sync".parse().unwrap();
+        let changed = |field: &FieldPath, old: &str, new: &str| {
+            Observed::StateChanged(crate::triggers::Change {
+                field: field.clone(),
+                old: Some(json!(old)),
+                new: Some(json!(new)),
+            })
+        };
+
+        // Pushed before the first poll: kept, nothing to compare with yet.
+        assert_eq!(
+            t.push("sync", json!("SYNCED"), &rules, &fields, at(0)),
+            vec![]
+        );
+        // The first answer: no change reported (nothing answered before it),
+        // and the pushed value stays.
+        assert_eq!(t.observe(ok("SYNCED", 1), &rules, &fields, at(1)), vec![]);
+        assert_eq!(t.last_good().unwrap()["@sync"], "SYNCED");
+
+        // A push fires the rule on it, and only that rule.
+        let seen = t.push("sync", json!("OFFLINE"), &rules, &fields, at(2));
+        assert_eq!(seen[0], changed(&sync, "SYNCED", "OFFLINE"));
+        assert!(
+            matches!(&seen[1], Observed::Fired { rule: 1, new: Some(n), .. } if n == "OFFLINE"),
+            "{seen:?}"
+        );
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        // Polls (good or failed) neither change nor end what was pushed.
+        assert_eq!(t.observe(ok("SYNCED", 3), &rules, &fields, at(3)), vec![]);
+        let timeout = PollFailure::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(
+            t.observe(Err(timeout.clone()), &rules, &fields, at(4)),
+            vec![Observed::PollFailed(timeout)]
+        );
+        assert_eq!(t.up, Some(false));
+        // A push while the target does not answer polls is judged all the same,
+        // and leaves `$up` alone.
+        let seen = t.push("sync", json!("SYNCED"), &rules, &fields, at(5));
+        assert_eq!(
+            seen,
+            vec![
+                changed(&sync, "OFFLINE", "SYNCED"),
+                Observed::Ended {
+                    rule: 1,
+                    fired_at: at(2)
+                }
+            ]
+        );
+        assert_eq!(t.up, Some(false));
+
+        // A poll rule is judged by polls alone.
+        assert!(matches!(
+            t.observe(ok("OFFLINE", 6), &rules, &fields, at(6))
+                .as_slice(),
+            [
+                Observed::PollRecovered,
+                Observed::StateChanged(_),
+                Observed::Fired { rule: 0, .. }
+            ]
+        ));
+        let seen = t.push("blocks", json!({"height": "5"}), &rules, &fields, at(7));
+        assert!(
+            seen.iter().all(|o| !matches!(o, Observed::Fired { .. })),
+            "the first block has nothing to differ from: {seen:?}"
+        );
+        let seen = t.push("blocks", json!({"height": "6"}), &rules, &fields, at(8));
+        assert!(
+            matches!(seen.last(), Some(Observed::Fired { rule: 2, .. })),
+            "{seen:?}"
+        );
+        assert_eq!(seen.len(), 2, "{seen:?}");
     }
 
     #[test]

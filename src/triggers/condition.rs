@@ -99,6 +99,25 @@ impl Condition {
                 ),
             ));
         }
+        if let (Ok(field), Ok(Operand::Field { path, .. })) = (&field, &operand)
+            && field.subscription() != path.subscription()
+        {
+            let source = |p: &FieldPath| {
+                p.subscription()
+                    .map_or("the state query".to_owned(), |name| {
+                        format!("subscription {name}")
+                    })
+            };
+            problems.push(problem(
+                "valueFrom.field",
+                format!(
+                    "{} comes from {}, and the field from {}: a trigger compares values of one source, which arrive together",
+                    path,
+                    source(path),
+                    source(field)
+                ),
+            ));
+        }
         if let Ok(Operand::Field { offset, .. }) = &operand
             && !offset.is_finite()
         {

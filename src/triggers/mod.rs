@@ -145,6 +145,12 @@ pub fn compile(rules: &[ActionRule]) -> Result<Vec<Rule>, Vec<RuleProblem>> {
 }
 
 impl Rule {
+    /// The subscription whose pushed values the rule compares, or `None` when it
+    /// compares the state query's answer.
+    pub fn subscription(&self) -> Option<&str> {
+        self.condition.field.subscription()
+    }
+
     /// Evaluates the rule for one target and advances its firing state.
     pub fn evaluate(
         &self,

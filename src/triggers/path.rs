@@ -3,7 +3,10 @@
 //! `daemonStatus.syncStatus` — keys under `data` (an alias is the key);
 //! `bestChain.0.stateHash` — a numeric segment indexes a list;
 //! `daemonStatus.peers.#` — a final `#` is a list's length;
-//! `$up` — true when the last poll of the target succeeded.
+//! `$up` — true when the last poll of the target succeeded;
+//! `@newBlock.protocolState.consensusState.blockHeight` — a value pushed by the
+//! subscription named `newBlock` (`spec.subscriptions[].name`, by default its
+//! root field): `@` and the name, then the path inside the root field's value.
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,6 +41,8 @@ pub enum PathError {
     MisplacedUp,
     #[error("segment {0:?} is not a GraphQL name or a list index")]
     BadSegment(String),
+    #[error("`@{0}` names a subscription, and only a path's first segment does")]
+    MisplacedSubscription(String),
 }
 
 impl FromStr for FieldPath {
@@ -61,7 +66,16 @@ impl FromStr for FieldPath {
         if segments.is_empty() {
             return Err(PathError::MisplacedLength);
         }
-        for segment in &segments {
+        for (i, segment) in segments.iter().enumerate() {
+            if let Some(name) = segment.strip_prefix('@') {
+                if i > 0 {
+                    return Err(PathError::MisplacedSubscription(name.to_owned()));
+                }
+                if !is_name(name) {
+                    return Err(PathError::BadSegment(segment.clone()));
+                }
+                continue;
+            }
             if segment.is_empty() {
                 return Err(PathError::EmptySegment);
             }
@@ -115,6 +129,15 @@ impl FieldPath {
     /// Whether this is `$up`.
     pub fn is_up(&self) -> bool {
         matches!(self.kind, PathKind::Up)
+    }
+
+    /// The subscription whose pushed value the path reads (`@name...`), or
+    /// `None` for a path into the state query's answer (or `$up`).
+    pub fn subscription(&self) -> Option<&str> {
+        match &self.kind {
+            PathKind::Data { segments, .. } => segments.first()?.strip_prefix('@'),
+            PathKind::Up => None,
+        }
     }
 
     /// Whether the path ends in `#` (a list's length).

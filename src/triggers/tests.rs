@@ -209,9 +209,54 @@ fn paths_index_lists_count_them_and_read_up() {
         ("a.$up", PathError::MisplacedUp),
         ("a.b-c", PathError::BadSegment("b-c".into())),
         ("a.-1", PathError::BadSegment("-1".into())),
+        ("a.@sync", PathError::MisplacedSubscription("sync".into())),
+        ("@", PathError::BadSegment("@".into())),
+        ("@9lives.x", PathError::BadSegment("@9lives".into())),
+        ("@@x", PathError::BadSegment("@@x".into())),
     ] {
         assert_eq!(bad.parse::<FieldPath>(), Err(error), "{bad:?}");
     }
+}
+
+#[test]
+fn a_path_from_at_reads_what_a_subscription_pushed() {
+    let path: FieldPath = "@newBlock.protocolState.consensusState.blockHeight"
+        .parse()
+        .unwrap();
+    assert_eq!(path.subscription(), Some("newBlock"));
+    let state = json!({"daemonStatus": {"syncStatus": "SYNCED"},
+                       "@newBlock": {"protocolState": {"consensusState": {"blockHeight": "42"}}}});
+    assert_eq!(path.resolve(Some(&state), true), Some(json!("42")));
+    assert_eq!(
+        "@sync".parse::<FieldPath>().unwrap().subscription(),
+        Some("sync")
+    );
+    for polled in ["daemonStatus.syncStatus", "$up", "bestChain.0.stateHash"] {
+        assert_eq!(polled.parse::<FieldPath>().unwrap().subscription(), None);
+    }
+    // A trigger compares values of one source: they arrive together.
+    let mut mixed = trigger(
+        "@newBlock.protocolState.consensusState.blockHeight",
+        ConditionKind::LessThan,
+        None,
+    );
+    mixed.value_from = Some(crate::targetapp::ValueFrom {
+        field: "daemonStatus.highestBlockLengthReceived".into(),
+        offset: None,
+    });
+    let problems = Condition::compile(&mixed).unwrap_err();
+    assert_eq!(problems[0].field, "valueFrom.field", "{problems:?}");
+    assert!(
+        problems[0]
+            .message
+            .contains("comes from the state query, and the field from subscription newBlock"),
+        "{problems:?}"
+    );
+    mixed.value_from = Some(crate::targetapp::ValueFrom {
+        field: "@newBlock.protocolState.consensusState.blockchainLength".into(),
+        offset: Some(-1.0),
+    });
+    assert!(Condition::compile(&mixed).is_ok());
 }
 
 #[test]
