@@ -26,6 +26,7 @@ pub mod shutdown;
 /// operator image is built without it (docs/adr/0009-the-simulator-is-a-feature.md).
 #[cfg(feature = "simulator")]
 pub mod simulator;
+pub mod subscriptions;
 pub mod target_metrics;
 pub mod targetapp;
 pub mod tenancy;

@@ -47,7 +47,7 @@ use axum::routing::{get, patch, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::{Faults, Inner, NodeState, SimulatorError, StatePatch};
+use super::{Announce, Faults, Inner, NodeState, SimulatorError, StatePatch};
 
 pub(super) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
@@ -55,6 +55,7 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/nodes", get(list).post(create))
         .route("/nodes/{address}", get(show).delete(remove))
         .route("/nodes/{address}/state", patch(patch_state))
+        .route("/nodes/{address}/announce", axum::routing::post(announce))
         .route(
             "/nodes/{address}/faults",
             put(set_faults).delete(clear_faults),
@@ -157,6 +158,16 @@ async fn patch_state(
     let addr = address(&raw)?;
     let patch: StatePatch = body(&bytes)?;
     Ok(Json(inner.patch_state(addr, patch).await?).into_response())
+}
+
+async fn announce(
+    State(inner): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, Failure> {
+    let addr = address(&raw)?;
+    let what: Announce = body(&bytes)?;
+    Ok(Json(inner.announce(addr, what).await?).into_response())
 }
 
 async fn set_faults(

@@ -2,9 +2,10 @@
 //! with Mina's exact type names, field names and nullability (checked against the
 //! embedded Mina schema by `tests/schema.rs`).
 
-use async_graphql::{EmptyMutation, EmptySubscription, Interface, Object, SimpleObject};
+use async_graphql::{EmptyMutation, Interface, Object, SimpleObject};
 
 use super::node::{NodeState, SyncStatus};
+use super::subscriptions::Subscription;
 
 /// What a query is answered from: a node's state at the moment of the request.
 #[derive(Debug, Clone)]
@@ -16,11 +17,11 @@ pub struct NodeView {
 }
 
 /// The schema type served by every simulated node.
-pub type MinaSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;
+pub type MinaSchema = async_graphql::Schema<Query, EmptyMutation, Subscription>;
 
 /// Builds the schema; it is stateless, the node's view comes with each request.
 pub fn schema() -> MinaSchema {
-    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription)
+    async_graphql::Schema::build(Query, EmptyMutation, Subscription)
         .limit_depth(32)
         .limit_complexity(10_000)
         .finish()
@@ -362,7 +363,7 @@ fn peer(view: &NodeView, index: u32) -> Peer {
     }
 }
 
-fn block(height: u32) -> Block {
+pub(super) fn block(height: u32) -> Block {
     let slot = slot_of(height);
     let creator = public_key(&format!("producer-{}", height % 7));
     let time = BlockTime((GENESIS_MILLIS + u64::from(slot) * SLOT_MILLIS).to_string());

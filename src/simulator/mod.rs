@@ -7,6 +7,7 @@ mod control;
 mod graphql;
 mod node;
 mod server;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use graphql::{DEFAULT_TOKEN, MinaSchema, public_key, schema, state_hash};
 pub use node::{Answer, Faults, NodeState, RequiredHeader, ServeTls, StatePatch, SyncStatus};
+use subscriptions::Announcement;
 
 /// Why a simulator operation failed. The control API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,21 @@ pub enum SimulatorError {
     Invalid(String),
 }
 
+/// What the control API can make a node announce to its subscribers (a new
+/// sync status is announced when the state changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Announce {
+    /// A new best block: the node's blockchain length grows by one.
+    Block,
+    /// A reorganization of its best chain.
+    Reorganization,
+    /// Every subscriber's connection drops.
+    Drop,
+    /// Every subscriber gets a message of no protocol.
+    Garbage,
+}
+
 /// One simulated daemon.
 pub(crate) struct Node {
     addr: SocketAddr,
@@ -49,6 +66,8 @@ pub(crate) struct Node {
     /// Requests by User-Agent (KCO names its replica there), at most
     /// [`MAX_AGENTS`] agents; the rest are counted under "other".
     agents: Mutex<BTreeMap<String, u64>>,
+    /// What its subscribers hear of.
+    announcer: subscriptions::Announcer,
     cancel: CancellationToken,
 }
 
@@ -177,6 +196,17 @@ impl Simulator {
         self.inner.patch_state(addr, patch).await
     }
 
+    /// Makes a node announce something to its subscribers: a new best block
+    /// (its length grows by one), a chain reorganization, or, to test
+    /// subscribers, a dropped connection or a message of no protocol.
+    pub async fn announce(
+        &self,
+        addr: SocketAddr,
+        what: Announce,
+    ) -> Result<NodeInfo, SimulatorError> {
+        self.inner.announce(addr, what).await
+    }
+
     /// Replaces a node's faults.
     pub async fn set_faults(
         &self,
@@ -251,6 +281,7 @@ impl Inner {
             faults: watch::Sender::new(Faults::default()),
             requests: AtomicU64::new(0),
             agents: Mutex::default(),
+            announcer: subscriptions::announcer(),
             cancel: self.cancel.child_token(),
         });
         nodes.insert(addr, node.clone());
@@ -275,16 +306,54 @@ impl Inner {
         patch: StatePatch,
     ) -> Result<NodeInfo, SimulatorError> {
         let node = self.node(addr).await?;
-        {
+        let (before, after) = {
             let mut guard = node.state.lock().unwrap_or_else(|p| p.into_inner());
             let (state, since) = &mut *guard;
             // Carry the uptime that has accrued so that a patch does not reset it.
             let mut current = state.clone();
             current.uptime_secs =
                 u32::try_from(current.uptime_after(since.elapsed().as_secs())).unwrap_or(0);
+            let before = state.clone();
             *state = current.patched(patch).map_err(SimulatorError::Invalid)?;
             *since = Instant::now();
+            (before, state.clone())
+        };
+        // Subscribers hear of a new sync status and of each new best block.
+        if after.sync_status != before.sync_status {
+            let _ = node.announcer.send(Announcement::Sync(after.sync_status));
         }
+        // A jump of many blocks announces the newest few (what a subscriber
+        // could hold anyway).
+        let first = before
+            .blockchain_length
+            .saturating_add(1)
+            .max(after.blockchain_length.saturating_sub(63));
+        for height in first..=after.blockchain_length {
+            let _ = node.announcer.send(Announcement::Block(height));
+        }
+        Ok(node.info())
+    }
+
+    async fn announce(&self, addr: SocketAddr, what: Announce) -> Result<NodeInfo, SimulatorError> {
+        let node = self.node(addr).await?;
+        let announced = match what {
+            Announce::Block => {
+                let length = node.view().state.blockchain_length.saturating_add(1);
+                return self
+                    .patch_state(
+                        addr,
+                        StatePatch {
+                            blockchain_length: Some(length),
+                            ..StatePatch::default()
+                        },
+                    )
+                    .await;
+            }
+            Announce::Reorganization => Announcement::Reorganization,
+            Announce::Drop => Announcement::Drop,
+            Announce::Garbage => Announcement::Garbage,
+        };
+        let _ = node.announcer.send(announced);
         Ok(node.info())
     }
 

@@ -150,6 +150,9 @@ pub struct Faults {
     /// Serve HTTPS with this certificate (read when a connection is accepted),
     /// and with `clientCaPem`, ask for a client certificate that CA signs.
     pub tls: Option<ServeTls>,
+    /// Refuse WebSocket upgrades (HTTP 400): a daemon that serves no
+    /// subscriptions.
+    pub no_subscriptions: bool,
 }
 
 /// A certificate a node serves, and the CA of the client certificates it asks for.

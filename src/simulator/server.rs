@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 use super::Node;
 use super::graphql::{MinaSchema, NodeView};
 use super::node::Answer;
+use super::subscriptions;
+use crate::subscriptions::protocol::Protocol;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// Ends one connection with a reset when notified.
 #[derive(Clone)]
@@ -39,7 +44,7 @@ pub(super) async fn serve(listener: TcpListener, node: Arc<Node>, schema: MinaSc
         schema,
     };
     let router = Router::new()
-        .route("/graphql", post(graphql))
+        .route("/graphql", post(graphql).get(websocket))
         .with_state(ctx);
     loop {
         let accepted = tokio::select! {
@@ -99,7 +104,10 @@ async fn connection(
         let acceptor = match &tls {
             Tls::Off => {
                 return builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    )
                     .await;
             }
             Tls::Untrusted => untrusted_tls(),
@@ -118,7 +126,10 @@ async fn connection(
         match handshake.await {
             Ok(Ok(stream)) => {
                 builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    )
                     .await
             }
             // The client refused the certificate, as it should.
@@ -218,6 +229,70 @@ fn split_handle(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {
     let handle = std.try_clone().ok()?;
     let stream = TcpStream::from_std(std).ok()?;
     Some((stream, handle))
+}
+
+/// A subscriber's WebSocket upgrade on `/graphql`: the session runs on its
+/// own task, in the protocol the client offers first of the two (`graphql-ws`,
+/// what Mina's daemon speaks, when it offers none).
+async fn websocket(State(ctx): State<NodeCtx>, mut request: axum::extract::Request) -> Response {
+    let node = &ctx.node;
+    let faults = node.faults.borrow().clone();
+    let headers = request.headers();
+    if faults.no_subscriptions {
+        return status_response(400);
+    }
+    if let Some(required) = &faults.require_header
+        && headers
+            .get(required.name.as_str())
+            .is_none_or(|v| v.as_bytes() != required.value.as_bytes())
+    {
+        return status_response(401);
+    }
+    let upgrading = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (true, Some(key)) = (upgrading, headers.get(header::SEC_WEBSOCKET_KEY)) else {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    };
+    let protocol = match headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Protocol::LegacyWs,
+        Some(offered) => match Protocol::choose(offered) {
+            Some(protocol) => protocol,
+            None => return status_response(400),
+        },
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut request);
+    let session = subscriptions::Session {
+        schema: ctx.schema.clone(),
+        view: node.view(),
+        announcer: node.announcer.clone(),
+        protocol,
+    };
+    let cancel = node.cancel.clone();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            subscriptions::serve(session, socket, cancel).await;
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol.subprotocol()),
+    );
+    response
 }
 
 async fn graphql(
