@@ -311,6 +311,7 @@ async fn run(index: usize, healthy: usize, seconds: u64) -> serde_json::Value {
                 target: url.clone(),
                 url: url.clone(),
                 route: kco::monitor::target::Route::Pod,
+                poke: None,
             },
             schedule.clone(),
             poller_of(*healthy),

@@ -283,6 +283,7 @@ async fn pipeline(
                 target: addr.to_string(),
                 url: format!("http://{addr}/graphql"),
                 route: route.clone(),
+                poke: None,
             },
             schedule,
             poller.clone(),

@@ -130,9 +130,9 @@ pub struct TargetAppSpec {
     pub report_changes: Vec<String>,
 
     /// GraphQL subscriptions to each target (Mina's `newSyncUpdate`, `newBlock`,
-    /// `chainReorganization`): the values they push are read by trigger paths
-    /// `@<name>.<path in the root field's value>`. Not served yet: admission
-    /// checks them and refuses the TargetApp until KCO subscribes.
+    /// `chainReorganization`), carried by one WebSocket connection per target:
+    /// the values they push are read by trigger paths
+    /// `@<name>.<path in the root field's value>` the moment they arrive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub subscriptions: Vec<SubscriptionSpec>,

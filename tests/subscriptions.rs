@@ -13,6 +13,7 @@ use kco::simulator::{Announce, Faults, NodeState, Simulator, StatePatch, SyncSta
 use kco::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Wanted, open};
 use kco::subscriptions::protocol::Protocol;
 use serde_json::json;
+use support::bed::Bed;
 use support::fixtures;
 
 async fn node() -> (Simulator, SocketAddr) {
@@ -203,7 +204,8 @@ async fn a_dropped_connection_garbage_and_refusals_are_told_apart() {
     sim.announce(node, Announce::Reorganization).await.unwrap();
     assert_eq!(next(&mut session).await.unwrap().name, "reorg");
 
-    // Nothing at all for longer than the idle limit: lost.
+    // A node that pushes nothing for longer than the idle limit is kept: it
+    // answers the pings.
     let quiet = Limits {
         idle: Duration::from_millis(300),
         ..Limits::default()
@@ -211,8 +213,58 @@ async fn a_dropped_connection_garbage_and_refusals_are_told_apart() {
     let mut session = open(&with_header, &wanted(), quiet, Protocol::TransportWs)
         .await
         .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(1), session.next()).await;
+    assert!(waited.is_err(), "still open after 1 s: {waited:?}");
+}
+
+/// A server that names no subprotocol (asked again without one, it is taken to
+/// speak `graphql-ws`), acknowledges the session and then reads and answers
+/// nothing: lost once the idle limit passes without an answer to the pings.
+#[tokio::test]
+async fn a_target_that_answers_nothing_is_lost_at_the_idle_limit() {
+    use futures::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind((fixtures::loopback_ip(), 0))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let upgrades = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = upgrades.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let Some(Ok(_init)) = socket.next().await else {
+                    return;
+                };
+                let ack = kco::subscriptions::protocol::ToClient::Ack.encode(Protocol::LegacyWs);
+                let _ = socket
+                    .send(tokio_tungstenite::tungstenite::Message::text(ack))
+                    .await;
+                // Holds the socket and never reads again: no pong, nothing.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let quiet = Limits {
+        idle: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut session = open(&endpoint(address), &wanted(), quiet, Protocol::TransportWs)
+        .await
+        .unwrap();
+    assert_eq!(
+        session.protocol(),
+        Protocol::TransportWs,
+        "assumed when none is named"
+    );
+    assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 2);
     let idle = next(&mut session).await;
     assert!(matches!(idle, Err(Lost::Timeout(_))), "{idle:?}");
+    server.abort();
 }
 
 #[tokio::test]
@@ -232,4 +284,99 @@ async fn a_message_larger_than_the_limit_ends_the_connection() {
         matches!(&large, Err(Lost::Protocol(why)) if why.contains("too large")),
         "{large:?}"
     );
+}
+
+/// A TargetApp polled every 300 s: what its subscriptions push fires its rules
+/// at once; a dropped connection is opened again and the target polled at once,
+/// so a change made while it was down is seen; a target that serves no
+/// subscriptions is polled only, and says so.
+#[tokio::test]
+async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
+    let mut bed = Bed::new("sub-e2e", 1).await;
+    bed.start_operator(|s| s.graphql_max_retries = 0).await;
+    let height = "@blocks.protocolState.consensusState.blockHeight";
+    bed.apply(json!({
+        "selector": {"matchLabels": {"app": "mina"}},
+        "pollingInterval": 300,
+        "reportChanges": ["daemonStatus.syncStatus"],
+        "subscriptions": [
+            {"name": "blocks", "query": "subscription { newBlock { protocolState { consensusState { blockHeight } } } }"},
+            {"query": "subscription { newSyncUpdate }"},
+        ],
+        "actions": [
+            {"name": "new-block", "trigger": {"field": height, "condition": "greaterThan", "value": 0}},
+            {"name": "pushed-offline", "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "OFFLINE"}},
+        ]
+    }))
+    .await;
+    bed.wait_status(30, "1/1 up", |s| s.targets_ready.as_deref() == Some("1/1"))
+        .await;
+    bed.wait_event(20, "Subscribed", "subscribed to mina-0 (graphql-ws)")
+        .await;
+    let node = bed.nodes[0];
+    let polls = bed.sim.node(node).await.unwrap().requests;
+
+    // A new block: the rule on it fires, long before the next poll is due.
+    bed.sim.announce(node, Announce::Block).await.unwrap();
+    let note = bed
+        .wait_event(10, "TriggerFired", "rule new-block fired for mina-0")
+        .await;
+    assert!(note.contains(height), "{note}");
+    // A sync change pushed: its rule fires, and it is reported as a change.
+    bed.set_state(0, SyncStatus::Offline).await;
+    bed.wait_event(10, "TriggerFired", "rule pushed-offline fired for mina-0")
+        .await;
+    bed.wait_event(
+        10,
+        "StateChanged",
+        "@newSyncUpdate changed from (absent) to \"OFFLINE\"",
+    )
+    .await
+    .to_string();
+    assert_eq!(
+        bed.sim.node(node).await.unwrap().requests,
+        polls,
+        "pushed, not polled"
+    );
+
+    // The connection drops, and the node changes while no connection is open:
+    // opened again, the target is polled at once, and the change is seen.
+    bed.sim.announce(node, Announce::Drop).await.unwrap();
+    bed.set_state(0, SyncStatus::Catchup).await;
+    bed.wait_event(
+        10,
+        "SubscriptionLost",
+        "subscriptions to mina-0 lost (closed)",
+    )
+    .await;
+    bed.wait_event(15, "Subscribed", "subscribed to mina-0 again")
+        .await;
+    bed.wait_event(
+        10,
+        "StateChanged",
+        "daemonStatus.syncStatus changed from \"SYNCED\" to \"CATCHUP\"",
+    )
+    .await;
+
+    // A daemon that serves no subscriptions: polled only, told once.
+    bed.sim
+        .set_faults(
+            node,
+            Faults {
+                no_subscriptions: true,
+                ..Faults::default()
+            },
+        )
+        .await
+        .unwrap();
+    bed.sim.announce(node, Announce::Drop).await.unwrap();
+    let note = bed
+        .wait_event(20, "SubscriptionLost", "mina-0 serves no subscriptions")
+        .await;
+    assert!(
+        note.contains("HTTP 400") && note.contains("polling it only"),
+        "{note}"
+    );
+    let status = bed.status().await;
+    assert_eq!(status.targets_ready.as_deref(), Some("1/1"), "{status:?}");
 }

@@ -564,6 +564,13 @@ impl Validator {
                     v.refuse(at("field"), e.to_string());
                     continue;
                 }
+                Ok(path) if path.subscription().is_some() => {
+                    v.refuse(
+                        at("field"),
+                        "series follow the state query's answers; a value a subscription pushes is not exported (poll the field to export it)",
+                    );
+                    continue;
+                }
                 Ok(path) => match shape {
                     Some(shape) => match shape
                         .resolve(&path)
@@ -755,10 +762,6 @@ fn check_subscriptions(
             shape = Some(query.with_pushed(&name, &root, pushed));
         }
     }
-    v.refuse(
-        "spec.subscriptions",
-        "not served yet: KCO checks subscriptions but does not subscribe to targets yet; leave them out (and the triggers on `@` paths that read them)",
-    );
     shape
 }
 
@@ -1403,14 +1406,15 @@ mod tests {
                     rule("@nope.x", "equals", json!(1)),
                     rule("@newSyncUpdate", "equals", json!("DOWN")),
                     rule("@blocks.protocolState.consensusState.epoch", "equals", json!(1)),
-                ]
+                ],
+                "metrics": [{"field": "@blocks.protocolState.consensusState.blockHeight", "name": "height"}],
             })),
             None,
         );
         assert_eq!(
             messages(&fine),
             [
-                "spec.subscriptions: not served yet: KCO checks subscriptions but does not subscribe to targets yet; leave them out (and the triggers on `@` paths that read them)",
+                "spec.metrics[0].field: series follow the state query's answers; a value a subscription pushes is not exported (poll the field to export it)",
                 "spec.actions[2].trigger.field: `@nope` reads subscription nope, and spec.subscriptions has none by that name",
                 "spec.actions[3].trigger.value: \"DOWN\" is not a value of enum SyncStatus (CONNECTING, LISTENING, OFFLINE, BOOTSTRAP, SYNCED, CATCHUP)",
                 "spec.actions[4].trigger.field: @blocks.protocolState.consensusState selects no field \"epoch\" (it selects: blockHeight)",
@@ -1438,7 +1442,6 @@ mod tests {
                 "spec.subscriptions[2].query",
                 "spec.subscriptions[2].query",
                 "spec.subscriptions[4].name",
-                "spec.subscriptions",
             ],
             "{wrong:#?}"
         );

@@ -27,6 +27,8 @@ pub enum Reason {
     PollFailed,
     PollRecovered,
     PollThrottled,
+    Subscribed,
+    SubscriptionLost,
     TriggerFired,
     ActionSucceeded,
     ActionFailed,
@@ -43,6 +45,8 @@ impl Reason {
             Self::PollFailed => "PollFailed",
             Self::PollRecovered => "PollRecovered",
             Self::PollThrottled => "PollThrottled",
+            Self::Subscribed => "Subscribed",
+            Self::SubscriptionLost => "SubscriptionLost",
             Self::TriggerFired => "TriggerFired",
             Self::ActionSucceeded => "ActionSucceeded",
             Self::ActionFailed => "ActionFailed",
@@ -57,6 +61,7 @@ impl Reason {
             self,
             Self::PollFailed
                 | Self::PollThrottled
+                | Self::SubscriptionLost
                 | Self::TriggerFired
                 | Self::ActionFailed
                 | Self::QuotaExceeded
@@ -69,7 +74,7 @@ impl Reason {
     pub fn is_routine(self) -> bool {
         matches!(
             self,
-            Self::TargetDiscovered | Self::StateChanged | Self::PollRecovered
+            Self::TargetDiscovered | Self::StateChanged | Self::PollRecovered | Self::Subscribed
         )
     }
 
@@ -80,6 +85,7 @@ impl Reason {
             Self::StateChanged | Self::PollFailed | Self::PollRecovered | Self::PollThrottled => {
                 "Poll"
             }
+            Self::Subscribed | Self::SubscriptionLost => "Subscribe",
             Self::TriggerFired => "Evaluate",
             Self::ActionSucceeded | Self::ActionFailed | Self::ActionSkipped => "Act",
             Self::QuotaExceeded => "Admit",

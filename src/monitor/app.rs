@@ -79,6 +79,11 @@ struct Monitor {
     /// tenant's budget refused at their last poll, with why (for the status).
     exports: bool,
     over_series: BTreeMap<String, String>,
+    /// `spec.subscriptions`, named; `None` when there are none.
+    wanted: Option<Arc<[crate::subscriptions::connection::Wanted]>>,
+    /// Targets whose subscription connection is lost (told once until it
+    /// opens again), and those that serve none.
+    unsubscribed: BTreeSet<String>,
 }
 
 /// What reaches a TargetApp's task from its poll loops and its actions (one
@@ -86,6 +91,13 @@ struct Monitor {
 pub(super) enum Message {
     Polled(Report),
     Adopt(Adopt),
+    Heard(super::listen::Heard),
+}
+
+impl From<super::listen::Heard> for Box<Message> {
+    fn from(heard: super::listen::Heard) -> Self {
+        Box::new(Message::Heard(heard))
+    }
 }
 
 impl From<Report> for Box<Message> {
@@ -165,6 +177,10 @@ pub async fn run(
         cancel: cancel.clone(),
         exports: false,
         over_series: BTreeMap::new(),
+        wanted: Some(crate::subscriptions::wanted(&spec.subscriptions))
+            .filter(|w| !w.is_empty())
+            .map(Arc::from),
+        unsubscribed: BTreeSet::new(),
         ctx,
         namespace,
         name,
@@ -280,6 +296,7 @@ pub async fn run(
             Some(message) = rx.recv() => match *message {
                 Message::Polled(report) => Box::pin(monitor.on_report(report)).await,
                 Message::Adopt(adopted) => Box::pin(monitor.adopt(adopted)).await,
+                Message::Heard(heard) => Box::pin(monitor.on_heard(heard)).await,
             },
             // A quiet TargetApp's task sleeps between polls: no tick while nothing changed.
             _ = tick.tick(), if monitor.dirty => Box::pin(monitor.write_status(None)).await,
@@ -422,11 +439,30 @@ impl Monitor {
                 metrics: self.ctx.metrics.clone(),
                 inflight: self.ctx.inflight.clone(),
             };
+            let poke = self
+                .wanted
+                .as_ref()
+                .map(|_| Arc::new(tokio::sync::Notify::new()));
+            if let (Some(wanted), Some(poke)) = (&self.wanted, &poke) {
+                tokio::spawn(super::listen::listen_loop::<Box<Message>>(
+                    super::listen::Listen {
+                        target: name.clone(),
+                        url: target.url.clone(),
+                        route: route.clone(),
+                        wanted: wanted.clone(),
+                        credentials: self.schedule.credentials.clone(),
+                        poke: poke.clone(),
+                    },
+                    self.inbox.clone(),
+                    cancel.clone(),
+                ));
+            }
             tokio::spawn(poll_loop(
                 Polled {
                     target: name.clone(),
                     url: target.url.clone(),
                     route,
+                    poke,
                 },
                 self.schedule.clone(),
                 self.ctx
@@ -518,11 +554,25 @@ impl Monitor {
         };
         let seen = state.observe(report.report.result, &self.rules, &self.fields, sent_at);
         let target = state.target.clone();
+        self.tell(seen, &target, (sent_at, now), &report.correlation_id)
+            .await;
+    }
+
+    /// Acts on what a poll or a push meant for `target`: Events, firings, the
+    /// ends of episodes. `seen_at`: when what was seen held (a lower bound for
+    /// firings), and when it was handled (an upper bound for ends).
+    async fn tell(
+        &mut self,
+        seen: Vec<Observed>,
+        target: &Target,
+        (sent_at, now): (Timestamp, Timestamp),
+        correlation_id: &str,
+    ) {
         for observed in seen {
             match observed {
                 Observed::PollFailed(failure) => {
                     tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
-                        correlation_id = %report.correlation_id, reason = failure.reason(), error = %failure, "poll failed");
+                        correlation_id = %correlation_id, reason = failure.reason(), error = %failure, "poll failed");
                     self.notify(
                         Reason::PollFailed,
                         format!(
@@ -530,20 +580,20 @@ impl Monitor {
                             target.name(),
                             failure.reason()
                         ),
-                        Some(&target),
+                        Some(target),
                     )
                     .await;
                 }
                 Observed::Throttled(failure @ super::poll::PollFailure::Credentials(_)) => {
                     tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
-                        correlation_id = %report.correlation_id, error = %failure, "poll not sent");
+                        correlation_id = %correlation_id, error = %failure, "poll not sent");
                     self.notify(
                         Reason::PollFailed,
                         format!(
                             "polling {} failed (credentials): {failure}; nothing was sent, and the target keeps its last state",
                             target.name()
                         ),
-                        Some(&target),
+                        Some(target),
                     )
                     .await;
                 }
@@ -554,11 +604,11 @@ impl Monitor {
                         .with_label_values(&[self.namespace.as_str(), "response_bytes"])
                         .inc();
                     tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %target.name(),
-                        correlation_id = %report.correlation_id, error = %failure, "poll throttled");
+                        correlation_id = %correlation_id, error = %failure, "poll throttled");
                     self.notify(
                         Reason::PollThrottled,
                         format!("polling {} was stopped: {failure}", target.name()),
-                        Some(&target),
+                        Some(target),
                     )
                     .await;
                 }
@@ -566,7 +616,7 @@ impl Monitor {
                     self.notify(
                         Reason::PollRecovered,
                         format!("{} answers again", target.name()),
-                        Some(&target),
+                        Some(target),
                     )
                     .await;
                 }
@@ -584,7 +634,7 @@ impl Monitor {
                             show(&change.old),
                             show(&change.new)
                         ),
-                        Some(&target),
+                        Some(target),
                     )
                     .await;
                 }
@@ -597,9 +647,9 @@ impl Monitor {
                 } => {
                     self.fired(
                         rule,
-                        &target,
+                        target,
                         sent_at,
-                        &report.correlation_id,
+                        correlation_id,
                         (old, new),
                         (after, false_at),
                     )
@@ -711,6 +761,69 @@ impl Monitor {
             self.inbox.clone(),
             self.cancel.clone(),
         ));
+    }
+
+    /// What a target's subscription loop heard: a value pushed (judged by the
+    /// rules on it, as a poll's answer is by the others), or the connection
+    /// opened, lost, or not served.
+    async fn on_heard(&mut self, heard: super::listen::Heard) {
+        use super::listen::Happened;
+        let Some(state) = self.targets.get_mut(&heard.target) else {
+            return;
+        };
+        if state.target.url != heard.url {
+            return;
+        }
+        let target = state.target.clone();
+        let name = target.name().to_owned();
+        match heard.what {
+            Happened::Pushed(pushed) => {
+                self.dirty = true;
+                let now = Timestamp::now();
+                let seen = state.push(
+                    &pushed.name,
+                    pushed.value,
+                    &self.rules,
+                    &self.fields,
+                    heard.at,
+                );
+                let correlation_id = format!("{:016x}", fastrand::u64(..));
+                self.tell(seen, &target, (heard.at, now), &correlation_id)
+                    .await;
+            }
+            Happened::Opened { protocol, after } => {
+                // Told when first opened, and when opened again after a loss.
+                let again = self.unsubscribed.remove(&name) || after > 0;
+                let note = if again {
+                    format!(
+                        "subscribed to {name} again ({}); polling it now for what changed meanwhile",
+                        protocol.subprotocol()
+                    )
+                } else {
+                    format!("subscribed to {name} ({})", protocol.subprotocol())
+                };
+                self.notify(Reason::Subscribed, note, Some(&target)).await;
+            }
+            Happened::Lost { why, retry, first } => {
+                tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %name,
+                    reason = why.reason(), error = %why, retry_secs = retry.as_secs(), "subscription connection lost");
+                if first {
+                    self.unsubscribed.insert(name.clone());
+                    let note = format!(
+                        "subscriptions to {name} lost ({}): {why}; opening them again with backoff, polling meanwhile",
+                        why.reason()
+                    );
+                    self.notify(Reason::SubscriptionLost, note, Some(&target))
+                        .await;
+                }
+            }
+            Happened::Unsupported(why) => {
+                self.unsubscribed.insert(name.clone());
+                let note = format!("{name} serves no subscriptions ({why}): polling it only");
+                self.notify(Reason::SubscriptionLost, note, Some(&target))
+                    .await;
+            }
+        }
     }
 
     /// The fence found that this replica's firing at `adopted.own` is recorded as

@@ -10,6 +10,7 @@ pub mod app;
 pub mod credentials;
 pub mod discovery;
 pub mod inflight;
+pub mod listen;
 pub mod pods;
 pub mod poll;
 pub mod state;

@@ -115,6 +115,8 @@ pub struct Polled {
     pub target: String,
     pub url: String,
     pub route: Route,
+    /// Polls at once when notified (a subscription connection opened again).
+    pub poke: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A tenant's poll budget, taken before each poll, and its share of the bytes in
@@ -252,7 +254,9 @@ impl<M> Loop<M> {
 }
 
 async fn run<M: From<Report>>(l: Box<Loop<M>>) {
-    let Polled { target, url, .. } = &l.polled;
+    let Polled {
+        target, url, poke, ..
+    } = &l.polled;
     let (schedule, cancel) = (&l.schedule, &l.cancel);
     let parsed = parse_url(url);
     let mut made = None;
@@ -265,6 +269,12 @@ async fn run<M: From<Report>>(l: Box<Loop<M>>) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
+            _ = async {
+                match poke {
+                    Some(poke) => poke.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => next = Instant::now(),
         }
         if let Some(gate) = &l.gate {
             tokio::select! {

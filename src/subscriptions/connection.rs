@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -51,8 +52,9 @@ pub struct Limits {
     pub handshake: Duration,
     /// The largest message accepted; a larger one closes the connection.
     pub max_message_bytes: usize,
-    /// How long the target may send nothing (no value, no keep-alive) before
-    /// the connection counts as lost.
+    /// How long the target may send nothing (no value, no keep-alive, no
+    /// answer to the WebSocket pings sent every third of it) before the
+    /// connection counts as lost.
     pub idle: Duration,
 }
 
@@ -138,13 +140,21 @@ pub async fn open(
     limits: Limits,
     prefer: Protocol,
 ) -> Result<Session, Lost> {
-    let stream = within(limits.handshake, "connecting", connect(endpoint)).await?;
-    let (socket, protocol) = within(
-        limits.handshake,
-        "upgrading to a WebSocket",
-        upgrade(endpoint, stream, limits, prefer),
-    )
-    .await?;
+    let attempt = |offer: bool| async move {
+        let stream = within(limits.handshake, "connecting", connect(endpoint)).await?;
+        within(
+            limits.handshake,
+            "upgrading to a WebSocket",
+            upgrade(endpoint, stream, limits, prefer, offer),
+        )
+        .await
+    };
+    // A server that names no subprotocol when asked for one (as some do) is
+    // asked again without: it then speaks `prefer`.
+    let (socket, protocol) = match attempt(true).await {
+        Err(Lost::Unsupported(why)) if why == NO_SUBPROTOCOL => attempt(false).await?,
+        other => other?,
+    };
     let mut session = Session {
         socket,
         protocol,
@@ -193,12 +203,17 @@ async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Stream>, Lost> {
     Ok(Box::new(stream))
 }
 
-/// The WebSocket handshake on `stream`, and the protocol the target chose.
+/// Why an upgrade that offered subprotocols is made again without.
+const NO_SUBPROTOCOL: &str = "the target named no subprotocol";
+
+/// The WebSocket handshake on `stream`, offering both protocols (`prefer`
+/// first) or, without `offer`, none; and the protocol the target chose.
 async fn upgrade(
     endpoint: &Endpoint,
     stream: Box<dyn Stream>,
     limits: Limits,
     prefer: Protocol,
+    offer: bool,
 ) -> Result<(WebSocketStream<Box<dyn Stream>>, Protocol), Lost> {
     let mut url = endpoint.url.clone();
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
@@ -214,7 +229,7 @@ async fn upgrade(
     };
     let offered = format!("{}, {}", prefer.subprotocol(), other.subprotocol());
     let headers = request.headers_mut();
-    if let Ok(offered) = HeaderValue::from_str(&offered) {
+    if offer && let Ok(offered) = HeaderValue::from_str(&offered) {
         headers.insert("sec-websocket-protocol", offered);
     }
     if let Some((name, value)) = &endpoint.header {
@@ -232,6 +247,12 @@ async fn upgrade(
                     response.status().as_u16()
                 )),
                 tungstenite::Error::Io(e) => Lost::Closed(e.to_string()),
+                tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+                    SubProtocolError::NoSubProtocol,
+                )) => Lost::Unsupported(NO_SUBPROTOCOL.to_owned()),
+                tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)) => {
+                    Lost::Unsupported(e.to_string())
+                }
                 other => Lost::Protocol(other.to_string()),
             })?;
     let chosen = response
@@ -284,12 +305,27 @@ impl Session {
     }
 
     /// The next protocol message, answering pings and skipping what carries
-    /// none; bounded by the idle limit.
+    /// none. A quiet target is sent a WebSocket ping every third of the idle
+    /// limit (a daemon may push nothing for minutes, and send no keep-alive);
+    /// one that answers nothing at all within the limit is lost.
     async fn receive(&mut self) -> Result<ToClient, Lost> {
+        let every = self.idle / 3;
+        let mut quiet = Duration::ZERO;
         loop {
-            let frame = tokio::time::timeout(self.idle, self.socket.next())
-                .await
-                .map_err(|_| Lost::Timeout("waiting for the target (no message, no keep-alive)"))?;
+            let Ok(frame) = tokio::time::timeout(every, self.socket.next()).await else {
+                quiet += every;
+                if quiet >= self.idle {
+                    return Err(Lost::Timeout(
+                        "waiting for the target (no message, no answer to pings)",
+                    ));
+                }
+                self.socket
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|e| Lost::Closed(e.to_string()))?;
+                continue;
+            };
+            quiet = Duration::ZERO;
             let text = match frame {
                 None => return Err(Lost::Closed("the target closed it".to_owned())),
                 Some(Err(tungstenite::Error::Capacity(e))) => {

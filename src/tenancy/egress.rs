@@ -194,6 +194,30 @@ impl Egress {
         }
     }
 
+    /// The addresses `host` resolves to that the endpoint policy of `namespace`
+    /// allows for `purpose`, as an HTTP client of [`Self::client_for`] would
+    /// connect to (for connections made without one: subscriptions).
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        purpose: Purpose,
+        host: &str,
+    ) -> Result<Vec<IpAddr>, String> {
+        let resolver = PolicyResolver {
+            policy: self.policy(namespace),
+            namespace: namespace.to_owned(),
+            purpose,
+            apiserver: self.inner.apiserver.clone(),
+            overrides: self.inner.overrides.clone(),
+            services: self.inner.services.clone(),
+        };
+        let found = resolver
+            .lookup(host)
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        resolver.allowed(host, found)
+    }
+
     /// A client for `namespace` and `purpose` that trusts `ca` (PEM) instead of the
     /// platform's roots when given.
     pub fn client(

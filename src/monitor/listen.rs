@@ -1,0 +1,316 @@
+//! One target's subscription loop: a WebSocket connection carrying all of its
+//! TargetApp's subscriptions, opened under the same endpoint policy, address
+//! checks, credentials and TLS settings as its polls; each pushed value handed
+//! to the TargetApp's task. A lost connection is opened again with backoff
+//! and jitter, and the target is polled at once when it is, so that nothing
+//! that changed meanwhile is missed; a target that serves no subscriptions is
+//! polled only, and the loop ends.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::credentials::{Credentials, Material};
+use super::target::Route;
+use crate::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Session, Wanted, open};
+use crate::subscriptions::protocol::Protocol;
+use crate::tenancy::Purpose;
+
+/// The protocol offered first, and assumed when a target names none: the one
+/// Mina's daemon speaks.
+pub const MINA_PROTOCOL: Protocol = Protocol::LegacyWs;
+
+/// The most values one connection may push per second, on average over
+/// [`BURST`] values; a target that pushes faster loses its connection (and
+/// opens it again after the backoff), so that a flood costs its TargetApp
+/// alone.
+pub const MAX_PUSHES_PER_SECOND: f64 = 20.0;
+const BURST: f64 = 100.0;
+
+/// Waits before opening a lost connection again: from 1 s, doubling to 60 s.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What one subscription loop tells its TargetApp's task.
+#[derive(Debug)]
+pub struct Heard {
+    /// The target's name (pod name or URL) and the URL subscribed to.
+    pub target: String,
+    pub url: String,
+    pub at: Timestamp,
+    pub what: Happened,
+}
+
+#[derive(Debug)]
+pub enum Happened {
+    /// The connection opened (again, after `after` failures) in `protocol`.
+    Opened { protocol: Protocol, after: u32 },
+    /// A subscription pushed a value.
+    Pushed(Pushed),
+    /// The connection was lost, or could not be opened; it is tried again in
+    /// `retry`. `first`: the first failure since it was last open.
+    Lost {
+        why: Lost,
+        retry: Duration,
+        first: bool,
+    },
+    /// The target serves no subscriptions: polled only from now on.
+    Unsupported(Lost),
+}
+
+/// What a subscription loop needs.
+pub struct Listen {
+    pub target: String,
+    pub url: String,
+    pub route: Route,
+    pub wanted: Arc<[Wanted]>,
+    pub credentials: Option<Credentials>,
+    /// Asks the target's poll loop to poll now.
+    pub poke: Arc<Notify>,
+}
+
+/// Listens to `listen`'s target until cancelled, or until the target shows it
+/// serves no subscriptions.
+pub async fn listen_loop<M: From<Heard> + Send + 'static>(
+    listen: Listen,
+    reports: mpsc::Sender<M>,
+    cancel: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            opened = connect(&listen) => opened,
+        };
+        let why = match opened {
+            Ok(mut session) => {
+                let tell = Happened::Opened {
+                    protocol: session.protocol(),
+                    after: failures,
+                };
+                if !send(&listen, &reports, tell).await {
+                    return;
+                }
+                // What changed while no connection was open is seen by a poll.
+                if failures > 0 {
+                    listen.poke.notify_one();
+                }
+                failures = 0;
+                match relay(&listen, &mut session, &reports, &cancel).await {
+                    Relayed::Stopped => {
+                        session.close().await;
+                        return;
+                    }
+                    Relayed::Lost(why) => why,
+                }
+            }
+            Err(why @ Lost::Unsupported(_)) => {
+                let _ = send(&listen, &reports, Happened::Unsupported(why)).await;
+                return;
+            }
+            Err(why) => why,
+        };
+        let retry = backoff(failures);
+        let tell = Happened::Lost {
+            why,
+            retry,
+            first: failures == 0,
+        };
+        failures = failures.saturating_add(1);
+        if !send(&listen, &reports, tell).await {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// How long to wait after `failures` failures in a row, with ±20 % jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(MAX_BACKOFF);
+    base.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+async fn send<M: From<Heard>>(listen: &Listen, reports: &mpsc::Sender<M>, what: Happened) -> bool {
+    let heard = Heard {
+        target: listen.target.clone(),
+        url: listen.url.clone(),
+        at: Timestamp::now(),
+        what,
+    };
+    reports.send(M::from(heard)).await.is_ok()
+}
+
+enum Relayed {
+    Stopped,
+    Lost(Lost),
+}
+
+/// Hands each pushed value on until the connection is lost or the loop stops.
+async fn relay<M: From<Heard>>(
+    listen: &Listen,
+    session: &mut Session,
+    reports: &mpsc::Sender<M>,
+    cancel: &CancellationToken,
+) -> Relayed {
+    let mut bucket = Bucket::full(std::time::Instant::now());
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Relayed::Stopped,
+            next = session.next() => next,
+        };
+        let pushed = match next {
+            Ok(pushed) => pushed,
+            Err(why) => return Relayed::Lost(why),
+        };
+        if !bucket.take(std::time::Instant::now()) {
+            return Relayed::Lost(Lost::Protocol(format!(
+                "more than {MAX_PUSHES_PER_SECOND} values a second"
+            )));
+        }
+        if !send(listen, reports, Happened::Pushed(pushed)).await {
+            return Relayed::Stopped;
+        }
+    }
+}
+
+/// A token bucket: [`MAX_PUSHES_PER_SECOND`], [`BURST`] at most.
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn full(now: std::time::Instant) -> Self {
+        Self {
+            tokens: BURST,
+            at: now,
+        }
+    }
+
+    /// Takes a token at `now`, if there is one.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * MAX_PUSHES_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Opens the connection: the endpoint the policy allows now, with the
+/// credentials and TLS settings of the moment.
+async fn connect(listen: &Listen) -> Result<Session, Lost> {
+    let material = match &listen.credentials {
+        Some(credentials) => Some(credentials.material().map_err(Lost::Connect)?),
+        None => None,
+    };
+    let endpoint = endpoint(listen, material.as_ref()).await?;
+    open(&endpoint, &listen.wanted, Limits::default(), MINA_PROTOCOL).await
+}
+
+/// Where to connect: the pod's address, or the URL's host resolved to an
+/// address the tenant's policy allows (checked now, as before every poll).
+async fn endpoint(listen: &Listen, material: Option<&Material>) -> Result<Endpoint, Lost> {
+    let url: reqwest::Url = listen
+        .url
+        .parse()
+        .map_err(|e| Lost::Connect(format!("{}: {e}", listen.url)))?;
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_or_known_default().unwrap_or(80);
+    let refused = |why: String| {
+        Lost::Connect(format!(
+            "not allowed by the tenant's endpoint policy: {why}"
+        ))
+    };
+    let ip = match &listen.route {
+        Route::Pod => host
+            .parse()
+            .map_err(|_| Lost::Connect(format!("{host} is not a pod address")))?,
+        Route::NodeAddress {
+            egress,
+            namespace,
+            ip,
+        } => {
+            egress.check_node_address(namespace, *ip).map_err(refused)?;
+            *ip
+        }
+        Route::Url { egress, namespace } => {
+            egress
+                .check_url(namespace, Purpose::Graphql, &listen.url)
+                .map_err(refused)?;
+            let allowed = egress
+                .resolve(namespace, Purpose::Graphql, host)
+                .await
+                .map_err(refused)?;
+            *allowed
+                .first()
+                .ok_or_else(|| Lost::Connect(format!("{host} resolves to no address")))?
+        }
+    };
+    let tls = match url.scheme() {
+        "https" => Some(match material.and_then(|m| m.tls.as_ref()) {
+            Some((prepared, _)) => prepared.config.clone(),
+            None => platform_tls().map_err(Lost::Tls)?,
+        }),
+        _ => None,
+    };
+    Ok(Endpoint {
+        url,
+        address: SocketAddr::new(ip, port),
+        tls,
+        header: material.and_then(|m| m.header.clone()),
+    })
+}
+
+/// The platform's roots, made once.
+fn platform_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| crate::tls::client_config(&crate::tls::ClientTls::default()).map(Arc::new))
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_with_jitter() {
+        for (failures, base) in [(0, 1.0), (1, 2.0), (3, 8.0), (6, 60.0), (40, 60.0)] {
+            let waited = backoff(failures).as_secs_f64();
+            assert!(
+                (base * 0.8..=base * 1.2).contains(&waited),
+                "{failures} failures: {waited} s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_empties_the_bucket_and_a_steady_rate_never_does() {
+        let start = std::time::Instant::now();
+        let mut bucket = Bucket::full(start);
+        let burst = (0..200).take_while(|_| bucket.take(start)).count();
+        assert_eq!(burst, BURST as usize);
+        // Refilled at the rate: one more a 20th of a second later, not two.
+        let later = start + Duration::from_millis(50);
+        assert!(bucket.take(later));
+        assert!(!bucket.take(later));
+        let mut steady = Bucket::full(start);
+        for i in 1..=1_000u32 {
+            let now = start + Duration::from_secs_f64(f64::from(i) / MAX_PUSHES_PER_SECOND);
+            assert!(steady.take(now), "value {i}");
+        }
+    }
+}
