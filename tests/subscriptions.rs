@@ -380,3 +380,103 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
     let status = bed.status().await;
     assert_eq!(status.targets_ready.as_deref(), Some("1/1"), "{status:?}");
 }
+
+async fn put_secret(bed: &Bed, name: &str, data: serde_json::Value) {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(bed.client.clone(), &bed.ns);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data
+    });
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("kco-test").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// A URL target behind TLS (the tenant's CA) and an authenticating proxy is
+/// subscribed to as it is polled: its name resolved and judged by the endpoint
+/// policy at connect time, the CA and the credential header carried; a name
+/// that resolves to a forbidden address is never connected to.
+#[tokio::test]
+async fn a_url_target_is_subscribed_to_over_tls_with_its_credentials_where_the_policy_allows() {
+    let mut bed = Bed::new("sub-tls", 1).await;
+    let node = bed.nodes[0];
+    let ns = bed.ns.clone();
+    bed.start_operator(|s| {
+        s.graphql_max_retries = 0;
+        s.default_quota.endpoint_policy.allowed_cidrs = vec![ipnet::IpNet::from(node.ip())];
+        s.dns_overrides = vec![
+            (format!("node.{ns}.svc"), node.ip()),
+            (format!("rebind.{ns}.svc"), "127.0.0.1".parse().unwrap()),
+        ];
+    })
+    .await;
+    bed.grant_actions().await;
+    let servers = support::pki::Authority::new("mina-servers").unwrap();
+    let host = format!("node.{ns}.svc");
+    let serving = servers.server(&[&host]).unwrap();
+    bed.sim
+        .set_faults(
+            node,
+            Faults {
+                tls: Some(kco::simulator::ServeTls {
+                    cert_pem: serving.cert.clone(),
+                    key_pem: serving.key.clone(),
+                    client_ca_pem: None,
+                }),
+                require_header: Some(kco::simulator::RequiredHeader {
+                    name: "authorization".into(),
+                    value: "Bearer s3cret".into(),
+                }),
+                ..Faults::default()
+            },
+        )
+        .await
+        .unwrap();
+    put_secret(&bed, "kco-graphql-ca", json!({"ca.crt": servers.cert_pem})).await;
+    put_secret(&bed, "kco-graphql-auth", json!({"token": "s3cret"})).await;
+    let spec = |host: &str| {
+        json!({
+            "graphqlEndpoint": format!("https://{host}:{}/graphql", node.port()),
+            "pollingInterval": 300,
+            "serviceAccountName": "kco-actions",
+            "auth": {"secretRef": {"name": "kco-graphql-auth", "key": "token"}, "scheme": "Bearer"},
+            "tls": {"caSecretRef": {"name": "kco-graphql-ca", "key": "ca.crt"}},
+            "subscriptions": [{"query": "subscription { newSyncUpdate }"}],
+            "actions": [{"name": "pushed-offline",
+                         "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "OFFLINE"}}]
+        })
+    };
+    bed.apply(spec(&host)).await;
+    let url = format!("https://{host}:{}/graphql", node.port());
+    bed.wait_event(
+        30,
+        "Subscribed",
+        &format!("subscribed to {url} (graphql-ws)"),
+    )
+    .await;
+    bed.set_state(0, SyncStatus::Offline).await;
+    bed.wait_event(10, "TriggerFired", "rule pushed-offline fired")
+        .await;
+
+    // The same name's twin resolves to the apiserver's address: refused at
+    // connect time, told once, never reached.
+    let rebind = format!("rebind.{ns}.svc");
+    bed.apply(spec(&rebind)).await;
+    let note = bed
+        .wait_event(
+            30,
+            "SubscriptionLost",
+            &format!("subscriptions to https://{rebind}"),
+        )
+        .await;
+    assert!(
+        note.contains("not allowed by the tenant's endpoint policy")
+            && note.contains("resolves to a forbidden address"),
+        "{note}"
+    );
+}

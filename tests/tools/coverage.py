@@ -14,7 +14,7 @@ grouped by module, then the critical paths with their bar. Exits 1 when a critic
 path is below its bar, naming it. The critical paths are the ones the project's
 plan sets at 80% or more: polling, diffing, trigger evaluation, action dispatch and
 fencing, admission validation and defaulting, leader election and sharding, tenancy
-checks and the endpoint policy.
+checks, the endpoint policy and subscriptions.
 """
 import os
 import sys
@@ -49,6 +49,11 @@ CRITICAL = {
         "src/tenancy/services.rs",
     ],
     "object names and who may lend an account": ["src/names.rs", "src/admission/access.rs"],
+    "subscriptions": [
+        "src/subscriptions/protocol.rs",
+        "src/subscriptions/connection.rs",
+        "src/monitor/listen.rs",
+    ],
 }
 
 
