@@ -480,3 +480,71 @@ async fn a_url_target_is_subscribed_to_over_tls_with_its_credentials_where_the_p
         "{note}"
     );
 }
+
+/// A TenantQuota bounds its tenant's subscription connections: a target beyond
+/// them is polled only and says so (QuotaExceeded); another tenant is not
+/// touched.
+#[tokio::test]
+async fn the_tenants_quota_bounds_its_subscription_connections() {
+    let mut bed = Bed::new("sub-quota", 2).await;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(bed.client.clone());
+    let label = json!({"metadata": {"labels": {"kco-test-tenant": bed.ns}}});
+    namespaces
+        .patch(
+            &bed.ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label),
+        )
+        .await
+        .unwrap();
+    let quota: kco::tenancy::TenantQuota = serde_json::from_value(json!({
+        "apiVersion": "operator.kco.local/v1alpha1", "kind": "TenantQuota",
+        "metadata": {"name": bed.ns},
+        "spec": {"namespaceSelector": {"matchLabels": {"kco-test-tenant": bed.ns}},
+                 "maxSubscriptionConnections": 1}
+    }))
+    .unwrap();
+    kube::Api::<kco::tenancy::TenantQuota>::all(bed.client.clone())
+        .patch(
+            &bed.ns,
+            &kube::api::PatchParams::apply("kco-test").force(),
+            &kube::api::Patch::Apply(&quota),
+        )
+        .await
+        .unwrap();
+    bed.start_operator(|s| s.graphql_max_retries = 0).await;
+    bed.apply(json!({
+        "selector": {"matchLabels": {"app": "mina"}},
+        "pollingInterval": 300,
+        "subscriptions": [{"query": "subscription { newSyncUpdate }"}],
+        "actions": [{"name": "pushed-offline",
+                     "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "OFFLINE"}}]
+    }))
+    .await;
+    let note = bed
+        .wait_event(30, "QuotaExceeded", "not opened: TenantQuota")
+        .await;
+    assert!(
+        note.contains("allows 1 subscription connections") && note.contains("polling it only"),
+        "{note}"
+    );
+    let subscribed = bed
+        .wait_event(30, "Subscribed", "subscribed to mina-")
+        .await;
+    // The one subscribed to hears what its node pushes.
+    let (pod, node) = if subscribed.contains("mina-0") {
+        ("mina-0", 0)
+    } else {
+        ("mina-1", 1)
+    };
+    bed.set_state(node, SyncStatus::Offline).await;
+    bed.wait_event(
+        10,
+        "TriggerFired",
+        &format!("rule pushed-offline fired for {pod}"),
+    )
+    .await;
+    let events = bed.events("Subscribed").await;
+    assert_eq!(events.len(), 1, "one connection: {events:?}");
+}

@@ -452,6 +452,8 @@ impl Monitor {
                         wanted: wanted.clone(),
                         credentials: self.schedule.credentials.clone(),
                         poke: poke.clone(),
+                        tenants: self.ctx.tenants.clone(),
+                        namespace: self.namespace.clone(),
                     },
                     self.inbox.clone(),
                     cancel.clone(),
@@ -816,6 +818,19 @@ impl Monitor {
                     self.notify(Reason::SubscriptionLost, note, Some(&target))
                         .await;
                 }
+            }
+            Happened::OverQuota(why) => {
+                self.unsubscribed.insert(name.clone());
+                self.ctx
+                    .metrics
+                    .throttled
+                    .with_label_values(&[self.namespace.as_str(), "subscription"])
+                    .inc();
+                let note = format!(
+                    "subscriptions to {name} not opened: {why}; polling it only until one frees"
+                );
+                self.notify(Reason::QuotaExceeded, note, Some(&target))
+                    .await;
             }
             Happened::Unsupported(why) => {
                 self.unsubscribed.insert(name.clone());

@@ -24,12 +24,9 @@ use crate::tenancy::Purpose;
 /// Mina's daemon speaks.
 pub const MINA_PROTOCOL: Protocol = Protocol::LegacyWs;
 
-/// The most values one connection may push per second, on average over
-/// [`BURST`] values; a target that pushes faster loses its connection (and
-/// opens it again after the backoff), so that a flood costs its TargetApp
-/// alone.
-pub const MAX_PUSHES_PER_SECOND: f64 = 20.0;
-const BURST: f64 = 100.0;
+/// How long a target over its tenant's connection budget waits before asking
+/// again (a connection may have freed, or the quota changed).
+const BUDGET_RETRY: Duration = Duration::from_secs(30);
 
 /// Waits before opening a lost connection again: from 1 s, doubling to 60 s.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -60,6 +57,9 @@ pub enum Happened {
     },
     /// The target serves no subscriptions: polled only from now on.
     Unsupported(Lost),
+    /// The tenant's subscription connections are all held: polled only until
+    /// one frees.
+    OverQuota(String),
 }
 
 /// What a subscription loop needs.
@@ -71,6 +71,9 @@ pub struct Listen {
     pub credentials: Option<Credentials>,
     /// Asks the target's poll loop to poll now.
     pub poke: Arc<Notify>,
+    /// The tenants' quotas: the connection budget and the push rate.
+    pub tenants: Arc<crate::tenancy::Tenants>,
+    pub namespace: String,
 }
 
 /// Listens to `listen`'s target until cancelled, or until the target shows it
@@ -80,6 +83,24 @@ pub async fn listen_loop<M: From<Heard> + Send + 'static>(
     reports: mpsc::Sender<M>,
     cancel: CancellationToken,
 ) {
+    // A connection of the tenant's budget, held while this loop runs.
+    let mut told = false;
+    let _permit = loop {
+        match listen.tenants.take_connection(&listen.namespace) {
+            Ok(permit) => break permit,
+            Err(why) if !told => {
+                told = true;
+                if !send(&listen, &reports, Happened::OverQuota(why)).await {
+                    return;
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BUDGET_RETRY) => {}
+        }
+    };
     let mut failures: u32 = 0;
     loop {
         let opened = tokio::select! {
@@ -161,7 +182,11 @@ async fn relay<M: From<Heard>>(
     reports: &mpsc::Sender<M>,
     cancel: &CancellationToken,
 ) -> Relayed {
-    let mut bucket = Bucket::full(std::time::Instant::now());
+    let rate = listen
+        .tenants
+        .effective(&listen.namespace)
+        .max_pushes_per_second;
+    let mut bucket = Bucket::full(f64::from(rate), std::time::Instant::now());
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => return Relayed::Stopped,
@@ -173,7 +198,7 @@ async fn relay<M: From<Heard>>(
         };
         if !bucket.take(std::time::Instant::now()) {
             return Relayed::Lost(Lost::Protocol(format!(
-                "more than {MAX_PUSHES_PER_SECOND} values a second"
+                "more than {rate} values a second (the tenant's maxPushesPerSecond)"
             )));
         }
         if !send(listen, reports, Happened::Pushed(pushed)).await {
@@ -182,24 +207,26 @@ async fn relay<M: From<Heard>>(
     }
 }
 
-/// A token bucket: [`MAX_PUSHES_PER_SECOND`], [`BURST`] at most.
+/// A token bucket: `rate` a second, five seconds' worth at most.
 struct Bucket {
+    rate: f64,
     tokens: f64,
     at: std::time::Instant,
 }
 
 impl Bucket {
-    fn full(now: std::time::Instant) -> Self {
+    fn full(rate: f64, now: std::time::Instant) -> Self {
         Self {
-            tokens: BURST,
+            rate,
+            tokens: rate * 5.0,
             at: now,
         }
     }
 
     /// Takes a token at `now`, if there is one.
     fn take(&mut self, now: std::time::Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * MAX_PUSHES_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(BURST);
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 5.0);
         self.at = now;
         if self.tokens < 1.0 {
             return false;
@@ -300,16 +327,16 @@ mod tests {
     #[test]
     fn a_flood_empties_the_bucket_and_a_steady_rate_never_does() {
         let start = std::time::Instant::now();
-        let mut bucket = Bucket::full(start);
+        let mut bucket = Bucket::full(20.0, start);
         let burst = (0..200).take_while(|_| bucket.take(start)).count();
-        assert_eq!(burst, BURST as usize);
+        assert_eq!(burst, 100, "five seconds' worth");
         // Refilled at the rate: one more a 20th of a second later, not two.
         let later = start + Duration::from_millis(50);
         assert!(bucket.take(later));
         assert!(!bucket.take(later));
-        let mut steady = Bucket::full(start);
+        let mut steady = Bucket::full(20.0, start);
         for i in 1..=1_000u32 {
-            let now = start + Duration::from_secs_f64(f64::from(i) / MAX_PUSHES_PER_SECOND);
+            let now = start + Duration::from_secs_f64(f64::from(i) / 20.0);
             assert!(steady.take(now), "value {i}");
         }
     }

@@ -83,6 +83,19 @@ pub struct TenantQuotaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_metric_series: Option<u32>,
+    /// Most subscription connections the tenant's targets hold
+    /// (`spec.subscriptions`: one per target), split across replicas as its
+    /// polls are: a target beyond it is polled only, and its TargetApp says so
+    /// (default: 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_subscription_connections: Option<u32>,
+    /// Most values one subscription connection may push per second (bursts of
+    /// five seconds' worth); a target that pushes faster loses its connection
+    /// and opens it again after a backoff (default: 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_pushes_per_second: Option<u32>,
     /// Where absolute GraphQL endpoints may point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_policy: Option<EndpointPolicySpec>,
@@ -151,6 +164,14 @@ pub const DEFAULT_MAX_POLL_TIMEOUT_SECONDS: u32 = 60;
 /// `maxMetricSeries` (a quota may set it lower or higher).
 pub const DEFAULT_MAX_METRIC_SERIES: u32 = 2_000;
 
+/// The most subscription connections a tenant's targets hold when no
+/// TenantQuota of its namespaces sets `maxSubscriptionConnections`.
+pub const DEFAULT_MAX_SUBSCRIPTION_CONNECTIONS: u32 = 1_000;
+
+/// The most values a subscription connection pushes per second when no
+/// TenantQuota of its namespace sets `maxPushesPerSecond`.
+pub const DEFAULT_MAX_PUSHES_PER_SECOND: u32 = 20;
+
 /// The limits that apply to one namespace, with the TenantQuotas they come from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
@@ -167,6 +188,10 @@ pub struct Effective {
     /// Most series exported (`spec.metrics`): the lowest the quotas set, or
     /// [`DEFAULT_MAX_METRIC_SERIES`] when none does.
     pub max_metric_series: u32,
+    /// Most subscription connections, and values pushed per second on each:
+    /// the lowest the quotas set, or the defaults.
+    pub max_subscription_connections: u32,
+    pub max_pushes_per_second: u32,
     /// The TenantQuotas that select the namespace (empty: the default quota).
     pub sources: Vec<String>,
 }
@@ -184,6 +209,8 @@ impl Effective {
             max_action_seconds: None,
             max_poll_timeout_seconds: DEFAULT_MAX_POLL_TIMEOUT_SECONDS,
             max_metric_series: DEFAULT_MAX_METRIC_SERIES,
+            max_subscription_connections: DEFAULT_MAX_SUBSCRIPTION_CONNECTIONS,
+            max_pushes_per_second: DEFAULT_MAX_PUSHES_PER_SECOND,
             sources: Vec::new(),
         }
     }
@@ -257,6 +284,8 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
     };
     let mut poll_ceiling = None;
     let mut series_ceiling = None;
+    let mut connections = None;
+    let mut pushes = None;
     for (name, q) in quotas {
         e.sources.push(name.clone());
         e.max_target_apps = min(e.max_target_apps, q.max_target_apps);
@@ -273,7 +302,11 @@ pub fn effective(default: &Quota, quotas: &[(String, TenantQuotaSpec)]) -> Effec
         e.max_action_seconds = min(e.max_action_seconds, q.max_action_seconds);
         poll_ceiling = min(poll_ceiling, q.max_poll_timeout_seconds);
         series_ceiling = min(series_ceiling, q.max_metric_series);
+        connections = min(connections, q.max_subscription_connections);
+        pushes = min(pushes, q.max_pushes_per_second);
     }
+    e.max_subscription_connections = connections.unwrap_or(DEFAULT_MAX_SUBSCRIPTION_CONNECTIONS);
+    e.max_pushes_per_second = pushes.unwrap_or(DEFAULT_MAX_PUSHES_PER_SECOND).max(1);
     e.max_metric_series = series_ceiling.unwrap_or(DEFAULT_MAX_METRIC_SERIES);
     // The quotas' ceiling (the lowest set), above the default or below it.
     e.max_poll_timeout_seconds = poll_ceiling.unwrap_or(DEFAULT_MAX_POLL_TIMEOUT_SECONDS);

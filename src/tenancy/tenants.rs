@@ -59,6 +59,27 @@ pub struct Tenants {
     /// Moves whenever a TenantQuota or a namespace's labels change: what was
     /// derived from an effective quota at one generation holds until it moves.
     generation: AtomicU64,
+    /// Subscription connections each tenant's targets hold on this replica.
+    connections: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+/// One of a tenant's subscription connections, counted until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    tenant: String,
+    held: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Tenants {
@@ -80,6 +101,7 @@ impl Tenants {
             synced: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             stored: RwLock::default(),
+            connections: Arc::default(),
         })
     }
 
@@ -277,6 +299,32 @@ impl Tenants {
             max,
             named: e.named(),
         }
+    }
+
+    /// A subscription connection for a target of `namespace`, within its
+    /// tenant's `maxSubscriptionConnections` times this replica's share of the
+    /// tenant, or why not.
+    pub fn take_connection(&self, namespace: &str) -> Result<ConnectionPermit, String> {
+        let e = self.effective(namespace);
+        let tenant = e.tenant(namespace);
+        let share = self.share(&tenant);
+        // Rounded down: the replicas' budgets add up to at most the quota.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let max = (f64::from(e.max_subscription_connections) * share).floor() as usize;
+        let mut held = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(tenant.clone()).or_insert(0);
+        if *count >= max {
+            return Err(format!(
+                "{} allows {} subscription connections and they are held ({max} on this replica)",
+                e.named(),
+                e.max_subscription_connections
+            ));
+        }
+        *count += 1;
+        Ok(ConnectionPermit {
+            tenant,
+            held: self.connections.clone(),
+        })
     }
 
     /// Waits for a poll of `namespace` to be within its tenant's budget; how long
@@ -478,6 +526,50 @@ mod tests {
         t.set_app_counts(BTreeMap::from([("other".to_owned(), 3)]));
         t.set_shares(BTreeMap::from([("quota/blue".to_owned(), 0.5)]));
         assert_eq!(t.generation(), before);
+    }
+
+    #[test]
+    fn subscription_connections_are_counted_per_tenant_within_this_replicas_share() {
+        let t = tenants();
+        t.put_namespace("blue-2", [("tenant".to_owned(), "blue".to_owned())].into());
+        let mut spec = TenantQuotaSpec {
+            namespace_selector: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some([("tenant".to_owned(), "blue".to_owned())].into()),
+                    match_expressions: None,
+                },
+            ),
+            max_subscription_connections: Some(4),
+            max_pushes_per_second: Some(5),
+            ..TenantQuotaSpec::default()
+        };
+        t.put_quota("blue", spec.clone());
+        assert_eq!(t.effective("blue-1").max_pushes_per_second, 5);
+        // Half the tenant's polls are here: two of its four connections.
+        t.set_shares(BTreeMap::from([("quota/blue".to_owned(), 0.5)]));
+        let first = t.take_connection("blue-1").unwrap();
+        let _second = t.take_connection("blue-2").unwrap();
+        let refused = t.take_connection("blue-1").unwrap_err();
+        assert_eq!(
+            refused,
+            "TenantQuota blue allows 4 subscription connections and they are held (2 on this replica)"
+        );
+        // Another tenant is not touched, and its default is the default's.
+        let others: Vec<_> = (0..10)
+            .map(|_| t.take_connection("other").unwrap())
+            .collect();
+        assert_eq!(others.len(), 10);
+        assert_eq!(
+            t.effective("other").max_subscription_connections,
+            crate::tenancy::quota::DEFAULT_MAX_SUBSCRIPTION_CONNECTIONS
+        );
+        // A connection closed frees its place.
+        drop(first);
+        let _third = t.take_connection("blue-1").unwrap();
+        // A quota of none refuses every connection.
+        spec.max_subscription_connections = Some(0);
+        t.put_quota("blue", spec);
+        assert!(t.take_connection("blue-2").is_err());
     }
 
     #[test]
