@@ -27,6 +27,35 @@ fn the_documented_example_is_accepted() {
     assert!(stdout.ends_with("default/mina: accepted\n"), "{stdout}");
 }
 
+/// The subscriptions example: its `@` paths checked against what each
+/// subscription selects.
+#[test]
+fn the_subscriptions_example_is_accepted_and_a_path_it_does_not_select_is_not() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/targetapp-mina-blocks.yaml"
+    );
+    let (code, stdout, _) = kco(&["validate", example]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with("default/mina-blocks: accepted\n"),
+        "{stdout}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blocks.yaml");
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("consensusState.blockHeight", "consensusState.epoch");
+    std::fs::write(&file, text).unwrap();
+    let (code, stdout, _) = kco(&["validate", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("spec.reportChanges[0]: @blocks.protocolState.consensusState selects no field \"epoch\"")
+            && stdout.contains("spec.actions[0].trigger.field: @blocks.protocolState.consensusState selects no field \"epoch\""),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn rejections_name_the_field_and_the_reason_one_per_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,6 +119,11 @@ async fn main() -> anyhow::Result<()> {
         &repo.join("docs/examples/targetapp-mina-ops.yaml"),
         NAMESPACE,
     )?;
+    apply(
+        cp,
+        &repo.join("docs/examples/targetapp-mina-blocks.yaml"),
+        NAMESPACE,
+    )?;
     // Three replicas, as a Helm install runs them: one leads (Lease kco-leader), and
     // they share the polling by namespace through membership Leases in kco-system.
     let system = serde_json::from_value(json!({"metadata": {"name": LEASE_NAMESPACE}}))?;
@@ -166,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     register_webhooks(cp, webhook_ports[0])?;
     println!(
         "\n{REPLICAS} Mina pods of the Deployment `mina` run on kwok's nodes in namespace {NAMESPACE},\n\
-         polled by two TargetApps (mina, mina-ops) and three `kco run` replicas (logs: {logs}).\n\
+         polled by three TargetApps (mina, mina-ops, mina-blocks) and three `kco run` replicas (logs: {logs}).\n\
          In other terminals:\n\n  \
          export KUBECONFIG={kubeconfig}\n  \
          alias kubectl={kubectl}\n  \
@@ -180,6 +185,11 @@ async fn main() -> anyhow::Result<()> {
          curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"BOOTSTRAP\"}}'\n\n\
          Offline: a node that goes OFFLINE has its pod restarted (StateChanged, TriggerFired):\n\n  \
          curl -s -X PATCH http://{control}/nodes/{first}/state -d '{{\"syncStatus\": \"OFFLINE\"}}'\n\n\
+         Push: mina-blocks subscribes to every node's new blocks and sync changes (Subscribed),\n\
+         polling only every 5 minutes. A new block is an Event at once (StateChanged; from the\n\
+         second, TriggerFired for rule new-block); drop the connection and KCO subscribes again:\n\n  \
+         curl -s -X POST http://{control}/nodes/{first}/announce -d '\"block\"'\n  \
+         curl -s -X POST http://{control}/nodes/{first}/announce -d '\"drop\"'\n\n\
          Or make a node fail (PollFailed), then heal it (PollRecovered):\n\n  \
          curl -s -X PUT http://{control}/nodes/{first}/faults -d '{{\"httpStatus\": 500}}'\n  \
          curl -s -X DELETE http://{control}/nodes/{first}/faults\n\n\
