@@ -95,9 +95,11 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(path.is_length(), raw.ends_with(".#"));
     if !path.is_up() {
         let body = raw.strip_suffix(".#").unwrap_or(raw);
-        for segment in body.split('.') {
+        for (i, segment) in body.split('.').enumerate() {
+            let first = i == 0;
             assert!(
                 is_name(segment)
+                    || (first && segment.strip_prefix('@').is_some_and(is_name))
                     || (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit())),
                 "{raw:?} was accepted with the segment {segment:?}, neither a name nor an index"
             );
@@ -105,7 +107,7 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(path.segments().len(), body.split('.').count());
         for segment in path.segments() {
             if let Segment::Key(key) = segment {
-                assert!(is_name(key));
+                assert!(is_name(key) || key.strip_prefix('@').is_some_and(is_name));
             }
         }
     }
