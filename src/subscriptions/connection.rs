@@ -149,7 +149,8 @@ pub async fn open(
         )
         .await
     };
-    // A server that names no subprotocol when asked for one (as some do) is
+    // A server that names no subprotocol when asked for one, or answers with
+    // the whole list offered (Mina's daemon echoes the request's header), is
     // asked again without: it then speaks `prefer`.
     let (socket, protocol) = match attempt(true).await {
         Err(Lost::Unsupported(why)) if why == NO_SUBPROTOCOL => attempt(false).await?,
@@ -248,7 +249,7 @@ async fn upgrade(
                 )),
                 tungstenite::Error::Io(e) => Lost::Closed(e.to_string()),
                 tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(
-                    SubProtocolError::NoSubProtocol,
+                    SubProtocolError::NoSubProtocol | SubProtocolError::InvalidSubProtocol,
                 )) => Lost::Unsupported(NO_SUBPROTOCOL.to_owned()),
                 tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(e)) => {
                     Lost::Unsupported(e.to_string())
