@@ -676,6 +676,24 @@ pub struct TargetStatus {
     /// Why the last poll failed (a short reason, not a response body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Where the target's subscriptions stand, when the TargetApp has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<SubscriptionState>,
+    /// Why they are not open (a short reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_error: Option<String>,
+}
+
+/// Where a target's subscriptions stand. Polling goes on in every state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SubscriptionState {
+    /// Open: pushed values are read as they come.
+    Subscribed,
+    /// Lost: opened again with backoff; the target is polled at once when it is.
+    Reconnecting,
+    /// Not opened: the target serves no subscriptions, or the tenant's
+    /// subscription connections are all held (tried again every 30 s).
+    PollingOnly,
 }
 
 /// The last time a rule fired for a target; also the fence against running one

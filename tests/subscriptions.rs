@@ -12,6 +12,7 @@ use std::time::Duration;
 use kco::simulator::{Announce, Faults, NodeState, Simulator, StatePatch, SyncStatus};
 use kco::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Wanted, open};
 use kco::subscriptions::protocol::Protocol;
+use kco::targetapp::SubscriptionState;
 use serde_json::json;
 use support::bed::Bed;
 use support::fixtures;
@@ -62,26 +63,37 @@ async fn next(session: &mut kco::subscriptions::connection::Session) -> Result<P
         .expect("a value within 5 s")
 }
 
+/// Mina's daemon speaks `graphql-ws` and reads nothing more from a connection
+/// once a subscription on it streams: KCO opens one connection per subscription
+/// to it. A `graphql-transport-ws` server carries them all on one.
 #[tokio::test]
 async fn both_protocols_carry_what_a_node_announces() {
-    let (sim, node) = node().await;
     for prefer in [Protocol::LegacyWs, Protocol::TransportWs] {
+        let (sim, node) = node().await;
+        let transport = prefer == Protocol::TransportWs;
+        sim.set_faults(
+            node,
+            Faults {
+                graphql_transport_ws: transport,
+                ..Faults::default()
+            },
+        )
+        .await
+        .unwrap();
         let mut session = open(&endpoint(node), &wanted(), Limits::default(), prefer)
             .await
             .unwrap();
+        assert_eq!(session.protocol(), prefer, "the node's protocol");
+        let connections = if transport { 1 } else { 3 };
+        assert_eq!(session.connections(), connections);
         assert_eq!(
-            session.protocol(),
-            prefer,
-            "the node speaks what is offered first"
+            sim.node(node).await.unwrap().subscribers,
+            connections as u64
         );
         // Let the node start the subscriptions before it announces.
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        let sync = if prefer == Protocol::LegacyWs {
-            SyncStatus::Catchup
-        } else {
-            SyncStatus::Synced
-        };
+        let sync = SyncStatus::Catchup;
         sim.patch_state(
             node,
             StatePatch {
@@ -204,25 +216,80 @@ async fn a_dropped_connection_garbage_and_refusals_are_told_apart() {
     sim.announce(node, Announce::Reorganization).await.unwrap();
     assert_eq!(next(&mut session).await.unwrap().name, "reorg");
 
-    // A node that pushes nothing for longer than the idle limit is kept: it
-    // answers the pings.
+    // A node that pushes nothing for longer than the idle limit is kept: a
+    // graphql-transport-ws server answers the pings; Mina's daemon answers none
+    // while its subscriptions stream, and sends no keep-alive, but is not lost
+    // for that (TCP keep-alive watches its connections).
     let quiet = Limits {
         idle: Duration::from_millis(300),
         ..Limits::default()
     };
-    let mut session = open(&with_header, &wanted(), quiet, Protocol::TransportWs)
+    for transport in [true, false] {
+        faults(Faults {
+            graphql_transport_ws: transport,
+            ..Faults::default()
+        })
         .await
         .unwrap();
-    let waited = tokio::time::timeout(Duration::from_secs(1), session.next()).await;
-    assert!(waited.is_err(), "still open after 1 s: {waited:?}");
+        let mut session = open(&endpoint(node), &wanted(), quiet, Protocol::LegacyWs)
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(1), session.next()).await;
+        assert!(waited.is_err(), "still open after 1 s: {waited:?}");
+        sim.announce(node, Announce::Reorganization).await.unwrap();
+        assert_eq!(next(&mut session).await.unwrap().name, "reorg");
+    }
 }
 
-/// A server that names no subprotocol (asked again without one, it is taken to
-/// speak `graphql-ws`), acknowledges the session and then reads and answers
-/// nothing: lost once the idle limit passes without an answer to the pings.
+/// A `graphql-ws` server that sends keep-alives (`ka`) and then falls silent is
+/// lost at the idle limit: its keep-alives came on a schedule.
+#[tokio::test]
+async fn a_legacy_server_whose_keep_alives_stop_is_lost_at_the_idle_limit() {
+    use futures::{SinkExt, StreamExt};
+    use kco::subscriptions::protocol::ToClient;
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind((fixtures::loopback_ip(), 0))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    // Names no subprotocol: asked again without an offer, it speaks graphql-ws.
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let _init = socket.next().await;
+                for message in [ToClient::Ack, ToClient::KeepAlive] {
+                    let text = message.encode(Protocol::LegacyWs);
+                    let _ = socket.send(Message::text(text)).await;
+                }
+                // Reads nothing more, sends nothing more.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let quiet = Limits {
+        idle: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let one = &wanted()[..1];
+    let mut session = open(&endpoint(address), one, quiet, Protocol::LegacyWs)
+        .await
+        .unwrap();
+    let idle = next(&mut session).await;
+    assert!(matches!(idle, Err(Lost::Timeout(_))), "{idle:?}");
+    server.abort();
+}
+
+/// A `graphql-transport-ws` server that acknowledges the session and then
+/// reads and answers nothing: lost once the idle limit passes without an answer
+/// to the pings.
 #[tokio::test]
 async fn a_target_that_answers_nothing_is_lost_at_the_idle_limit() {
     use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let listener = tokio::net::TcpListener::bind((fixtures::loopback_ip(), 0))
         .await
         .unwrap();
@@ -234,13 +301,22 @@ async fn a_target_that_answers_nothing_is_lost_at_the_idle_limit() {
             let (tcp, _) = listener.accept().await.unwrap();
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                // tungstenite's callback type: its error is an HTTP response.
+                #[allow(clippy::result_large_err)]
+                let named = |_: &Request, mut response: Response| {
+                    let transport = Protocol::TransportWs.subprotocol();
+                    response
+                        .headers_mut()
+                        .insert("sec-websocket-protocol", transport.parse().unwrap());
+                    Ok(response)
+                };
+                let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(tcp, named).await else {
                     return;
                 };
                 let Some(Ok(_init)) = socket.next().await else {
                     return;
                 };
-                let ack = kco::subscriptions::protocol::ToClient::Ack.encode(Protocol::LegacyWs);
+                let ack = kco::subscriptions::protocol::ToClient::Ack.encode(Protocol::TransportWs);
                 let _ = socket
                     .send(tokio_tungstenite::tungstenite::Message::text(ack))
                     .await;
@@ -256,12 +332,8 @@ async fn a_target_that_answers_nothing_is_lost_at_the_idle_limit() {
     let mut session = open(&endpoint(address), &wanted(), quiet, Protocol::TransportWs)
         .await
         .unwrap();
-    assert_eq!(
-        session.protocol(),
-        Protocol::TransportWs,
-        "assumed when none is named"
-    );
-    assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(session.protocol(), Protocol::TransportWs);
+    assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 1);
     let idle = next(&mut session).await;
     assert!(matches!(idle, Err(Lost::Timeout(_))), "{idle:?}");
     server.abort();
@@ -314,6 +386,13 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
     bed.wait_event(20, "Subscribed", "subscribed to mina-0 (graphql-ws)")
         .await;
     let node = bed.nodes[0];
+    // One connection per subscription to a Mina daemon; the status says so.
+    assert_eq!(bed.sim.node(node).await.unwrap().subscribers, 2);
+    bed.wait_status(10, "subscribed in status", |s| {
+        s.targets.first().and_then(|t| t.subscriptions) == Some(SubscriptionState::Subscribed)
+    })
+    .await;
+    assert_eq!(bed.status().await.targets[0].subscription_error, None);
     let polls = bed.sim.node(node).await.unwrap().requests;
 
     // A new block: the rule on it fires, long before the next poll is due.
@@ -377,8 +456,17 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
         note.contains("HTTP 400") && note.contains("polling it only"),
         "{note}"
     );
+    bed.wait_status(10, "polling only in status", |s| {
+        s.targets.first().and_then(|t| t.subscriptions) == Some(SubscriptionState::PollingOnly)
+    })
+    .await;
     let status = bed.status().await;
     assert_eq!(status.targets_ready.as_deref(), Some("1/1"), "{status:?}");
+    let why = status.targets[0]
+        .subscription_error
+        .clone()
+        .unwrap_or_default();
+    assert!(why.contains("HTTP 400"), "{why}");
 }
 
 async fn put_secret(bed: &Bed, name: &str, data: serde_json::Value) {

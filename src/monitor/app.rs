@@ -24,7 +24,7 @@ use super::{AppStats, Context, TargetStats};
 use crate::actions::{ActionError, Firing};
 use crate::events::queue::Pushed;
 use crate::events::{Notice, Reason};
-use crate::targetapp::{RuleFiring, TargetApp, TargetAppStatus};
+use crate::targetapp::{RuleFiring, SubscriptionState, TargetApp, TargetAppStatus};
 use crate::triggers::{self, FieldPath, Rule};
 use crate::triggers::{Adoption, Recorded};
 
@@ -81,9 +81,8 @@ struct Monitor {
     over_series: BTreeMap<String, String>,
     /// `spec.subscriptions`, named; `None` when there are none.
     wanted: Option<Arc<[crate::subscriptions::connection::Wanted]>>,
-    /// Targets whose subscription connection is lost (told once until it
-    /// opens again), and those that serve none.
-    unsubscribed: BTreeSet<String>,
+    /// Where each target's subscriptions stand (in status), and why not open.
+    subscriptions: BTreeMap<String, (SubscriptionState, Option<String>)>,
 }
 
 /// What reaches a TargetApp's task from its poll loops and its actions (one
@@ -180,7 +179,7 @@ pub async fn run(
         wanted: Some(crate::subscriptions::wanted(&spec.subscriptions))
             .filter(|w| !w.is_empty())
             .map(Arc::from),
-        unsubscribed: BTreeSet::new(),
+        subscriptions: BTreeMap::new(),
         ctx,
         namespace,
         name,
@@ -387,6 +386,7 @@ impl Monitor {
             if self.over_series.remove(&name).is_some() {
                 self.dirty = true;
             }
+            self.subscriptions.remove(&name);
             if let Some(state) = self.targets.remove(&name)
                 && !wanted.contains_key(&name)
             {
@@ -793,9 +793,16 @@ impl Monitor {
                 self.tell(seen, &target, (heard.at, now), &correlation_id)
                     .await;
             }
-            Happened::Opened { protocol, after } => {
-                // Told when first opened, and when opened again after a loss.
-                let again = self.unsubscribed.remove(&name) || after > 0;
+            Happened::Opened {
+                protocol,
+                after,
+                tell,
+            } => {
+                let before = self.subscribe_state(&name, SubscriptionState::Subscribed, None);
+                if !tell {
+                    return;
+                }
+                let again = before.is_some() || after > 0;
                 let note = if again {
                     format!(
                         "subscribed to {name} again ({}); polling it now for what changed meanwhile",
@@ -809,8 +816,9 @@ impl Monitor {
             Happened::Lost { why, retry, first } => {
                 tracing::warn!(namespace = %self.namespace, tapp = %self.name, target = %name,
                     reason = why.reason(), error = %why, retry_secs = retry.as_secs(), "subscription connection lost");
+                let reason = Some(format!("{}: {why}", why.reason()));
+                self.subscribe_state(&name, SubscriptionState::Reconnecting, reason);
                 if first {
-                    self.unsubscribed.insert(name.clone());
                     let note = format!(
                         "subscriptions to {name} lost ({}): {why}; opening them again with backoff, polling meanwhile",
                         why.reason()
@@ -820,7 +828,7 @@ impl Monitor {
                 }
             }
             Happened::OverQuota(why) => {
-                self.unsubscribed.insert(name.clone());
+                self.subscribe_state(&name, SubscriptionState::PollingOnly, Some(why.clone()));
                 self.ctx
                     .metrics
                     .throttled
@@ -833,12 +841,29 @@ impl Monitor {
                     .await;
             }
             Happened::Unsupported(why) => {
-                self.unsubscribed.insert(name.clone());
+                let reason = Some(format!("{}: {why}", why.reason()));
+                self.subscribe_state(&name, SubscriptionState::PollingOnly, reason);
                 let note = format!("{name} serves no subscriptions ({why}): polling it only");
                 self.notify(Reason::SubscriptionLost, note, Some(&target))
                     .await;
             }
         }
+    }
+
+    /// Records where `target`'s subscriptions stand (status is written if that
+    /// changed); what was recorded before.
+    fn subscribe_state(
+        &mut self,
+        target: &str,
+        state: SubscriptionState,
+        why: Option<String>,
+    ) -> Option<(SubscriptionState, Option<String>)> {
+        let now = (state, why);
+        let before = self.subscriptions.insert(target.to_owned(), now.clone());
+        if before.as_ref() != Some(&now) {
+            self.dirty = true;
+        }
+        before
     }
 
     /// The fence found that this replica's firing at `adopted.own` is recorded as
@@ -1014,6 +1039,7 @@ impl Monitor {
                 invalid,
                 discovered: self.discovered,
                 targets: &self.targets,
+                subscriptions: &self.subscriptions,
                 exports: match self.over_series.values().next() {
                     _ if !self.exports => status::Exports::Nothing,
                     Some(why) => status::Exports::Refused(why),

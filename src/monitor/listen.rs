@@ -1,5 +1,5 @@
-//! One target's subscription loop: a WebSocket connection carrying all of its
-//! TargetApp's subscriptions, opened under the same endpoint policy, address
+//! One target's subscription loop: the WebSocket connections carrying its
+//! TargetApp's subscriptions (one, or one each for Mina's daemon), opened under the same endpoint policy, address
 //! checks, credentials and TLS settings as its polls; each pushed value handed
 //! to the TargetApp's task. A lost connection is opened again with backoff
 //! and jitter, and the target is polled at once when it is, so that nothing
@@ -18,7 +18,7 @@ use super::credentials::{Credentials, Material};
 use super::target::Route;
 use crate::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Session, Wanted, open};
 use crate::subscriptions::protocol::Protocol;
-use crate::tenancy::Purpose;
+use crate::tenancy::{ConnectionPermit, Purpose};
 
 /// The protocol offered first, and assumed when a target names none: the one
 /// Mina's daemon speaks.
@@ -31,6 +31,10 @@ const BUDGET_RETRY: Duration = Duration::from_secs(30);
 /// Waits before opening a lost connection again: from 1 s, doubling to 60 s.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long a connection must have stayed open for the backoff to start over:
+/// a target that accepts and drops at once is opened at most once a minute.
+pub const STABLE: Duration = Duration::from_secs(60);
 
 /// What one subscription loop tells its TargetApp's task.
 #[derive(Debug)]
@@ -45,11 +49,18 @@ pub struct Heard {
 #[derive(Debug)]
 pub enum Happened {
     /// The connection opened (again, after `after` failures) in `protocol`.
-    Opened { protocol: Protocol, after: u32 },
+    /// `tell`: the first opening, or the first since a loss was told (a
+    /// connection that keeps dropping is told lost once, and open once).
+    Opened {
+        protocol: Protocol,
+        after: u32,
+        tell: bool,
+    },
     /// A subscription pushed a value.
     Pushed(Pushed),
     /// The connection was lost, or could not be opened; it is tried again in
-    /// `retry`. `first`: the first failure since it was last open.
+    /// `retry`. `first`: the first failure since it was last open for a while
+    /// ([`STABLE`]).
     Lost {
         why: Lost,
         retry: Duration,
@@ -83,35 +94,30 @@ pub async fn listen_loop<M: From<Heard> + Send + 'static>(
     reports: mpsc::Sender<M>,
     cancel: CancellationToken,
 ) {
-    // A connection of the tenant's budget, held while this loop runs.
-    let mut told = false;
-    let _permit = loop {
-        match listen.tenants.take_connection(&listen.namespace) {
-            Ok(permit) => break permit,
-            Err(why) if !told => {
-                told = true;
-                if !send(&listen, &reports, Happened::OverQuota(why)).await {
-                    return;
-                }
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(BUDGET_RETRY) => {}
-        }
-    };
+    // The tenant's connections this target holds: before each opening, one per
+    // subscription (the most it can need: the legacy protocol takes one each);
+    // once open, as many as it uses.
+    let mut permits = Vec::new();
     let mut failures: u32 = 0;
+    // Whether the next opening is told: the first is, and the first after a
+    // loss that was.
+    let mut owed = true;
     loop {
+        let Some(topped) = reserve(&listen, &reports, &cancel, permits).await else {
+            return;
+        };
+        permits = topped;
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
             opened = connect(&listen) => opened,
         };
         let why = match opened {
             Ok(mut session) => {
+                permits.truncate(session.connections());
                 let tell = Happened::Opened {
                     protocol: session.protocol(),
                     after: failures,
+                    tell: std::mem::take(&mut owed),
                 };
                 if !send(&listen, &reports, tell).await {
                     return;
@@ -120,13 +126,18 @@ pub async fn listen_loop<M: From<Heard> + Send + 'static>(
                 if failures > 0 {
                     listen.poke.notify_one();
                 }
-                failures = 0;
+                let opened = tokio::time::Instant::now();
                 match relay(&listen, &mut session, &reports, &cancel).await {
                     Relayed::Stopped => {
                         session.close().await;
                         return;
                     }
-                    Relayed::Lost(why) => why,
+                    Relayed::Lost(why) => {
+                        if opened.elapsed() >= STABLE {
+                            failures = 0;
+                        }
+                        why
+                    }
                 }
             }
             Err(why @ Lost::Unsupported(_)) => {
@@ -136,11 +147,9 @@ pub async fn listen_loop<M: From<Heard> + Send + 'static>(
             Err(why) => why,
         };
         let retry = backoff(failures);
-        let tell = Happened::Lost {
-            why,
-            retry,
-            first: failures == 0,
-        };
+        let first = failures == 0;
+        owed |= first;
+        let tell = Happened::Lost { why, retry, first };
         failures = failures.saturating_add(1);
         if !send(&listen, &reports, tell).await {
             return;
@@ -148,6 +157,38 @@ pub async fn listen_loop<M: From<Heard> + Send + 'static>(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// `held` topped up to one connection per subscription, waiting while the
+/// tenant's budget has no room (told once per wait); `None` when cancelled.
+async fn reserve<M: From<Heard>>(
+    listen: &Listen,
+    reports: &mpsc::Sender<M>,
+    cancel: &CancellationToken,
+    mut held: Vec<ConnectionPermit>,
+) -> Option<Vec<ConnectionPermit>> {
+    let wanted = listen.wanted.len().max(1);
+    let mut told = false;
+    loop {
+        let missing = wanted.saturating_sub(held.len());
+        match listen.tenants.take_connections(&listen.namespace, missing) {
+            Ok(more) => {
+                held.extend(more);
+                return Some(held);
+            }
+            Err(why) if !told => {
+                told = true;
+                if !send(listen, reports, Happened::OverQuota(why)).await {
+                    return None;
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(BUDGET_RETRY) => {}
         }
     }
 }

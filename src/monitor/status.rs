@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::state::TargetState;
-use crate::targetapp::{MAX_STATUS_TARGETS, Phase, RuleFiring, TargetAppStatus, TargetStatus};
+use crate::targetapp::{
+    MAX_STATUS_TARGETS, Phase, RuleFiring, SubscriptionState, TargetAppStatus, TargetStatus,
+};
 
 /// The most firings a status keeps (the newest).
 pub const MAX_STATUS_FIRINGS: usize = 100;
@@ -21,6 +23,8 @@ pub struct Inputs<'a> {
     /// Whether the pod list has been read at least once.
     pub discovered: bool,
     pub targets: &'a BTreeMap<String, Box<TargetState>>,
+    /// Where each target's subscriptions stand, and why not open.
+    pub subscriptions: &'a BTreeMap<String, (SubscriptionState, Option<String>)>,
     pub shard: &'a str,
     pub now: Timestamp,
     pub exports: Exports<'a>,
@@ -92,12 +96,17 @@ pub fn build(inputs: &Inputs<'_>, previous: Option<&TargetAppStatus>) -> TargetA
     let targets = targets
         .into_iter()
         .take(MAX_STATUS_TARGETS)
-        .map(|t| TargetStatus {
-            pod: t.target.pod.clone(),
-            endpoint: t.target.url.clone(),
-            up: t.up == Some(true),
-            since: t.since.map(Time),
-            last_error: t.last_error.as_ref().map(ToString::to_string),
+        .map(|t| {
+            let subscribing = inputs.subscriptions.get(t.target.name());
+            TargetStatus {
+                pod: t.target.pod.clone(),
+                endpoint: t.target.url.clone(),
+                up: t.up == Some(true),
+                since: t.since.map(Time),
+                last_error: t.last_error.as_ref().map(ToString::to_string),
+                subscriptions: subscribing.map(|(state, _)| *state),
+                subscription_error: subscribing.and_then(|(_, why)| why.clone()),
+            }
         })
         .collect();
 
@@ -225,6 +234,8 @@ mod tests {
         (name.to_owned(), Box::new(t))
     }
 
+    static UNSUBSCRIBED: BTreeMap<String, (SubscriptionState, Option<String>)> = BTreeMap::new();
+
     fn inputs(targets: &BTreeMap<String, Box<TargetState>>) -> Inputs<'_> {
         Inputs {
             generation: Some(3),
@@ -232,10 +243,46 @@ mod tests {
             invalid: None,
             discovered: true,
             targets,
+            subscriptions: &UNSUBSCRIBED,
             shard: "kco-0",
             now: at(100),
             exports: Exports::Nothing,
         }
+    }
+
+    #[test]
+    fn each_target_says_where_its_subscriptions_stand() {
+        let targets: BTreeMap<_, _> =
+            [target("a", Some(true), 1), target("b", Some(true), 2)].into();
+        let s = build(&inputs(&targets), None);
+        assert_eq!(
+            s.targets[0].subscriptions, None,
+            "no subscriptions asked for"
+        );
+        let standing = BTreeMap::from([(
+            "b".to_owned(),
+            (
+                SubscriptionState::PollingOnly,
+                Some("unsupported: HTTP 400".to_owned()),
+            ),
+        )]);
+        let s = build(
+            &Inputs {
+                subscriptions: &standing,
+                ..inputs(&targets)
+            },
+            None,
+        );
+        let b = s
+            .targets
+            .iter()
+            .find(|t| t.pod.as_deref() == Some("b"))
+            .unwrap();
+        assert_eq!(b.subscriptions, Some(SubscriptionState::PollingOnly));
+        assert_eq!(
+            b.subscription_error.as_deref(),
+            Some("unsupported: HTTP 400")
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub(crate) struct Node {
     state: Mutex<(NodeState, Instant)>,
     faults: watch::Sender<Faults>,
     requests: AtomicU64,
+    /// Subscribers' WebSocket sessions open now.
+    subscribers: Arc<AtomicU64>,
     /// Requests by User-Agent (KCO names its replica there), at most
     /// [`MAX_AGENTS`] agents; the rest are counted under "other".
     agents: Mutex<BTreeMap<String, u64>>,
@@ -103,6 +105,11 @@ pub struct NodeInfo {
     /// The same requests by User-Agent.
     #[serde(default)]
     pub requests_by_agent: BTreeMap<String, u64>,
+    /// Subscribers' WebSocket sessions open now. A session Mina's way reads
+    /// nothing while it streams: one its client left ends when the node next
+    /// writes to it.
+    #[serde(default)]
+    pub subscribers: u64,
 }
 
 impl Node {
@@ -115,7 +122,23 @@ impl Node {
             faults: self.faults.borrow().clone(),
             requests: self.requests.load(Ordering::Relaxed),
             requests_by_agent: self.agents.lock().map(|a| a.clone()).unwrap_or_default(),
+            subscribers: self.subscribers.load(Ordering::SeqCst),
         }
+    }
+
+    /// Counts a subscriber's session until the guard drops.
+    pub(crate) fn subscriber(&self) -> Subscriber {
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        Subscriber(self.subscribers.clone())
+    }
+}
+
+/// A subscriber's session, counted while it lives.
+pub(crate) struct Subscriber(Arc<AtomicU64>);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -280,6 +303,7 @@ impl Inner {
             state: Mutex::new((state, Instant::now())),
             faults: watch::Sender::new(Faults::default()),
             requests: AtomicU64::new(0),
+            subscribers: Arc::default(),
             agents: Mutex::default(),
             announcer: subscriptions::announcer(),
             cancel: self.cancel.child_token(),

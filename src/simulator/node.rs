@@ -153,6 +153,11 @@ pub struct Faults {
     /// Refuse WebSocket upgrades (HTTP 400): a daemon that serves no
     /// subscriptions.
     pub no_subscriptions: bool,
+    /// Serve subscriptions as a `graphql-transport-ws` server (the graphql-ws
+    /// library) does — the subprotocol named, operations side by side, pings
+    /// answered; an upgrade that does not offer it gets 400 — instead of as
+    /// Mina's daemon does. Read at the upgrade.
+    pub graphql_transport_ws: bool,
 }
 
 /// A certificate a node serves, and the CA of the client certificates it asks for.

@@ -255,15 +255,23 @@ async fn websocket(State(ctx): State<NodeCtx>, mut request: axum::extract::Reque
     let (true, Some(key)) = (upgrading, headers.get(header::SEC_WEBSOCKET_KEY)) else {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     };
-    let protocol = match headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-    {
-        None => Protocol::LegacyWs,
-        Some(offered) => match Protocol::choose(offered) {
-            Some(protocol) => protocol,
-            None => return status_response(400),
-        },
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    // Mina's daemon speaks graphql-ws whatever is offered, and answers with
+    // the request's header as it came (the whole list); a graphql-ws library
+    // server names the protocol it chose, and refuses a client without it.
+    let (protocol, named) = if faults.graphql_transport_ws {
+        let transport = Protocol::TransportWs;
+        let wants = offered
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|n| n.trim() == transport.subprotocol()));
+        if !wants {
+            return status_response(400);
+        }
+        let named = HeaderValue::from_static(transport.subprotocol());
+        (transport, Some(named))
+    } else {
+        (Protocol::LegacyWs, offered)
     };
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut request);
@@ -272,12 +280,15 @@ async fn websocket(State(ctx): State<NodeCtx>, mut request: axum::extract::Reque
         view: node.view(),
         announcer: node.announcer.clone(),
         protocol,
+        mina: !faults.graphql_transport_ws,
     };
     let cancel = node.cancel.clone();
+    let node = node.clone();
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
             let socket =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let _subscriber = node.subscriber();
             subscriptions::serve(session, socket, cancel).await;
         }
     });
@@ -288,10 +299,9 @@ async fn websocket(State(ctx): State<NodeCtx>, mut request: axum::extract::Reque
     if let Ok(accept) = HeaderValue::from_str(&accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol.subprotocol()),
-    );
+    if let Some(named) = named {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, named);
+    }
     response
 }
 

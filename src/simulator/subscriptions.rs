@@ -1,9 +1,18 @@
 //! What a simulated node pushes: Mina's subscriptions (`newSyncUpdate`,
-//! `newBlock`, `chainReorganization`) over a WebSocket on `/graphql`, in either
-//! protocol the client offers (`graphql-ws` when it names none), fed by the
-//! node's announcements: a state change, or one the control API asks for.
+//! `newBlock`, `chainReorganization`) over a WebSocket on `/graphql`, fed by
+//! the node's announcements: a state change, or one the control API asks for.
+//!
+//! As Mina's daemon serves them (its GraphQL server's WebSocket transport):
+//! `graphql-ws` only, no keep-alives, and once a subscription streams the
+//! connection's further messages are not read (no other operation starts, a
+//! `stop` or a ping goes unanswered) until it ends. With the
+//! `graphqlTransportWs` fault the node serves them as the graphql-ws library
+//! does instead: `graphql-transport-ws`, operations side by side, pings
+//! answered.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_graphql::{Enum, Subscription as GraphqlSubscription};
 use futures::{SinkExt, Stream, StreamExt};
@@ -119,6 +128,8 @@ pub(super) struct Session {
     pub view: NodeView,
     pub announcer: Announcer,
     pub protocol: Protocol,
+    /// Serve as Mina's daemon does (read nothing while a subscription streams).
+    pub mina: bool,
 }
 
 /// Serves one subscriber until it leaves, the node stops, or an announcement
@@ -134,8 +145,9 @@ pub(super) async fn serve<S>(
     let (out, mut outgoing) = mpsc::channel::<String>(BACKLOG);
     let mut control = session.announcer.subscribe();
     let mut operations: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let protocol = session.protocol;
+    let streaming = Arc::new(AtomicUsize::new(0));
     loop {
+        let reading = !session.mina || streaming.load(Ordering::SeqCst) == 0;
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(text) = outgoing.recv() => {
@@ -150,17 +162,17 @@ pub(super) async fn serve<S>(
                 }
                 _ => {}
             },
-            frame = incoming.next() => {
+            frame = incoming.next(), if reading => {
                 let Some(Ok(Message::Text(text))) = frame else {
                     match frame {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         _ => break,
                     }
                 };
-                let Ok(message) = ToServer::decode(protocol, text.as_str()) else {
+                let Ok(message) = ToServer::decode(session.protocol, text.as_str()) else {
                     break;
                 };
-                if !answer(&session, message, &out, &mut operations) {
+                if !answer(&session, message, (&out, &streaming), &mut operations) {
                     break;
                 }
             }
@@ -175,7 +187,7 @@ pub(super) async fn serve<S>(
 fn answer(
     session: &Session,
     message: ToServer,
-    out: &mpsc::Sender<String>,
+    (out, streaming): (&mpsc::Sender<String>, &Arc<AtomicUsize>),
     operations: &mut HashMap<String, tokio::task::JoinHandle<()>>,
 ) -> bool {
     let protocol = session.protocol;
@@ -183,12 +195,7 @@ fn answer(
         let _ = out.try_send(message.encode(protocol));
     };
     match message {
-        ToServer::Init { .. } => {
-            send(ToClient::Ack);
-            if protocol == Protocol::LegacyWs {
-                send(ToClient::KeepAlive);
-            }
-        }
+        ToServer::Init { .. } => send(ToClient::Ack),
         ToServer::Ping => send(ToClient::Pong),
         ToServer::Pong => {}
         ToServer::Terminate => return false,
@@ -210,7 +217,8 @@ fn answer(
             }
             let stream = session.schema.execute_stream(request);
             let out = out.clone();
-            let running = tokio::spawn(forward(id.clone(), stream, out, protocol));
+            let active = Streaming::new(streaming.clone());
+            let running = tokio::spawn(forward(id.clone(), stream, (out, active), protocol));
             if let Some(earlier) = operations.insert(id, running) {
                 earlier.abort();
             }
@@ -223,7 +231,7 @@ fn answer(
 async fn forward(
     id: String,
     mut stream: impl Stream<Item = async_graphql::Response> + Unpin,
-    out: mpsc::Sender<String>,
+    (out, active): (mpsc::Sender<String>, Streaming),
     protocol: Protocol,
 ) {
     while let Some(response) = stream.next().await {
@@ -241,9 +249,32 @@ async fn forward(
                 payload,
             }
         };
-        if out.send(message.encode(protocol)).await.is_err() || failed {
+        if failed {
+            // Ended before its answer goes: the session reads again once it has.
+            drop(active);
+            let _ = out.send(message.encode(protocol)).await;
+            return;
+        }
+        if out.send(message.encode(protocol)).await.is_err() {
             return;
         }
     }
+    drop(active);
     let _ = out.send(ToClient::Complete { id }.encode(protocol)).await;
+}
+
+/// One operation streaming, counted until dropped (ended or aborted).
+struct Streaming(Arc<AtomicUsize>);
+
+impl Streaming {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -1,12 +1,12 @@
-//! One WebSocket connection to a target carrying all of a TargetApp's
-//! subscriptions: opened to an address the caller has checked against the
-//! tenant's endpoint policy, over TLS when the target is https, speaking the
-//! protocol the target chose; then each pushed value, one at a time.
+//! A target's subscriptions over WebSocket: opened to an address the caller has
+//! checked against the tenant's endpoint policy, over TLS when the target is
+//! https, speaking the protocol the target chose; then each pushed value, one
+//! at a time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -52,9 +52,9 @@ pub struct Limits {
     pub handshake: Duration,
     /// The largest message accepted; a larger one closes the connection.
     pub max_message_bytes: usize,
-    /// How long the target may send nothing (no value, no keep-alive, no
-    /// answer to the WebSocket pings sent every third of it) before the
-    /// connection counts as lost.
+    /// How long a target that answers pings or sends keep-alives may send
+    /// nothing (no value, no keep-alive, no answer to the WebSocket pings sent
+    /// every third of it) before the connection counts as lost.
     pub idle: Duration,
 }
 
@@ -113,14 +113,45 @@ impl Lost {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// An open connection with its subscriptions started.
+/// A target's subscriptions, open: one connection carrying them all in
+/// `graphql-transport-ws`; one connection per subscription in the legacy
+/// `graphql-ws`, because Mina's daemon (its GraphQL server's WebSocket
+/// transport) reads nothing more from a connection once a subscription on it
+/// streams.
 pub struct Session {
+    protocol: Protocol,
+    channels: Vec<Channel>,
+}
+
+/// One WebSocket connection and the subscriptions it carries.
+struct Channel {
     socket: WebSocketStream<Box<dyn Stream>>,
     protocol: Protocol,
     /// Operation ids to subscription names.
     names: HashMap<String, String>,
     idle: Duration,
+    /// When the target last sent anything, and when it was last pinged.
+    heard: Instant,
+    pinged: Instant,
+    /// Whether silence longer than `idle` means the target is gone: in
+    /// `graphql-transport-ws` (pinged, it answers), and in `graphql-ws` once the
+    /// target has sent a keep-alive (`ka`: it sends them on a schedule). Mina's
+    /// daemon sends none and answers no ping while a subscription streams: its
+    /// connections are watched by TCP keep-alive only, and a daemon that hangs
+    /// with its socket open is seen by the polls.
+    watched: bool,
 }
+
+/// What a target sent, as far as a reason quotes it (in logs, Events, status).
+fn brief(payload: &Value) -> String {
+    crate::events::truncate(&payload.to_string(), 200)
+}
+
+/// TCP keep-alive on every connection: a target whose host vanished (no FIN,
+/// no RST) is found within about a minute even when nothing else is sent.
+const KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 async fn within<T>(
     limit: Duration,
@@ -132,54 +163,109 @@ async fn within<T>(
         .map_err(|_| Lost::Timeout(what))?
 }
 
-/// Opens a connection to `endpoint` offering both protocols (`prefer` first,
-/// and assumed when the target names none), and starts `wanted`.
+/// Opens `wanted` on `endpoint`, offering both protocols (`prefer` first; a
+/// target that names none speaks `graphql-ws`): one connection for them all,
+/// or one each if the target speaks the legacy protocol.
 pub async fn open(
     endpoint: &Endpoint,
     wanted: &[Wanted],
     limits: Limits,
     prefer: Protocol,
 ) -> Result<Session, Lost> {
-    let attempt = |offer: bool| async move {
-        let stream = within(limits.handshake, "connecting", connect(endpoint)).await?;
+    let (first, rest) = match wanted.split_first() {
+        Some((first, rest)) => (std::slice::from_ref(first), rest),
+        None => (wanted, &[][..]),
+    };
+    let (channel, offer) = Channel::open(endpoint, limits, prefer, None).await?;
+    let protocol = channel.protocol;
+    let mut session = Session {
+        protocol,
+        channels: vec![channel],
+    };
+    if protocol == Protocol::TransportWs {
+        session.channels[0].start(wanted).await?;
+        return Ok(session);
+    }
+    session.channels[0].start(first).await?;
+    for want in rest {
+        let (mut channel, _) = Channel::open(endpoint, limits, protocol, Some(offer)).await?;
+        channel.start(std::slice::from_ref(want)).await?;
+        session.channels.push(channel);
+    }
+    Ok(session)
+}
+
+impl Channel {
+    /// Connects, upgrades and opens the session; with `offer` decided (after a
+    /// first connection), offers the protocols or not as that one did. Returns
+    /// the channel and whether subprotocols were offered.
+    async fn open(
+        endpoint: &Endpoint,
+        limits: Limits,
+        prefer: Protocol,
+        offer: Option<bool>,
+    ) -> Result<(Self, bool), Lost> {
+        let attempt = |offer: bool| async move {
+            let stream = within(limits.handshake, "connecting", connect(endpoint)).await?;
+            within(
+                limits.handshake,
+                "upgrading to a WebSocket",
+                upgrade(endpoint, stream, limits, prefer, offer),
+            )
+            .await
+        };
+        // A server that names no subprotocol when asked for one, or answers with
+        // the whole list offered (Mina's daemon echoes the request's header), is
+        // asked again without: it then speaks `graphql-ws`.
+        let (socket, protocol, offered) = match offer {
+            Some(offer) => {
+                let (socket, protocol) = attempt(offer).await?;
+                (socket, protocol, offer)
+            }
+            None => match attempt(true).await {
+                Err(Lost::Unsupported(why)) if why == NO_SUBPROTOCOL => {
+                    let (socket, protocol) = attempt(false).await?;
+                    (socket, protocol, false)
+                }
+                other => {
+                    let (socket, protocol) = other?;
+                    (socket, protocol, true)
+                }
+            },
+        };
+        let now = Instant::now();
+        let mut channel = Self {
+            socket,
+            protocol,
+            names: HashMap::new(),
+            idle: limits.idle,
+            heard: now,
+            pinged: now,
+            watched: protocol == Protocol::TransportWs,
+        };
         within(
             limits.handshake,
-            "upgrading to a WebSocket",
-            upgrade(endpoint, stream, limits, prefer, offer),
+            "for the session's acknowledgement",
+            channel.init(),
         )
-        .await
-    };
-    // A server that names no subprotocol when asked for one, or answers with
-    // the whole list offered (Mina's daemon echoes the request's header), is
-    // asked again without: it then speaks `prefer`.
-    let (socket, protocol) = match attempt(true).await {
-        Err(Lost::Unsupported(why)) if why == NO_SUBPROTOCOL => attempt(false).await?,
-        other => other?,
-    };
-    let mut session = Session {
-        socket,
-        protocol,
-        names: HashMap::new(),
-        idle: limits.idle,
-    };
-    within(
-        limits.handshake,
-        "for the session's acknowledgement",
-        session.init(),
-    )
-    .await?;
-    for (i, want) in wanted.iter().enumerate() {
-        let id = (i + 1).to_string();
-        session
-            .send(ToServer::Subscribe {
+        .await?;
+        Ok((channel, offered))
+    }
+
+    /// Starts `wanted` on this connection.
+    async fn start(&mut self, wanted: &[Wanted]) -> Result<(), Lost> {
+        for want in wanted {
+            let id = (self.names.len() + 1).to_string();
+            self.send(ToServer::Subscribe {
                 id: id.clone(),
                 query: want.query.clone(),
                 variables: None,
             })
             .await?;
-        session.names.insert(id, want.name.clone());
+            self.names.insert(id, want.name.clone());
+        }
+        Ok(())
     }
-    Ok(session)
 }
 
 /// The TCP connection, and TLS over it for an https target.
@@ -188,6 +274,13 @@ async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Stream>, Lost> {
         .await
         .map_err(|e| Lost::Connect(format!("{}: {e}", endpoint.address)))?;
     let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_TIME)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keep-alive not set on a subscription connection");
+    }
     let Some(tls) = &endpoint.tls else {
         return Ok(Box::new(tcp));
     };
@@ -260,8 +353,10 @@ async fn upgrade(
         .headers()
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok());
+    // graphql-transport-ws requires the subprotocol to be named: a server that
+    // names none speaks the legacy protocol.
     let protocol = match chosen {
-        None => prefer,
+        None => Protocol::LegacyWs,
         Some(name) => Protocol::from_subprotocol(name)
             .ok_or_else(|| Lost::Unsupported(format!("the target chose subprotocol {name:?}")))?,
     };
@@ -274,6 +369,29 @@ impl Session {
         self.protocol
     }
 
+    /// How many connections the session holds.
+    pub fn connections(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The next value any subscription pushed. Cancel-safe: a value not yet
+    /// read stays in its connection.
+    pub async fn next(&mut self) -> Result<Pushed, Lost> {
+        if let [channel] = self.channels.as_mut_slice() {
+            return channel.next().await;
+        }
+        let nexts = self.channels.iter_mut().map(|c| Box::pin(c.next()));
+        let (pushed, _, _) = futures::future::select_all(nexts).await;
+        pushed
+    }
+
+    /// Stops every subscription and closes the connections (best effort).
+    pub async fn close(self) {
+        futures::future::join_all(self.channels.into_iter().map(Channel::close)).await;
+    }
+}
+
+impl Channel {
     async fn send(&mut self, message: ToServer) -> Result<(), Lost> {
         let Some(text) = message.encode(self.protocol) else {
             return Ok(());
@@ -293,7 +411,8 @@ impl Session {
                 ToClient::KeepAlive | ToClient::Pong => continue,
                 ToClient::ConnectionError { payload } => {
                     return Err(Lost::Unsupported(format!(
-                        "the session was refused: {payload}"
+                        "the session was refused: {}",
+                        brief(&payload)
                     )));
                 }
                 other => {
@@ -305,28 +424,37 @@ impl Session {
         }
     }
 
-    /// The next protocol message, answering pings and skipping what carries
-    /// none. A quiet target is sent a WebSocket ping every third of the idle
-    /// limit (a daemon may push nothing for minutes, and send no keep-alive);
-    /// one that answers nothing at all within the limit is lost.
-    async fn receive(&mut self) -> Result<ToClient, Lost> {
-        let every = self.idle / 3;
-        let mut quiet = Duration::ZERO;
+    /// The next frame; on a watched connection, a WebSocket ping every third of
+    /// the idle limit of silence, and lost once the limit passes with no frame
+    /// at all. The times live in the channel, so a cancelled wait loses none.
+    async fn frame(&mut self) -> Result<Option<Result<Message, tungstenite::Error>>, Lost> {
+        if !self.watched {
+            return Ok(self.socket.next().await);
+        }
         loop {
-            let Ok(frame) = tokio::time::timeout(every, self.socket.next()).await else {
-                quiet += every;
-                if quiet >= self.idle {
-                    return Err(Lost::Timeout(
-                        "waiting for the target (no message, no answer to pings)",
-                    ));
-                }
-                self.socket
-                    .send(Message::Ping(Default::default()))
-                    .await
-                    .map_err(|e| Lost::Closed(e.to_string()))?;
-                continue;
-            };
-            quiet = Duration::ZERO;
+            let ping_at = self.heard.max(self.pinged) + self.idle / 3;
+            if let Ok(frame) = tokio::time::timeout_at(ping_at.into(), self.socket.next()).await {
+                return Ok(frame);
+            }
+            if self.heard.elapsed() >= self.idle {
+                return Err(Lost::Timeout(
+                    "waiting for the target (no message, no answer to pings)",
+                ));
+            }
+            self.pinged = Instant::now();
+            self.socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|e| Lost::Closed(e.to_string()))?;
+        }
+    }
+
+    /// The next protocol message, answering pings and skipping what carries
+    /// none.
+    async fn receive(&mut self) -> Result<ToClient, Lost> {
+        loop {
+            let frame = self.frame().await?;
+            self.heard = Instant::now();
             let text = match frame {
                 None => return Err(Lost::Closed("the target closed it".to_owned())),
                 Some(Err(tungstenite::Error::Capacity(e))) => {
@@ -346,17 +474,21 @@ impl Session {
             };
             let message = ToClient::decode(self.protocol, text.as_str())
                 .map_err(|e| Lost::Protocol(e.to_string()))?;
-            if message == ToClient::KeepAlive && self.protocol == Protocol::TransportWs {
-                self.send(ToServer::Pong).await?;
+            if message == ToClient::KeepAlive {
+                match self.protocol {
+                    Protocol::TransportWs => self.send(ToServer::Pong).await?,
+                    // Keep-alives come on a schedule: silence is now a loss.
+                    Protocol::LegacyWs => self.watched = true,
+                }
             }
             return Ok(message);
         }
     }
 
-    /// The next value a subscription pushed. A value with GraphQL errors and no
-    /// data is skipped (the target could not answer it this time); an
-    /// operation the target ended or failed ends the session.
-    pub async fn next(&mut self) -> Result<Pushed, Lost> {
+    /// The next value a subscription on this connection pushed. A value with
+    /// GraphQL errors and no data is skipped (the target could not answer it
+    /// this time); an operation the target ended or failed ends the session.
+    async fn next(&mut self) -> Result<Pushed, Lost> {
         loop {
             let (id, payload) = match self.receive().await? {
                 ToClient::Next { id, payload } => (id, payload),
@@ -364,7 +496,8 @@ impl Session {
                 ToClient::Error { id, payload } => {
                     let name = self.names.get(&id).cloned().unwrap_or(id);
                     return Err(Lost::Protocol(format!(
-                        "subscription {name} failed: {payload}"
+                        "subscription {name} failed: {}",
+                        brief(&payload)
                     )));
                 }
                 ToClient::Complete { id } => {
@@ -375,7 +508,8 @@ impl Session {
                 }
                 ToClient::ConnectionError { payload } => {
                     return Err(Lost::Unsupported(format!(
-                        "the session was refused: {payload}"
+                        "the session was refused: {}",
+                        brief(&payload)
                     )));
                 }
             };
@@ -399,8 +533,8 @@ impl Session {
         }
     }
 
-    /// Stops every subscription and closes the connection (best effort).
-    pub async fn close(mut self) {
+    /// Stops its subscriptions and closes the connection (best effort).
+    async fn close(mut self) {
         let ids: Vec<String> = self.names.keys().cloned().collect();
         for id in ids {
             let _ = self.send(ToServer::Stop { id }).await;

@@ -17,7 +17,7 @@ pub mod tenants;
 pub use egress::{Apiserver, DnsOverrides, Egress};
 pub use endpoint::{EndpointCheck, EndpointPolicy, Purpose, Reach};
 pub use quota::{Effective, TenantQuota, TenantQuotaSpec};
-pub use tenants::{ActionBudget, Tenants};
+pub use tenants::{ActionBudget, ConnectionPermit, Tenants};
 
 /// The actions a tenant may use unless its quota says otherwise: every built-in
 /// action except `exec_command`, which runs commands inside pods and must be

@@ -301,10 +301,13 @@ impl Tenants {
         }
     }
 
-    /// A subscription connection for a target of `namespace`, within its
-    /// tenant's `maxSubscriptionConnections` times this replica's share of the
-    /// tenant, or why not.
-    pub fn take_connection(&self, namespace: &str) -> Result<ConnectionPermit, String> {
+    /// Takes `count` of `namespace`'s tenant's subscription connections on this
+    /// replica (its share of `maxSubscriptionConnections`), all or none.
+    pub fn take_connections(
+        &self,
+        namespace: &str,
+        count: usize,
+    ) -> Result<Vec<ConnectionPermit>, String> {
         let e = self.effective(namespace);
         let tenant = e.tenant(namespace);
         let share = self.share(&tenant);
@@ -312,19 +315,21 @@ impl Tenants {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let max = (f64::from(e.max_subscription_connections) * share).floor() as usize;
         let mut held = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(tenant.clone()).or_insert(0);
-        if *count >= max {
+        let taken = held.entry(tenant.clone()).or_insert(0);
+        if taken.saturating_add(count) > max {
             return Err(format!(
                 "{} allows {} subscription connections and they are held ({max} on this replica)",
                 e.named(),
                 e.max_subscription_connections
             ));
         }
-        *count += 1;
-        Ok(ConnectionPermit {
-            tenant,
-            held: self.connections.clone(),
-        })
+        *taken += count;
+        Ok((0..count)
+            .map(|_| ConnectionPermit {
+                tenant: tenant.clone(),
+                held: self.connections.clone(),
+            })
+            .collect())
     }
 
     /// Waits for a poll of `namespace` to be within its tenant's budget; how long
@@ -547,16 +552,18 @@ mod tests {
         assert_eq!(t.effective("blue-1").max_pushes_per_second, 5);
         // Half the tenant's polls are here: two of its four connections.
         t.set_shares(BTreeMap::from([("quota/blue".to_owned(), 0.5)]));
-        let first = t.take_connection("blue-1").unwrap();
-        let _second = t.take_connection("blue-2").unwrap();
-        let refused = t.take_connection("blue-1").unwrap_err();
+        // All or none: three are more than two.
+        assert!(t.take_connections("blue-1", 3).is_err());
+        let first = t.take_connections("blue-1", 1).unwrap();
+        let _second = t.take_connections("blue-2", 1).unwrap();
+        let refused = t.take_connections("blue-1", 1).unwrap_err();
         assert_eq!(
             refused,
             "TenantQuota blue allows 4 subscription connections and they are held (2 on this replica)"
         );
         // Another tenant is not touched, and its default is the default's.
         let others: Vec<_> = (0..10)
-            .map(|_| t.take_connection("other").unwrap())
+            .map(|_| t.take_connections("other", 1).unwrap())
             .collect();
         assert_eq!(others.len(), 10);
         assert_eq!(
@@ -565,11 +572,11 @@ mod tests {
         );
         // A connection closed frees its place.
         drop(first);
-        let _third = t.take_connection("blue-1").unwrap();
+        let _third = t.take_connections("blue-1", 1).unwrap();
         // A quota of none refuses every connection.
         spec.max_subscription_connections = Some(0);
         t.put_quota("blue", spec);
-        assert!(t.take_connection("blue-2").is_err());
+        assert!(t.take_connections("blue-2", 1).is_err());
     }
 
     #[test]
