@@ -142,6 +142,9 @@ supply_chain() {
   cargo_tool cargo-deny 0.20.2
   cargo_tool cargo-machete 0.9.2
   step "cargo deny check bans licenses sources"
+  # cargo deny reads the metadata of every platform's dependencies (Windows'
+  # too): a fresh machine has fetched only its own, so fetch them all first.
+  cargo fetch --locked --quiet
   cargo deny --locked --offline check bans licenses sources
   step "cargo machete (unused dependencies)"
   cargo machete
