@@ -720,6 +720,10 @@ pub struct RuleFiring {
     /// When a replica took an unfinished firing over to run it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Time>,
+    /// The replica that runs it (fired it, or took it over). While that replica
+    /// is alive, no other runs it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// The rule's actions that finished for this firing, in order: `action`
     /// first, then each of `then`. Until `done`, the next one is the step under
     /// way; a replica taking over resumes there (only an action safe to repeat
@@ -738,6 +742,7 @@ impl RuleFiring {
             cleared: None,
             done: None,
             resumed: None,
+            by: None,
             steps: Vec::new(),
         }
     }

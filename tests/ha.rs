@@ -314,6 +314,163 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
 }
 
+/// TargetApps with subscriptions whose namespaces move to replicas that join:
+/// the new owner subscribes before the old one lets go, so nodes that flip
+/// through the hand-over fire once per flip — none missed in a gap between the
+/// two, none twice in their overlap (the fence) — and the old owner's
+/// connections close once the new one holds them.
+#[tokio::test]
+async fn subscriptions_are_handed_over_before_they_are_let_go() {
+    let _serial = SERIAL.lock().await;
+    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
+    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
+    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
+    let cp = cluster();
+    let client = cp.admin().await;
+    let fleet = fleet_on(cluster(), "ha-push", 6, |_| {
+        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 300,
+               "serviceAccountName": "kco-actions",
+               "subscriptions": [{"query": "subscription { newSyncUpdate }"}],
+               "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
+                            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
+                            "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "CATCHUP"}}]})
+    })
+    .await;
+    for ns in fleet.nodes.keys() {
+        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
+    }
+    let cidr = format!("{receiver_ip}/32");
+    let resolve = format!("hooks.example.com={receiver_ip}");
+    let mut replicas = Replicas::start_on(
+        cluster(),
+        kco(),
+        "ha-push-leases",
+        3,
+        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+        TIMING,
+    )
+    .await;
+    // kco-0 alone holds every namespace, subscribed to every node.
+    for i in [1, 2] {
+        replicas.kill(i, "TERM");
+        replicas.wait_exit(i).await;
+    }
+    let subscribed_by = |owner: &'static str| {
+        let client = client.clone();
+        let namespaces: Vec<String> = fleet.nodes.keys().cloned().collect();
+        async move {
+            let mut all = true;
+            for ns in &namespaces {
+                let status = Api::<TargetApp>::namespaced(client.clone(), ns)
+                    .get("mina")
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap_or_default();
+                all &= status.shard.as_deref() == Some(owner)
+                    && status.targets.first().and_then(|t| t.subscriptions)
+                        == Some(kco::targetapp::SubscriptionState::Subscribed);
+            }
+            all
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(MEMBER_LEASE * 3 + 20);
+    while !subscribed_by("kco-0").await {
+        assert!(
+            Instant::now() < deadline,
+            "kco-0 never held every namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Two replicas join and take their shares, while every node flips between
+    // SYNCED and CATCHUP every second: every turn to CATCHUP is one firing.
+    replicas.spawn(1);
+    replicas.spawn(2);
+    let states = [SyncStatus::Synced, SyncStatus::Catchup];
+    let mut flips = 0usize;
+    for cycle in 0..16 {
+        let state = states[(cycle + 1) % 2];
+        for addr in fleet.nodes.values() {
+            let patch = StatePatch {
+                sync_status: Some(state),
+                ..StatePatch::default()
+            };
+            fleet.sim.patch_state(*addr, patch).await.unwrap();
+        }
+        if state == SyncStatus::Catchup {
+            flips += fleet.nodes.len();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    replicas.wait_ready(1).await;
+    replicas.wait_ready(2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |receiver: &Receiver| {
+        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+        for r in receiver.received() {
+            let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
+            *keys.entry(key).or_default() += 1;
+        }
+        keys
+    };
+    while count(&receiver).len() < flips && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys = count(&receiver);
+    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{flips} flips through the hand-over, {} distinct deliveries, {} duplicates",
+        keys.len(),
+        duplicates.len()
+    );
+    assert_eq!(duplicates, Vec::<(&String, &usize)>::new(), "no duplicates");
+    assert_eq!(keys.len(), flips, "no flip missed");
+
+    // Every replica holds a share, and each node is left with one subscriber:
+    // the old owner let go once the new one held it (a Mina daemon notices a
+    // closed subscriber when it next writes: a reorganization is announced).
+    let deadline = Instant::now() + HANDOVER_WAIT;
+    loop {
+        let mut counts = Vec::new();
+        for addr in fleet.nodes.values() {
+            fleet
+                .sim
+                .announce(*addr, kco::simulator::Announce::Reorganization)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for addr in fleet.nodes.values() {
+            counts.push(fleet.sim.node(*addr).await.unwrap().subscribers);
+        }
+        if counts.iter().all(|n| *n == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscribers per node: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut owners = BTreeSet::new();
+    for ns in fleet.nodes.keys() {
+        let status = Api::<TargetApp>::namespaced(client.clone(), ns)
+            .get("mina")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        owners.extend(status.shard);
+    }
+    assert!(owners.len() > 1, "the namespaces moved: {owners:?}");
+    assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
+}
+
+/// How long the old owner may hold handed-over subscriptions (30 s, judged every
+/// 10 s), and a margin.
+const HANDOVER_WAIT: Duration = Duration::from_secs(45);
+
 /// A tenant firing far beyond `maxActionsPerHour` while replicas are killed and
 /// restarted (each restart used to start a full budget): the actions delivered
 /// never exceed the budget, which the ledger Lease counts for every replica.

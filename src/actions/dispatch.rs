@@ -280,6 +280,18 @@ pub struct Dispatcher {
     egress: Egress,
     /// Where each tenant's actions of the last hour are counted, for every replica.
     ledger: Option<Ledger>,
+    /// This replica, and whether another replica is alive (a member of the
+    /// shard): a firing under way on a live replica is not resumed here.
+    replica: Option<(String, Alive)>,
+}
+
+/// Whether the replica of this name is alive.
+pub type Alive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Whether a firing run `by` a replica is under way on another one than `me`
+/// that is `alive`.
+fn runs_elsewhere(by: Option<&str>, me: &str, alive: &dyn Fn(&str) -> bool) -> bool {
+    by.is_some_and(|by| by != me && alive(by))
 }
 
 impl Dispatcher {
@@ -302,6 +314,7 @@ impl Dispatcher {
                 .build(),
             default_timeout,
             ledger: None,
+            replica: None,
         }
     }
 
@@ -310,6 +323,21 @@ impl Dispatcher {
     pub fn with_ledger(mut self, ledger: Ledger) -> Self {
         self.ledger = Some(ledger);
         self
+    }
+
+    /// Names the firings this dispatcher records `me`, and leaves alone a
+    /// firing under way on another replica that `alive` says still runs (two
+    /// replicas both hear a target while one hands it over to the other).
+    pub fn with_replica(mut self, me: String, alive: Alive) -> Self {
+        self.replica = Some((me, alive));
+        self
+    }
+
+    /// Whether `firing` is under way on another replica that is alive.
+    fn run_elsewhere(&self, firing: &RuleFiring) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|(me, alive)| runs_elsewhere(firing.by.as_deref(), me, &**alive))
     }
 
     /// The action ledger, when actions are counted in one.
@@ -410,15 +438,18 @@ impl Dispatcher {
         let seen = find(&app);
         let mut record =
             RuleFiring::new(firing.rule_name.clone(), firing.target.clone(), firing.now);
+        record.by = self.replica.as_ref().map(|(me, _)| me.clone());
         if let Some(previous) = &seen {
             let under_way = previous.steps.len();
-            let resumable =
-                under_way < firing.rule.steps().len() && self.resumable(&firing.rule, under_way);
+            let resumable = under_way < firing.rule.steps().len()
+                && self.resumable(&firing.rule, under_way)
+                && !self.run_elsewhere(previous);
             match judge(previous, &Episode::of(firing), resumable) {
                 Precedent::Fire => {}
                 Precedent::Resume => {
                     record = RuleFiring {
                         resumed: Some(Time(Timestamp::now())),
+                        by: record.by.clone(),
                         ..previous.clone()
                     };
                 }
@@ -824,8 +855,19 @@ mod tests {
             cleared: cleared.map(|c| Time(at(c))),
             done: done.then(|| Time(at(time))),
             resumed: None,
+            by: None,
             steps: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_firing_under_way_on_a_live_replica_is_left_to_it() {
+        let alive = |replica: &str| replica == "kco-1";
+        assert!(runs_elsewhere(Some("kco-1"), "kco-0", &alive));
+        // Its replica gone, or this one, or nobody named: taken over as before.
+        assert!(!runs_elsewhere(Some("kco-2"), "kco-0", &alive));
+        assert!(!runs_elsewhere(Some("kco-1"), "kco-1", &alive));
+        assert!(!runs_elsewhere(None, "kco-0", &alive));
     }
 
     fn episode(now: i64) -> Episode {

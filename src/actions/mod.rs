@@ -24,7 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 pub use dispatch::{
-    Dispatched, Dispatcher, FENCE_PATIENCE, Fenced, Firing, Skip, StepRun, Stopped, patience,
+    Alive, Dispatched, Dispatcher, FENCE_PATIENCE, Fenced, Firing, Skip, StepRun, Stopped, patience,
 };
 pub use params::{ParamProblem, Params};
 pub use patch_resource::{ReplicaSetting, check_ceiling, replica_settings};

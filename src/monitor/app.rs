@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::Retryable;
@@ -75,6 +76,10 @@ struct Monitor {
     inbox: mpsc::Sender<Box<Message>>,
     /// Cancelled when this monitor stops (its actions' waits end with it).
     cancel: CancellationToken,
+    /// Set while another replica takes this TargetApp over (see
+    /// `monitor::Releasing`): it runs on, fenced, but its status is the new
+    /// owner's to write.
+    releasing: Arc<AtomicBool>,
     /// Whether `spec.metrics` asks for series, and the targets whose series the
     /// tenant's budget refused at their last poll, with why (for the status).
     exports: bool,
@@ -111,7 +116,7 @@ impl From<Report> for Box<Message> {
 pub async fn run(
     ctx: Arc<Context>,
     app: Arc<TargetApp>,
-    cancel: CancellationToken,
+    (cancel, releasing): (CancellationToken, Arc<AtomicBool>),
     over_quota: Option<String>,
 ) {
     let namespace = app.namespace().unwrap_or_default();
@@ -174,6 +179,7 @@ pub async fn run(
             .map(|_| tokio::time::Instant::now() + interval + timeout + Duration::from_secs(2)),
         inbox: tx,
         cancel: cancel.clone(),
+        releasing,
         exports: false,
         over_series: BTreeMap::new(),
         wanted: Some(crate::subscriptions::wanted(&spec.subscriptions))
@@ -1026,7 +1032,7 @@ impl Monitor {
     /// /stats (which shows each target's last poll) on change and at most once per
     /// interval (at least a minute) otherwise.
     async fn write_status(&mut self, invalid: Option<&str>) {
-        if !self.dirty {
+        if !self.dirty || self.releasing.load(Ordering::Acquire) {
             return;
         }
         self.count_targets();

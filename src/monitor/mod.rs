@@ -83,7 +83,7 @@ pub struct Context {
     /// Whether this replica leads (for `/stats` and leader-only work).
     pub leadership: Leadership,
     /// The shard as this replica sees it (for `/stats`).
-    pub shard: RwLock<ShardView>,
+    pub shard: Arc<RwLock<ShardView>>,
 }
 
 /// The shard as `/stats` shows it.
@@ -181,6 +181,13 @@ impl Context {
             client.clone(),
             &settings.lease_namespace,
         ));
+        let shard: Arc<RwLock<ShardView>> = Arc::default();
+        let view = shard.clone();
+        let alive: crate::actions::Alive = Arc::new(move |replica: &str| {
+            view.read()
+                .is_ok_and(|v| v.members.iter().any(|m| m == replica))
+        });
+        let dispatcher = dispatcher.with_replica(settings.instance.clone(), alive);
         let pods = pods::PodWatches::new(client.clone(), metrics.clone());
         Ok(Arc::new(Self {
             pods,
@@ -206,7 +213,7 @@ impl Context {
             ready: Arc::default(),
             listed: Arc::default(),
             leadership,
-            shard: RwLock::default(),
+            shard,
             actions: tokio_util::task::TaskTracker::new(),
             webhook_ready: Arc::default(),
             health: Arc::default(),
@@ -242,6 +249,32 @@ struct Running {
     fingerprint: (Option<String>, Option<i64>, bool, u64),
     cancel: CancellationToken,
     handle: JoinHandle<()>,
+    /// Set while the TargetApp is handed over to another replica (its status is
+    /// then the new owner's to write).
+    releasing: Arc<AtomicBool>,
+    /// Until when it runs on after its namespace moved away.
+    release_by: Option<tokio::time::Instant>,
+}
+
+/// How long a replica that handed a TargetApp with subscriptions over keeps
+/// its connections, at most: the new owner subscribes before the old one lets
+/// go, and the fence keeps the firings of the overlap to one.
+pub const HANDOVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `app`'s status shows that another replica than `me` holds it, with
+/// every target's subscriptions open (or known not to be served): what the
+/// replica that handed it over waits for before it lets go.
+pub fn handed_over(app: &TargetApp, me: &str) -> bool {
+    use crate::targetapp::SubscriptionState::{PollingOnly, Subscribed};
+    let Some(status) = &app.status else {
+        return false;
+    };
+    status.shard.as_deref().is_some_and(|owner| owner != me)
+        && !status.targets.is_empty()
+        && status
+            .targets
+            .iter()
+            .all(|t| matches!(t.subscriptions, Some(Subscribed | PollingOnly)))
 }
 
 /// Follows TargetApps (in `namespace`, or everywhere) and keeps one monitoring task
@@ -275,6 +308,7 @@ pub async fn run(
     let mut shard = Shard {
         apps: HashMap::new(),
         running: HashMap::new(),
+        releasing: HashMap::new(),
         owns: ownership.borrow_and_update().clone(),
         listed: false,
     };
@@ -293,6 +327,10 @@ pub async fn run(
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = quotas.tick() => {
+                shard.let_go(&ctx, |r| {
+                    r.release_by.is_none_or(|by| tokio::time::Instant::now() >= by)
+                })
+                .await;
                 shard.refresh_all(&ctx).await;
                 quota_ticks += 1;
                 if quota_ticks.is_multiple_of(60) {
@@ -359,6 +397,7 @@ pub async fn run(
     }
     let keys: Vec<String> = shard.running.keys().cloned().collect();
     stop_all(&ctx, &mut shard.running, keys).await;
+    shard.let_go(&ctx, |_| true).await;
 }
 
 /// The TargetApps this replica knows, and the tasks it runs for those it owns.
@@ -366,6 +405,9 @@ struct Shard {
     /// Shared with the TargetApps' tasks.
     apps: HashMap<String, Arc<TargetApp>>,
     running: HashMap<String, Running>,
+    /// Tasks of TargetApps with subscriptions handed over to another replica,
+    /// running on until it holds them ([`handed_over`]) or [`HANDOVER_LIMIT`].
+    releasing: HashMap<String, Running>,
     owns: Ownership,
     listed: bool,
 }
@@ -383,6 +425,10 @@ impl Shard {
             known.metadata.uid == app.metadata.uid
                 && known.metadata.generation == app.metadata.generation
         });
+        if self.releasing.contains_key(&k) && handed_over(&app, &ctx.settings.instance) {
+            let uid = app.metadata.uid.clone();
+            self.let_go(ctx, |task| task.fingerprint.0 == uid).await;
+        }
         self.apps.insert(k, Arc::new(app));
         // A status write (this replica's or another's) changes neither the set of
         // TargetApps nor what their tasks run: nothing to count or restart.
@@ -396,6 +442,7 @@ impl Shard {
     async fn delete(&mut self, ctx: &Arc<Context>, k: &str) {
         self.apps.remove(k);
         stop(ctx, &mut self.running, k).await;
+        stop(ctx, &mut self.releasing, k).await;
         self.publish(ctx);
         if let Some((namespace, _)) = k.split_once('/') {
             self.refresh(ctx, namespace).await;
@@ -482,7 +529,8 @@ impl Shard {
         }
     }
 
-    /// Starts and stops tasks after an ownership change.
+    /// Starts and stops tasks after an ownership change. A TargetApp with
+    /// subscriptions that moves away runs on until its new owner holds them.
     async fn rebalance(&mut self, ctx: &Arc<Context>) {
         let (mut acquired, mut released) = (0, Vec::new());
         let keys: Vec<String> = self.apps.keys().cloned().collect();
@@ -491,6 +539,12 @@ impl Shard {
                 continue;
             };
             let owned = self.owned(&app);
+            // Back before it was let go: it carries on as it was.
+            if owned && let Some(mut back) = self.releasing.remove(&k) {
+                back.releasing.store(false, Ordering::Release);
+                back.release_by = None;
+                self.running.insert(k.clone(), back);
+            }
             let runs = self.running.contains_key(&k);
             if owned && !runs {
                 acquired += 1;
@@ -500,9 +554,21 @@ impl Shard {
                 released.push(k);
             }
         }
+        let n = released.len() as u64;
+        let (overlap, now): (Vec<String>, Vec<String>) = released.into_iter().partition(|k| {
+            self.apps
+                .get(k)
+                .is_some_and(|app| !app.spec.subscriptions.is_empty() && !app.spec.suspend)
+        });
+        for k in overlap {
+            if let Some(mut task) = self.running.remove(&k) {
+                task.releasing.store(true, Ordering::Release);
+                task.release_by = Some(tokio::time::Instant::now() + HANDOVER_LIMIT);
+                self.releasing.insert(k, task);
+            }
+        }
         let released = {
-            let n = released.len() as u64;
-            stop_all(ctx, &mut self.running, released).await;
+            stop_all(ctx, &mut self.running, now).await;
             n
         };
         if acquired + released > 0 {
@@ -517,6 +583,21 @@ impl Shard {
                 .inc_by(released);
         }
         self.publish(ctx);
+    }
+
+    /// Stops the handed-over tasks that `done` picks.
+    async fn let_go(&mut self, ctx: &Arc<Context>, done: impl Fn(&Running) -> bool) {
+        let keys: Vec<String> = self
+            .releasing
+            .iter()
+            .filter(|(_, task)| done(task))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        tracing::info!(count = keys.len(), "handed-over TargetApps let go");
+        stop_all(ctx, &mut self.releasing, keys).await;
     }
 
     /// Readiness, the owned namespaces for `/stats` and their metric, the
@@ -697,13 +778,17 @@ async fn ensure(
     }
     tracing::info!(targetapp = %k, generation = ?app.metadata.generation, "monitoring");
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(app::run(ctx.clone(), app, cancel.clone(), over_quota));
+    let releasing = Arc::new(AtomicBool::new(false));
+    let control = (cancel.clone(), releasing.clone());
+    let handle = tokio::spawn(app::run(ctx.clone(), app, control, over_quota));
     running.insert(
         k,
         Running {
             fingerprint,
             cancel,
             handle,
+            releasing,
+            release_by: None,
         },
     );
 }
@@ -752,5 +837,56 @@ async fn stop_all(
         if let Ok(mut stats) = ctx.stats.write() {
             stats.remove(k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targetapp::{SubscriptionState, TargetAppStatus, TargetStatus};
+
+    fn app(shard: Option<&str>, targets: &[Option<SubscriptionState>]) -> TargetApp {
+        let mut app: TargetApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
+            "metadata": {"name": "mina", "namespace": "blue"},
+            "spec": {"graphqlEndpoint": "http://10.0.0.1:3085/graphql"}
+        }))
+        .unwrap();
+        app.status = Some(TargetAppStatus {
+            shard: shard.map(str::to_owned),
+            targets: targets
+                .iter()
+                .map(|state| TargetStatus {
+                    pod: None,
+                    endpoint: "http://10.0.0.1:3085/graphql".into(),
+                    up: true,
+                    since: None,
+                    last_error: None,
+                    subscriptions: *state,
+                    subscription_error: None,
+                })
+                .collect(),
+            ..TargetAppStatus::default()
+        });
+        app
+    }
+
+    #[test]
+    fn a_handed_over_targetapp_is_let_go_once_another_replica_holds_its_subscriptions() {
+        use SubscriptionState::{PollingOnly, Reconnecting, Subscribed};
+        let held = app(Some("kco-1"), &[Some(Subscribed), Some(PollingOnly)]);
+        assert!(handed_over(&held, "kco-0"));
+        // Still this replica's status, or not yet subscribed everywhere.
+        assert!(!handed_over(&held, "kco-1"));
+        assert!(!handed_over(&app(None, &[Some(Subscribed)]), "kco-0"));
+        assert!(!handed_over(
+            &app(Some("kco-1"), &[Some(Subscribed), Some(Reconnecting)]),
+            "kco-0"
+        ));
+        assert!(!handed_over(&app(Some("kco-1"), &[None]), "kco-0"));
+        assert!(!handed_over(&app(Some("kco-1"), &[]), "kco-0"));
+        let mut none = held.clone();
+        none.status = None;
+        assert!(!handed_over(&none, "kco-0"));
     }
 }
