@@ -26,6 +26,16 @@
 //! `benches/kopf/requirements.txt`, installed into a virtualenv in the tool
 //! cache) — measured the same way, and a table gives KCO's CPU, RSS and the
 //! apiserver's CPU as ratios of the Kopf run's.
+//!
+//! `--subscribe` (with `--kind url`; `--latency` for the same rule and
+//! measurement without subscriptions): each TargetApp also subscribes to its
+//! node's `newBlock` (one WebSocket connection each, as to a Mina daemon), with
+//! a rule on the pushed height; run it with `--interval 300` (polling as the
+//! safety net) beside a polling run at 10 s with the same rule on the polled
+//! height. After the window, both modes measure the time from a new block on
+//! `--sample` nodes (200) to the rule's `TriggerFired` Event (p50/p99), and
+//! `--subscribe` the CPU per pushed message (`--rounds` (5) blocks announced to
+//! every node, under the rule's threshold).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench that cannot run should stop loudly
 
@@ -69,6 +79,12 @@ struct Args {
     /// Seconds to let a started operator settle before the window (default: one interval).
     settle: Option<u64>,
     against_kopf: bool,
+    subscribe: bool,
+    /// Measure the time from a new block to the rule's Event (implied by
+    /// `--subscribe`).
+    latency: bool,
+    sample: usize,
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -82,6 +98,10 @@ fn args() -> Args {
         wait: 300,
         settle: None,
         against_kopf: false,
+        subscribe: false,
+        latency: false,
+        sample: 200,
+        rounds: 5,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -92,8 +112,10 @@ fn args() -> Args {
                 .parse()
                 .unwrap_or_else(|_| panic!("{flag} needs a number, got {value:?}"))
         };
-        if raw[i] == "--against-kopf" {
-            a.against_kopf = true;
+        if ["--against-kopf", "--subscribe", "--latency"].contains(&raw[i].as_str()) {
+            a.against_kopf |= raw[i] == "--against-kopf";
+            a.subscribe |= raw[i] == "--subscribe";
+            a.latency |= raw[i] != "--against-kopf";
             i += 1;
             continue;
         }
@@ -117,6 +139,8 @@ fn args() -> Args {
             "--window" => a.window = number("--window").max(1),
             "--wait" => a.wait = number("--wait"),
             "--settle" => a.settle = Some(number("--settle")),
+            "--sample" => a.sample = number("--sample") as usize,
+            "--rounds" => a.rounds = number("--rounds") as usize,
             // cargo bench passes --bench; ignore what is not ours.
             _ => {
                 i += 1;
@@ -128,6 +152,10 @@ fn args() -> Args {
     assert!(
         !a.against_kopf || a.kind == Kind::Url,
         "--against-kopf compares URL targets: add --kind url"
+    );
+    assert!(
+        !a.latency || (a.kind == Kind::Url && !a.against_kopf),
+        "--subscribe and --latency measure URL targets, without --against-kopf: add --kind url"
     );
     a.apps.retain(|n| *n > 0);
     a.apps.sort_unstable();
@@ -203,11 +231,10 @@ async fn create_apps(
     client: &kube::Client,
     namespaces: &[String],
     nodes: &[SocketAddr],
-    kind: Kind,
-    interval: u64,
-    concurrency: usize,
+    a: &Args,
     range: std::ops::Range<usize>,
 ) {
+    let (kind, interval, concurrency) = (a.kind, a.interval, a.concurrency);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let total = range.len();
     futures::stream::iter(range)
@@ -232,6 +259,7 @@ async fn create_apps(
                     Kind::Url => json!({"graphqlEndpoint": format!("http://{node}/graphql"),
                                         "pollingInterval": interval}),
                 };
+                let spec = with_height_rule(spec, a);
                 let app: TargetApp = serde_json::from_value(json!({
                     "apiVersion": "operator.kco.local/v1alpha1", "kind": "TargetApp",
                     "metadata": {"name": name, "namespace": ns}, "spec": spec
@@ -270,6 +298,16 @@ struct Row {
     stats_targets: Option<u64>,
     setup: Duration,
     to_polled: Duration,
+    detection: Option<Detection>,
+}
+
+/// What a measurement of `kco` reaches: the nodes, and the apiserver's
+/// namespaces of TargetApps.
+struct Fleet<'a> {
+    sims: &'a Simulators,
+    http: &'a reqwest::Client,
+    client: &'a kube::Client,
+    namespaces: &'a [String],
 }
 
 /// What one process under measurement is: its pid and its log, if any.
@@ -283,12 +321,12 @@ struct Measured {
 async fn measure(
     kco: &Path,
     extra: &[&str],
-    sims: &Simulators,
-    http: &reqwest::Client,
+    fleet: &Fleet<'_>,
     a: &Args,
     apps: usize,
     setup: Duration,
 ) -> Row {
+    let (sims, http) = (fleet.sims, fleet.http);
     let before = sims.requests(http).await;
     let started = Instant::now();
     // The Lease timing a deployment runs with, not the tests' faster one: the
@@ -299,6 +337,9 @@ async fn measure(
         log: replicas.log(0),
     };
     let mut row = observe(&process, sims, http, a, apps, (before, started), setup).await;
+    if a.latency && apps > 0 {
+        row.detection = Some(detection(process.pid, fleet, a, apps, row.cpu_percent).await);
+    }
     row.stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
     drop(replicas);
     row
@@ -425,6 +466,7 @@ async fn observe(
         stats_targets: None,
         setup,
         to_polled,
+        detection: None,
     };
     if let Some(log) = &process.log {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -434,8 +476,11 @@ async fn observe(
             "  kco log: {warnings} warnings, {errors} errors ({})",
             log.display()
         );
-        if let Some(last) = text.lines().rfind(|l| l.contains("\"ERROR\"")) {
-            eprintln!("  last error: {}", truncate(last, 400));
+        for level in ["ERROR", "WARN"] {
+            let marked = format!("\"{level}\"");
+            if let Some(last) = text.lines().rfind(|l| l.contains(&marked)) {
+                eprintln!("  last {level}: {}", truncate(last, 400));
+            }
         }
     }
     row
@@ -529,6 +574,192 @@ fn kopf_python() -> PathBuf {
     python
 }
 
+/// The height a new block crosses in the detection measurement.
+const THRESHOLD: u32 = 1_000_000;
+
+/// With `--latency` (or `--subscribe`): a rule that records when the height
+/// passes [`THRESHOLD`] — the pushed `newBlock` height with `--subscribe`, the
+/// polled one without.
+fn with_height_rule(mut spec: serde_json::Value, a: &Args) -> serde_json::Value {
+    if !a.latency {
+        return spec;
+    }
+    let field = if a.subscribe {
+        spec["subscriptions"] = json!([{"name": "blocks",
+            "query": "subscription { newBlock { protocolState { consensusState { blockHeight } } } }"}]);
+        "@blocks.protocolState.consensusState.blockHeight"
+    } else {
+        "daemonStatus.blockchainLength"
+    };
+    spec["actions"] = json!([{"name": "height",
+        "trigger": {"field": field, "condition": "greaterThan", "value": THRESHOLD}}]);
+    spec
+}
+
+/// What the detection measurement saw.
+struct Detection {
+    sample: usize,
+    seen: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU per pushed message (µs), with `--subscribe`.
+    cpu_per_message_us: Option<f64>,
+}
+
+impl Simulators {
+    /// The control API of the process serving `node`.
+    fn control_of(&self, node: SocketAddr) -> SocketAddr {
+        let index = self.nodes.iter().position(|n| *n == node).unwrap_or(0);
+        self.processes[index / NODES_PER_SIMULATOR].control
+    }
+
+    /// Sends `body` to `path` under each of `nodes` (64 at a time).
+    async fn tell(
+        &self,
+        http: &reqwest::Client,
+        nodes: &[SocketAddr],
+        (method, path): (reqwest::Method, &str),
+        body: &serde_json::Value,
+    ) {
+        futures::stream::iter(nodes)
+            .map(|node| {
+                let url = format!("http://{}/nodes/{node}/{path}", self.control_of(*node));
+                let request = http.request(method.clone(), &url).json(body);
+                async move {
+                    request
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .unwrap_or_else(|e| panic!("{url}: {e}"));
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+    }
+}
+
+/// With `--subscribe`, the CPU `pid` spends per pushed message: `rounds` blocks
+/// announced to every node, less what it spends idle (`idle_percent`).
+async fn cpu_per_message(
+    pid: u32,
+    sims: &Simulators,
+    http: &reqwest::Client,
+    (apps, rounds): (usize, usize),
+    idle_percent: f64,
+) -> f64 {
+    let nodes = &sims.nodes[..apps];
+    let cpu0 = cpu_seconds_of(pid);
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        sims.tell(
+            http,
+            nodes,
+            (reqwest::Method::POST, "announce"),
+            &json!("block"),
+        )
+        .await;
+    }
+    // Let the last round's messages be read.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = idle_percent / 100.0 * t0.elapsed().as_secs_f64();
+    let spent = cpu_seconds_of(pid) - cpu0 - idle;
+    spent.max(0.0) / (apps * rounds) as f64 * 1e6
+}
+
+/// The time from a new block on a sample of the first `apps` nodes to the
+/// rule's `TriggerFired` Event: the height set to [`THRESHOLD`] first (the
+/// rule stays false), then one block more on each, the moment noted.
+async fn detection(
+    pid: u32,
+    fleet: &Fleet<'_>,
+    a: &Args,
+    apps: usize,
+    idle_percent: f64,
+) -> Detection {
+    let (sims, http) = (fleet.sims, fleet.http);
+    let cpu_per_message_us = if a.subscribe && a.rounds > 0 {
+        Some(cpu_per_message(pid, sims, http, (apps, a.rounds), idle_percent).await)
+    } else {
+        None
+    };
+    let step = (apps / a.sample.max(1)).max(1);
+    let sample: Vec<usize> = (0..apps).step_by(step).take(a.sample).collect();
+    let nodes: Vec<SocketAddr> = sample.iter().map(|i| sims.nodes[*i]).collect();
+    let patch = (reqwest::Method::PATCH, "state");
+    sims.tell(
+        http,
+        &nodes,
+        patch.clone(),
+        &json!({"blockchainLength": THRESHOLD}),
+    )
+    .await;
+    // Polled (or pushed) at the threshold before the block that crosses it.
+    let settle = if a.subscribe { 3 } else { a.interval + 2 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let mut at = HashMap::new();
+    for (i, node) in sample.iter().zip(&nodes) {
+        at.insert(format!("mina-{i:05}"), k8s_openapi::jiff::Timestamp::now());
+        if a.subscribe {
+            sims.tell(
+                http,
+                &[*node],
+                (reqwest::Method::POST, "announce"),
+                &json!("block"),
+            )
+            .await;
+        } else {
+            sims.tell(
+                http,
+                &[*node],
+                patch.clone(),
+                &json!({"blockchainLength": THRESHOLD + 1}),
+            )
+            .await;
+        }
+    }
+    let wait = if a.subscribe { 10 } else { a.interval + 10 };
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let mut latencies = Vec::new();
+    for ns in fleet.namespaces {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(fleet.client.clone(), ns);
+        let listed = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("list Events in {ns}: {e}"));
+        for event in listed {
+            let fired = event.reason.as_deref() == Some("TriggerFired")
+                && event
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("rule height fired"));
+            let name = event.regarding.as_ref().and_then(|r| r.name.clone());
+            let (Some(name), Some(time)) = (name.filter(|_| fired), event.event_time) else {
+                continue;
+            };
+            if let Some(start) = at.remove(&name) {
+                let ms = time.0.duration_since(start).as_secs_f64() * 1000.0;
+                latencies.push(ms.max(0.0));
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Detection {
+        sample: sample.len(),
+        seen: latencies.len(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        cpu_per_message_us,
+    }
+}
+
 fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
@@ -582,21 +813,18 @@ async fn main() {
     let mut rows = Vec::new();
     let mut kopf_rows = Vec::new();
     eprintln!("baseline: no TargetApps");
-    rows.push(measure(&kco, extra, &sims, &http, &a, 0, Duration::ZERO).await);
+    let fleet = Fleet {
+        sims: &sims,
+        http: &http,
+        client: &client,
+        namespaces: &namespaces,
+    };
+    rows.push(measure(&kco, extra, &fleet, &a, 0, Duration::ZERO).await);
     let mut have = 0;
     for &n in &a.apps {
         eprintln!("creating TargetApps {have}..{n}");
         let t0 = Instant::now();
-        create_apps(
-            &client,
-            &namespaces,
-            &sims.nodes,
-            a.kind,
-            a.interval,
-            a.concurrency,
-            have..n,
-        )
-        .await;
+        create_apps(&client, &namespaces, &sims.nodes, &a, have..n).await;
         let setup = t0.elapsed();
         eprintln!(
             "  {} TargetApps in {:.1}s ({:.0}/s)",
@@ -605,7 +833,7 @@ async fn main() {
             (n - have) as f64 / setup.as_secs_f64()
         );
         have = n;
-        rows.push(measure(&kco, extra, &sims, &http, &a, n, setup).await);
+        rows.push(measure(&kco, extra, &fleet, &a, n, setup).await);
         if let Some((python, kubeconfig)) = &kopf {
             eprintln!("  the same {n} TargetApps polled by the Kopf reference operator");
             kopf_rows.push(measure_kopf(python, kubeconfig, &sims, &http, &a, n, setup).await);
@@ -683,6 +911,32 @@ async fn main() {
     if !kopf_rows.is_empty() {
         compare_with_kopf(&rows[1..], &kopf_rows);
     }
+    let mode = if a.subscribe {
+        format!("subscribed (newBlock), polled every {} s", a.interval)
+    } else {
+        format!("polled every {} s", a.interval)
+    };
+    if a.latency {
+        println!("\nfrom a new block to the rule's Event ({mode}):\n");
+        println!(
+            "| TargetApps | sample | Events seen | p50 ms | p99 ms | CPU per pushed message µs |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for r in &rows[1..] {
+        if let Some(d) = &r.detection {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {} |",
+                r.apps,
+                d.sample,
+                d.seen,
+                d.p50_ms,
+                d.p99_ms,
+                d.cpu_per_message_us
+                    .map_or_else(|| "—".to_owned(), |us| format!("{us:.0}")),
+            );
+        }
+    }
     // One line per figure for `./build.sh bench`'s report.
     println!();
     for r in &rows[1..] {
@@ -693,6 +947,18 @@ async fn main() {
             r.fds,
             r.to_polled.as_secs_f64()
         );
+    }
+    for r in &rows[1..] {
+        if let Some(d) = &r.detection {
+            println!(
+                "headline | scale | {} URL TargetApps {mode}: new block to Event p50, p99 ms; KiB per TargetApp; CPU % idle | {:.0}, {:.0}, {:.1}, {:.1}",
+                r.apps,
+                d.p50_ms,
+                d.p99_ms,
+                (r.rss_kib - base_rss) / r.apps as f64,
+                r.cpu_percent
+            );
+        }
     }
     for (k, p) in rows[1..].iter().zip(&kopf_rows) {
         println!(

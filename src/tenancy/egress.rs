@@ -358,7 +358,12 @@ impl PolicyResolver {
             purpose: self.purpose,
             apiserver: &apiserver,
         };
-        let reach = check.host(name)?;
+        // A name that is an address is judged as a URL's address literal is.
+        let literal = name.trim_matches(['[', ']']).parse::<IpAddr>();
+        let reach = match literal {
+            Ok(ip) => check.ip_literal(ip)?,
+            Err(_) => check.host(name)?,
+        };
         let mut refused = None;
         let allowed: Vec<IpAddr> = found
             .into_iter()
@@ -486,5 +491,26 @@ mod tests {
         );
         let g = resolver(Purpose::Graphql);
         assert!(g.allowed("node.other.svc", ips(&["10.0.0.8"])).is_err());
+    }
+
+    #[test]
+    fn an_address_for_a_name_is_judged_as_a_urls_address() {
+        // Where the policy opens a range, an address in it is allowed; the
+        // apiserver's and the metadata service's never are.
+        let mut g = resolver(Purpose::Graphql);
+        g.policy.allowed_cidrs = vec!["127.100.0.0/16".parse().unwrap()];
+        assert_eq!(
+            g.allowed("127.100.0.10", ips(&["127.100.0.10"])),
+            Ok(ips(&["127.100.0.10"]))
+        );
+        let err = g.allowed("10.96.0.1", ips(&["10.96.0.1"])).unwrap_err();
+        assert!(err.contains("apiserver"), "{err}");
+        let err = g
+            .allowed("169.254.169.254", ips(&["169.254.169.254"]))
+            .unwrap_err();
+        assert!(err.contains("169.254.169.254"), "{err}");
+        // Outside it, an address is no Service of the namespace.
+        let err = g.allowed("10.0.0.8", ips(&["10.0.0.8"])).unwrap_err();
+        assert!(err.contains("is an IP address"), "{err}");
     }
 }

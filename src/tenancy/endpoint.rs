@@ -101,7 +101,7 @@ impl EndpointCheck<'_> {
     /// GraphQL URL must otherwise name a Service, and where the policy lists the
     /// hosts a URL may name, an address is not one of them (only `allowedCIDRs`
     /// open it).
-    fn ip_literal(&self, ip: IpAddr) -> Result<Reach, String> {
+    pub fn ip_literal(&self, ip: IpAddr) -> Result<Reach, String> {
         // Never allowed (the apiserver, special-purpose ranges) before anything else.
         self.address(ip, Reach::Internal)?;
         if self.allowed_by_cidr(ip) {
