@@ -297,6 +297,12 @@ async fn connect(endpoint: &Endpoint) -> Result<Box<dyn Stream>, Lost> {
     Ok(Box::new(stream))
 }
 
+/// A connection's read buffer (a larger message is read in several turns).
+const READ_BUFFER: usize = 4 * 1024;
+/// The most a connection holds of what it writes while the target reads
+/// nothing (Mina's daemon does not, once a subscription streams): a few pings.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
+
 /// Why an upgrade that offered subprotocols is made again without.
 const NO_SUBPROTOCOL: &str = "the target named no subprotocol";
 
@@ -329,7 +335,13 @@ async fn upgrade(
     if let Some((name, value)) = &endpoint.header {
         headers.insert(name.clone(), value.clone());
     }
+    // Many quiet connections: small buffers (tungstenite's default of 128 KiB
+    // each way would be most of a subscribed target's memory). What KCO writes
+    // is a few short messages, each sent at once.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes));
     let (socket, response) =
