@@ -738,9 +738,13 @@ async fn detection(
             let (Some(name), Some(time)) = (name.filter(|_| fired), event.event_time) else {
                 continue;
             };
-            if let Some(start) = at.remove(&name) {
+            // An Event of an earlier run (the same TargetApp names) is older.
+            if let Some(start) = at.get(&name).copied()
+                && time.0 >= start
+            {
+                at.remove(&name);
                 let ms = time.0.duration_since(start).as_secs_f64() * 1000.0;
-                latencies.push(ms.max(0.0));
+                latencies.push(ms);
             }
         }
     }
