@@ -203,32 +203,11 @@ async fn namespaces_are_polled_by_exactly_one_replica_and_move_when_it_dies() {
 #[tokio::test]
 async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     let _serial = SERIAL.lock().await;
-    // Webhook actions to a receiver that counts deliveries by idempotency key.
-    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
-    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
-    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
-    let cp = cluster();
-    let client = cp.admin().await;
-    let fleet = fleet_on(cluster(), "ha-actions", 6, |_| {
-        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1,
-               "serviceAccountName": "kco-actions",
-               "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
-                            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
-                            "trigger": {"field": "daemonStatus.syncStatus", "condition": "equals", "value": "CATCHUP"}}]})
-    })
-    .await;
-    for ns in fleet.nodes.keys() {
-        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
-    }
-    let cidr = format!("{receiver_ip}/32");
-    let resolve = format!("hooks.example.com={receiver_ip}");
-    let mut replicas = Replicas::start_on(
-        cluster(),
-        kco(),
-        "ha-actions-leases",
-        3,
-        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
-        TIMING,
+    let client = cluster().admin().await;
+    let (receiver, fleet, mut replicas) = webhook_fleet(
+        "ha-actions",
+        |_| json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 1}),
+        "daemonStatus.syncStatus",
     )
     .await;
     tokio::time::sleep(Duration::from_secs(MEMBER_LEASE)).await;
@@ -238,23 +217,7 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     let states = [SyncStatus::Synced, SyncStatus::Catchup];
     let mut flips = 0usize;
     for cycle in 0..20 {
-        let state = states[(cycle + 1) % 2];
-        for addr in fleet.nodes.values() {
-            fleet
-                .sim
-                .patch_state(
-                    *addr,
-                    StatePatch {
-                        sync_status: Some(state),
-                        ..StatePatch::default()
-                    },
-                )
-                .await
-                .unwrap();
-        }
-        if state == SyncStatus::Catchup {
-            flips += fleet.nodes.len();
-        }
+        flips += flip_all(&fleet, states[(cycle + 1) % 2]).await;
         let victim = fastrand::usize(..3);
         let signal = if cycle % 2 == 0 { "KILL" } else { "TERM" };
         replicas.kill(victim, signal);
@@ -263,20 +226,7 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
         replicas.wait_ready(victim).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    // Let the last firings land.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let count = |receiver: &Receiver| {
-        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-        for r in receiver.received() {
-            let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
-            *keys.entry(key).or_default() += 1;
-        }
-        keys
-    };
-    while count(&receiver).len() < flips && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let keys = count(&receiver);
+    let keys = deliveries(&receiver, flips).await;
     let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
     println!(
         "{flips} flips, {} distinct deliveries, {} duplicates",
@@ -322,32 +272,14 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
 #[tokio::test]
 async fn subscriptions_are_handed_over_before_they_are_let_go() {
     let _serial = SERIAL.lock().await;
-    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
-    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
-    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
-    let cp = cluster();
-    let client = cp.admin().await;
-    let fleet = fleet_on(cluster(), "ha-push", 6, |_| {
-        json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 300,
-               "serviceAccountName": "kco-actions",
-               "subscriptions": [{"query": "subscription { newSyncUpdate }"}],
-               "actions": [{"name": "flip", "action": "webhook", "cooldown": "0s",
-                            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
-                            "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "CATCHUP"}}]})
-    })
-    .await;
-    for ns in fleet.nodes.keys() {
-        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
-    }
-    let cidr = format!("{receiver_ip}/32");
-    let resolve = format!("hooks.example.com={receiver_ip}");
-    let mut replicas = Replicas::start_on(
-        cluster(),
-        kco(),
-        "ha-push-leases",
-        3,
-        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
-        TIMING,
+    let client = cluster().admin().await;
+    let (receiver, fleet, mut replicas) = webhook_fleet(
+        "ha-push",
+        |_| {
+            json!({"selector": {"matchLabels": {"app": "mina"}}, "pollingInterval": 300,
+               "subscriptions": [{"query": "subscription { newSyncUpdate }"}]})
+        },
+        "@newSyncUpdate",
     )
     .await;
     // kco-0 alone holds every namespace, subscribed to every node.
@@ -390,34 +322,12 @@ async fn subscriptions_are_handed_over_before_they_are_let_go() {
     let states = [SyncStatus::Synced, SyncStatus::Catchup];
     let mut flips = 0usize;
     for cycle in 0..16 {
-        let state = states[(cycle + 1) % 2];
-        for addr in fleet.nodes.values() {
-            let patch = StatePatch {
-                sync_status: Some(state),
-                ..StatePatch::default()
-            };
-            fleet.sim.patch_state(*addr, patch).await.unwrap();
-        }
-        if state == SyncStatus::Catchup {
-            flips += fleet.nodes.len();
-        }
+        flips += flip_all(&fleet, states[(cycle + 1) % 2]).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     replicas.wait_ready(1).await;
     replicas.wait_ready(2).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let count = |receiver: &Receiver| {
-        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
-        for r in receiver.received() {
-            let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
-            *keys.entry(key).or_default() += 1;
-        }
-        keys
-    };
-    while count(&receiver).len() < flips && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let keys = count(&receiver);
+    let keys = deliveries(&receiver, flips).await;
     let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
     println!(
         "{flips} flips through the hand-over, {} distinct deliveries, {} duplicates",
@@ -531,17 +441,7 @@ async fn an_hourly_action_budget_holds_through_kills_and_restarts() {
     let states = [SyncStatus::Synced, SyncStatus::Catchup];
     let mut firings = 0usize;
     for cycle in 0..12 {
-        let state = states[(cycle + 1) % 2];
-        for addr in fleet.nodes.values() {
-            let patch = StatePatch {
-                sync_status: Some(state),
-                ..StatePatch::default()
-            };
-            fleet.sim.patch_state(*addr, patch).await.unwrap();
-        }
-        if state == SyncStatus::Catchup {
-            firings += fleet.nodes.len();
-        }
+        firings += flip_all(&fleet, states[(cycle + 1) % 2]).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim = fastrand::usize(..3);
         replicas.kill(victim, if cycle % 2 == 0 { "KILL" } else { "TERM" });
@@ -667,4 +567,78 @@ async fn grant_webhook_rights(cp: &ControlPlane, client: &kube::Client, ns: &str
     }))
     .unwrap();
     secrets.create(&Default::default(), &secret).await.unwrap();
+}
+
+/// Six namespaces, each with a node and a TargetApp `mina` (`spec`, plus a rule
+/// `flip` that calls a webhook when `field` equals `CATCHUP`), a receiver that
+/// counts the webhook's deliveries, and three replicas allowed to reach it.
+async fn webhook_fleet(
+    prefix: &'static str,
+    spec: impl Fn(&str) -> serde_json::Value,
+    field: &str,
+) -> (Receiver, support::replicas::Fleet, Replicas) {
+    let receiver_ip = IpAddr::V4(fixtures::loopback_ip());
+    let receiver = Receiver::start(receiver_ip, "hooks.example.com").await;
+    let url = format!("https://hooks.example.com:{}/kco", receiver.addr.port());
+    let cp = cluster();
+    let client = cp.admin().await;
+    let fleet = fleet_on(cp, prefix, 6, |ns| {
+        let mut spec = spec(ns);
+        spec["serviceAccountName"] = json!("kco-actions");
+        spec["actions"] = json!([{"name": "flip", "action": "webhook", "cooldown": "0s",
+            "parameters": {"url": url, "caSecretRef": {"name": "kco-webhook-ca", "key": "ca.crt"}},
+            "trigger": {"field": field, "condition": "equals", "value": "CATCHUP"}}]);
+        spec
+    })
+    .await;
+    for ns in fleet.nodes.keys() {
+        grant_webhook_rights(cp, &client, ns, &receiver.ca_pem).await;
+    }
+    let cidr = format!("{receiver_ip}/32");
+    let resolve = format!("hooks.example.com={receiver_ip}");
+    let replicas = Replicas::start_on(
+        cp,
+        kco(),
+        &format!("{prefix}-leases"),
+        3,
+        &["--endpoint-allowed-cidrs", &cidr, "--resolve", &resolve],
+        TIMING,
+    )
+    .await;
+    (receiver, fleet, replicas)
+}
+
+/// Sets every node of `fleet` to `state`; the firings that makes (one per node
+/// turned to CATCHUP).
+async fn flip_all(fleet: &support::replicas::Fleet, state: SyncStatus) -> usize {
+    for addr in fleet.nodes.values() {
+        let patch = StatePatch {
+            sync_status: Some(state),
+            ..StatePatch::default()
+        };
+        fleet.sim.patch_state(*addr, patch).await.unwrap();
+    }
+    if state == SyncStatus::Catchup {
+        fleet.nodes.len()
+    } else {
+        0
+    }
+}
+
+/// The receiver's deliveries by idempotency key, once `expected` distinct ones
+/// came (or 20 s passed: the last firings land).
+async fn deliveries(receiver: &Receiver, expected: usize) -> BTreeMap<String, usize> {
+    let count = || {
+        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+        for r in receiver.received() {
+            let key = r.headers["idempotency-key"].to_str().unwrap().to_owned();
+            *keys.entry(key).or_default() += 1;
+        }
+        keys
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    count()
 }
