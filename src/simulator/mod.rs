@@ -3,6 +3,8 @@
 //! API to change their state and inject faults at run time. KCO's tests, benches
 //! and demo poll it instead of real daemons.
 
+mod base58;
+mod chain;
 mod control;
 mod graphql;
 mod node;
@@ -20,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use graphql::{DEFAULT_TOKEN, MinaSchema, public_key, schema, state_hash};
+pub use chain::{DEFAULT_TOKEN, public_key, state_hash};
+pub use graphql::{MinaSchema, schema};
 pub use node::{Answer, Faults, NodeState, RequiredHeader, ServeTls, StatePatch, SyncStatus};
 use subscriptions::Announcement;
 
