@@ -36,6 +36,7 @@ need() {
 tools() {
   need go "Go builds the local Kubernetes control plane"
   need python3 "python3 fetches the Mina schema package"
+  need npm "npm fetches the o1js package (Mina's TypeScript client)"
   step "local control plane tools (cached in ${KCO_CACHE_DIR:-~/.cache/kco})"
   KCO_TOOLS_DIR="$(bash tests/tools/install.sh all | tail -n 1)"
   export KCO_TOOLS_DIR

@@ -187,7 +187,7 @@ fn the_simulator_speaks_a_subset_of_the_mina_schema() {
 
 /// Every read query the pinned `mina-sdk` package's daemon client sends
 /// (`mina_sdk/daemon/queries.py`), with the variables it sends, answered by a
-/// simulated node without errors and with numbers the client can read.
+/// simulated node without errors and with values the client can read.
 #[tokio::test]
 async fn the_simulator_answers_every_query_the_mina_sdk_client_sends() {
     let path = Tools::locate().unwrap().mina_sdk_queries().unwrap();
@@ -251,17 +251,8 @@ async fn the_simulator_answers_every_query_the_mina_sdk_client_sends() {
             data.is_object() && !data.as_object().unwrap().is_empty(),
             "{name}: {answer}"
         );
-        let mut numbers = Vec::new();
-        numbers_in(data, &mut numbers);
-        for (field, value) in numbers {
-            assert!(
-                value.as_u64().is_some()
-                    || value
-                        .as_str()
-                        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())),
-                "{name}: {field} is {value}, which the client reads as an integer"
-            );
-        }
+        let problems = support::mina::check_answer(data, &how_clients_read);
+        assert!(problems.is_empty(), "{name}: {problems:#?}\n{answer}");
         if name.starts_with("POOLED_USER_COMMANDS") {
             assert_eq!(
                 data["pooledUserCommands"].as_array().unwrap().len(),
@@ -272,33 +263,337 @@ async fn the_simulator_answers_every_query_the_mina_sdk_client_sends() {
     }
 }
 
-/// The fields the client turns into integers, wherever they are in `value`.
-fn numbers_in(value: &serde_json::Value, found: &mut Vec<(String, serde_json::Value)>) {
-    const READ_AS_INTEGERS: &[&str] = &[
-        "nonce",
-        "total",
-        "liquid",
-        "locked",
-        "blockHeight",
-        "slot",
-        "slotSinceGenesis",
-        "amount",
-        "fee",
-        "commandTransactionCount",
-        "blockchainLength",
-        "libp2pPort",
-    ];
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, item) in map {
-                if READ_AS_INTEGERS.contains(&key.as_str()) && !item.is_null() {
-                    found.push((key.clone(), item.clone()));
-                } else {
-                    numbers_in(item, found);
+/// How Mina's clients (mina-sdk, o1js) read each field they ask for, found by
+/// the object holding it and its name; `None` for a field no client asks for.
+fn how_clients_read(parent: &str, field: &str) -> Option<support::mina::Rule> {
+    use support::mina::Format::*;
+    Some(match (parent, field) {
+        ("" | "daemonStatus", "syncStatus") => (SyncStatus, false),
+        ("", "networkID") | ("daemonStatus", "commitId") => (Text, false),
+        ("", "transactionStatus") => (TransactionStatus, false),
+        ("daemonStatus", "blockchainLength") => (Int, true),
+        ("daemonStatus", "highestBlockLengthReceived" | "uptimeSecs") => (Int, false),
+        ("daemonStatus", "stateHash") => (StateHash, true),
+        ("peers" | "getPeers", "peerId" | "host") => (Text, false),
+        ("peers" | "getPeers", "libp2pPort") => (Int, false),
+        ("consensusConfiguration", _) => (Int, false),
+        ("genesisConstants", "genesisTimestamp") => (Date, false),
+        ("genesisConstants", "coinbase" | "accountCreationFee") => (Digits, false),
+        ("account" | "creatorAccount" | "delegateAccount", "publicKey") => (PublicKey, false),
+        ("account", "delegate") => (PublicKey, true),
+        ("account", "tokenId" | "token") => (TokenId, false),
+        ("account", "nonce") => (Digits, true),
+        ("account", "receiptChainHash") => (ReceiptChainHash, true),
+        ("account", "votingFor") => (StateHash, true),
+        ("account", "zkappState" | "actionState") => (Field, true),
+        ("account", "provedState") => (Bool, true),
+        ("account", "tokenSymbol" | "zkappUri") => (Text, true),
+        // Objects a client accepts as null.
+        ("account", "delegateAccount" | "verificationKey" | "permissions") => (Text, true),
+        ("balance", "total") => (Digits, false),
+        ("balance", "liquid" | "locked") => (Digits, true),
+        ("timing", _) => (Digits, true),
+        ("permissions", _) | ("setVerificationKey", "auth") => (AuthRequired, false),
+        ("setVerificationKey", "txnVersion") => (Digits, false),
+        ("verificationKey", "verificationKey") => (Base64, false),
+        ("verificationKey", "hash") => (Field, false),
+        ("bestChain", "stateHash") | ("protocolState", "previousStateHash") => (StateHash, false),
+        ("bestChain", "commandTransactionCount") => (Int, false),
+        ("blockchainState", "snarkedLedgerHash" | "stagedLedgerHash") => (LedgerHash, false),
+        ("blockchainState", "date" | "utcDate") => (Digits, false),
+        ("blockchainState", "stagedLedgerProofEmitted") => (Bool, true),
+        ("consensusState", _) => (Digits, false),
+        ("ledger", "hash") => (LedgerHash, false),
+        ("ledger", "totalCurrency") => (Digits, false),
+        ("nextEpochData" | "stakingEpochData", "seed") => (EpochSeed, false),
+        ("nextEpochData" | "stakingEpochData", "startCheckpoint" | "lockCheckpoint") => {
+            (StateHash, false)
+        }
+        ("nextEpochData" | "stakingEpochData", "epochLength") => (Digits, false),
+        ("zkappCommands", "hash") | ("pooledUserCommands", "hash") => (TransactionHash, false),
+        ("zkappCommands", "failureReason") => (Text, true),
+        ("failureReason", "failures") => (Text, false),
+        ("failureReason", "index") => (Digits, true),
+        ("pooledUserCommands", "id") => (Base64, false),
+        ("pooledUserCommands", "kind") => (Text, false),
+        ("pooledUserCommands", "nonce") => (Int, false),
+        ("pooledUserCommands", "amount" | "fee") => (Digits, false),
+        ("pooledUserCommands", "from" | "to") => (PublicKey, false),
+        _ => return None,
+    })
+}
+
+/// The template literals of o1js's compiled client, each with the name it is
+/// bound to (`const name =` or `function name(`).
+fn template_literals(js: &str) -> Vec<(String, String)> {
+    let binding = regex::Regex::new(r"(?:const|function)\s+(\w+)").unwrap();
+    let mut literals = Vec::new();
+    let mut chars = js.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if c != '`' {
+            continue;
+        }
+        // Up to the closing backtick, skipping over `${...}`.
+        let mut depth = 0;
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '$' if depth == 0 && chars.peek().is_some_and(|(_, n)| *n == '{') => {
+                    chars.next();
+                    depth = 1;
+                }
+                '{' if depth > 0 => depth += 1,
+                '}' if depth > 0 => depth -= 1,
+                '`' if depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end.expect("an unterminated template literal");
+        let name = binding
+            .captures_iter(&js[..start])
+            .last()
+            .map(|c| c[1].to_owned())
+            .unwrap_or_default();
+        literals.push((name, js[start + 1..end].to_owned()));
+    }
+    literals
+}
+
+/// Values for a document's interpolations, and the transaction status the
+/// answer must then report.
+type Run<'a> = (Vec<(&'a str, String)>, Option<&'a str>);
+
+/// Fills a template's `${...}` the way o1js fills them, from `values` (by the
+/// interpolated expression); an expression not there fails the test.
+fn fill(name: &str, template: &str, values: &[(&str, String)]) -> String {
+    let interpolation = regex::Regex::new(r"\$\{([^}]*)\}").unwrap();
+    interpolation
+        .replace_all(template, |c: &regex::Captures| {
+            match values.iter().find(|(expression, _)| *expression == &c[1]) {
+                Some((_, value)) => value.clone(),
+                None => panic!(
+                    "o1js's {name} interpolates `${{{}}}`: fill it as the client does",
+                    &c[1]
+                ),
+            }
+        })
+        .into_owned()
+}
+
+/// The root fields a GraphQL document selects, and whether it is a query.
+fn root_fields(name: &str, document: &str) -> (bool, Vec<String>) {
+    let parsed = apollo_compiler::ast::Document::parse(document, name)
+        .unwrap_or_else(|e| panic!("o1js's {name} is not GraphQL once filled: {e}\n{document}"));
+    let mut fields = Vec::new();
+    let mut query = true;
+    for definition in &parsed.definitions {
+        if let apollo_compiler::ast::Definition::OperationDefinition(operation) = definition {
+            query &= operation.operation_type == apollo_compiler::ast::OperationType::Query;
+            for selection in &operation.selection_set {
+                if let apollo_compiler::ast::Selection::Field(field) = selection {
+                    fields.push(field.name.to_string());
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|i| numbers_in(i, found)),
-        _ => {}
     }
+    (query, fields)
+}
+
+/// Every daemon query of the pinned `o1js` package's client (the GraphQL
+/// documents of its `dist/node/lib/mina/v1/graphql.js`: accounts, the network's
+/// last block and current slot, genesis constants, the zkApp commands of the
+/// newest blocks, transaction status), with its interpolations filled as the
+/// client fills them, answered by a simulated node without errors and with
+/// values o1js parses. Its archive-node queries (`events`, `actions`) and its
+/// mutation (`sendZkapp`) are outside the simulator.
+#[tokio::test]
+async fn the_simulator_answers_every_daemon_query_the_o1js_client_sends() {
+    let path = Tools::locate().unwrap().o1js_queries().unwrap();
+    let js = std::fs::read_to_string(&path).unwrap();
+    let mina = parse_lenient(kco::schema::MINA_SDL, "mina.graphql");
+    let daemon_fields = &mina.get_object("query").unwrap().fields;
+
+    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let node = sim
+        .add_node(
+            (
+                support::fixtures::loopback_ip(),
+                support::fixtures::MINA_GRAPHQL_PORT,
+            )
+                .into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap()
+        .address;
+    let http = support::fixtures::http_client();
+    let url = format!("http://{node}/graphql");
+    let ask = |query: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            // The body o1js posts.
+            let body = serde_json::json!({"operationName": null, "query": query, "variables": {}});
+            let answer: serde_json::Value = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer
+        }
+    };
+
+    // What o1js would know from elsewhere: a zkApp command of a recent block and
+    // the zkApp it updates, a pending one, an ordinary account.
+    let known = ask(
+        "{ bestChain(maxLength: 20) { transactions { zkappCommands { id zkappCommand { \
+           accountUpdates { body { publicKey } } } } } } pooledZkappCommands { id } }"
+            .to_owned(),
+    )
+    .await;
+    assert!(known.get("errors").is_none(), "{known}");
+    let included = known["data"]["bestChain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            b["transactions"]["zkappCommands"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .next()
+        .expect("no zkApp command in the newest 20 blocks");
+    let included_id = included["id"].as_str().unwrap().to_owned();
+    let zkapp = included["zkappCommand"]["accountUpdates"][0]["body"]["publicKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pending_id = known["data"]["pooledZkappCommands"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ordinary = kco::simulator::public_key("an ordinary account");
+    let token = kco::simulator::DEFAULT_TOKEN.to_owned();
+
+    let mut served = Vec::new();
+    let mut archive = Vec::new();
+    let mut mutations = Vec::new();
+    for (name, template) in template_literals(&js) {
+        let text = template.trim_start();
+        if text.starts_with("mutation") {
+            mutations.push(name);
+            continue;
+        }
+        if !(text.starts_with('{') || text.starts_with("query")) {
+            continue; // a fragment of a larger document
+        }
+        // Each way the client fills the document, and what it must then answer.
+        let runs: Vec<Run> = match name.as_str() {
+            "accountQuery" => vec![
+                (
+                    vec![("publicKey", zkapp.clone()), ("tokenId", token.clone())],
+                    None,
+                ),
+                (
+                    vec![("publicKey", ordinary.clone()), ("tokenId", token.clone())],
+                    None,
+                ),
+            ],
+            "transactionStatusQuery" => vec![
+                (vec![("txId", included_id.clone())], Some("INCLUDED")),
+                (vec![("txId", pending_id.clone())], Some("PENDING")),
+            ],
+            // checkZkappTransaction's default number of blocks.
+            "lastBlockQueryFailureCheck" => vec![(vec![("length", "20".to_owned())], None)],
+            // The archive's: filled to be classified, never sent.
+            _ => vec![(
+                vec![(
+                    "input",
+                    format!("address: \"{ordinary}\", tokenId: \"{token}\""),
+                )],
+                None,
+            )],
+        };
+        for (values, status) in runs {
+            let query = fill(&name, &template, &values);
+            let (is_query, roots) = root_fields(&name, &query);
+            assert!(is_query, "{name} is neither a query nor a mutation");
+            if roots.iter().all(|r| r == "events" || r == "actions") {
+                archive.push(name.clone());
+                break;
+            }
+            for root in &roots {
+                assert!(
+                    daemon_fields.contains_key(root.as_str()),
+                    "o1js's {name} asks for {root}, which is neither the daemon's nor the archive's"
+                );
+            }
+            let answer = ask(query.clone()).await;
+            assert!(answer.get("errors").is_none(), "{name}: {answer}\n{query}");
+            let data = &answer["data"];
+            assert!(
+                data.as_object().is_some_and(|d| !d.is_empty()),
+                "{name}: {answer}"
+            );
+            let problems = support::mina::check_answer(data, &how_clients_read);
+            assert!(problems.is_empty(), "{name}: {problems:#?}\n{answer}");
+            if let Some(status) = status {
+                assert_eq!(data["transactionStatus"], status, "{name}: {query}");
+            }
+            served.push(name.clone());
+        }
+    }
+    served.dedup();
+    for expected in [
+        "accountQuery",
+        "currentSlotQuery",
+        "genesisConstantsQuery",
+        "lastBlockQuery",
+        "lastBlockQueryFailureCheck",
+        "transactionStatusQuery",
+    ] {
+        assert!(
+            served.iter().any(|s| s == expected),
+            "o1js's {expected} was not found in {} or not sent: {served:?}",
+            path.display()
+        );
+    }
+    assert_eq!(
+        archive,
+        ["getEventsQuery", "getActionsQuery"],
+        "the archive's queries"
+    );
+    assert_eq!(mutations, ["sendZkappQuery"]);
+
+    // o1js reads the zkApp's state, and checkZkappTransaction finds its commands.
+    let account = ask(fill(
+        "accountQuery",
+        &template_literals(&js)
+            .into_iter()
+            .find(|(n, _)| n == "accountQuery")
+            .unwrap()
+            .1,
+        &[("publicKey", zkapp.clone()), ("tokenId", token.clone())],
+    ))
+    .await;
+    assert_eq!(
+        account["data"]["account"]["zkappState"]
+            .as_array()
+            .map(Vec::len),
+        Some(8),
+        "{account}"
+    );
 }

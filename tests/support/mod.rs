@@ -12,6 +12,7 @@ pub mod bed;
 pub mod cluster;
 pub mod controlplane;
 pub mod fixtures;
+pub mod mina;
 pub mod pki;
 pub mod process;
 pub mod receiver;

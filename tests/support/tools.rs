@@ -91,6 +91,18 @@ impl Tools {
         self.mina_sdk_file("mina-sdk/queries.py")
     }
 
+    /// The GraphQL documents of the pinned `o1js` package's client, as the
+    /// package ships them (`dist/node/lib/mina/v1/graphql.js`), fetched as
+    /// [`Self::mina_introspection`].
+    pub fn o1js_queries(&self) -> Result<PathBuf> {
+        let version = versions()?.get("O1JS_VERSION").cloned().ok_or_else(|| {
+            HarnessError::Tools("tests/tools/versions.env has no O1JS_VERSION".into())
+        })?;
+        self.mina_sdk_file(&format!("o1js/{version}/graphql.js"))
+    }
+
+    /// A file the install script's `mina-sdk` step fetches (the Mina schema and
+    /// the client libraries' queries), fetched now if it is missing.
     fn mina_sdk_file(&self, file: &str) -> Result<PathBuf> {
         let path = self.dir.join(file);
         if !path.is_file() {
@@ -104,7 +116,7 @@ impl Tools {
                 .map_err(super::io(format!("run {}", script.display())))?;
             if !status.success() || !path.is_file() {
                 return Err(HarnessError::Tools(format!(
-                    "could not fetch the mina-sdk package's {file} into {} ({status})",
+                    "could not fetch {file} into {} ({status})",
                     path.display()
                 )));
             }

@@ -4,12 +4,14 @@
 #   etcd, helm, kwok, promtool, helm-docs, actionlint  -> $KCO_CACHE_DIR/tools/<versions>/bin
 #   kwok's stock node and pod stages  -> $KCO_CACHE_DIR/tools/<versions>/kwok/stages
 #   the mina-sdk wheel's GraphQL introspection file and client queries -> $KCO_CACHE_DIR/tools/<versions>/mina-sdk
-# Everything is built from source through the Go module proxy and PyPI; nothing
-# else is downloaded. A tool that is already in the cache and runs is left alone.
-# Prints the tools directory on the last line of stdout.
+#   the o1js npm package's compiled GraphQL queries -> $KCO_CACHE_DIR/tools/<versions>/o1js/<version>
+# Everything is built from source through the Go module proxy, PyPI and the npm
+# registry; nothing else is downloaded. A tool that is already in the cache and
+# runs is left alone. Prints the tools directory on the last line of stdout.
 #
 #   install.sh            everything
-#   install.sh mina-sdk   only the mina-sdk schema and client queries (what the schema tests need)
+#   install.sh mina-sdk   only the Mina schema and the queries of Mina's client
+#                         libraries, mina-sdk and o1js (what the schema tests need)
 #
 # KCO_CACHE_DIR (default ~/.cache/kco) moves the whole cache; KCO_TOOLS_DIR names
 # the tools directory itself.
@@ -31,6 +33,7 @@ say() { echo "[tools] $*" >&2; }
 die() { echo "[tools] error: $*" >&2; exit 1; }
 
 command -v python3 >/dev/null || die "python3 is not installed (needed to fetch the mina-sdk schema); see README.md"
+command -v npm >/dev/null || die "npm is not installed (needed to fetch the o1js package's queries); see README.md"
 
 # go.sum is committed and complete: -mod=readonly refuses anything it does not pin,
 # so the checksum database (not reachable from every build machine) is not needed.
@@ -126,6 +129,27 @@ with zipfile.ZipFile(whl) as z:
             f.write(z.read(member))
         os.replace(out + ".tmp", out)
 PY
+fi
+
+# o1js, Mina's TypeScript library: the GraphQL documents its client sends to a
+# daemon, as the published package ships them (compiled JavaScript).
+o1js="$tools/o1js/$O1JS_VERSION"
+if [ -s "$o1js/graphql.js" ]; then
+  say "o1js $O1JS_VERSION queries: cached"
+else
+  say "o1js $O1JS_VERSION: downloading the package from the npm registry"
+  packs="$(mktemp -d)"
+  trap 'rm -rf "$packs" "${wheels:-}"' EXIT
+  (cd "$packs" && npm pack --silent "o1js@$O1JS_VERSION" >/dev/null) \
+    || die "could not download o1js@$O1JS_VERSION from the npm registry"
+  tarball="$packs/o1js-$O1JS_VERSION.tgz"
+  got="$(sha256sum "$tarball" | cut -d' ' -f1)"
+  [ "$got" = "$O1JS_SHA256" ] || die "o1js tarball sha256 $got does not match the pinned $O1JS_SHA256"
+  mkdir -p "$o1js"
+  tar -xzf "$tarball" -C "$packs" package/dist/node/lib/mina/v1/graphql.js \
+    || die "the o1js package has no dist/node/lib/mina/v1/graphql.js"
+  mv "$packs/package/dist/node/lib/mina/v1/graphql.js" "$o1js/graphql.js.tmp"
+  mv "$o1js/graphql.js.tmp" "$o1js/graphql.js"
 fi
 
 say "tools ready in $tools ($(du -sh "$tools" | cut -f1))"
