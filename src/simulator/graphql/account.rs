@@ -12,24 +12,17 @@ use super::scalars::{
 };
 use crate::simulator::chain::{self, LedgerAccount};
 
-/// An account of `key` in `token`.
+/// The MINA account of a key (the simulated ledger holds no other token).
 #[derive(Debug, Clone)]
 pub struct Account {
     key: String,
-    token: String,
 }
 
 impl Account {
-    pub fn new(key: &str, token: Option<&str>) -> Self {
+    pub fn of(key: &str) -> Self {
         Self {
             key: key.to_owned(),
-            token: token.unwrap_or(chain::DEFAULT_TOKEN).to_owned(),
         }
-    }
-
-    /// An account of MINA.
-    pub fn of(key: &str) -> Self {
-        Self::new(key, None)
     }
 
     fn ledger(&self) -> LedgerAccount {
@@ -141,11 +134,11 @@ impl Account {
     }
 
     async fn token_id(&self) -> TokenId {
-        TokenId(self.token.clone())
+        TokenId(chain::DEFAULT_TOKEN.to_owned())
     }
 
     async fn token(&self) -> TokenId {
-        TokenId(self.token.clone())
+        TokenId(chain::DEFAULT_TOKEN.to_owned())
     }
 
     async fn timing(&self) -> AccountTiming {

@@ -150,7 +150,8 @@ impl Query {
         Ok((daemon::producer_key(view(ctx)?) == key).then(|| Account::of(key)))
     }
 
-    /// An account of the ledger: any key that looks like one (`B62…`) has one.
+    /// An account of the ledger: any key that looks like one (`B62…`) has a
+    /// MINA account, and none of another token.
     async fn account(
         &self,
         public_key: PublicKey,
@@ -160,15 +161,22 @@ impl Query {
         if let Some(token) = token.as_ref().filter(|t| !chain::is_token_id(&t.0)) {
             return Err(error(format!("Couldn't parse token id {:?}", token.0)));
         }
-        Ok(Some(Account::new(
-            key,
-            token.as_ref().map(|t| t.0.as_str()),
-        )))
+        let mina = token.is_none_or(|t| t.0 == chain::DEFAULT_TOKEN);
+        Ok(mina.then(|| Account::of(key)))
     }
 
     /// Every account of a key: the simulated ledger holds MINA only.
     async fn accounts(&self, public_key: PublicKey) -> async_graphql::Result<Vec<Account>> {
         Ok(vec![Account::of(checked_key(&public_key)?)])
+    }
+
+    /// The account that owns a token: none, as the simulated ledger holds MINA
+    /// only (which no account owns).
+    async fn token_owner(&self, token_id: TokenId) -> async_graphql::Result<Option<Account>> {
+        if !chain::is_token_id(&token_id.0) {
+            return Err(error(format!("Couldn't parse token id {:?}", token_id.0)));
+        }
+        Ok(None)
     }
 
     /// The node's SNARK worker.
@@ -416,6 +424,13 @@ mod tests {
     }
 
     /// The answer's data, and its errors' messages.
+    /// The token id of the field `n`.
+    fn base58_token(n: u8) -> String {
+        let mut field = [0; 32];
+        field[0] = n;
+        crate::simulator::base58::raw(crate::simulator::base58::Kind::TokenId, &field)
+    }
+
     async fn ask(view: &NodeView, query: &str) -> (Value, Vec<String>) {
         let request = async_graphql::Request::new(query).data(view.clone());
         let response = schema().execute(request).await;
@@ -677,6 +692,13 @@ mod tests {
             assert!(chain::frontier(1000).contains(&height));
             assert_eq!(action["actionSequenceNo"], json!(i));
         }
+        let other_token = base58_token(7);
+        let other = data(
+            &view,
+            &format!("{{ account(publicKey: \"{zkapp}\", token: \"{other_token}\") {{ nonce }} }}"),
+        )
+        .await;
+        assert_eq!(other["account"], Value::Null);
         let (_, errors) = ask(&view, "{ account(publicKey: \"B62short\") { nonce } }").await;
         assert!(!errors.is_empty());
         let (_, errors) = ask(
@@ -701,7 +723,8 @@ mod tests {
                pooledUserCommands { id } pooledZkappCommands { id }
                genesisConstants { genesisTimestamp coinbase accountCreationFee }
                networkID signatureKind initialPeers trustStatusAll { ipAddr peerId trust }
-               timeOffset runtimeConfig }",
+               timeOffset runtimeConfig
+               tokenOwner(tokenId: \"wSHV2S4qX9jFsLjQo8r1BsMLH2ZRKsZx6EJd1sbozGPieEC4Jf\") { publicKey } }",
         )
         .await;
         let status = &answer["daemonStatus"];
@@ -732,5 +755,6 @@ mod tests {
             chain::COINBASE.to_string().as_str()
         );
         assert_eq!(answer["initialPeers"].as_array().unwrap().len(), 3);
+        assert_eq!(answer["tokenOwner"], Value::Null);
     }
 }
