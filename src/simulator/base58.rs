@@ -44,19 +44,31 @@ pub fn encode(data: &[u8]) -> String {
     let mut bytes = data.to_vec();
     bytes.extend_from_slice(&checksum(data));
     let zeros = bytes.iter().take_while(|b| **b == 0).count();
-    // Base-58 digits, least significant first.
-    let mut digits: Vec<u8> = Vec::with_capacity(bytes.len() * 138 / 100 + 1);
+    // The number in limbs of nine base-58 digits, least significant first (a
+    // limb times 256 still fits in a u64).
+    const LIMB: u64 = 58_u64.pow(9);
+    let mut limbs: Vec<u64> = Vec::with_capacity(bytes.len() / 6 + 1);
     for &byte in &bytes {
-        let mut carry = u32::from(byte);
-        for digit in &mut digits {
-            carry += u32::from(*digit) << 8;
-            *digit = (carry % 58) as u8;
-            carry /= 58;
+        let mut carry = u64::from(byte);
+        for limb in &mut limbs {
+            carry += *limb << 8;
+            *limb = carry % LIMB;
+            carry /= LIMB;
         }
         while carry > 0 {
-            digits.push((carry % 58) as u8);
-            carry /= 58;
+            limbs.push(carry % LIMB);
+            carry /= LIMB;
         }
+    }
+    let mut digits: Vec<u8> = Vec::with_capacity(limbs.len() * 9);
+    for mut limb in limbs {
+        for _ in 0..9 {
+            digits.push((limb % 58) as u8);
+            limb /= 58;
+        }
+    }
+    while digits.last() == Some(&0) {
+        digits.pop();
     }
     let mut text = "1".repeat(zeros);
     text.extend(
@@ -255,6 +267,24 @@ mod tests {
         assert_eq!(decode(""), None);
         assert_eq!(decode(&"z".repeat(10_000)), None);
         assert_eq!(decode_field(Kind::LedgerHash, &text), None);
+    }
+
+    #[test]
+    fn any_bytes_round_trip() {
+        for data in [
+            vec![],
+            vec![0],
+            vec![0, 0, 1, 2],
+            vec![0xff; 64],
+            field_from("round trip").to_vec(),
+        ] {
+            let text = encode(&data);
+            assert_eq!(decode(&text), Some(data.clone()), "{text}");
+            assert_eq!(
+                text.bytes().take_while(|b| *b == b'1').count(),
+                data.iter().take_while(|b| **b == 0).count()
+            );
+        }
     }
 
     #[test]

@@ -514,10 +514,14 @@ pub fn pool_sender(host: &str) -> String {
     public_key(&format!("sender-{host}"))
 }
 
+/// How many payments and zkApp commands wait in a node's pool.
+pub const POOLED_PAYMENTS: u32 = 2;
+pub const POOLED_ZKAPP_COMMANDS: u32 = 1;
+
 /// The payments waiting in the pool of the node at `host`: two from one sender.
 pub fn pooled_payments(host: &str) -> Vec<SignedCommand> {
     let from = pool_sender(host);
-    (0..2u32)
+    (0..POOLED_PAYMENTS)
         .map(|i| {
             let (id, hash) = command_id(SIGNED_IN_POOL, pool_scope(host), i as u8);
             SignedCommand {
@@ -539,9 +543,21 @@ pub fn pooled_payments(host: &str) -> Vec<SignedCommand> {
 /// The zkApp command waiting in the pool of the node at `host`, from the
 /// sender of its payments.
 pub fn pooled_zkapp_commands(host: &str) -> Vec<ZkappCommand> {
-    let (id, hash) = command_id(ZKAPP_IN_POOL, pool_scope(host), 0);
     let target = public_key("zkapp-0");
-    vec![zkapp_command(id, hash, pool_sender(host), 2, &target, 0, 1)]
+    (0..POOLED_ZKAPP_COMMANDS)
+        .map(|i| {
+            let (id, hash) = command_id(ZKAPP_IN_POOL, pool_scope(host), i as u8);
+            zkapp_command(
+                id,
+                hash,
+                pool_sender(host),
+                POOLED_PAYMENTS + i,
+                &target,
+                0,
+                1,
+            )
+        })
+        .collect()
 }
 
 /// The height of the block holding the transaction `id`, if it is one of this
@@ -742,6 +758,16 @@ mod tests {
         }
         assert_eq!(block_of_command("not base64!", false), None);
         assert!(!is_transaction_id("not base64!"));
+    }
+
+    #[test]
+    fn a_pool_holds_what_its_counts_say() {
+        let host = "127.0.0.9";
+        assert_eq!(pooled_payments(host).len(), POOLED_PAYMENTS as usize);
+        assert_eq!(
+            pooled_zkapp_commands(host).len(),
+            POOLED_ZKAPP_COMMANDS as usize
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a node says about itself: `daemonStatus` and its nested objects, its
 //! peers, its block producer and SNARK worker, the chain's constants.
 
-use async_graphql::SimpleObject;
+use async_graphql::{Object, SimpleObject};
 
 use super::NodeView;
 use super::account::Account;
@@ -117,37 +117,6 @@ pub struct Metrics {
     snark_pool_diff_broadcasted: i32,
     pending_snark_work: i32,
     snark_pool_size: i32,
-}
-
-#[derive(SimpleObject)]
-#[graphql(name = "DaemonStatus")]
-pub struct DaemonStatus {
-    num_accounts: Option<i32>,
-    blockchain_length: Option<i32>,
-    highest_block_length_received: i32,
-    highest_unvalidated_block_length_received: i32,
-    uptime_secs: i32,
-    ledger_merkle_root: Option<String>,
-    state_hash: Option<String>,
-    chain_id: String,
-    commit_id: String,
-    conf_dir: String,
-    peers: Vec<Peer>,
-    user_commands_sent: i32,
-    snark_worker: Option<String>,
-    snark_work_fee: i32,
-    sync_status: SyncStatus,
-    catchup_status: Option<Vec<String>>,
-    block_production_keys: Vec<String>,
-    coinbase_receiver: Option<String>,
-    consensus_time_best_tip: Option<ConsensusTime>,
-    global_slot_since_genesis_best_tip: Option<i32>,
-    next_block_production: Option<BlockProducerTimings>,
-    consensus_time_now: ConsensusTime,
-    consensus_mechanism: String,
-    consensus_configuration: ConsensusConfiguration,
-    addrs_and_ports: AddrsAndPorts,
-    metrics: Metrics,
 }
 
 #[derive(SimpleObject)]
@@ -269,14 +238,24 @@ pub fn owned_accounts(view: &NodeView) -> Vec<Account> {
     vec![Account::of(&producer_key(view))]
 }
 
-/// Work in the node's SNARK pool: one proof by its own worker.
+/// Proofs in a node's SNARK pool.
+const SNARK_POOL_SIZE: u32 = 1;
+
+/// Work in the node's SNARK pool: proofs by its own worker, of the work after
+/// its best tip's.
 pub fn snark_pool(view: &NodeView) -> Vec<super::block::CompletedWork> {
+    let prover = snark_worker_key(view);
     let first = to_int(view.state.blockchain_length).saturating_mul(2);
-    vec![super::block::CompletedWork::from(chain::SnarkJob {
-        prover: snark_worker_key(view),
-        fee: u64::from(SNARK_WORK_FEE),
-        work_ids: vec![first.saturating_add(2), first.saturating_add(3)],
-    })]
+    (0..to_int(SNARK_POOL_SIZE))
+        .map(|i| {
+            let id = first.saturating_add(2 * i + 2);
+            super::block::CompletedWork::from(chain::SnarkJob {
+                prover: prover.clone(),
+                fee: u64::from(SNARK_WORK_FEE),
+                work_ids: vec![id, id.saturating_add(1)],
+            })
+        })
+        .collect()
 }
 
 fn next_block_production(view: &NodeView) -> BlockProducerTimings {
@@ -296,57 +275,136 @@ fn next_block_production(view: &NodeView) -> BlockProducerTimings {
     }
 }
 
-pub fn daemon_status(view: &NodeView) -> DaemonStatus {
-    let s = &view.state;
-    let best_slot = chain::slot_of(s.blockchain_length);
-    let now_slot = chain::slot_of(s.highest_block_length_received.max(s.blockchain_length));
-    let producer = producer_key(view);
-    let pool =
-        chain::pooled_payments(&view.host).len() + chain::pooled_zkapp_commands(&view.host).len();
-    DaemonStatus {
-        num_accounts: Some(230_000),
-        blockchain_length: Some(to_int(s.blockchain_length)),
-        highest_block_length_received: to_int(s.highest_block_length_received),
-        highest_unvalidated_block_length_received: to_int(
-            s.highest_unvalidated_block_length_received,
-        ),
-        uptime_secs: view.uptime_secs,
-        ledger_merkle_root: Some(chain::staged_ledger_hash(s.blockchain_length)),
-        state_hash: Some(chain::state_hash(s.blockchain_length)),
-        chain_id: s.chain_id.clone(),
-        commit_id: "0000000000000000000000000000000000000000".to_owned(),
-        conf_dir: "/root/.mina-config".to_owned(),
-        peers: peers(view),
-        user_commands_sent: 0,
-        snark_worker: Some(snark_worker_key(view)),
-        snark_work_fee: to_int(SNARK_WORK_FEE),
-        sync_status: s.sync_status,
-        catchup_status: None,
-        block_production_keys: vec![producer.clone()],
-        coinbase_receiver: Some(producer),
-        consensus_time_best_tip: Some(ConsensusTime::at_global_slot(best_slot)),
-        global_slot_since_genesis_best_tip: Some(to_int(best_slot)),
-        next_block_production: Some(next_block_production(view)),
-        consensus_time_now: ConsensusTime::at_global_slot(now_slot),
-        consensus_mechanism: "proof_of_stake".to_owned(),
-        consensus_configuration: ConsensusConfiguration::mainnet(),
-        addrs_and_ports: AddrsAndPorts {
-            external_ip: view.host.clone(),
+/// The node's status, each field worked out when asked for (monitoring asks
+/// for a few, often).
+pub struct DaemonStatus(pub NodeView);
+
+#[Object(name = "DaemonStatus")]
+impl DaemonStatus {
+    async fn num_accounts(&self) -> Option<i32> {
+        Some(230_000)
+    }
+
+    async fn blockchain_length(&self) -> Option<i32> {
+        Some(to_int(self.0.state.blockchain_length))
+    }
+
+    async fn highest_block_length_received(&self) -> i32 {
+        to_int(self.0.state.highest_block_length_received)
+    }
+
+    async fn highest_unvalidated_block_length_received(&self) -> i32 {
+        to_int(self.0.state.highest_unvalidated_block_length_received)
+    }
+
+    async fn uptime_secs(&self) -> i32 {
+        self.0.uptime_secs
+    }
+
+    /// The best tip's staged ledger hash.
+    async fn ledger_merkle_root(&self) -> Option<String> {
+        Some(chain::staged_ledger_hash(self.0.state.blockchain_length))
+    }
+
+    async fn state_hash(&self) -> Option<String> {
+        Some(chain::state_hash(self.0.state.blockchain_length))
+    }
+
+    async fn chain_id(&self) -> &str {
+        &self.0.state.chain_id
+    }
+
+    async fn commit_id(&self) -> &str {
+        "0000000000000000000000000000000000000000"
+    }
+
+    async fn conf_dir(&self) -> &str {
+        "/root/.mina-config"
+    }
+
+    async fn peers(&self) -> Vec<Peer> {
+        peers(&self.0)
+    }
+
+    async fn user_commands_sent(&self) -> i32 {
+        0
+    }
+
+    async fn snark_worker(&self) -> Option<String> {
+        Some(snark_worker_key(&self.0))
+    }
+
+    async fn snark_work_fee(&self) -> i32 {
+        to_int(SNARK_WORK_FEE)
+    }
+
+    async fn sync_status(&self) -> SyncStatus {
+        self.0.state.sync_status
+    }
+
+    async fn catchup_status(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    async fn block_production_keys(&self) -> Vec<String> {
+        vec![producer_key(&self.0)]
+    }
+
+    async fn coinbase_receiver(&self) -> Option<String> {
+        Some(producer_key(&self.0))
+    }
+
+    async fn consensus_time_best_tip(&self) -> Option<ConsensusTime> {
+        Some(ConsensusTime::at_global_slot(chain::slot_of(
+            self.0.state.blockchain_length,
+        )))
+    }
+
+    async fn global_slot_since_genesis_best_tip(&self) -> Option<i32> {
+        Some(to_int(chain::slot_of(self.0.state.blockchain_length)))
+    }
+
+    async fn next_block_production(&self) -> Option<BlockProducerTimings> {
+        Some(next_block_production(&self.0))
+    }
+
+    async fn consensus_time_now(&self) -> ConsensusTime {
+        let s = &self.0.state;
+        ConsensusTime::at_global_slot(chain::slot_of(
+            s.highest_block_length_received.max(s.blockchain_length),
+        ))
+    }
+
+    async fn consensus_mechanism(&self) -> &str {
+        "proof_of_stake"
+    }
+
+    async fn consensus_configuration(&self) -> ConsensusConfiguration {
+        ConsensusConfiguration::mainnet()
+    }
+
+    async fn addrs_and_ports(&self) -> AddrsAndPorts {
+        AddrsAndPorts {
+            external_ip: self.0.host.clone(),
             bind_ip: "0.0.0.0".to_owned(),
-            peer: Some(peer(view, u32::MAX)),
+            peer: Some(peer(&self.0, u32::MAX)),
             libp2p_port: 8302,
-            client_port: i32::from(view.port),
-        },
-        metrics: Metrics {
+            client_port: i32::from(self.0.port),
+        }
+    }
+
+    async fn metrics(&self) -> Metrics {
+        let pool = to_int(chain::POOLED_PAYMENTS + chain::POOLED_ZKAPP_COMMANDS);
+        Metrics {
             block_production_delay: vec![0; 7],
             transaction_pool_diff_received: 0,
             transaction_pool_diff_broadcasted: 0,
-            transactions_added_to_pool: to_int(pool),
-            transaction_pool_size: to_int(pool),
+            transactions_added_to_pool: pool,
+            transaction_pool_size: pool,
             snark_pool_diff_received: 0,
             snark_pool_diff_broadcasted: 0,
             pending_snark_work: 0,
-            snark_pool_size: to_int(snark_pool(view).len()),
-        },
+            snark_pool_size: to_int(SNARK_POOL_SIZE),
+        }
     }
 }

@@ -84,7 +84,7 @@ impl Query {
     }
 
     async fn daemon_status(&self, ctx: &Context<'_>) -> async_graphql::Result<DaemonStatus> {
-        Ok(daemon::daemon_status(view(ctx)?))
+        Ok(DaemonStatus(view(ctx)?.clone()))
     }
 
     /// The network the node is on: `mina:mainnet` on mainnet's chain id,
