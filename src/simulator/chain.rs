@@ -293,6 +293,9 @@ pub struct AccountUpdate {
     pub actions: Vec<Vec<String>>,
     pub events: Vec<Vec<String>>,
     pub signature: String,
+    /// What the update requires of the zkApp's first state field (decimal):
+    /// its value, unless the command failed on it.
+    pub state_precondition: String,
 }
 
 /// Why a zkApp command failed: Mina's failures of the account update at `index`.
@@ -304,6 +307,8 @@ pub struct Failure {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZkappCommand {
+    /// Of the block holding it; 0 in a pool.
+    pub height: u32,
     pub id: String,
     pub hash: String,
     pub fee_payer: String,
@@ -442,7 +447,13 @@ fn zkapp_command(
             index: 1,
             failures: vec!["Account_app_state_precondition_unsatisfied".to_owned()],
         });
+    let state_precondition = if failure.is_some() {
+        field_decimal(&format!("stale-state/{seed}"))
+    } else {
+        app_state(target, 0)
+    };
     ZkappCommand {
+        height,
         id,
         hash,
         signature: signature(&format!("fee-payer/{seed}")),
@@ -462,6 +473,7 @@ fn zkapp_command(
             ]],
             events: Vec::new(),
             signature: signature(&format!("update/{seed}")),
+            state_precondition,
         }],
         failure,
     }
@@ -634,6 +646,11 @@ pub struct Zkapp {
     pub zkapp_uri: String,
 }
 
+/// The `index`-th state field of the zkApp at `key` (decimal).
+pub fn app_state(key: &str, index: usize) -> String {
+    field_decimal(&format!("app-state/{key}/{index}"))
+}
+
 /// The ledger's account of `key`: every key has one, with a balance derived
 /// from it; one key in eight is timed (vesting).
 pub fn ledger_account_of(key: &str) -> LedgerAccount {
@@ -648,9 +665,7 @@ pub fn ledger_account_of(key: &str) -> LedgerAccount {
         vesting_increment: 1_000_000,
     });
     let zkapp = zkapps().iter().any(|z| z == key).then(|| Zkapp {
-        app_state: (0..8)
-            .map(|i| field_decimal(&format!("app-state/{key}/{i}")))
-            .collect(),
+        app_state: (0..8).map(|i| app_state(key, i)).collect(),
         verification_key: base64::engine::general_purpose::STANDARD
             .encode(base58::field_from(&format!("verification-key/{key}"))),
         verification_key_hash: field_decimal(&format!("verification-key-hash/{key}")),

@@ -5,9 +5,9 @@ use async_graphql::{Interface, Object, SimpleObject};
 
 use super::account::Account;
 use super::scalars::{
-    Amount, CurrencyAmount, Fee, Field, GlobalSlotSinceGenesis, Globalslot, Index, Memo, PublicKey,
-    Sign, Signature, TokenId, TransactionHash, TransactionId, TransactionStatusFailure, UInt32,
-    UserCommandKind,
+    Amount, Balance, CurrencyAmount, Fee, Field, GlobalSlotSinceGenesis, Globalslot, Index, Memo,
+    PublicKey, Sign, Signature, StateHash, TokenId, TransactionHash, TransactionId,
+    TransactionStatusFailure, UInt32, UserCommandKind,
 };
 use crate::simulator::chain::{self, SignedCommand};
 
@@ -215,6 +215,8 @@ impl From<&chain::ZkappCommand> for ZkappCommand {
                                 "Positive"
                             }),
                         },
+                        update: AccountUpdateModification::unchanged(),
+                        preconditions: Preconditions::of(command.height, u),
                         increment_nonce: u.increment_nonce,
                         events: strings(&u.events),
                         actions: strings(&u.actions),
@@ -273,12 +275,12 @@ pub struct ZkappAccountUpdate {
     authorization: Control,
 }
 
-/// An account update's body, without its `update` and `preconditions`.
 #[derive(SimpleObject)]
 #[graphql(name = "AccountUpdateBody")]
 pub struct AccountUpdateBody {
     public_key: PublicKey,
     token_id: TokenId,
+    update: AccountUpdateModification,
     balance_change: BalanceChange,
     increment_nonce: bool,
     events: Vec<Vec<Option<String>>>,
@@ -287,8 +289,189 @@ pub struct AccountUpdateBody {
     call_depth: i32,
     use_full_commitment: bool,
     implicit_account_creation_fee: bool,
+    preconditions: Preconditions,
     may_use_token: MayUseToken,
     authorization_kind: AuthorizationKindStructured,
+}
+
+/// What an account update changes: the simulated zkApps emit actions and
+/// change nothing else. Without `verificationKey`, `permissions` and `timing`,
+/// which no simulated update sets.
+#[derive(SimpleObject)]
+#[graphql(name = "AccountUpdateModification")]
+pub struct AccountUpdateModification {
+    app_state: Vec<Option<Field>>,
+    delegate: Option<PublicKey>,
+    zkapp_uri: Option<String>,
+    token_symbol: Option<String>,
+    voting_for: Option<StateHash>,
+}
+
+impl AccountUpdateModification {
+    fn unchanged() -> Self {
+        Self {
+            app_state: vec![None; 8],
+            delegate: None,
+            zkapp_uri: None,
+            token_symbol: None,
+            voting_for: None,
+        }
+    }
+}
+
+/// What must hold for an account update to apply: a window of lengths and
+/// slots around the block, the staking ledger's currency, and the zkApp's
+/// nonce, balance and first state field.
+#[derive(SimpleObject)]
+#[graphql(name = "Preconditions")]
+pub struct Preconditions {
+    network: NetworkPrecondition,
+    account: AccountPrecondition,
+    valid_while: Option<GlobalSlotSinceGenesisInterval>,
+}
+
+/// How far around the block the windows of the preconditions reach.
+const WINDOW: u32 = 10;
+
+impl Preconditions {
+    fn of(height: u32, update: &chain::AccountUpdate) -> Self {
+        let slot = chain::slot_of(height);
+        let slots = GlobalSlotSinceGenesisInterval {
+            lower: GlobalSlotSinceGenesis::of(slot.saturating_sub(2 * WINDOW)),
+            upper: GlobalSlotSinceGenesis::of(slot.saturating_add(2 * WINDOW)),
+        };
+        let staking = chain::staking_epoch_data(height);
+        let unconstrained_epoch = || EpochDataPrecondition {
+            ledger: EpochLedgerPrecondition {
+                hash: None,
+                total_currency: None,
+            },
+            seed: None,
+            start_checkpoint: None,
+            lock_checkpoint: None,
+            epoch_length: None,
+        };
+        let ledger = chain::ledger_account_of(&update.public_key);
+        let mut state = vec![None; 8];
+        state[0] = Some(Field(update.state_precondition.clone()));
+        Self {
+            network: NetworkPrecondition {
+                snarked_ledger_hash: None,
+                blockchain_length: Some(LengthInterval {
+                    lower: UInt32::of(height.saturating_sub(WINDOW)),
+                    upper: UInt32::of(height.saturating_add(WINDOW)),
+                }),
+                min_window_density: None,
+                total_currency: None,
+                global_slot_since_genesis: None,
+                staking_epoch_data: EpochDataPrecondition {
+                    ledger: EpochLedgerPrecondition {
+                        hash: None,
+                        total_currency: Some(CurrencyAmountInterval {
+                            lower: CurrencyAmount::of(staking.total_currency),
+                            upper: CurrencyAmount::of(staking.total_currency),
+                        }),
+                    },
+                    ..unconstrained_epoch()
+                },
+                next_epoch_data: unconstrained_epoch(),
+            },
+            account: AccountPrecondition {
+                balance: Some(BalanceInterval {
+                    lower: Balance::of(0),
+                    upper: Balance::of(ledger.balance),
+                }),
+                nonce: Some(NonceInterval {
+                    lower: UInt32::of(ledger.nonce),
+                    upper: UInt32::of(ledger.nonce),
+                }),
+                receipt_chain_hash: None,
+                delegate: None,
+                state,
+                action_state: None,
+                proved_state: Some(true),
+                is_new: Some(false),
+            },
+            valid_while: Some(slots),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "NetworkPrecondition")]
+pub struct NetworkPrecondition {
+    snarked_ledger_hash: Option<Field>,
+    blockchain_length: Option<LengthInterval>,
+    min_window_density: Option<LengthInterval>,
+    total_currency: Option<CurrencyAmountInterval>,
+    global_slot_since_genesis: Option<GlobalSlotSinceGenesisInterval>,
+    staking_epoch_data: EpochDataPrecondition,
+    next_epoch_data: EpochDataPrecondition,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "EpochDataPrecondition")]
+pub struct EpochDataPrecondition {
+    ledger: EpochLedgerPrecondition,
+    seed: Option<Field>,
+    start_checkpoint: Option<Field>,
+    lock_checkpoint: Option<Field>,
+    epoch_length: Option<LengthInterval>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "EpochLedgerPrecondition")]
+pub struct EpochLedgerPrecondition {
+    hash: Option<Field>,
+    total_currency: Option<CurrencyAmountInterval>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "AccountPrecondition")]
+pub struct AccountPrecondition {
+    balance: Option<BalanceInterval>,
+    nonce: Option<NonceInterval>,
+    receipt_chain_hash: Option<Field>,
+    delegate: Option<PublicKey>,
+    state: Vec<Option<Field>>,
+    action_state: Option<Field>,
+    proved_state: Option<bool>,
+    is_new: Option<bool>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "LengthInterval")]
+pub struct LengthInterval {
+    lower: UInt32,
+    upper: UInt32,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "CurrencyAmountInterval")]
+pub struct CurrencyAmountInterval {
+    lower: CurrencyAmount,
+    upper: CurrencyAmount,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "GlobalSlotSinceGenesisInterval")]
+pub struct GlobalSlotSinceGenesisInterval {
+    lower: GlobalSlotSinceGenesis,
+    upper: GlobalSlotSinceGenesis,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "BalanceInterval")]
+pub struct BalanceInterval {
+    lower: Balance,
+    upper: Balance,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "NonceInterval")]
+pub struct NonceInterval {
+    lower: UInt32,
+    upper: UInt32,
 }
 
 #[derive(SimpleObject)]

@@ -473,7 +473,12 @@ mod tests {
           zkappCommands { id hash failureReason { index failures }
             zkappCommand { memo feePayer { body { publicKey fee nonce validUntil } authorization }
               accountUpdates { body { publicKey tokenId balanceChange { magnitude sgn } actions
-                callDepth authorizationKind { isSigned } } authorization { signature } } } }
+                callDepth authorizationKind { isSigned } update { appState delegate votingFor }
+                preconditions { validWhile { lower upper }
+                  network { blockchainLength { lower upper }
+                    stakingEpochData { ledger { totalCurrency { lower upper } } } }
+                  account { state nonce { lower upper } balance { upper } provedState isNew } } }
+                authorization { signature } } } }
         }
       }";
 
@@ -530,6 +535,22 @@ mod tests {
             transactions["zkappCommands"][1]["failureReason"],
             Value::Null
         );
+        // The failed one required a state its zkApp does not have.
+        for (i, holds) in [(0, false), (1, true)] {
+            let update = &transactions["zkappCommands"][i]["zkappCommand"]["accountUpdates"][0];
+            let key = update["body"]["publicKey"].as_str().unwrap();
+            let required = &update["body"]["preconditions"]["account"]["state"][0];
+            let account = data(
+                &view,
+                &format!("{{ account(publicKey: \"{key}\") {{ zkappState }} }}"),
+            )
+            .await;
+            assert_eq!(
+                &account["account"]["zkappState"][0] == required,
+                holds,
+                "{account} {required}"
+            );
+        }
     }
 
     #[tokio::test]
