@@ -1,6 +1,7 @@
 //! One target's subscription loop: the WebSocket connections carrying its
-//! TargetApp's subscriptions (one, or one each for Mina's daemon), opened under the same endpoint policy, address
-//! checks, credentials and TLS settings as its polls; each pushed value handed
+//! TargetApp's subscriptions (one, or one each for Mina's daemon), opened under
+//! the same endpoint policy, address checks, credentials and TLS settings as
+//! its polls; each pushed value handed
 //! to the TargetApp's task. A lost connection is opened again with backoff
 //! and jitter, and the target is polled at once when it is, so that nothing
 //! that changed meanwhile is missed; a target that serves no subscriptions is
@@ -20,8 +21,8 @@ use crate::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Session, 
 use crate::subscriptions::protocol::Protocol;
 use crate::tenancy::{ConnectionPermit, Purpose};
 
-/// The protocol offered first, and assumed when a target names none: the one
-/// Mina's daemon speaks.
+/// The protocol offered first: the one Mina's daemon speaks (and the one a
+/// target that names none is taken to speak).
 pub const MINA_PROTOCOL: Protocol = Protocol::LegacyWs;
 
 /// How long a target over its tenant's connection budget waits before asking
