@@ -1,11 +1,11 @@
 //! One target's subscription loop: the WebSocket connections carrying its
 //! TargetApp's subscriptions (one, or one each for Mina's daemon), opened under
 //! the same endpoint policy, address checks, credentials and TLS settings as
-//! its polls; each pushed value handed
-//! to the TargetApp's task. A lost connection is opened again with backoff
-//! and jitter, and the target is polled at once when it is, so that nothing
-//! that changed meanwhile is missed; a target that serves no subscriptions is
-//! polled only, and the loop ends.
+//! its polls; each pushed value handed to the TargetApp's task. Lost
+//! connections are opened again with backoff and jitter, and the target is
+//! polled at once when they are, so that nothing that changed meanwhile is
+//! missed; a target that serves no subscriptions is polled only, and the loop
+//! ends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
