@@ -203,21 +203,7 @@ async fn the_simulator_answers_every_query_the_mina_sdk_client_sends() {
         "the package's read queries were not found in {}: {queries:?}",
         path.display()
     );
-    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let node = sim
-        .add_node(
-            (
-                support::fixtures::loopback_ip(),
-                support::fixtures::MINA_GRAPHQL_PORT,
-            )
-                .into(),
-            kco::simulator::NodeState::default(),
-        )
-        .await
-        .unwrap()
-        .address;
+    let (_sim, node) = simulated_node().await;
     // The sender of the node's pending payments, so that its pool is not empty.
     let sender = kco::simulator::public_key(&format!("sender-{}", node.ip()));
     let http = support::fixtures::http_client();
@@ -419,21 +405,7 @@ async fn the_simulator_answers_every_daemon_query_the_o1js_client_sends() {
     let mina = parse_lenient(kco::schema::MINA_SDL, "mina.graphql");
     let daemon_fields = &mina.get_object("query").unwrap().fields;
 
-    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let node = sim
-        .add_node(
-            (
-                support::fixtures::loopback_ip(),
-                support::fixtures::MINA_GRAPHQL_PORT,
-            )
-                .into(),
-            kco::simulator::NodeState::default(),
-        )
-        .await
-        .unwrap()
-        .address;
+    let (_sim, node) = simulated_node().await;
     let http = support::fixtures::http_client();
     let url = format!("http://{node}/graphql");
     let ask = |query: String| {
@@ -596,4 +568,25 @@ async fn the_simulator_answers_every_daemon_query_the_o1js_client_sends() {
         Some(8),
         "{account}"
     );
+}
+
+/// A simulator with one node on Mina's GraphQL port (the simulator serves
+/// while it is held).
+async fn simulated_node() -> (kco::simulator::Simulator, std::net::SocketAddr) {
+    let sim = kco::simulator::Simulator::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let node = sim
+        .add_node(
+            (
+                support::fixtures::loopback_ip(),
+                support::fixtures::MINA_GRAPHQL_PORT,
+            )
+                .into(),
+            kco::simulator::NodeState::default(),
+        )
+        .await
+        .unwrap()
+        .address;
+    (sim, node)
 }
