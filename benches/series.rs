@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kco::admission::Validator;
-use kco::target_metrics::{Budget, Series, Store};
+use kco::target_metrics::{Answer, Budget, Series, Store};
 use kco::targetapp::TargetApp;
 use serde_json::{Value, json};
 
@@ -123,7 +123,7 @@ fn measure(targets: usize, series: &[Series]) -> Row {
                 &app,
                 "mina-0",
                 Some(&labels),
-                (Some(&data), true),
+                Answer::Polled(Some(&data)),
                 &budget(&ns),
             )
             .unwrap();

@@ -1,7 +1,8 @@
 //! Target state as Prometheus series: the fields a TargetApp names in
-//! `spec.metrics`, read from every answer of every one of its targets and
-//! exported by the replica that polls them as `kco_target_<name>` gauges, so
-//! that on-call engineers alert on chain height or peer count with PromQL.
+//! `spec.metrics`, read from every answer of every one of its targets — a
+//! poll's, or a value a subscription pushed (`@name.…` fields) — and exported
+//! by the replica that polls them as `kco_target_<name>` gauges, so that
+//! on-call engineers alert on chain height or peer count with PromQL.
 //!
 //! A series is labelled `namespace`, `targetapp`, `target` (the pod, or the URL),
 //! the pod labels the TargetApp chose (as `label_<key>`, the kube-state-metrics
@@ -11,9 +12,10 @@
 //! makes a label: values outside the enum the schema declares set every member to
 //! 0, and text is never exported.
 //!
-//! The series of a target go when its poll fails (their values are unknown;
-//! `$up` stays, at 0), when it is no longer a target, and when its TargetApp is
-//! deleted or polled by another replica. A tenant's series are bounded by its
+//! The series of a target's state query go when its poll fails (their values
+//! are unknown; `$up` stays, at 0), those of pushed values when its
+//! subscriptions are lost; all of them go when it is no longer a target, and
+//! when its TargetApp is deleted or polled by another replica. A tenant's series are bounded by its
 //! quota's `maxMetricSeries`, split across replicas as its polls are.
 
 use std::collections::BTreeMap;
@@ -168,15 +170,54 @@ pub struct Reading {
     pub value: f64,
 }
 
-/// What `series` read of one answer (`data`, when the poll succeeded; `up`
-/// whether it did). A field the answer lacks, or that holds another type than
-/// its kind, gives no sample.
-pub fn read(series: &[Series], data: Option<&Value>, up: bool) -> Vec<Reading> {
+/// What one target said, for the series that follow what it said.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer<'a> {
+    /// A poll's answer (`None`: the poll failed, so the values are unknown): for
+    /// the series of the state query's fields and of `$up`.
+    Polled(Option<&'a Value>),
+    /// What subscription `name` pushed (its root field's value): for the series
+    /// of the fields under `@name`.
+    Pushed { name: &'a str, value: &'a Value },
+    /// The target's subscriptions were lost (or it serves none): the values they
+    /// pushed are no longer known, so the series of `@` fields go.
+    Unsubscribed,
+}
+
+impl Answer<'_> {
+    /// Whether this answer says what `series` holds now (the others keep what
+    /// earlier answers said).
+    fn speaks_for(&self, series: &Series) -> bool {
+        match (self, series.field.subscription()) {
+            (Answer::Polled(_), source) => source.is_none(),
+            (Answer::Pushed { name, .. }, source) => source == Some(*name),
+            (Answer::Unsubscribed, source) => source.is_some(),
+        }
+    }
+}
+
+/// What `series` read of one answer, for the series it speaks for. A field the
+/// answer lacks, or that holds another type than its kind, gives no sample.
+pub fn read(series: &[Series], answer: Answer<'_>) -> Vec<Reading> {
+    let pushed;
+    let (data, up) = match answer {
+        Answer::Polled(data) => (data, data.is_some()),
+        Answer::Pushed { name, value } => {
+            let mut map = serde_json::Map::new();
+            map.insert(format!("@{name}"), value.clone());
+            pushed = Value::Object(map);
+            (Some(&pushed), true)
+        }
+        Answer::Unsubscribed => return Vec::new(),
+    };
     let mut readings = Vec::new();
     for (index, s) in series.iter().enumerate() {
         let Ok(index) = u16::try_from(index) else {
             break;
         };
+        if !answer.speaks_for(s) {
+            continue;
+        }
         if data.is_none() && !s.field.is_up() {
             continue;
         }
@@ -228,11 +269,11 @@ fn as_f64(n: Num) -> f64 {
 /// nothing of the target, so its series stay as they were.
 pub fn answer_of(
     result: &Result<crate::monitor::poll::PollData, crate::monitor::poll::PollFailure>,
-) -> Option<Option<&Value>> {
+) -> Option<Answer<'_>> {
     match result {
-        Ok(data) => Some(Some(&data.data)),
+        Ok(data) => Some(Answer::Polled(Some(&data.data))),
         Err(crate::monitor::poll::PollFailure::Throttled(_)) => None,
-        Err(_) => Some(None),
+        Err(_) => Some(Answer::Polled(None)),
     }
 }
 
@@ -341,7 +382,7 @@ impl Store {
         app: &str,
         target: &str,
         labels: Option<&BTreeMap<String, String>>,
-        answer: (Option<&Value>, bool),
+        answer: Answer<'_>,
         budget: &Budget,
     ) -> Result<(), OverBudget> {
         let mut inner = self.lock();
@@ -349,7 +390,18 @@ impl Store {
         let Some(entry) = inner.apps.get_mut(&key) else {
             return Ok(());
         };
-        let readings = read(&entry.series, answer.0, answer.1);
+        let mut readings = read(&entry.series, answer);
+        // What the other sources said stays: a poll does not forget what a
+        // subscription pushed, nor a push what a poll answered.
+        if let Some(old) = entry.targets.get(target) {
+            let series = &entry.series;
+            readings.extend(old.readings.iter().copied().filter(|r| {
+                series
+                    .get(usize::from(r.series))
+                    .is_some_and(|s| !answer.speaks_for(s))
+            }));
+            readings.sort_by_key(|r| (r.series, r.state));
+        }
         let pod_labels = entry
             .series
             .iter()

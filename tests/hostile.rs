@@ -18,7 +18,7 @@ use kco::simulator::{Faults, NodeState};
 use kco::targetapp::TargetApp;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use support::bed::Bed;
+use support::bed::{Bed, metric};
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
 
 /// One hostile case: the TargetApp's name, the fault, the reason and a piece of
@@ -140,15 +140,6 @@ fn targetapp(name: &str, spec: Value) -> TargetApp {
         "metadata": {"name": name}, "spec": spec
     }))
     .unwrap()
-}
-
-/// Sums the samples of `name` whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use kco::simulator::{Faults, NodeState, StatePatch, SyncStatus};
 use kco::targetapp::{Phase, TargetAppStatus};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
-use support::bed::Bed;
+use support::bed::{Bed, metric};
 use support::fixtures::{self, MINA_GRAPHQL_PORT};
 use support::{ControlPlane, User};
 
@@ -255,15 +255,6 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
         trigger_events, 4.0,
         "two firings, each on the TargetApp and on the pod"
     );
-}
-
-/// Sums the samples of `name` whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use kco::subscriptions::connection::{Endpoint, Limits, Lost, Pushed, Wanted, ope
 use kco::subscriptions::protocol::Protocol;
 use kco::targetapp::SubscriptionState;
 use serde_json::json;
-use support::bed::Bed;
+use support::bed::{Bed, metric};
 use support::fixtures;
 
 async fn node() -> (Simulator, SocketAddr) {
@@ -378,6 +378,10 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
         "actions": [
             {"name": "new-block", "trigger": {"field": height, "condition": "greaterThan", "value": 0}},
             {"name": "pushed-offline", "trigger": {"field": "@newSyncUpdate", "condition": "equals", "value": "OFFLINE"}},
+        ],
+        "metrics": [
+            {"field": height, "name": "pushed_height"},
+            {"field": "$up", "name": "up"},
         ]
     }))
     .await;
@@ -401,6 +405,12 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
         .wait_event(10, "TriggerFired", "rule new-block fired for mina-0")
         .await;
     assert!(note.contains(height), "{note}");
+    // …and the value it pushed is a series at once.
+    let pushed = |m: &str| metric(m, "kco_target_pushed_height", &["target=\"mina-0\""]);
+    let text = bed
+        .wait_metrics(10, "the pushed block height", |m| pushed(m) > 0.0)
+        .await;
+    assert_eq!(metric(&text, "kco_target_up", &["target=\"mina-0\""]), 1.0);
     // A sync change pushed: its rule fires, and it is reported as a change.
     bed.set_state(0, SyncStatus::Offline).await;
     bed.wait_event(10, "TriggerFired", "rule pushed-offline fired for mina-0")
@@ -460,6 +470,13 @@ async fn pushed_values_fire_rules_at_once_and_a_lost_connection_is_made_good() {
         s.targets.first().and_then(|t| t.subscriptions) == Some(SubscriptionState::PollingOnly)
     })
     .await;
+    // What was pushed is no longer known; the polled series stay.
+    let text = bed.metrics().await;
+    assert!(
+        !text.contains("kco_target_pushed_height{"),
+        "the pushed value's series goes with its subscription:\n{text}"
+    );
+    assert_eq!(metric(&text, "kco_target_up", &["target=\"mina-0\""]), 1.0);
     let status = bed.status().await;
     assert_eq!(status.targets_ready.as_deref(), Some("1/1"), "{status:?}");
     let why = status.targets[0]

@@ -564,13 +564,6 @@ impl Validator {
                     v.refuse(at("field"), e.to_string());
                     continue;
                 }
-                Ok(path) if path.subscription().is_some() => {
-                    v.refuse(
-                        at("field"),
-                        "series follow the state query's answers; a value a subscription pushes is not exported (poll the field to export it)",
-                    );
-                    continue;
-                }
                 Ok(path) => match shape {
                     Some(shape) => match shape
                         .resolve(&path)
@@ -1390,6 +1383,38 @@ mod tests {
     }
 
     #[test]
+    fn pushed_fields_are_exported_as_the_schema_types_them() {
+        let series = Validator::new().series(
+            &app(json!({
+                "selector": {},
+                "subscriptions": [
+                    {"query": "subscription { newSyncUpdate }"},
+                    {"name": "blocks", "query": "subscription { newBlock { protocolState { consensusState { blockHeight } } } }"},
+                ],
+                "metrics": [
+                    {"field": "@blocks.protocolState.consensusState.blockHeight", "name": "height"},
+                    {"field": "@newSyncUpdate", "name": "pushed_sync"},
+                ],
+            })),
+            None,
+        );
+        let kinds: Vec<_> = series
+            .iter()
+            .map(|s| (s.name.as_str(), s.field.subscription(), &s.kind))
+            .collect();
+        assert!(
+            matches!(
+                kinds.as_slice(),
+                [
+                    ("kco_target_height", Some("blocks"), crate::target_metrics::Kind::Number),
+                    ("kco_target_pushed_sync", Some("newSyncUpdate"), crate::target_metrics::Kind::States(members)),
+                ] if members.contains(&"SYNCED".to_owned())
+            ),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
     fn subscriptions_are_checked_like_the_query_and_triggers_read_them_by_name() {
         let v = Validator::new();
         let rule = |field: &str, condition: &str, value: Value| json!({"trigger": {"field": field, "condition": condition, "value": value}});
@@ -1407,14 +1432,18 @@ mod tests {
                     rule("@newSyncUpdate", "equals", json!("DOWN")),
                     rule("@blocks.protocolState.consensusState.epoch", "equals", json!(1)),
                 ],
-                "metrics": [{"field": "@blocks.protocolState.consensusState.blockHeight", "name": "height"}],
+                "metrics": [
+                    {"field": "@blocks.protocolState.consensusState.blockHeight", "name": "height"},
+                    {"field": "@newSyncUpdate", "name": "pushed_sync"},
+                    {"field": "@nope.x", "name": "nope"},
+                ],
             })),
             None,
         );
         assert_eq!(
             messages(&fine),
             [
-                "spec.metrics[0].field: series follow the state query's answers; a value a subscription pushes is not exported (poll the field to export it)",
+                "spec.metrics[2].field: `@nope` reads subscription nope, and spec.subscriptions has none by that name",
                 "spec.actions[2].trigger.field: `@nope` reads subscription nope, and spec.subscriptions has none by that name",
                 "spec.actions[3].trigger.value: \"DOWN\" is not a value of enum SyncStatus (CONNECTING, LISTENING, OFFLINE, BOOTSTRAP, SYNCED, CATCHUP)",
                 "spec.actions[4].trigger.field: @blocks.protocolState.consensusState selects no field \"epoch\" (it selects: blockHeight)",

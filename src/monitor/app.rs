@@ -25,6 +25,7 @@ use super::{AppStats, Context, TargetStats};
 use crate::actions::{ActionError, Firing};
 use crate::events::queue::Pushed;
 use crate::events::{Notice, Reason};
+use crate::target_metrics::Answer;
 use crate::targetapp::{RuleFiring, SubscriptionState, TargetApp, TargetAppStatus};
 use crate::triggers::{self, FieldPath, Rule};
 use crate::triggers::{Adoption, Recorded};
@@ -552,7 +553,9 @@ impl Monitor {
         // handled late, then never looks newer than it is.
         let sent_at = report.sent_at;
         let now = Timestamp::now();
+        // A late answer of a target that is gone exports nothing.
         if self.exports
+            && self.targets.contains_key(&report.target)
             && let Some(answer) = crate::target_metrics::answer_of(&report.report.result)
         {
             self.export(&report.target, answer).await;
@@ -784,10 +787,28 @@ impl Monitor {
         }
         let target = state.target.clone();
         let name = target.name().to_owned();
+        let pushed_series = match &heard.what {
+            Happened::Pushed(pushed) => Some(Answer::Pushed {
+                name: &pushed.name,
+                value: &pushed.value,
+            }),
+            Happened::Lost { .. } | Happened::Unsupported(_) | Happened::OverQuota(_) => {
+                Some(Answer::Unsubscribed)
+            }
+            Happened::Opened { .. } => None,
+        };
+        if self.exports
+            && let Some(answer) = pushed_series
+        {
+            self.export(&heard.target, answer).await;
+        }
         match heard.what {
             Happened::Pushed(pushed) => {
                 self.dirty = true;
                 let now = Timestamp::now();
+                let Some(state) = self.targets.get_mut(&heard.target) else {
+                    return;
+                };
                 let seen = state.push(
                     &pushed.name,
                     pushed.value,
@@ -968,11 +989,11 @@ impl Monitor {
         });
     }
 
-    /// Exports what `target`'s answer (`None`: its poll failed) says of the
-    /// fields in `spec.metrics`, within the tenant's series budget; the first
+    /// Exports what `target`'s answer (a poll's, a push, or its subscriptions
+    /// lost) says of the fields in `spec.metrics`, within the tenant's series budget; the first
     /// target the budget refuses is reported (Event, and the status until none
     /// is refused).
-    async fn export(&mut self, target: &str, answer: Option<&serde_json::Value>) {
+    async fn export(&mut self, target: &str, answer: Answer<'_>) {
         let labels = self.pods.get(target).map(|pod| &pod.labels);
         let budget = self.ctx.tenants.series_budget(&self.namespace);
         let recorded = self.ctx.metrics.target_series.record(
@@ -980,7 +1001,7 @@ impl Monitor {
             &self.name,
             target,
             labels,
-            (answer, answer.is_some()),
+            answer,
             &budget,
         );
         match recorded {

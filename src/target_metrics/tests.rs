@@ -80,7 +80,7 @@ fn an_answer_reads_as_numbers_lengths_booleans_and_state_sets() {
         series("up", "$up", Kind::Boolean),
     ];
     let data = answer();
-    let got = read(&defs, Some(&data), true);
+    let got = read(&defs, Answer::Polled(Some(&data)));
     let expected = vec![
         Reading {
             series: 0,
@@ -136,7 +136,7 @@ fn what_a_target_answers_never_makes_a_label_or_a_sample_of_another_type() {
         "commit": "abc",
         "catchup": true
     }});
-    let got = read(&defs, Some(&hostile), true);
+    let got = read(&defs, Answer::Polled(Some(&hostile)));
     // A value outside the enum sets every member to 0; no new member appears.
     assert_eq!(
         got,
@@ -167,7 +167,7 @@ fn a_failed_poll_keeps_only_up_at_zero() {
         series("up", "$up", Kind::Boolean),
     ];
     assert_eq!(
-        read(&defs, None, false),
+        read(&defs, Answer::Polled(None)),
         vec![Reading {
             series: 1,
             state: None,
@@ -215,12 +215,19 @@ fn a_store_exports_each_target_with_its_labels_and_forgets_what_goes() {
             "mina",
             "mina-0",
             Some(&labels),
-            (Some(&data), true),
+            Answer::Polled(Some(&data)),
             &b,
         )
         .unwrap();
     store
-        .record("chain", "mina", "mina-1", None, (Some(&data), true), &b)
+        .record(
+            "chain",
+            "mina",
+            "mina-1",
+            None,
+            Answer::Polled(Some(&data)),
+            &b,
+        )
         .unwrap();
     let text = rendered(&store);
     assert!(
@@ -247,21 +254,35 @@ fn a_store_exports_each_target_with_its_labels_and_forgets_what_goes() {
 
     // A failed poll: the target's values are unknown, so its series go.
     store
-        .record("chain", "mina", "mina-1", None, (None, false), &b)
+        .record("chain", "mina", "mina-1", None, Answer::Polled(None), &b)
         .unwrap();
     assert!(!rendered(&store).contains("mina-1"));
     assert_eq!(store.tenant_series("quota/blue"), 4);
     store.forget_target("chain", "mina", "mina-0");
     assert_eq!(store.tenant_series("quota/blue"), 0);
     store
-        .record("chain", "mina", "mina-0", None, (Some(&data), true), &b)
+        .record(
+            "chain",
+            "mina",
+            "mina-0",
+            None,
+            Answer::Polled(Some(&data)),
+            &b,
+        )
         .unwrap();
     store.forget_app("chain", "mina");
     assert_eq!(rendered(&store), "");
     assert_eq!(store.tenant_series("quota/blue"), 0);
     // A forgotten TargetApp's late report exports nothing.
     store
-        .record("chain", "mina", "mina-0", None, (Some(&data), true), &b)
+        .record(
+            "chain",
+            "mina",
+            "mina-0",
+            None,
+            Answer::Polled(Some(&data)),
+            &b,
+        )
         .unwrap();
     assert_eq!(rendered(&store), "");
 }
@@ -281,10 +302,24 @@ fn over_its_budget_a_tenants_target_exports_nothing_and_other_tenants_are_untouc
     let blue = budget("quota/blue", 5);
     let red = budget("quota/red", 5);
     store
-        .record("blue-1", "mina", "a", None, (Some(&data), true), &blue)
+        .record(
+            "blue-1",
+            "mina",
+            "a",
+            None,
+            Answer::Polled(Some(&data)),
+            &blue,
+        )
         .unwrap();
     let over = store
-        .record("blue-1", "mina", "b", None, (Some(&data), true), &blue)
+        .record(
+            "blue-1",
+            "mina",
+            "b",
+            None,
+            Answer::Polled(Some(&data)),
+            &blue,
+        )
         .unwrap_err();
     assert_eq!((over.wanted, over.total, over.max), (3, 6, 5));
     assert!(
@@ -292,7 +327,14 @@ fn over_its_budget_a_tenants_target_exports_nothing_and_other_tenants_are_untouc
         "{over}"
     );
     store
-        .record("red-1", "mina", "a", None, (Some(&data), true), &red)
+        .record(
+            "red-1",
+            "mina",
+            "a",
+            None,
+            Answer::Polled(Some(&data)),
+            &red,
+        )
         .unwrap();
     let text = rendered(&store);
     assert!(text.contains(r#"namespace="blue-1",targetapp="mina",target="a""#));
@@ -301,7 +343,14 @@ fn over_its_budget_a_tenants_target_exports_nothing_and_other_tenants_are_untouc
     assert_eq!(store.tenant_series("quota/blue"), 3);
     // Its own next answer replaces what it exported: no double counting.
     store
-        .record("blue-1", "mina", "a", None, (Some(&data), true), &blue)
+        .record(
+            "blue-1",
+            "mina",
+            "a",
+            None,
+            Answer::Polled(Some(&data)),
+            &blue,
+        )
         .unwrap();
     assert_eq!(store.tenant_series("quota/blue"), 3);
 }
@@ -326,7 +375,14 @@ fn a_url_target_is_labelled_without_its_query_and_never_longer_than_a_name() {
     );
     let url = format!("http://mina.chain.svc/graphql?pad={}", "x".repeat(100_000));
     store
-        .record("chain", "mina", &url, None, (None, false), &budget("t", 10))
+        .record(
+            "chain",
+            "mina",
+            &url,
+            None,
+            Answer::Polled(None),
+            &budget("t", 10),
+        )
         .unwrap();
     let text = rendered(&store);
     assert!(
@@ -344,11 +400,101 @@ fn a_throttled_poll_leaves_the_series_and_a_failed_one_does_not() {
         data: data.clone(),
         errors: Vec::new(),
     });
-    assert_eq!(answer_of(&ok), Some(Some(&data)));
-    assert_eq!(answer_of(&Err(PollFailure::Status(500))), Some(None));
+    assert_eq!(answer_of(&ok), Some(Answer::Polled(Some(&data))));
+    assert_eq!(
+        answer_of(&Err(PollFailure::Status(500))),
+        Some(Answer::Polled(None))
+    );
     assert_eq!(
         answer_of(&Err(PollFailure::Throttled("the share is used".into()))),
         None,
         "another tenant's load must not read as the target down"
     );
+}
+
+#[test]
+fn pushed_values_and_polled_ones_each_keep_their_series_until_their_own_source_fails() {
+    let store = Store::default();
+    store.define(
+        "chain",
+        "mina",
+        vec![
+            series("length", "daemonStatus.blockchainLength", Kind::Number),
+            series(
+                "height",
+                "@blocks.protocolState.consensusState.blockHeight",
+                Kind::Number,
+            ),
+            series("pushed_sync", "@newSyncUpdate", sync_states()),
+            series("up", "$up", Kind::Boolean),
+        ]
+        .into(),
+    );
+    let b = budget("quota/blue", 100);
+    let record = |answer: Answer<'_>| {
+        store
+            .record("chain", "mina", "mina-0", None, answer, &b)
+            .unwrap();
+        rendered(&store)
+    };
+    let block = json!({"protocolState": {"consensusState": {"blockHeight": "42"}}});
+    let polled = answer();
+    record(Answer::Polled(Some(&polled)));
+    let text = record(Answer::Pushed {
+        name: "blocks",
+        value: &block,
+    });
+    assert!(
+        text.contains(
+            "kco_target_height{namespace=\"chain\",targetapp=\"mina\",target=\"mina-0\"} 42"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("kco_target_length{") && text.contains("} 1234"),
+        "a push keeps the polled series: {text}"
+    );
+    assert!(
+        !text.contains("kco_target_pushed_sync"),
+        "nothing pushed on newSyncUpdate yet: {text}"
+    );
+    let text = record(Answer::Pushed {
+        name: "newSyncUpdate",
+        value: &json!("OFFLINE"),
+    });
+    assert!(
+        text.contains("pushed_sync=\"OFFLINE\"} 1") && text.contains("} 42"),
+        "{text}"
+    );
+    assert_eq!(store.tenant_series("quota/blue"), 1 + 1 + 3 + 1);
+
+    // A failed poll: the polled values go, `$up` is 0, the pushed ones stay.
+    let text = record(Answer::Polled(None));
+    assert!(!text.contains("kco_target_length"), "{text}");
+    assert!(
+        text.contains("kco_target_up{") && text.contains("} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kco_target_height{") && text.contains("pushed_sync=\"OFFLINE\"} 1"),
+        "{text}"
+    );
+    // A push's value that is not of its kind: that series has no sample.
+    let text = record(Answer::Pushed {
+        name: "blocks",
+        value: &json!({"protocolState": null}),
+    });
+    assert!(!text.contains("kco_target_height"), "{text}");
+    // The subscriptions lost: what they pushed is no longer known.
+    record(Answer::Pushed {
+        name: "blocks",
+        value: &block,
+    });
+    let text = record(Answer::Unsubscribed);
+    assert!(
+        !text.contains("kco_target_height") && !text.contains("pushed_sync"),
+        "{text}"
+    );
+    assert!(text.contains("kco_target_up{"), "{text}");
+    assert_eq!(store.tenant_series("quota/blue"), 1);
 }

@@ -377,3 +377,13 @@ subjects: [{{kind: ServiceAccount, name: kco-actions, namespace: {ns}}}]
         pods.get_opt(name).await.expect("apiserver call").is_some()
     }
 }
+
+/// The sum of the samples of series `name` in a `/metrics` text whose lines hold
+/// every one of `labels` (`key="value"`).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
