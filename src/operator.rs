@@ -73,6 +73,11 @@ pub struct Running {
     /// Where the admission webhooks listen, when they are on.
     pub webhook_addr: Option<SocketAddr>,
     pub ctx: Arc<Context>,
+    /// Cancelled to stop gracefully: this replica leaves the shard, hands its
+    /// TargetApps over (those with subscriptions run on until their new owners
+    /// hold them, [`monitor::HANDOVER_LIMIT`] at most), then stops as `cancel`
+    /// does.
+    pub leave: CancellationToken,
     /// Ends when the operator has stopped.
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -119,15 +124,18 @@ pub async fn start(
     let (admin_addr, admin) = serve_admin(&ctx, &settings, &cancel).await?;
 
     // The lease tasks stop after monitoring has, so that the shard is left (and the
-    // leader Lease released) only once this replica no longer polls.
+    // leader Lease released) only once this replica no longer polls — unless it
+    // leaves first, on purpose, to hand its TargetApps over.
     let leases = CancellationToken::new();
     let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     if let Some(e) = roles.election {
         tasks.push(("leader election", tokio::spawn(e.run(leases.clone()))));
     }
+    let mut membership = None;
     if let Some(m) = roles.membership {
-        let run = m.run(roles.ownership_tx, leases.clone(), ctx.listed.clone());
-        tasks.push(("shard membership", tokio::spawn(run)));
+        let stop = leases.child_token();
+        let run = m.run(roles.ownership_tx, stop.clone(), ctx.listed.clone());
+        membership = Some((stop, tokio::spawn(run)));
     }
     let monitoring = monitor::run(
         ctx.clone(),
@@ -135,17 +143,26 @@ pub async fn start(
         roles.ownership,
         cancel.clone(),
     );
+    let leave = CancellationToken::new();
     let handle = tokio::spawn(until_stopped(
         ctx.clone(),
         monitoring,
         tokio::spawn(admin),
-        tasks,
-        (cancel, leases),
+        Tasks {
+            leases: tasks,
+            membership,
+        },
+        Stops {
+            leave: leave.clone(),
+            cancel,
+            leases,
+        },
     ));
     Ok(Running {
         admin_addr,
         webhook_addr,
         ctx,
+        leave,
         handle,
     })
 }
@@ -349,35 +366,42 @@ async fn serve_admin(
     Ok((admin_addr, async move { admin.await }))
 }
 
-/// Runs until monitoring ends (`cancel`) or a lease task ends on its own, then
-/// stops in order: monitoring, running actions (bounded), the lease tasks (leaving
-/// the shard and releasing the leader Lease), the admin server.
+/// The lease tasks, the shard membership's apart: it is stopped first when this
+/// replica leaves on purpose.
+struct Tasks {
+    leases: Vec<(&'static str, JoinHandle<()>)>,
+    membership: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// How the operator is stopped: `leave` gracefully (hand-off first), `cancel`
+/// at once; `leases` stops the lease tasks, last.
+struct Stops {
+    leave: CancellationToken,
+    cancel: CancellationToken,
+    leases: CancellationToken,
+}
+
+/// Runs until monitoring ends (`cancel`), a lease task ends on its own, or the
+/// replica leaves (`leave`: it hands its TargetApps over first), then stops in
+/// order: monitoring, running actions (bounded), the lease tasks (leaving the
+/// shard and releasing the leader Lease), the admin server.
 async fn until_stopped(
     ctx: Arc<Context>,
     monitoring: impl std::future::Future<Output = ()>,
     admin: JoinHandle<std::io::Result<()>>,
-    mut tasks: Vec<(&'static str, JoinHandle<()>)>,
-    (cancel, leases): (CancellationToken, CancellationToken),
+    mut tasks: Tasks,
+    stops: Stops,
 ) -> anyhow::Result<()> {
-    // A lease task that ends on its own (a bug, a panic) leaves this replica unsure
-    // of its role: stop rather than run on.
-    let watch_tasks = async {
-        if tasks.is_empty() {
-            return std::future::pending().await;
-        }
-        let (result, index, _) =
-            futures::future::select_all(tasks.iter_mut().map(|(_, h)| h)).await;
-        let task = tasks.get(index).map_or("lease", |(name, _)| *name);
-        match result {
-            Ok(()) => format!("the {task} task ended unexpectedly"),
-            Err(e) => format!("the {task} task failed: {e}"),
-        }
-    };
+    let mut monitoring = std::pin::pin!(monitoring);
     let failed = tokio::select! {
-        _ = monitoring => None,
-        why = watch_tasks => Some(why),
+        _ = &mut monitoring => None,
+        why = task_ended(&mut tasks) => Some(why),
+        _ = stops.leave.cancelled() => {
+            hand_over(&ctx, &mut monitoring, &mut tasks).await;
+            None
+        }
     };
-    cancel.cancel();
+    stops.cancel.cancel();
     // Actions already fenced finish (each is bounded by its timeout) before the
     // replica leaves the shard: a firing recorded is a firing acted on.
     ctx.actions.close();
@@ -388,9 +412,10 @@ async fn until_stopped(
     {
         tracing::warn!("actions still running at shutdown were abandoned");
     }
-    leases.cancel();
+    stops.leases.cancel();
     // Leave the shard and release the leader Lease before exiting.
-    for (name, task) in tasks {
+    let membership = tasks.membership.map(|(_, task)| ("shard membership", task));
+    for (name, task) in tasks.leases.into_iter().chain(membership) {
         if !task.is_finished()
             && tokio::time::timeout(std::time::Duration::from_secs(5), task)
                 .await
@@ -409,6 +434,67 @@ async fn until_stopped(
     }
 }
 
+/// Waits until a lease task ends on its own (a bug, a panic): this replica is
+/// then unsure of its role and stops rather than run on. Why, in words.
+async fn task_ended(tasks: &mut Tasks) -> String {
+    let membership = tasks
+        .membership
+        .as_mut()
+        .map(|(_, task)| ("shard membership", task));
+    let watched: Vec<(&'static str, &mut JoinHandle<()>)> = tasks
+        .leases
+        .iter_mut()
+        .map(|(name, task)| (*name, task))
+        .chain(membership)
+        .collect();
+    if watched.is_empty() {
+        return std::future::pending().await;
+    }
+    let names: Vec<&'static str> = watched.iter().map(|(name, _)| *name).collect();
+    let (result, index, _) =
+        futures::future::select_all(watched.into_iter().map(|(_, task)| task)).await;
+    let task = names.get(index).copied().unwrap_or("lease");
+    match result {
+        Ok(()) => format!("the {task} task ended unexpectedly"),
+        Err(e) => format!("the {task} task failed: {e}"),
+    }
+}
+
+/// Leaves the shard while still monitoring: the other members take this
+/// replica's namespaces over, and it runs on until it holds no TargetApp (those
+/// with subscriptions are let go once their new owners hold them), monitoring
+/// ends, or [`monitor::HANDOVER_LIMIT`] has passed.
+async fn hand_over(
+    ctx: &Context,
+    monitoring: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    tasks: &mut Tasks,
+) {
+    let Some((stop, task)) = tasks.membership.as_mut() else {
+        return;
+    };
+    tracing::info!("leaving the shard: handing TargetApps over before stopping");
+    stop.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut *task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the shard membership did not stop within 5 s");
+    }
+    let held = || ctx.shard.read().map_or(0, |view| view.held);
+    let drained = async {
+        while held() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = monitoring.as_mut() => {}
+        _ = drained => tracing::info!("every TargetApp handed over"),
+        _ = tokio::time::sleep(monitor::HANDOVER_LIMIT) => {
+            tracing::warn!(held = held(), "TargetApps still held when the hand-over time ran out");
+        }
+    }
+}
+
 /// `kco run`: starts, then stops cleanly on SIGTERM or Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
@@ -421,14 +507,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let config = cluster_config(&settings).await?;
     let cancel = CancellationToken::new();
     let running = start(settings, config, cancel.clone()).await?;
+    let mut handle = running.handle;
     tokio::select! {
         _ = crate::shutdown::requested() => {
-            tracing::info!("shutting down");
-            cancel.cancel();
+            tracing::info!("shutting down: handing over first (again to stop at once)");
+            running.leave.cancel();
         }
         _ = cancel.cancelled() => {}
+        stopped = &mut handle => return stopped.context("the operator task failed")?,
     }
-    running.handle.await.context("the operator task failed")?
+    tokio::select! {
+        _ = crate::shutdown::requested() => {
+            tracing::info!("shutting down at once");
+            cancel.cancel();
+        }
+        stopped = &mut handle => return stopped.context("the operator task failed")?,
+    }
+    handle.await.context("the operator task failed")?
 }
 
 /// The /stats token from its file: trimmed, and refused when empty.

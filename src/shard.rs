@@ -320,7 +320,17 @@ impl Membership {
                 _ = tokio::time::sleep(self.timing.renew_period) => {}
             }
         }
-        let _ = ownership.send(Ownership::of(&self.me, Vec::<String>::new()));
+        // Leaving: the others own everything now, as they will compute once this
+        // Lease is gone (TargetApps with subscriptions run on here until their
+        // new owners hold them).
+        let others: Vec<String> = ownership
+            .borrow()
+            .members()
+            .iter()
+            .filter(|m| **m != self.me)
+            .cloned()
+            .collect();
+        let _ = ownership.send(Ownership::of(&self.me, others));
         match self
             .api
             .delete(&member_lease(&self.me), &DeleteParams::default())

@@ -268,7 +268,8 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
 /// the new owner subscribes before the old one lets go, so nodes that flip
 /// through the hand-over fire once per flip — none missed in a gap between the
 /// two, none twice in their overlap (the fence) — and the old owner's
-/// connections close once the new one holds them.
+/// connections close once the new one holds them. The same when a replica is
+/// stopped: it hands its subscriptions over before it exits.
 #[tokio::test]
 async fn subscriptions_are_handed_over_before_they_are_let_go() {
     let _serial = SERIAL.lock().await;
@@ -374,6 +375,29 @@ async fn subscriptions_are_handed_over_before_they_are_let_go() {
         owners.extend(status.shard);
     }
     assert!(owners.len() > 1, "the namespaces moved: {owners:?}");
+
+    // A replica asked to stop (SIGTERM, as Kubernetes stops a pod) leaves the
+    // shard first and lets go of each subscription only once its new owner
+    // holds it: flips on while it stops are each delivered once.
+    let stopping = owners
+        .iter()
+        .find_map(|o| o.strip_prefix("kco-")?.parse::<usize>().ok())
+        .unwrap();
+    replicas.kill(stopping, "TERM");
+    for cycle in 0..10 {
+        flips += flip_all(&fleet, states[(cycle + 1) % 2]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let exit = replicas.wait_exit(stopping).await;
+    let keys = deliveries(&receiver, flips).await;
+    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{flips} flips in all, kco-{stopping} stopped ({exit}): {} distinct deliveries, {} duplicates",
+        keys.len(),
+        duplicates.len()
+    );
+    assert_eq!(duplicates, Vec::<(&String, &usize)>::new(), "no duplicates");
+    assert_eq!(keys.len(), flips, "no flip missed while a replica stopped");
     assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
 }
 

@@ -92,6 +92,9 @@ pub struct ShardView {
     pub members: Vec<String>,
     /// Namespaces with TargetApps that this replica polls.
     pub owned: BTreeSet<String>,
+    /// TargetApps this replica runs, those handed over but not let go yet
+    /// among them: a replica leaving the shard stops once none is left.
+    pub held: usize,
 }
 
 /// One TargetApp as `/stats` shows it.
@@ -555,10 +558,14 @@ impl Shard {
             }
         }
         let n = released.len() as u64;
+        // With no member left to take them over, nothing is held for a successor.
+        let successors = !self.owns.members().is_empty();
         let (overlap, now): (Vec<String>, Vec<String>) = released.into_iter().partition(|k| {
-            self.apps
-                .get(k)
-                .is_some_and(|app| !app.spec.subscriptions.is_empty() && !app.spec.suspend)
+            successors
+                && self
+                    .apps
+                    .get(k)
+                    .is_some_and(|app| !app.spec.subscriptions.is_empty() && !app.spec.suspend)
         });
         for k in overlap {
             if let Some(mut task) = self.running.remove(&k) {
@@ -598,6 +605,7 @@ impl Shard {
         }
         tracing::info!(count = keys.len(), "handed-over TargetApps let go");
         stop_all(ctx, &mut self.releasing, keys).await;
+        self.publish(ctx);
     }
 
     /// Readiness, the owned namespaces for `/stats` and their metric, the
@@ -634,6 +642,7 @@ impl Shard {
         if let Ok(mut view) = ctx.shard.write() {
             view.members = self.owns.members().to_vec();
             view.owned = owned;
+            view.held = self.running.len() + self.releasing.len();
         }
         if self.listed && self.owns.known() {
             ctx.ready.store(true, Ordering::Release);
