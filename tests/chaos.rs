@@ -1,6 +1,7 @@
 //! The chaos run: three `kco run` replicas and 200 targets whose states flip on a
-//! schedule, a replica killed with SIGKILL at random every 20 s (and started
-//! again), and kube-apiserver stopped and started once half-way.
+//! schedule (a quarter of them heard by subscription, the rest polled), a
+//! replica killed with SIGKILL at random every 20 s (and started again), and
+//! kube-apiserver stopped and started once half-way.
 //!
 //! Short mode (the default, in `./build.sh test`): 150 s. Long mode:
 //! `KCO_CHAOS_SECS=1800 cargo test --test chaos -- --nocapture`. The report
@@ -29,6 +30,8 @@ async fn every_firing_acts_once_through_kills_and_an_apiserver_restart() {
         victims: vec![0, 1, 2],
         apiserver_down: Some(Duration::from_secs(5)),
         sample_every: Duration::from_secs(10),
+        // A quarter of the TargetApps fire on what their node pushes.
+        subscribed_every: 4,
     };
     let outcome = scenario::run(scenario::kco_binary(env!("CARGO_BIN_EXE_kco")), plan).await;
     let dir = scenario::report_dir("chaos");

@@ -37,6 +37,7 @@ async fn steady_load_keeps_memory_descriptors_and_lateness_flat() {
         victims: vec![2],
         apiserver_down: None,
         sample_every: scenario::seconds_from_env("KCO_SOAK_SAMPLE_EVERY", 5),
+        subscribed_every: 0,
     };
     let outcome = scenario::run(scenario::kco_binary(env!("CARGO_BIN_EXE_kco")), plan).await;
     let dir = scenario::report_dir("soak");

@@ -202,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
          curl -s http://127.0.0.1:{admin_port}/metrics | grep operator_kco\n  \
          curl -s http://127.0.0.1:{admin_port}/stats\n\n\
          Each node's chain height, peers and sync status as Prometheus series (spec.metrics of\n\
-         mina), exported by the replica that polls them:\n\n  \
+         mina; kco_target_announced_block_height is what each node last pushed to mina-blocks),\n\
+         exported by the replica that polls them:\n\n  \
          for port in {ports_spaced}; do curl -s http://127.0.0.1:$port/metrics | grep '^kco_target_'; done\n\n\
          Ask a node directly, as KCO does, or run a command in a pod, as exec_command does:\n\n  \
          curl -s http://{first}/graphql -H 'content-type: application/json' \\\n    \
