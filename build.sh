@@ -14,10 +14,12 @@
 #   ./build.sh coverage  the coverage table of the last test run, again
 #   ./build.sh soak [SECONDS]  the soak run (default 3600 s, 300 targets); report in
 #                      target/soak/
-#   ./build.sh fuzz [SECONDS]  every cargo-fuzz target for SECONDS each (default 30)
+#   ./build.sh fuzz [SECONDS] [--quick]  every cargo-fuzz target for SECONDS each
+#                      (default 30; --quick: built without optimizations)
 #   ./build.sh bench [--quick]  every bench at its standard sizes, one report with
 #                      the date and commit in target/bench/report.md (--quick: tiny
-#                      sizes, to check that the benches still run; no figure counts)
+#                      sizes, built unoptimized, to check that the benches still
+#                      run; no figure counts)
 #   ./build.sh release-meta vX.Y.Z [OWNER]  the version, image and chart a release
 #                      of that tag publishes (the release workflow's one source)
 #
@@ -164,9 +166,12 @@ benches() {
   local quick=${1:-} out=target/bench name
   mkdir -p "$out"
   # Benches build in release: their own target directory in the cache stays warm.
+  # A quick run only checks that they run: built unoptimized, minutes sooner.
   export CARGO_TARGET_DIR="$cache_root/bench-target"
-  step "building the benches (release)"
-  cargo bench --locked --no-run --benches
+  local -a profile=()
+  [ "$quick" = "--quick" ] && profile=(--profile dev)
+  step "building the benches (${profile[1]:-release})"
+  cargo bench --locked "${profile[@]}" --no-run --benches
   for name in pipeline scale admission failover hostile series secured; do
     local -a args=()
     if [ "$quick" = "--quick" ]; then
@@ -181,7 +186,7 @@ benches() {
       esac
     fi
     step "bench: $name ${args[*]}"
-    cargo bench --locked --bench "$name" -- "${args[@]}" | tee "$out/$name.md"
+    cargo bench --locked "${profile[@]}" --bench "$name" -- "${args[@]}" | tee "$out/$name.md"
     grep -q '^headline |' "$out/$name.md" || die "the $name bench printed no figures"
   done
   {
@@ -266,7 +271,7 @@ case "${1:-}" in
   fuzz)
     rust
     step "fuzzing every target for ${2:-30}s (docs/fuzzing.md)"
-    bash tests/tools/fuzz.sh "${2:-30}"
+    bash tests/tools/fuzz.sh "${2:-30}" ${3:+"$3"}
     ;;
   soak)
     rust
@@ -317,7 +322,7 @@ case "${1:-}" in
     echo "chart=oci://ghcr.io/$owner/charts"
     ;;
   *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^# Tools/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -320,23 +320,10 @@ async fn subscriptions_are_handed_over_before_they_are_let_go() {
     // SYNCED and CATCHUP every second: every turn to CATCHUP is one firing.
     replicas.spawn(1);
     replicas.spawn(2);
-    let states = [SyncStatus::Synced, SyncStatus::Catchup];
-    let mut flips = 0usize;
-    for cycle in 0..16 {
-        flips += flip_all(&fleet, states[(cycle + 1) % 2]).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let mut flips = flip_every_second(&fleet, 16).await;
     replicas.wait_ready(1).await;
     replicas.wait_ready(2).await;
-    let keys = deliveries(&receiver, flips).await;
-    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
-    println!(
-        "{flips} flips through the hand-over, {} distinct deliveries, {} duplicates",
-        keys.len(),
-        duplicates.len()
-    );
-    assert_eq!(duplicates, Vec::<(&String, &usize)>::new(), "no duplicates");
-    assert_eq!(keys.len(), flips, "no flip missed");
+    assert_each_delivered_once(&receiver, flips, "through the hand-over").await;
 
     // Every replica holds a share, and each node is left with one subscriber:
     // the old owner let go once the new one held it (a Mina daemon notices a
@@ -384,20 +371,10 @@ async fn subscriptions_are_handed_over_before_they_are_let_go() {
         .find_map(|o| o.strip_prefix("kco-")?.parse::<usize>().ok())
         .unwrap();
     replicas.kill(stopping, "TERM");
-    for cycle in 0..10 {
-        flips += flip_all(&fleet, states[(cycle + 1) % 2]).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    flips += flip_every_second(&fleet, 10).await;
     let exit = replicas.wait_exit(stopping).await;
-    let keys = deliveries(&receiver, flips).await;
-    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
-    println!(
-        "{flips} flips in all, kco-{stopping} stopped ({exit}): {} distinct deliveries, {} duplicates",
-        keys.len(),
-        duplicates.len()
-    );
-    assert_eq!(duplicates, Vec::<(&String, &usize)>::new(), "no duplicates");
-    assert_eq!(keys.len(), flips, "no flip missed while a replica stopped");
+    let what = format!("while kco-{stopping} stopped ({exit})");
+    assert_each_delivered_once(&receiver, flips, &what).await;
     assert_eq!(replicas.unexpected_exits(), Vec::<String>::new());
 }
 
@@ -647,6 +624,35 @@ async fn flip_all(fleet: &support::replicas::Fleet, state: SyncStatus) -> usize 
     } else {
         0
     }
+}
+
+/// Flips every node of `fleet` between SYNCED and CATCHUP `cycles` times, a
+/// second apart; the firings that makes.
+async fn flip_every_second(fleet: &support::replicas::Fleet, cycles: usize) -> usize {
+    let states = [SyncStatus::Synced, SyncStatus::Catchup];
+    let mut flips = 0;
+    for cycle in 0..cycles {
+        flips += flip_all(fleet, states[(cycle + 1) % 2]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    flips
+}
+
+/// Fails unless `receiver` got one delivery per firing: none missed, none twice.
+async fn assert_each_delivered_once(receiver: &Receiver, flips: usize, what: &str) {
+    let keys = deliveries(receiver, flips).await;
+    let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{flips} flips {what}: {} distinct deliveries, {} duplicates",
+        keys.len(),
+        duplicates.len()
+    );
+    assert_eq!(
+        duplicates,
+        Vec::<(&String, &usize)>::new(),
+        "no duplicates {what}"
+    );
+    assert_eq!(keys.len(), flips, "no flip missed {what}");
 }
 
 /// The receiver's deliveries by idempotency key, once `expected` distinct ones

@@ -8,7 +8,9 @@
 //! replica ([`ROUTINE_PER_SECOND`], bursts of [`ROUTINE_BURST`]); over it they are
 //! dropped at once. A full queue drops the tenant's own oldest routine notice to
 //! make room, and drops a telling one only for a newer telling one of the same
-//! tenant. Nothing one tenant does drops another tenant's notice.
+//! tenant. A tenant's telling notices are published before its routine ones,
+//! each kind in order. Nothing one tenant does drops or delays another tenant's
+//! notice beyond its turn.
 //!
 //! Pure (no I/O): the monitor pushes, the publisher task pops.
 
@@ -134,7 +136,12 @@ impl<T> FairQueue<T> {
         let mut state = self.state.lock().ok()?;
         let tenant = state.turn.pop_front()?;
         let queue = state.tenants.get_mut(&tenant)?;
-        let next = queue.waiting.pop_front()?;
+        // What on-call reads goes first: a telling notice does not wait behind
+        // the tenant's routine ones (a flood of changes must not delay a firing).
+        let next = match queue.waiting.iter().position(|w| w.telling) {
+            Some(first) => queue.waiting.remove(first)?,
+            None => queue.waiting.pop_front()?,
+        };
         if !queue.waiting.is_empty() {
             state.turn.push_back(tenant.clone());
         }
@@ -237,6 +244,21 @@ mod tests {
         );
         let left: Vec<&str> = std::iter::from_fn(|| queue.try_pop().map(|(_, n)| n)).collect();
         assert_eq!(left, ["fired 2", "fired 3", "fired 4"]);
+    }
+
+    #[test]
+    fn a_tenants_telling_notices_go_before_its_routine_ones() {
+        let queue = FairQueue::with_bounds(1000, 1000, 1000);
+        for i in 0..100 {
+            queue.push("t", false, format!("changed {i}"));
+        }
+        queue.push("t", true, "fired 1".to_owned());
+        queue.push("t", false, "changed 100".to_owned());
+        queue.push("t", true, "fired 2".to_owned());
+        let order: Vec<String> = std::iter::from_fn(|| queue.try_pop().map(|(_, n)| n)).collect();
+        assert_eq!(order[..3], ["fired 1", "fired 2", "changed 0"]);
+        assert_eq!(order.last().map(String::as_str), Some("changed 100"));
+        assert_eq!(order.len(), 103);
     }
 
     #[test]
