@@ -122,6 +122,60 @@ const MAX_NOTE: usize = 1000;
 /// How long a published Event can be repeated into (kube's recorder uses 6 minutes).
 const SERIES_TTL: Duration = Duration::from_secs(10 * 60);
 
+/// Events published at once: a slow apiserver answer for one tenant's Event
+/// does not hold the others'.
+pub const PUBLISHERS: usize = 8;
+
+/// Publishes what `queue` holds until it is gone, [`PUBLISHERS`] at a time and
+/// one at a time per tenant: the same Event repeated is one series, and a
+/// tenant's Events keep the order the queue gives them.
+pub async fn publish_queued(
+    queue: std::sync::Weak<queue::FairQueue<Notice>>,
+    recorder: Recorder,
+    metrics: Metrics,
+) {
+    use futures::StreamExt;
+    let notices = futures::stream::unfold(queue, |queue| async move {
+        let next = queue::FairQueue::next(&queue).await?;
+        Some((next, queue))
+    });
+    let busy: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    > = std::sync::Mutex::default();
+    notices
+        .for_each_concurrent(PUBLISHERS, |(tenant, notice)| {
+            let turn = tenant_turn(&busy, &tenant);
+            let (recorder, metrics) = (&recorder, &metrics);
+            async move {
+                let _mine = turn.lock().await;
+                if let Err(e) = recorder.publish(notice).await {
+                    metrics.errors.with_label_values(&["event_publish"]).inc();
+                    tracing::warn!(error = %e, "cannot publish an Event");
+                }
+            }
+        })
+        .await;
+}
+
+/// The lock that orders `tenant`'s publishing; forgotten once nothing holds it.
+fn tenant_turn(
+    busy: &std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >,
+    tenant: &str,
+) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    let mut busy = busy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(turn) = busy.get(tenant).and_then(std::sync::Weak::upgrade) {
+        return turn;
+    }
+    busy.retain(|_, turn| turn.strong_count() > 0);
+    let turn = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    busy.insert(tenant.to_owned(), std::sync::Arc::downgrade(&turn));
+    turn
+}
+
 /// Publishes Events as one reporting controller instance.
 #[derive(Clone)]
 pub struct Recorder {
@@ -266,6 +320,26 @@ mod tests {
         assert!(!Reason::PollRecovered.is_warning());
         assert!(!Reason::StateChanged.is_warning());
         assert!(!Reason::ActionSkipped.is_warning());
+    }
+
+    #[test]
+    fn a_tenants_events_take_turns_and_its_turn_is_forgotten_when_done() {
+        let busy = std::sync::Mutex::default();
+        let blue = tenant_turn(&busy, "blue");
+        assert!(std::sync::Arc::ptr_eq(&blue, &tenant_turn(&busy, "blue")));
+        let red = tenant_turn(&busy, "red");
+        assert!(!std::sync::Arc::ptr_eq(&blue, &red));
+        let held = blue.try_lock().ok();
+        assert!(held.is_some());
+        assert!(
+            tenant_turn(&busy, "blue").try_lock().is_err(),
+            "one at a time"
+        );
+        assert!(red.try_lock().is_ok(), "another tenant's turn is its own");
+        drop(held);
+        drop((blue, red));
+        tenant_turn(&busy, "green");
+        assert_eq!(busy.lock().unwrap().len(), 1, "only the live turn is kept");
     }
 
     #[test]

@@ -148,19 +148,12 @@ impl Context {
         let recorder = Recorder::new(client.clone(), &settings.instance, metrics.clone());
         let events = Arc::new(FairQueue::new());
         let queue = Arc::downgrade(&events);
-        let publish_metrics = metrics.clone();
-        tokio::spawn(async move {
-            // Ends with the context (the queue's last owner).
-            while let Some((_, notice)) = FairQueue::next(&queue).await {
-                if let Err(e) = recorder.publish(notice).await {
-                    publish_metrics
-                        .errors
-                        .with_label_values(&["event_publish"])
-                        .inc();
-                    tracing::warn!(error = %e, "cannot publish an Event");
-                }
-            }
-        });
+        // Ends with the context (the queue's last owner).
+        tokio::spawn(crate::events::publish_queued(
+            queue,
+            recorder,
+            metrics.clone(),
+        ));
         let mut overrides: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
             std::collections::HashMap::new();
         for (host, ip) in &settings.dns_overrides {
