@@ -14,8 +14,7 @@
 #   ./build.sh coverage  the coverage table of the last test run, again
 #   ./build.sh soak [SECONDS]  the soak run (default 3600 s, 300 targets); report in
 #                      target/soak/
-#   ./build.sh fuzz [SECONDS] [--quick]  every cargo-fuzz target for SECONDS each
-#                      (default 30; --quick: built without optimizations)
+#   ./build.sh fuzz [SECONDS]  every cargo-fuzz target for SECONDS each (default 30)
 #   ./build.sh bench [--quick]  every bench at its standard sizes, one report with
 #                      the date and commit in target/bench/report.md (--quick: tiny
 #                      sizes, built unoptimized, to check that the benches still
@@ -271,7 +270,7 @@ case "${1:-}" in
   fuzz)
     rust
     step "fuzzing every target for ${2:-30}s (docs/fuzzing.md)"
-    bash tests/tools/fuzz.sh "${2:-30}" ${3:+"$3"}
+    bash tests/tools/fuzz.sh "${2:-30}"
     ;;
   soak)
     rust

@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of fuzz/ for a while (docs/fuzzing.md):
 #
-#   fuzz.sh [SECONDS] [--quick]   each target for SECONDS (default 30)
-#
-# --quick builds the targets without optimizations (cargo fuzz --dev): minutes
-# less to build after a change, fewer inputs a second; for a smoke run (CI).
+#   fuzz.sh [SECONDS]     each target for SECONDS (default 30)
 #
 # FUZZ_TARGETS="trigger_path admission_review" runs only those targets.
 # Needs a nightly toolchain (`cargo +nightly`): targets are built with
@@ -20,13 +17,7 @@ set -euo pipefail
 CARGO_FUZZ_VERSION=0.13.2
 
 seconds="${1:-30}"
-case "$seconds" in '' | *[!0-9]*) echo "usage: $0 [SECONDS] [--quick]" >&2; exit 2 ;; esac
-build=()
-case "${2:-}" in
-  '') ;;
-  --quick) build=(--dev) ;;
-  *) echo "usage: $0 [SECONDS] [--quick]" >&2; exit 2 ;;
-esac
+case "$seconds" in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -61,10 +52,10 @@ done
 cargo +nightly metadata --locked --format-version 1 >/dev/null ||
   die "fuzz/Cargo.lock is out of date: run cargo +nightly update --workspace in fuzz/ and commit it"
 
-say "building $(echo $targets) (AddressSanitizer, debug assertions${build:+, unoptimized})"
+say "building $(echo $targets) (AddressSanitizer, debug assertions)"
 start=$SECONDS
 for target in $targets; do
-  cargo +nightly fuzz build "${build[@]}" "$target"
+  cargo +nightly fuzz build "$target"
 done
 say "built in $((SECONDS - start))s"
 
@@ -81,7 +72,7 @@ for target in $targets; do
   before="$(date +%s)"
   status=0
   # -timeout: one input taking 10 s is a hang; -rss_limit_mb: a bounded process.
-  cargo +nightly fuzz run "${build[@]}" "$target" "$corpus" -- \
+  cargo +nightly fuzz run "$target" "$corpus" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$fuzz/artifacts/$target/" >"$log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
