@@ -159,6 +159,12 @@ async fn a_flipped_node_changes_state_and_fires_its_rule_only_for_its_pod() {
             .collect::<Vec<_>>()
     };
     let first = fired(bed.status().await);
+    // Firings are known by the second (status's precision): an end is recorded
+    // once it is seen in a later second than the firing.
+    let fired_in = first.first().map(|(_, _, time)| time.0).unwrap();
+    while k8s_openapi::jiff::Timestamp::now().as_second() <= fired_in.as_second() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bed.set_state(1, SyncStatus::Synced).await;
     bed.wait_event(10, "StateChanged", "to \"SYNCED\"").await;
     // The episode's end is recorded (a replica taking over would fire the next one).
