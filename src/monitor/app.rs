@@ -990,9 +990,9 @@ impl Monitor {
     }
 
     /// Exports what `target`'s answer (a poll's, a push, or its subscriptions
-    /// lost) says of the fields in `spec.metrics`, within the tenant's series budget; the first
-    /// target the budget refuses is reported (Event, and the status until none
-    /// is refused).
+    /// lost) says of the fields in `spec.metrics`, within the tenant's series
+    /// budget; the first target the budget refuses is reported (Event, and the
+    /// status until none is refused).
     async fn export(&mut self, target: &str, answer: Answer<'_>) {
         let labels = self.pods.get(target).map(|pod| &pod.labels);
         let budget = self.ctx.tenants.series_budget(&self.namespace);
