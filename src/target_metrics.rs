@@ -15,8 +15,9 @@
 //! The series of a target's state query go when its poll fails (their values
 //! are unknown; `$up` stays, at 0), those of pushed values when its
 //! subscriptions are lost; all of them go when it is no longer a target, and
-//! when its TargetApp is deleted or polled by another replica. A tenant's series are bounded by its
-//! quota's `maxMetricSeries`, split across replicas as its polls are.
+//! when its TargetApp is deleted or polled by another replica. A tenant's
+//! series are bounded by its quota's `maxMetricSeries`, split across replicas
+//! as its polls are.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -139,9 +139,7 @@ pub async fn publish_queued(
         let next = queue::FairQueue::next(&queue).await?;
         Some((next, queue))
     });
-    let busy: std::sync::Mutex<
-        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
-    > = std::sync::Mutex::default();
+    let busy = Turns::default();
     notices
         .for_each_concurrent(PUBLISHERS, |(tenant, notice)| {
             let turn = tenant_turn(&busy, &tenant);
@@ -157,13 +155,12 @@ pub async fn publish_queued(
         .await;
 }
 
+/// Each tenant's turn to publish, while one of its Events is in flight.
+type Turns =
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>;
+
 /// The lock that orders `tenant`'s publishing; forgotten once nothing holds it.
-fn tenant_turn(
-    busy: &std::sync::Mutex<
-        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
-    >,
-    tenant: &str,
-) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+fn tenant_turn(busy: &Turns, tenant: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     let mut busy = busy
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -324,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_tenants_events_take_turns_and_its_turn_is_forgotten_when_done() {
-        let busy = std::sync::Mutex::default();
+        let busy = Turns::default();
         let blue = tenant_turn(&busy, "blue");
         assert!(std::sync::Arc::ptr_eq(&blue, &tenant_turn(&busy, "blue")));
         let red = tenant_turn(&busy, "red");

@@ -525,24 +525,21 @@ pub async fn run(kco: PathBuf, plan: Plan) -> Outcome {
                     ..StatePatch::default()
                 };
                 fleet.sim.patch_state(fleet.nodes[ns], patch).await.unwrap();
-                if current[k] == SyncStatus::Catchup {
-                    episode_ends
-                        .lock()
+                let note = |at: &StdMutex<BTreeMap<String, Vec<Duration>>>| {
+                    at.lock()
                         .unwrap()
                         .entry(ns.clone())
                         .or_default()
                         .push(now - started);
+                };
+                if current[k] == SyncStatus::Catchup {
+                    note(&episode_ends);
                 }
                 current[k] = want;
                 since[k] = Some(now);
                 if want == SyncStatus::Catchup {
                     *firings.lock().unwrap().entry(ns.clone()).or_default() += 1;
-                    episodes
-                        .lock()
-                        .unwrap()
-                        .entry(ns.clone())
-                        .or_default()
-                        .push(now - started);
+                    note(&episodes);
                 }
             }
             if done && current.iter().all(|s| *s == SyncStatus::Synced) {
