@@ -296,6 +296,8 @@ struct Row {
     threads: f64,
     polled: usize,
     stats_targets: Option<u64>,
+    /// The allocator's live heap and resident pages, KiB (`kco` only).
+    heap_kib: Option<(f64, f64)>,
     setup: Duration,
     to_polled: Duration,
     detection: Option<Detection>,
@@ -341,6 +343,14 @@ async fn measure(
         row.detection = Some(detection(process.pid, fleet, a, apps, row.cpu_percent).await);
     }
     row.stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
+    row.heap_kib = replicas.metrics(0).await.and_then(|text| {
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .map(|bytes| bytes / 1024.0)
+        };
+        read("operator_kco_heap_allocated_bytes ").zip(read("operator_kco_heap_resident_bytes "))
+    });
     drop(replicas);
     row
 }
@@ -464,6 +474,7 @@ async fn observe(
         threads: status_field(pid, "Threads:"),
         polled,
         stats_targets: None,
+        heap_kib: None,
         setup,
         to_polled,
         detection: None,
@@ -889,8 +900,24 @@ async fn main() {
         } else {
             (r.anon_kib - base_anon) / r.apps as f64
         };
+        // The allocator's view: what is live, and what it keeps resident for it.
+        let heap = match (r.heap_kib, base.heap_kib) {
+            (Some((live, resident)), Some((base_live, base_resident))) if r.apps > 0 => format!(
+                "live heap {:.1} MiB ({:.1} KiB per TargetApp), allocator resident {:.1} MiB ({:.1} KiB per TargetApp)",
+                live / 1024.0,
+                (live - base_live) / r.apps as f64,
+                resident / 1024.0,
+                (resident - base_resident) / r.apps as f64
+            ),
+            (Some((live, resident)), _) => format!(
+                "live heap {:.1} MiB, allocator resident {:.1} MiB",
+                live / 1024.0,
+                resident / 1024.0
+            ),
+            (None, _) => "live heap unavailable".to_owned(),
+        };
         println!(
-            "- {} TargetApps: RssAnon {:.1} MiB ({anon_per:.1} KiB per TargetApp), /stats targets {}",
+            "- {} TargetApps: RssAnon {:.1} MiB ({anon_per:.1} KiB per TargetApp), {heap}, /stats targets {}",
             r.apps,
             r.anon_kib / 1024.0,
             r.stats_targets

@@ -1170,3 +1170,68 @@ async fn exported_fields_are_series_that_follow_the_answers_and_go_with_their_ta
     })
     .await;
 }
+
+/// The same notice published again is one Event whose series counts it; a
+/// notice that differs in its note, or regards another object, is an Event of
+/// its own.
+#[tokio::test]
+async fn a_repeated_notice_is_one_event_whose_series_counts_it() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kco::events::{Notice, Reason, Recorder};
+
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("mon-series").await;
+    let client = cp.admin().await;
+    let recorder = Recorder::new(
+        client.clone(),
+        "kco-test",
+        kco::metrics::Metrics::new().unwrap(),
+    );
+    let regarding = |name: &str| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ns.clone()),
+        name: Some(name.into()),
+        uid: Some(format!("uid-{name}")),
+        ..Default::default()
+    };
+    let notice = |name: &str, note: &str| Notice {
+        reason: Reason::PollFailed,
+        note: note.into(),
+        regarding: regarding(name),
+        related: None,
+    };
+    for (name, note) in [
+        ("mina-0", "timed out"),
+        ("mina-0", "timed out"),
+        ("mina-0", "timed out"),
+        ("mina-0", "refused"),
+        ("mina-1", "timed out"),
+    ] {
+        recorder.publish(notice(name, note)).await.unwrap();
+    }
+    let events: Api<Event> = Api::namespaced(client, &ns);
+    let mut seen: Vec<(String, String, i32)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.series.map_or(1, |s| s.count),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("mina-0".into(), "refused".into(), 1),
+            ("mina-0".into(), "timed out".into(), 3),
+            ("mina-1".into(), "timed out".into(), 1),
+        ]
+    );
+}

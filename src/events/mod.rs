@@ -104,18 +104,21 @@ pub struct Notice {
     pub related: Option<ObjectReference>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    regarding: (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
-    related: Option<(Option<String>, Option<String>, Option<String>)>,
+/// What makes two notices the same Event: what they regard and relate to, their
+/// reason and their note.
+#[derive(Hash)]
+struct Key<'a> {
+    regarding: [Option<&'a str>; 4],
+    related: Option<[Option<&'a str>; 3]>,
     reason: Reason,
-    note: String,
+    note: &'a str,
 }
+
+/// A [`Key`] as the series cache keeps it: 128 bits of two keyed hashes, not
+/// its strings (a tenant cannot choose notes that collide with keys it does not
+/// know, and by chance two of the cache's 10,000 entries share a digest with a
+/// probability near 10⁻³⁰).
+type Digest = (u64, u64);
 
 /// The longest note the Events API accepts is 1 kB.
 const MAX_NOTE: usize = 1000;
@@ -178,7 +181,9 @@ fn tenant_turn(busy: &Turns, tenant: &str) -> std::sync::Arc<tokio::sync::Mutex<
 pub struct Recorder {
     client: kube::Client,
     instance: String,
-    published: moka::future::Cache<Key, Published>,
+    published: moka::future::Cache<Digest, Published>,
+    /// The hash keys of [`Digest`]s, chosen at random when the recorder is made.
+    digests: [std::hash::RandomState; 2],
     metrics: Metrics,
 }
 
@@ -199,8 +204,14 @@ impl Recorder {
                 .max_capacity(10_000)
                 .time_to_live(SERIES_TTL)
                 .build(),
+            digests: [std::hash::RandomState::new(), std::hash::RandomState::new()],
             metrics,
         }
+    }
+
+    fn digest(&self, key: &Key<'_>) -> Digest {
+        use std::hash::BuildHasher;
+        (self.digests[0].hash_one(key), self.digests[1].hash_one(key))
     }
 
     /// Publishes `notice`, or raises the count of the same Event published recently.
@@ -211,20 +222,20 @@ impl Recorder {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        let key = Key {
-            regarding: (
-                notice.regarding.namespace.clone(),
-                notice.regarding.kind.clone(),
-                notice.regarding.name.clone(),
-                notice.regarding.uid.clone(),
-            ),
+        let key = self.digest(&Key {
+            regarding: [
+                notice.regarding.namespace.as_deref(),
+                notice.regarding.kind.as_deref(),
+                notice.regarding.name.as_deref(),
+                notice.regarding.uid.as_deref(),
+            ],
             related: notice
                 .related
                 .as_ref()
-                .map(|r| (r.namespace.clone(), r.kind.clone(), r.name.clone())),
+                .map(|r| [r.namespace.as_deref(), r.kind.as_deref(), r.name.as_deref()]),
             reason: notice.reason,
-            note: note.clone(),
-        };
+            note: &note,
+        });
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let now = MicroTime(Timestamp::now());
         let kind = if notice.reason.is_warning() {

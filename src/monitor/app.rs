@@ -522,24 +522,21 @@ impl Monitor {
             return;
         }
         self.dirty = true;
-        let m = &self.ctx.metrics;
-        let labels = [self.namespace.as_str(), self.name.as_str()];
-        m.last_poll
-            .with_label_values(&labels)
-            .set(report.sent_at.as_millisecond() as f64 / 1000.0);
-        m.poll_duration
-            .with_label_values(&labels)
-            .observe(report.report.duration.as_secs_f64());
-        m.poll_lateness
-            .with_label_values(&labels)
-            .observe(report.lateness.as_secs_f64());
         let (result, reason) = match &report.report.result {
             Ok(_) => ("success", ""),
             Err(failure) => ("failure", failure.reason()),
         };
-        m.polls
-            .with_label_values(&[labels[0], labels[1], result, reason])
-            .inc();
+        self.ctx.metrics.targetapps.polled(
+            &self.namespace,
+            &self.name,
+            crate::metrics::Poll {
+                sent_at: report.sent_at.as_millisecond() as f64 / 1000.0,
+                duration_seconds: report.report.duration.as_secs_f64(),
+                lateness_seconds: report.lateness.as_secs_f64(),
+                result,
+                reason,
+            },
+        );
         if let Ok(data) = &report.report.result
             && !data.errors.is_empty()
         {
@@ -1131,17 +1128,12 @@ impl Monitor {
     /// exports them too.
     fn count_targets(&self) {
         let up = self.targets.values().filter(|t| t.up == Some(true)).count() as i64;
-        let labels = [self.namespace.as_str(), self.name.as_str()];
-        self.ctx
-            .metrics
-            .targets
-            .with_label_values(&[labels[0], labels[1], "up"])
-            .set(up);
-        self.ctx
-            .metrics
-            .targets
-            .with_label_values(&[labels[0], labels[1], "down"])
-            .set(self.targets.len() as i64 - up);
+        self.ctx.metrics.targetapps.targets(
+            &self.namespace,
+            &self.name,
+            up,
+            self.targets.len() as i64 - up,
+        );
     }
 
     fn publish_stats(&mut self, status: &TargetAppStatus) {

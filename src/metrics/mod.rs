@@ -2,30 +2,29 @@
 //! labels stay bounded: namespace, targetapp, action, result, reason — never pod
 //! IPs, URLs or error text.
 
+mod targetapps;
+
+pub use targetapps::{Poll, TargetApps};
+
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric KCO exports, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Polls by outcome: `result` success|failure, `reason` the failure kind ("" on success).
-    pub polls: IntCounterVec,
-    pub poll_duration: HistogramVec,
-    /// When each TargetApp's latest poll was sent.
-    pub last_poll: GaugeVec,
-    /// How late a poll started against its schedule.
-    pub poll_lateness: HistogramVec,
+    /// Each TargetApp's polls (by outcome: `result` success|failure, `reason` the
+    /// failure kind, "" on success), their duration and lateness, when the latest
+    /// was sent, and its targets up and down.
+    pub targetapps: TargetApps,
     /// Events published, by reason and type.
     pub events: IntCounterVec,
     pub actions: IntCounterVec,
     pub action_duration: HistogramVec,
     /// Internal errors by kind (apiserver writes, watches, ...).
     pub errors: IntCounterVec,
-    /// Targets per TargetApp by state (up|down).
-    pub targets: IntGaugeVec,
     /// Trigger firings by rule.
     pub firings: IntCounterVec,
     /// 1 while this replica leads.
@@ -71,10 +70,6 @@ pub const ERROR_KINDS: [&str; 9] = [
     "shard_membership",
 ];
 
-/// The label sets of per-TargetApp series, so that a deleted TargetApp's series
-/// can be removed.
-const APP: &[&str] = &["namespace", "targetapp"];
-
 impl Metrics {
     /// Builds and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -90,17 +85,9 @@ impl Metrics {
             registry.register(Box::new(h.clone()))?;
             Ok::<_, prometheus::Error>(h)
         };
-        let latency = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ];
-        let targets = IntGaugeVec::new(
-            Opts::new(
-                "operator_kco_tapp_targets",
-                "Targets of a TargetApp by state (up, down).",
-            ),
-            &["namespace", "targetapp", "state"],
-        )?;
-        registry.register(Box::new(targets.clone()))?;
+        let latency = targetapps::BOUNDS.to_vec();
+        let targetapps = TargetApps::default();
+        registry.register(Box::new(targetapps.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -221,34 +208,7 @@ impl Metrics {
                 "Namespaces with TargetApps that this replica polls.",
             )?,
             shard_handoffs,
-            polls: counter(
-                "operator_kco_tapp_polls_total",
-                "GraphQL polls of TargetApp targets, by result and failure reason.",
-                &["namespace", "targetapp", "result", "reason"],
-            )?,
-            last_poll: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "operator_kco_tapp_last_poll_timestamp_seconds",
-                        "When a TargetApp's latest poll was sent (Unix seconds): status is written on change, not per poll.",
-                    ),
-                    APP,
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            poll_duration: histogram(
-                "operator_kco_tapp_poll_duration_seconds",
-                "Duration of one poll, retries included.",
-                APP,
-                latency.clone(),
-            )?,
-            poll_lateness: histogram(
-                "operator_kco_tapp_poll_lateness_seconds",
-                "How late polls start against their schedule.",
-                APP,
-                latency.clone(),
-            )?,
+            targetapps,
             events: counter(
                 "operator_kco_events_generated_total",
                 "Kubernetes Events published (repeats included), by reason and type.",
@@ -266,7 +226,6 @@ impl Metrics {
                 latency,
             )?,
             errors,
-            targets,
             firings: counter(
                 "operator_kco_trigger_firings_total",
                 "Trigger firings, by rule.",
@@ -282,23 +241,13 @@ impl Metrics {
         let matches = |labels: &std::collections::HashMap<&str, &str>| {
             labels.get("namespace") == Some(&namespace) && labels.get("targetapp") == Some(&name)
         };
-        let _ = self.poll_duration.remove_label_values(&[namespace, name]);
-        let _ = self.last_poll.remove_label_values(&[namespace, name]);
-        let _ = self.poll_lateness.remove_label_values(&[namespace, name]);
-        for state in ["up", "down"] {
-            let _ = self.targets.remove_label_values(&[namespace, name, state]);
-        }
+        self.targetapps.forget(namespace, name);
         // Series with further labels: remove every one that names this TargetApp.
         // Only these families are read: the whole registry holds every tenant's
         // exported series too, which a hand-off of many TargetApps would render
         // once for each.
         use prometheus::core::Collector;
-        let families: [&dyn Collector; 4] = [
-            &self.polls,
-            &self.actions,
-            &self.action_duration,
-            &self.firings,
-        ];
+        let families: [&dyn Collector; 3] = [&self.actions, &self.action_duration, &self.firings];
         for family in families.iter().flat_map(|c| c.collect()) {
             for metric in family.get_metric() {
                 let labels: std::collections::HashMap<&str, &str> = metric
@@ -316,14 +265,6 @@ impl Metrics {
                         .collect::<Vec<_>>()
                 };
                 match family.name() {
-                    "operator_kco_tapp_polls_total" => {
-                        let _ = self.polls.remove_label_values(&values(&[
-                            "namespace",
-                            "targetapp",
-                            "result",
-                            "reason",
-                        ]));
-                    }
                     "operator_kco_actions_executed_total" => {
                         let _ = self.actions.remove_label_values(&values(&[
                             "namespace",
@@ -355,16 +296,12 @@ impl Metrics {
     /// The name of every metric family KCO exports (also those with no series yet).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 21] = [
-            &self.polls,
-            &self.poll_duration,
-            &self.last_poll,
-            &self.poll_lateness,
+        let collectors: [&dyn Collector; 17] = [
+            &self.targetapps,
             &self.events,
             &self.actions,
             &self.action_duration,
             &self.errors,
-            &self.targets,
             &self.firings,
             &self.leader,
             &self.leader_transitions,
@@ -429,12 +366,17 @@ mod tests {
     #[test]
     fn the_contract_names_are_exported() {
         let m = Metrics::new().unwrap();
-        m.polls
-            .with_label_values(&["ns", "app", "success", ""])
-            .inc();
-        m.poll_duration
-            .with_label_values(&["ns", "app"])
-            .observe(0.1);
+        m.targetapps.polled(
+            "ns",
+            "app",
+            Poll {
+                sent_at: 1.0,
+                duration_seconds: 0.1,
+                lateness_seconds: 0.0,
+                result: "success",
+                reason: "",
+            },
+        );
         m.events
             .with_label_values(&["ns", "StateChanged", "Normal"])
             .inc();
@@ -465,12 +407,19 @@ mod tests {
     fn a_forgotten_targetapp_leaves_no_series() {
         let m = Metrics::new().unwrap();
         for app in ["gone", "kept"] {
-            m.polls
-                .with_label_values(&["ns", app, "failure", "timeout"])
-                .inc();
-            m.targets.with_label_values(&["ns", app, "up"]).set(3);
+            m.targetapps.polled(
+                "ns",
+                app,
+                Poll {
+                    sent_at: 1.0,
+                    duration_seconds: 0.1,
+                    lateness_seconds: 0.0,
+                    result: "failure",
+                    reason: "timeout",
+                },
+            );
+            m.targetapps.targets("ns", app, 3, 0);
             m.firings.with_label_values(&["ns", app, "offline"]).inc();
-            m.poll_duration.with_label_values(&["ns", app]).observe(0.1);
         }
         m.forget_targetapp("ns", "gone");
         let text = m.render().unwrap();
