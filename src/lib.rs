@@ -5,6 +5,7 @@ pub mod actions;
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod cluster;
 pub mod conditions;
 pub mod config;
 pub mod crds;

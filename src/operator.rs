@@ -89,8 +89,7 @@ pub async fn start(
     config: kube::Config,
     cancel: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let client =
-        kube::Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
+    let client = crate::cluster::client(&config).context("cannot build a Kubernetes client")?;
     check_targetapps_readable(&client, settings.namespace.as_deref()).await?;
 
     let metrics = Metrics::new().context("cannot register metrics")?;

@@ -397,7 +397,7 @@ impl Dispatcher {
         if let Some(client) = self.clients.get(&user) {
             return Ok(client);
         }
-        let client = kube::Client::try_from(acting_as(&self.config, &user)).map_err(|e| {
+        let client = crate::cluster::client(&acting_as(&self.config, &user)).map_err(|e| {
             ActionError::Unavailable(format!("cannot build a client for {user}: {e}"))
         })?;
         self.clients.insert(user, client.clone());

@@ -387,14 +387,25 @@ impl Poller {
 pub struct QueryBody(bytes::Bytes);
 
 impl QueryBody {
+    /// The body of `query`. TargetApps that poll the default state query (most
+    /// do) share one copy of its body.
     pub fn new(query: &str) -> Self {
-        Self(serde_json::json!({ "query": query }).to_string().into())
+        static DEFAULT: std::sync::LazyLock<bytes::Bytes> =
+            std::sync::LazyLock::new(|| body_of(crate::targetapp::DEFAULT_STATE_QUERY));
+        if query == crate::targetapp::DEFAULT_STATE_QUERY {
+            return Self(DEFAULT.clone());
+        }
+        Self(body_of(query))
     }
 
     /// The JSON text sent.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+}
+
+fn body_of(query: &str) -> bytes::Bytes {
+    serde_json::json!({ "query": query }).to_string().into()
 }
 
 const JSON: reqwest::header::HeaderValue =
@@ -574,6 +585,20 @@ pub fn parse_response(bytes: &[u8]) -> Result<PollData, PollFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targetapps_of_the_default_query_share_its_body() {
+        use crate::targetapp::DEFAULT_STATE_QUERY;
+        let (one, two) = (
+            QueryBody::new(DEFAULT_STATE_QUERY),
+            QueryBody::new(DEFAULT_STATE_QUERY),
+        );
+        assert_eq!(one.as_bytes().as_ptr(), two.as_bytes().as_ptr());
+        let sent: serde_json::Value = serde_json::from_slice(one.as_bytes()).unwrap();
+        assert_eq!(sent, serde_json::json!({"query": DEFAULT_STATE_QUERY}));
+        let other = QueryBody::new("query { version }");
+        assert_eq!(other.as_bytes(), br#"{"query":"query { version }"}"#);
+    }
 
     #[test]
     fn responses_are_read_as_graphql() {
