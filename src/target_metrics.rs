@@ -22,9 +22,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Gauge, Metric, MetricFamily, MetricType};
 use serde_json::Value;
 
+use crate::metrics::label_pair as pair;
 use crate::triggers::{FieldPath, Num};
 
 /// What every exported series' name starts with.
@@ -515,13 +516,6 @@ impl Store {
         }
         families.into_values().collect()
     }
-}
-
-fn pair(name: &str, value: &str) -> LabelPair {
-    let mut pair = LabelPair::default();
-    pair.set_name(name.to_owned());
-    pair.set_value(value.to_owned());
-    pair
 }
 
 impl prometheus::core::Collector for Store {

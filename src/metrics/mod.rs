@@ -359,6 +359,14 @@ impl Metrics {
     }
 }
 
+/// One label of a series that KCO renders itself.
+pub(crate) fn label_pair(name: &str, value: &str) -> prometheus::proto::LabelPair {
+    let mut pair = prometheus::proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus::core::Desc;
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, Metric, MetricFamily, MetricType};
+
+use super::label_pair as pair;
 
 /// Upper bounds of the duration and lateness buckets, in seconds.
 pub const BOUNDS: [f64; 12] = [
@@ -257,13 +257,6 @@ fn push(families: &mut [MetricFamily], namespace: &str, name: &str, counts: &Cou
             families[4].mut_metric().push(m);
         }
     }
-}
-
-fn pair(name: &str, value: &str) -> LabelPair {
-    let mut pair = LabelPair::default();
-    pair.set_name(name.to_owned());
-    pair.set_value(value.to_owned());
-    pair
 }
 
 impl prometheus::core::Collector for TargetApps {
