@@ -192,7 +192,6 @@ impl TargetApps {
     /// The five families, each with a series per TargetApp (and per result and
     /// reason, or state) that has one.
     pub fn families(&self) -> Vec<MetricFamily> {
-        let apps = self.lock();
         let mut families: Vec<MetricFamily> = FAMILIES
             .iter()
             .map(|(name, help)| {
@@ -207,9 +206,13 @@ impl TargetApps {
                 family
             })
             .collect();
-        for (namespace, names) in apps.iter() {
-            for (name, counts) in names {
-                push(&mut families, namespace, name, counts);
+        // One namespace at a time: a poll's count waits for at most one
+        // namespace's series to be rendered, not every TargetApp's.
+        let namespaces: Vec<String> = self.lock().keys().cloned().collect();
+        for namespace in namespaces {
+            let apps = self.lock();
+            for (name, counts) in apps.get(&namespace).into_iter().flatten() {
+                push(&mut families, &namespace, name, counts);
             }
         }
         families.retain(|family| !family.get_metric().is_empty());
