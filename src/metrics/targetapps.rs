@@ -21,26 +21,55 @@ pub const BOUNDS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-const POLLS: &str = "operator_kco_tapp_polls_total";
-const LAST_POLL: &str = "operator_kco_tapp_last_poll_timestamp_seconds";
-const DURATION: &str = "operator_kco_tapp_poll_duration_seconds";
-const LATENESS: &str = "operator_kco_tapp_poll_lateness_seconds";
-const TARGETS: &str = "operator_kco_tapp_targets";
+/// One family of the series, as the registry and a scrape describe it.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+}
 
-/// The families, as `(name, help)`, in the order they are rendered.
-pub const FAMILIES: [(&str, &str); 5] = [
-    (
-        LAST_POLL,
-        "When a TargetApp's latest poll was sent (Unix seconds): status is written on change, not per poll.",
-    ),
-    (DURATION, "Duration of one poll, retries included."),
-    (LATENESS, "How late polls start against their schedule."),
-    (
-        POLLS,
-        "GraphQL polls of TargetApp targets, by result and failure reason.",
-    ),
-    (TARGETS, "Targets of a TargetApp by state (up, down)."),
+const APP: &[&str] = &["namespace", "targetapp"];
+
+/// The families, in the order they are rendered; [`push`] fills them by these
+/// positions.
+const FAMILIES: [Family; 5] = [
+    Family {
+        name: "operator_kco_tapp_last_poll_timestamp_seconds",
+        help: "When a TargetApp's latest poll was sent (Unix seconds): status is written on change, not per poll.",
+        kind: MetricType::GAUGE,
+        labels: APP,
+    },
+    Family {
+        name: "operator_kco_tapp_poll_duration_seconds",
+        help: "Duration of one poll, retries included.",
+        kind: MetricType::HISTOGRAM,
+        labels: APP,
+    },
+    Family {
+        name: "operator_kco_tapp_poll_lateness_seconds",
+        help: "How late polls start against their schedule.",
+        kind: MetricType::HISTOGRAM,
+        labels: APP,
+    },
+    Family {
+        name: "operator_kco_tapp_polls_total",
+        help: "GraphQL polls of TargetApp targets, by result and failure reason.",
+        kind: MetricType::COUNTER,
+        labels: &["namespace", "targetapp", "result", "reason"],
+    },
+    Family {
+        name: "operator_kco_tapp_targets",
+        help: "Targets of a TargetApp by state (up, down).",
+        kind: MetricType::GAUGE,
+        labels: &["namespace", "targetapp", "state"],
+    },
 ];
+const LAST_POLL: usize = 0;
+const DURATION: usize = 1;
+const LATENESS: usize = 2;
+const POLLS: usize = 3;
+const TARGETS: usize = 4;
 
 /// One poll, as the series count it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,17 +96,12 @@ impl Default for TargetApps {
     fn default() -> Self {
         let descs = FAMILIES
             .iter()
-            .filter_map(|(name, help)| {
-                let labels = match *name {
-                    POLLS => &["namespace", "targetapp", "result", "reason"][..],
-                    TARGETS => &["namespace", "targetapp", "state"][..],
-                    _ => &["namespace", "targetapp"][..],
-                };
-                let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+            .filter_map(|family| {
+                let labels = family.labels.iter().map(|l| (*l).to_owned()).collect();
                 // Constant, valid names: this cannot fail.
                 Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
+                    family.name.to_owned(),
+                    family.help.to_owned(),
                     labels,
                     HashMap::new(),
                 )
@@ -194,15 +218,11 @@ impl TargetApps {
     pub fn families(&self) -> Vec<MetricFamily> {
         let mut families: Vec<MetricFamily> = FAMILIES
             .iter()
-            .map(|(name, help)| {
+            .map(|f| {
                 let mut family = MetricFamily::default();
-                family.set_name((*name).to_owned());
-                family.set_help((*help).to_owned());
-                family.set_field_type(match *name {
-                    POLLS => MetricType::COUNTER,
-                    DURATION | LATENESS => MetricType::HISTOGRAM,
-                    _ => MetricType::GAUGE,
-                });
+                family.set_name(f.name.to_owned());
+                family.set_help(f.help.to_owned());
+                family.set_field_type(f.kind);
                 family
             })
             .collect();
@@ -236,20 +256,20 @@ fn push(families: &mut [MetricFamily], namespace: &str, name: &str, counts: &Cou
         let mut gauge = Gauge::default();
         gauge.set_value(sent_at);
         m.set_gauge(gauge);
-        families[0].mut_metric().push(m);
+        families[LAST_POLL].mut_metric().push(m);
         let mut m = metric(&[]);
         m.set_histogram(counts.duration.histogram());
-        families[1].mut_metric().push(m);
+        families[DURATION].mut_metric().push(m);
         let mut m = metric(&[]);
         m.set_histogram(counts.lateness.histogram());
-        families[2].mut_metric().push(m);
+        families[LATENESS].mut_metric().push(m);
     }
     for (result, reason, n) in &counts.polls {
         let mut m = metric(&[("result", result), ("reason", reason)]);
         let mut counter = Counter::default();
         counter.set_value(*n as f64);
         m.set_counter(counter);
-        families[3].mut_metric().push(m);
+        families[POLLS].mut_metric().push(m);
     }
     if let Some((up, down)) = counts.targets {
         for (state, n) in [("up", up), ("down", down)] {
@@ -257,7 +277,7 @@ fn push(families: &mut [MetricFamily], namespace: &str, name: &str, counts: &Cou
             let mut gauge = Gauge::default();
             gauge.set_value(n as f64);
             m.set_gauge(gauge);
-            families[4].mut_metric().push(m);
+            families[TARGETS].mut_metric().push(m);
         }
     }
 }
