@@ -160,8 +160,9 @@ impl Gate {
 
 /// Polls `url` every `schedule.interval` until cancelled. The first poll comes after
 /// a random part of the interval (at most 2 s), so that many targets started together
-/// spread out; later polls keep the rhythm with ±5% jitter and never overlap. A
-/// 429's Retry-After delays the next poll (at most [`super::poll::MAX_RETRY_AFTER`]).
+/// spread out; later polls keep the rhythm with ±5% jitter and never overlap, each
+/// starting on the replica's 100 ms beat. A 429's Retry-After delays the next poll
+/// (at most [`super::poll::MAX_RETRY_AFTER`]).
 pub fn poll_loop<M: From<Report> + Send + 'static>(
     polled: Polled,
     schedule: Schedule,
@@ -185,7 +186,7 @@ pub fn poll_loop<M: From<Report> + Send + 'static>(
 
 /// Scheduled polls start on a shared beat: the polls due within one beat start
 /// together, so the runtime's threads wake once for all of them rather than once
-/// per poll (most of a quiet replica's CPU is threads waking and parking). The
+/// per poll (much of a quiet replica's CPU was threads waking and parking). The
 /// beat is 100 ms, or a twentieth of a shorter-than-2-s interval: a poll starts
 /// at most that late against its jittered schedule (±5% of the interval).
 const BEAT: Duration = Duration::from_millis(100);
