@@ -45,9 +45,10 @@ pub fn deepest(json: &[u8], keep: usize) -> Deepest {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
-    // An object key being read, if its level is kept.
-    let mut reading: Option<Vec<u8>> = None;
-    for &byte in json {
+    // Where the object key being read starts, if its level is kept: keys are
+    // kept as places in `json`, and copied only into the path of a new deepest.
+    let mut reading: Option<usize> = None;
+    for (at, &byte) in json.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
@@ -55,17 +56,11 @@ pub fn deepest(json: &[u8], keep: usize) -> Deepest {
                 escaped = true;
             } else if byte == b'"' {
                 in_string = false;
-                if let Some(bytes) = reading.take()
+                if let Some(start) = reading.take()
                     && let Some(Frame::Object { key, .. }) = frames.last_mut()
                 {
-                    *key = Some(String::from_utf8_lossy(&bytes).into_owned());
+                    *key = Some(start..at.min(start + KEY_BYTES));
                 }
-                continue;
-            }
-            if let Some(bytes) = reading.as_mut()
-                && bytes.len() < KEY_BYTES
-            {
-                bytes.push(byte);
             }
             continue;
         }
@@ -77,14 +72,14 @@ pub fn deepest(json: &[u8], keep: usize) -> Deepest {
                     && *expect_key
                 {
                     *expect_key = false;
-                    reading = Some(Vec::new());
+                    reading = Some(at + 1);
                 }
             }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > found.depth {
                     found.depth = depth;
-                    found.path = frames.iter().filter_map(Frame::step).collect();
+                    found.path = frames.iter().filter_map(|f| f.step(json)).collect();
                 }
                 if depth <= keep {
                     frames.push(if byte == b'{' {
@@ -117,8 +112,8 @@ pub fn deepest(json: &[u8], keep: usize) -> Deepest {
 /// An open array or object of the first levels.
 enum Frame {
     Object {
-        /// The key whose value is being read.
-        key: Option<String>,
+        /// Where in the document the key whose value is being read is written.
+        key: Option<std::ops::Range<usize>>,
         /// Whether the next string is a key.
         expect_key: bool,
     },
@@ -128,9 +123,12 @@ enum Frame {
 }
 
 impl Frame {
-    fn step(&self) -> Option<Step> {
+    fn step(&self, json: &[u8]) -> Option<Step> {
         match self {
-            Self::Object { key, .. } => key.clone().map(Step::Key),
+            Self::Object { key, .. } => {
+                let bytes = json.get(key.clone()?)?;
+                Some(Step::Key(String::from_utf8_lossy(bytes).into_owned()))
+            }
             Self::Array { index } => Some(Step::Index(*index)),
         }
     }

@@ -3,6 +3,7 @@
 //! trigger can be checked before anything is polled.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use apollo_compiler::ast::OperationType;
 use apollo_compiler::executable::{Selection, SelectionSet};
@@ -40,6 +41,9 @@ const NUMERIC_SCALARS: &[&str] = &[
 /// spec-valid, so the schema is parsed leniently and assumed valid.
 pub struct QuerySchema {
     schema: Valid<Schema>,
+    /// What each named type of the schema is as a leaf: worked out once per
+    /// schema, not once per review (the Mina schema has hundreds of types).
+    leaf_types: Arc<BTreeMap<String, LeafType>>,
 }
 
 impl QuerySchema {
@@ -49,8 +53,14 @@ impl QuerySchema {
             Ok(schema) => schema,
             Err(with_errors) => with_errors.partial,
         };
+        let leaf_types = schema
+            .types
+            .keys()
+            .filter_map(|name| Some((name.to_string(), leaf_of_named(&schema, name)?)))
+            .collect();
         Self {
             schema: Valid::assume_valid(schema),
+            leaf_types: Arc::new(leaf_types),
         }
     }
 
@@ -96,7 +106,7 @@ struct Node {
 #[derive(Debug, Clone)]
 pub struct QueryShape {
     root: BTreeMap<String, Node>,
-    leaf_types: BTreeMap<String, LeafType>,
+    leaf_types: Arc<BTreeMap<String, LeafType>>,
 }
 
 /// The longest state query accepted, in bytes (Mina's health query is ~200).
@@ -259,22 +269,9 @@ fn check_against(
     of_kind(operation.operation_type, wanted)?;
     let mut shape = QueryShape {
         root: BTreeMap::new(),
-        leaf_types: BTreeMap::new(),
+        leaf_types: Arc::clone(&schema.leaf_types),
     };
     collect(&document, &operation.selection_set, &mut shape.root, 0);
-    let mut leaf_types = BTreeMap::new();
-    let names: Vec<String> = schema
-        .schema
-        .types
-        .keys()
-        .map(ToString::to_string)
-        .collect();
-    for name in names {
-        if let Some(leaf) = leaf_of_named(&schema.schema, &name) {
-            leaf_types.insert(name, leaf);
-        }
-    }
-    shape.leaf_types = leaf_types;
     Ok(shape)
 }
 
