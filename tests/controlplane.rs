@@ -291,3 +291,145 @@ spec:
             properties:
               size: {type: integer}
 "#;
+
+/// The established TCP connections of this process to `port` on the loopback.
+fn connections_to(port: u16) -> usize {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = columns
+                .get(2)
+                .and_then(|remote| remote.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            columns.get(3) == Some(&"01")
+                && remote_port == Some(port)
+                && columns.get(9).is_some_and(|inode| sockets.contains(*inode))
+        })
+        .count()
+}
+
+/// Follows `namespace`'s pods on `client`, sending the name of each pod seen.
+fn follow_pods(
+    client: kube::Client,
+    namespace: String,
+    seen: tokio::sync::mpsc::UnboundedSender<(String, Option<String>)>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    tokio::spawn(async move {
+        let mut events = watcher(
+            Api::<Pod>::namespaced(client, &namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
+        while let Some(event) = events.next().await {
+            let name = match event {
+                Ok(watcher::Event::InitDone) => None,
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    pod.metadata.name
+                }
+                _ => continue,
+            };
+            if seen.send((namespace.clone(), name)).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn many_namespaces_pod_watches_share_one_connection_and_outlive_an_apiserver_restart() {
+    const NAMESPACES: usize = 30;
+    let cp = ControlPlane::start(Mode::Bare).await.unwrap();
+    let admin = cp.admin().await;
+    let port: u16 = cp.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut namespaces = Vec::new();
+    for _ in 0..NAMESPACES {
+        namespaces.push(cp.namespace("h2").await);
+    }
+    let config = cp.config(&User::Admin).await.unwrap();
+    let clients = kco::cluster::WatchClients::new(config);
+    let before = connections_to(port);
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut slots = Vec::new();
+    let mut tasks = Vec::new();
+    for ns in &namespaces {
+        let slot = clients.slot().unwrap();
+        tasks.push(follow_pods(slot.client.clone(), ns.clone(), tx.clone()));
+        slots.push(slot);
+    }
+    let mut listed = std::collections::HashSet::new();
+    while listed.len() < NAMESPACES {
+        let (ns, pod) = tokio::time::timeout(Duration::from_secs(60), seen.recv())
+            .await
+            .expect("every watch lists its namespace")
+            .unwrap();
+        if pod.is_none() {
+            listed.insert(ns);
+        }
+    }
+    let during = connections_to(port);
+    assert!(
+        during <= before + 2,
+        "{NAMESPACES} watches opened {} connections to the apiserver ({before} before): they should share one",
+        during.saturating_sub(before)
+    );
+    assert_eq!(clients.clients(), 1);
+
+    // A pod created in a namespace arrives on that namespace's watch, also after
+    // the apiserver restarts under the shared connection.
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "mina"}]}}))
+        .unwrap()
+    };
+    async fn arrives(
+        seen: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Option<String>)>,
+        namespace: &str,
+        name: &str,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (ns, pod) = tokio::time::timeout(left, seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("pod {namespace}/{name} never arrived on its watch"))
+                .unwrap();
+            if ns == namespace && pod.as_deref() == Some(name) {
+                return;
+            }
+        }
+    }
+    let last = namespaces.last().unwrap().clone();
+    Api::<Pod>::namespaced(admin.clone(), &last)
+        .create(&PostParams::default(), &pod("before-restart"))
+        .await
+        .unwrap();
+    arrives(&mut seen, &last, "before-restart").await;
+    cp.restart_apiserver(Duration::from_secs(1)).await.unwrap();
+    let first = namespaces[0].clone();
+    let admin = cp.admin().await;
+    Api::<Pod>::namespaced(admin, &first)
+        .create(&PostParams::default(), &pod("after-restart"))
+        .await
+        .unwrap();
+    arrives(&mut seen, &first, "after-restart").await;
+    assert_eq!(clients.clients(), 1, "the watches still share one client");
+    for task in tasks {
+        task.abort();
+    }
+}

@@ -146,6 +146,7 @@ impl Context {
             &settings.instance,
         )?;
         let recorder = Recorder::new(client.clone(), &settings.instance, metrics.clone());
+        let watch_clients = crate::cluster::WatchClients::new(config.clone());
         let events = Arc::new(FairQueue::new());
         let queue = Arc::downgrade(&events);
         // Ends with the context (the queue's last owner).
@@ -184,7 +185,7 @@ impl Context {
                 .is_ok_and(|v| v.members.iter().any(|m| m == replica))
         });
         let dispatcher = dispatcher.with_replica(settings.instance.clone(), alive);
-        let pods = pods::PodWatches::new(client.clone(), metrics.clone());
+        let pods = pods::PodWatches::new(watch_clients, client.clone(), metrics.clone());
         Ok(Arc::new(Self {
             pods,
             status_writes: tokio::sync::Semaphore::new(STATUS_WRITES),

@@ -4,7 +4,9 @@
 //! HTTP/1.1): 10,000 TargetApps meant 10,000 connections and descriptors. Here
 //! the first TargetApp of a namespace starts its watch, every TargetApp there
 //! follows the same snapshot and picks its pods by its selector, and the watch
-//! stops with the last of them.
+//! stops with the last of them. The watches go through
+//! [`WatchClients`](crate::cluster::WatchClients): over HTTP/2, a hundred
+//! namespaces' watches share one apiserver connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::discovery::{PodSummary, Pods};
+use crate::cluster::{WatchClients, WatchSlot};
 use crate::metrics::Metrics;
 
 /// A namespace's pods at one moment.
@@ -50,14 +53,18 @@ impl Subscription {
 
 /// The pod watches this replica runs, by namespace.
 pub struct PodWatches {
+    clients: WatchClients,
+    /// For a watch when no watch client can be built (HTTP/1.1: a connection
+    /// of its own).
     client: kube::Client,
     metrics: Metrics,
     running: Mutex<HashMap<String, Weak<Subscription>>>,
 }
 
 impl PodWatches {
-    pub fn new(client: kube::Client, metrics: Metrics) -> Self {
+    pub fn new(clients: WatchClients, client: kube::Client, metrics: Metrics) -> Self {
         Self {
+            clients,
             client,
             metrics,
             running: Mutex::default(),
@@ -76,12 +83,22 @@ impl PodWatches {
         running.retain(|_, w| w.strong_count() > 0);
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         let stop = CancellationToken::new();
+        let slot = match self.clients.slot() {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                self.metrics.errors.with_label_values(&["pod_watch"]).inc();
+                tracing::warn!(namespace, error = %e, "cannot build a watch client; the pod watch uses a connection of its own");
+                None
+            }
+        };
+        let client = slot.as_ref().map_or(&self.client, |s| &s.client).clone();
         tokio::spawn(follow(
-            Api::namespaced(self.client.clone(), namespace),
+            Api::namespaced(client, namespace),
             namespace.to_owned(),
             tx,
             stop.clone(),
             self.metrics.clone(),
+            slot,
         ));
         let shared = Arc::new(Subscription { pods: rx, stop });
         running.insert(namespace.to_owned(), Arc::downgrade(&shared));
@@ -104,6 +121,8 @@ async fn follow(
     tx: watch::Sender<Arc<Snapshot>>,
     stop: CancellationToken,
     metrics: Metrics,
+    // Counts this watch on its client until the watch ends.
+    _slot: Option<WatchSlot>,
 ) {
     let mut pods = Pods::default();
     // Each pod is kept as what discovery reads of it (a few hundred bytes).
@@ -141,8 +160,9 @@ mod tests {
     async fn one_watch_per_namespace_while_anyone_follows_it() {
         // A client of an address nobody serves: the watches retry in the background.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let watches = PodWatches::new(client, Metrics::new().unwrap());
+        let client = kube::Client::try_from(config.clone()).unwrap();
+        let clients = WatchClients::new(config);
+        let watches = PodWatches::new(clients, client, Metrics::new().unwrap());
         let a1 = watches.subscribe("a");
         let a2 = watches.subscribe("a");
         assert!(
@@ -151,6 +171,11 @@ mod tests {
         );
         let b = watches.subscribe("b");
         assert_eq!(watches.watched(), 2);
+        assert_eq!(
+            watches.clients.clients(),
+            1,
+            "the namespaces' watches share a client"
+        );
         assert!(
             !a1.receiver().borrow().listed,
             "nothing is known before a list"
