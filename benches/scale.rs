@@ -298,6 +298,8 @@ struct Row {
     stats_targets: Option<u64>,
     /// The allocator's live heap and resident pages, KiB (`kco` only).
     heap_kib: Option<(f64, f64)>,
+    /// Status writes put off for want of a permit, since start (`kco` only).
+    status_deferred: Option<f64>,
     setup: Duration,
     to_polled: Duration,
     detection: Option<Detection>,
@@ -343,14 +345,15 @@ async fn measure(
         row.detection = Some(detection(process.pid, fleet, a, apps, row.cpu_percent).await);
     }
     row.stats_targets = replicas.stats(0).await.and_then(|s| s["targets"].as_u64());
-    row.heap_kib = replicas.metrics(0).await.and_then(|text| {
-        let read = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .map(|bytes| bytes / 1024.0)
-        };
-        read("operator_kco_heap_allocated_bytes ").zip(read("operator_kco_heap_resident_bytes "))
-    });
+    let text = replicas.metrics(0).await.unwrap_or_default();
+    let read = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    row.heap_kib = read("operator_kco_heap_allocated_bytes ")
+        .zip(read("operator_kco_heap_resident_bytes "))
+        .map(|(live, resident)| (live / 1024.0, resident / 1024.0));
+    row.status_deferred = read("operator_kco_status_writes_deferred_total ");
     drop(replicas);
     row
 }
@@ -475,6 +478,7 @@ async fn observe(
         polled,
         stats_targets: None,
         heap_kib: None,
+        status_deferred: None,
         setup,
         to_polled,
         detection: None,
@@ -498,7 +502,8 @@ async fn observe(
 }
 
 /// The requests the apiserver has served since it started, by verb and resource
-/// (`apiserver_request_total` summed over codes and scopes; WATCH counts the
+/// (`apiserver_request_total` summed over scopes and successful codes, other
+/// codes apart; WATCH counts the
 /// watches started, not their events).
 async fn apiserver_requests(admin: &kube::Client) -> HashMap<String, f64> {
     let mut by = HashMap::new();
@@ -523,12 +528,19 @@ async fn apiserver_requests(admin: &kube::Client) -> HashMap<String, f64> {
                 .unwrap_or_default()
         };
         let subresource = label("subresource");
+        let code = label("code");
         let what = format!(
-            "{} {}{}{}",
+            "{} {}{}{}{}",
             label("verb"),
             label("resource"),
             if subresource.is_empty() { "" } else { "/" },
-            subresource
+            subresource,
+            // Refusals (429 from the apiserver's fairness, conflicts) apart.
+            if code.starts_with('2') || code.is_empty() {
+                String::new()
+            } else {
+                format!(" ({code})")
+            }
         );
         *by.entry(what).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
@@ -917,11 +929,13 @@ async fn main() {
             (None, _) => "live heap unavailable".to_owned(),
         };
         println!(
-            "- {} TargetApps: RssAnon {:.1} MiB ({anon_per:.1} KiB per TargetApp), {heap}, /stats targets {}",
+            "- {} TargetApps: RssAnon {:.1} MiB ({anon_per:.1} KiB per TargetApp), {heap}, /stats targets {}, status writes put off {}",
             r.apps,
             r.anon_kib / 1024.0,
             r.stats_targets
                 .map_or_else(|| "unavailable".to_owned(), |t| t.to_string()),
+            r.status_deferred
+                .map_or_else(|| "unavailable".to_owned(), |n| format!("{n:.0}")),
         );
     }
     println!();

@@ -129,7 +129,7 @@ impl Metrics {
         registry.register(Box::new(leader_transitions.clone()))?;
         let status_writes_deferred = IntCounter::new(
             "operator_kco_status_writes_deferred_total",
-            "TargetApp status writes put off to the next second because this replica had the most status writes in flight already.",
+            "TargetApp status writes put off (tried again within a second) because this replica had the most status writes in flight already.",
         )?;
         registry.register(Box::new(status_writes_deferred.clone()))?;
         let shard_handoffs = counter(

@@ -264,7 +264,9 @@ pub async fn run(
                         );
                         break;
                     }
-                    Box::pin(monitor.write_status(invalid.as_deref())).await;
+                    if Box::pin(monitor.write_status(invalid.as_deref())).await {
+                        tick.reset_after(retry_after());
+                    }
                 }
             }
         }
@@ -305,7 +307,11 @@ pub async fn run(
                 Message::Heard(heard) => Box::pin(monitor.on_heard(heard)).await,
             },
             // A quiet TargetApp's task sleeps between polls: no tick while nothing changed.
-            _ = tick.tick(), if monitor.dirty => Box::pin(monitor.write_status(None)).await,
+            _ = tick.tick(), if monitor.dirty => {
+                if Box::pin(monitor.write_status(None)).await {
+                    tick.reset_after(retry_after());
+                }
+            }
         }
     }
     for running in monitor.loops.values() {
@@ -1048,10 +1054,17 @@ impl Monitor {
 
     /// Writes status when something a user would act on changed; refreshes
     /// /stats (which shows each target's last poll) on change and at most once per
-    /// interval (at least a minute) otherwise.
-    async fn write_status(&mut self, invalid: Option<&str>) {
+    /// interval (at least a minute) otherwise. True when the write was put off
+    /// for want of a permit.
+    async fn write_status(&mut self, invalid: Option<&str>) -> bool {
         if !self.dirty || self.releasing.load(Ordering::Acquire) {
-            return;
+            return false;
+        }
+        if self.ctx.status_writes.available_permits() == 0 {
+            // No write could start now: build nothing until one can (thousands of
+            // TargetApps wait like this while a replica starts).
+            self.ctx.metrics.status_writes_deferred.inc();
+            return true;
         }
         self.count_targets();
         let now = Timestamp::now();
@@ -1083,14 +1096,14 @@ impl Monitor {
                 .is_some_and(|until| tokio::time::Instant::now() < until)
         {
             // Still dirty: built again at the next tick, once the polls are in.
-            return;
+            return false;
         }
         if !status::should_write(self.written.as_ref(), &next) {
             if self.stats_at.is_none_or(|at| at.elapsed() >= refresh) {
                 self.publish_stats(&next);
             }
             self.dirty = false;
-            return;
+            return false;
         }
         self.publish_stats(&next);
         // A bounded number of status writes at once (each holds an apiserver
@@ -1100,7 +1113,7 @@ impl Monitor {
         // at the next tick, with the status of that moment.
         let Ok(_permit) = self.ctx.status_writes.try_acquire() else {
             self.ctx.metrics.status_writes_deferred.inc();
-            return;
+            return true;
         };
         let api: Api<TargetApp> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let patch = serde_json::json!({ "status": next });
@@ -1121,6 +1134,7 @@ impl Monitor {
                 tracing::warn!(namespace = %self.namespace, tapp = %self.name, error = %e, "cannot write status");
             }
         }
+        false
     }
 
     /// The targets up and down, as metrics: set whenever the status is built, so
@@ -1240,4 +1254,14 @@ pub(super) fn actions_named(actions: &[String], none: &str) -> String {
     } else {
         actions.join(", then ")
     }
+}
+
+/// When a status write put off for want of a permit is tried again: within the
+/// next second, at a random point. The TargetApps a replica starts together (at
+/// start-up, or when it takes over a shard) tick together; retrying on that
+/// shared tick let only as many writes through each second as there are
+/// permits (about 30 a second for a thousand TargetApps waiting), though each
+/// takes a few tens of milliseconds.
+fn retry_after() -> Duration {
+    Duration::from_millis(fastrand::u64(1..1000))
 }
