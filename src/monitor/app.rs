@@ -1060,12 +1060,6 @@ impl Monitor {
         if !self.dirty || self.releasing.load(Ordering::Acquire) {
             return false;
         }
-        if self.ctx.status_writes.available_permits() == 0 {
-            // No write could start now: build nothing until one can (thousands of
-            // TargetApps wait like this while a replica starts).
-            self.ctx.metrics.status_writes_deferred.inc();
-            return true;
-        }
         self.count_targets();
         let now = Timestamp::now();
         let shard = self.ctx.settings.instance.clone();
@@ -1110,7 +1104,9 @@ impl Monitor {
         // connection). This loop never waits for a turn: while it waited, its poll
         // reports would queue, and a firing seen late is recorded late (a replica
         // stopped meanwhile loses it). Without a permit, the write is tried again
-        // at the next tick, with the status of that moment.
+        // within a second (`retry_after`), with the status of that moment; the
+        // status is built each time, so that /stats and the targets' gauges stay
+        // current while writes wait.
         let Ok(_permit) = self.ctx.status_writes.try_acquire() else {
             self.ctx.metrics.status_writes_deferred.inc();
             return true;
