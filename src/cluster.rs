@@ -38,11 +38,7 @@ pub fn client(config: &kube::Config) -> Result<kube::Client, kube::Error> {
         return kube::Client::try_from(config.clone());
     }
     let tls = config.rustls_https_connector_with_connector(tcp())?;
-    let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(IDLE_FOR)
-        .pool_max_idle_per_host(MAX_IDLE)
-        .build(with_timeouts(tls, config));
+    let pool = pool().build(with_timeouts(tls, config));
     over(pool, config)
 }
 
@@ -71,11 +67,8 @@ pub fn watch_client(config: &kube::Config) -> Result<kube::Client, kube::Error> 
         tls = tls.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
     let tls = tls.enable_all_versions().wrap_connector(tcp());
-    let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
+    let pool = pool()
         .timer(TokioTimer::new())
-        .pool_idle_timeout(IDLE_FOR)
-        .pool_max_idle_per_host(MAX_IDLE)
         .http2_keep_alive_interval(PING_EVERY)
         .http2_keep_alive_timeout(PING_TIMEOUT)
         .http2_keep_alive_while_idle(true)
@@ -84,6 +77,16 @@ pub fn watch_client(config: &kube::Config) -> Result<kube::Client, kube::Error> 
 }
 
 type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
+
+/// The connection pool both clients share the settings of: at most
+/// [`MAX_IDLE`] idle connections, closed after [`IDLE_FOR`] unused.
+fn pool() -> hyper_util::client::legacy::Builder {
+    let mut pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    pool.pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_FOR)
+        .pool_max_idle_per_host(MAX_IDLE);
+    pool
+}
 
 fn tcp() -> HttpConnector {
     let mut tcp = HttpConnector::new();
