@@ -49,6 +49,13 @@ rust() {
 
 cache_root="${KCO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kco}"
 
+# prune_cache DIR: deletes from the cached target directory DIR what builds of
+# KCO older than the last two left there (every clone and every change of
+# Cargo.lock leaves a new set: gigabytes a day in CI); dependencies stay.
+prune_cache() {
+  python3 tests/tools/prune_cache.py "$1" Cargo.toml >&2
+}
+
 # cargo_tool NAME VERSION: installs a cargo subcommand from crates.io into the cache once.
 cargo_tool() {
   local root="$cache_root/cargo"
@@ -69,6 +76,7 @@ coverage_tools() {
   fi
   cargo_tool cargo-llvm-cov 0.9.1
   export CARGO_LLVM_COV_TARGET_DIR="${CARGO_LLVM_COV_TARGET_DIR:-$cache_root/llvm-cov-target}"
+  prune_cache "$CARGO_LLVM_COV_TARGET_DIR"
   mkdir -p target/coverage
 }
 
@@ -93,6 +101,7 @@ static_binary() {
   static_tools
   release_env
   export CARGO_TARGET_DIR="${KCO_STATIC_TARGET_DIR:-$cache_root/static-target}"
+  prune_cache "$CARGO_TARGET_DIR"
   step "cargo build --release --target $triple (static, without the simulator)"
   cargo build --locked --release --target "$triple" --bin kco --no-default-features --features jemalloc >&2
   echo "$CARGO_TARGET_DIR/$triple/release/kco"
@@ -167,6 +176,7 @@ benches() {
   # Benches build in release: their own target directory in the cache stays warm.
   # A quick run only checks that they run: built unoptimized, minutes sooner.
   export CARGO_TARGET_DIR="$cache_root/bench-target"
+  prune_cache "$CARGO_TARGET_DIR"
   local -a profile=()
   [ "$quick" = "--quick" ] && profile=(--profile dev)
   step "building the benches (${profile[1]:-release})"
@@ -213,6 +223,8 @@ case "${1:-}" in
     tools
     step "cargo fmt --check"
     cargo fmt --all -- --check
+    step "the build scripts' own tests (tests/tools/test_*.py)"
+    python3 -m unittest discover -s tests/tools -p 'test_*.py'
     # The image test builds the image with Podman from the static binary.
     image_tools
     static_tools

@@ -42,6 +42,8 @@ cd "$fuzz"
 # The instrumented build lives in the cache, so that a fresh clone (CI) does not
 # rebuild the whole dependency tree with AddressSanitizer every time.
 export CARGO_TARGET_DIR="${KCO_FUZZ_TARGET_DIR:-$cache_root/fuzz/target}"
+# Each build of the targets leaves 0.8 GiB there: keep the last two builds' only.
+python3 "$here/prune_cache.py" "$CARGO_TARGET_DIR" "$root/Cargo.toml" "$fuzz/Cargo.toml" >&2
 all_targets="$(cargo fuzz list)"
 targets="${FUZZ_TARGETS:-$all_targets}"
 for target in $targets; do
