@@ -12,6 +12,12 @@
 //! checked before every poll and the policy-checked client (what absolute
 //! `graphqlEndpoint`s get); the default is a pod target's route.
 //!
+//! The saturated pipeline (a 1 ms interval: every poll due at once) and the
+//! bare client take turns, three of each, so that a slow spell of the shared
+//! machine falls on both; besides their throughput, the bench prints the CPU
+//! each spends per poll and the simulators' CPU per poll in each, which tells
+//! where the remaining difference goes.
+//!
 //! Each size runs in a fresh process (so peak RSS is its own) with the simulators
 //! in child processes (`kco simulate`, at most 4,000 nodes each: the machine allows
 //! 20,000 open files per process). Prints one table row per size.
@@ -33,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{SimulatorProcess, cpu_seconds};
+use common::{SimulatorProcess, cpu_seconds, cpu_seconds_of};
 use kco::monitor::discovery::Target;
 use kco::monitor::poll::{Poller, QueryBody};
 use kco::monitor::state::TargetState;
@@ -44,6 +50,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const NODES_PER_SIMULATOR: usize = 4000;
+/// The saturated pipeline and the bare client take turns this many times.
+const SATURATED_ROUNDS: u32 = 3;
 
 struct Args {
     targets: Vec<usize>,
@@ -122,6 +130,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut headlines = Vec::new();
     let mut costs = Vec::new();
+    let mut saturated = Vec::new();
     for n in a.targets {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -160,6 +169,16 @@ fn main() {
             r["targets"],
             (cpu - parse - observe).max(0.0)
         ));
+        let us = |key: &str| r[key].as_f64().unwrap_or(0.0);
+        saturated.push(format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            r["targets"],
+            us("saturated_pipeline_cpu_us_per_poll"),
+            us("saturated_bare_cpu_us_per_poll"),
+            us("saturated_pipeline_simulators_us_per_poll"),
+            us("saturated_bare_simulators_us_per_poll"),
+            r["ratio"].as_f64().unwrap(),
+        ));
         headlines.push(format!(
             "headline | pipeline | {} targets: saturated throughput, of the bare client's | {:.2}",
             r["targets"],
@@ -181,6 +200,16 @@ fn main() {
     for line in costs {
         println!("{line}");
     }
+    println!(
+        "\nsaturated, the pipeline and the bare client taking turns ({SATURATED_ROUNDS} each): CPU µs per poll\n"
+    );
+    println!(
+        "| targets | pipeline | bare client | simulators, for the pipeline | simulators, for the bare client | throughput ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for line in saturated {
+        println!("{line}");
+    }
     // One line per figure for `./build.sh bench`'s report.
     println!();
     for line in headlines {
@@ -192,6 +221,13 @@ fn main() {
 struct Simulators {
     processes: Vec<SimulatorProcess>,
     nodes: Vec<SocketAddr>,
+}
+
+impl Simulators {
+    /// The CPU seconds the simulator processes have used.
+    fn cpu_seconds(&self) -> f64 {
+        self.processes.iter().map(|p| cpu_seconds_of(p.pid())).sum()
+    }
 }
 
 fn simulators(n: usize) -> Simulators {
@@ -235,12 +271,13 @@ fn rules() -> Vec<kco::triggers::Rule> {
 /// Runs the pipeline over `nodes` with `interval` for `seconds`; returns what
 /// was taken in while measuring, CPU seconds and wall seconds.
 async fn pipeline(
-    nodes: &[SocketAddr],
+    sims: &Simulators,
     interval: Duration,
     warmup: Duration,
     seconds: u64,
     url: bool,
-) -> (Consumed, f64, f64) {
+) -> (Consumed, Measured) {
+    let nodes = &sims.nodes;
     let route = if url {
         // What an absolute graphqlEndpoint gets: the policy of the moment before
         // every poll, through the policy-checked client.
@@ -309,11 +346,9 @@ async fn pipeline(
     }
     tokio::time::sleep(warmup).await;
     measuring.store(1, Ordering::Relaxed);
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
+    let window = Window::open(sims);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let cpu = cpu_seconds() - cpu0;
-    let wall = t0.elapsed().as_secs_f64();
+    let measured = window.close(sims);
     measuring.store(2, Ordering::Relaxed);
     cancel.cancel();
     let mut total = Consumed::default();
@@ -327,7 +362,39 @@ async fn pipeline(
     if total.failures > 0 {
         eprintln!("  ({} polls failed)", total.failures);
     }
-    (total, cpu, wall)
+    (total, measured)
+}
+
+/// A measured stretch of time: the wall time, this process's CPU and the
+/// simulators'.
+struct Window {
+    t0: Instant,
+    cpu0: f64,
+    simulators0: f64,
+}
+
+struct Measured {
+    wall: f64,
+    cpu: f64,
+    simulators_cpu: f64,
+}
+
+impl Window {
+    fn open(sims: &Simulators) -> Self {
+        Self {
+            t0: Instant::now(),
+            cpu0: cpu_seconds(),
+            simulators0: sims.cpu_seconds(),
+        }
+    }
+
+    fn close(self, sims: &Simulators) -> Measured {
+        Measured {
+            wall: self.t0.elapsed().as_secs_f64(),
+            cpu: cpu_seconds() - self.cpu0,
+            simulators_cpu: sims.cpu_seconds() - self.simulators0,
+        }
+    }
 }
 
 /// What the reports taken in while measuring were.
@@ -372,8 +439,11 @@ async fn consume(
     out
 }
 
-/// A bare client loop per node: POST the same query and read the body, at full speed.
-async fn bare(nodes: &[SocketAddr], seconds: u64) -> f64 {
+/// A bare client loop per node: POST the same query and read the body, at full
+/// speed, for `seconds` after 2 s of warm-up. Returns the polls and what the
+/// measured stretch took.
+async fn bare(sims: &Simulators, seconds: u64) -> (u64, Measured) {
+    let nodes = &sims.nodes;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(2)
@@ -382,11 +452,12 @@ async fn bare(nodes: &[SocketAddr], seconds: u64) -> f64 {
     let count = Arc::new(AtomicU64::new(0));
     let cancel = CancellationToken::new();
     let body = json!({ "query": DEFAULT_STATE_QUERY });
+    let mut loops = Vec::with_capacity(nodes.len());
     for addr in nodes {
         let (http, count, cancel, body) =
             (http.clone(), count.clone(), cancel.clone(), body.clone());
         let url = format!("http://{addr}/graphql");
-        tokio::spawn(async move {
+        loops.push(tokio::spawn(async move {
             while !cancel.is_cancelled() {
                 if let Ok(r) = http.post(&url).json(&body).send().await
                     && r.bytes().await.is_ok()
@@ -394,15 +465,85 @@ async fn bare(nodes: &[SocketAddr], seconds: u64) -> f64 {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        });
+        }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c0 = count.load(Ordering::Relaxed);
-    let t0 = Instant::now();
+    let window = Window::open(sims);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let rate = (count.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64();
+    let polls = count.load(Ordering::Relaxed) - c0;
+    let measured = window.close(sims);
     cancel.cancel();
-    rate
+    for one in loops {
+        let _ = one.await;
+    }
+    (polls, measured)
+}
+
+/// The saturated phases: the pipeline (a 1 ms interval, so every poll is due
+/// at once) and the bare client, in turns of `seconds` each, `rounds` times
+/// (so that a slow spell of the shared machine falls on both). Each side's
+/// polls, wall time and CPU (the bench process's, the simulators') are summed
+/// over its turns.
+async fn saturated(sims: &Simulators, seconds: u64, rounds: u32, url: bool) -> Saturated {
+    let mut out = Saturated::default();
+    for round in 0..rounds {
+        eprintln!("  turn {}/{rounds}: pipeline, then bare client", round + 1);
+        let (consumed, measured) = pipeline(
+            sims,
+            Duration::from_millis(1),
+            Duration::from_secs(2),
+            seconds,
+            url,
+        )
+        .await;
+        out.pipeline.add(consumed.polls, &measured);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (polls, measured) = bare(sims, seconds).await;
+        out.bare.add(polls, &measured);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    out
+}
+
+#[derive(Default)]
+struct Saturated {
+    pipeline: Side,
+    bare: Side,
+}
+
+/// One side's saturated turns, summed.
+#[derive(Default)]
+struct Side {
+    polls: u64,
+    wall: f64,
+    cpu: f64,
+    simulators_cpu: f64,
+}
+
+impl Side {
+    fn add(&mut self, polls: u64, measured: &Measured) {
+        self.polls += polls;
+        self.wall += measured.wall;
+        self.cpu += measured.cpu;
+        self.simulators_cpu += measured.simulators_cpu;
+    }
+
+    fn rate(&self) -> f64 {
+        if self.wall > 0.0 {
+            self.polls as f64 / self.wall
+        } else {
+            0.0
+        }
+    }
+
+    fn us_per_poll(&self, cpu: f64) -> f64 {
+        if self.polls > 0 {
+            cpu / self.polls as f64 * 1e6
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Microseconds to parse a node's answer to the default query, as each poll does.
@@ -439,8 +580,8 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     let sims = simulators(n);
     eprintln!("{n} targets: scheduled phase ({interval}s interval, {seconds}s measured)");
     let interval = Duration::from_secs(interval);
-    let (scheduled, cpu, wall) = pipeline(
-        &sims.nodes,
+    let (scheduled, Measured { wall, cpu, .. }) = pipeline(
+        &sims,
         interval,
         interval + Duration::from_secs(2),
         seconds,
@@ -460,21 +601,12 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     let parse_us = parse_cost(&sims.nodes[0]).await;
     let rss_scheduled = proc_field("/proc/self/status", "VmHWM:") / 1024.0;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let turn = (seconds.min(15) / SATURATED_ROUNDS as u64).max(1);
     eprintln!(
-        "{n} targets: saturated pipeline and bare client ({}s each)",
-        seconds.min(15)
+        "{n} targets: saturated pipeline and bare client ({SATURATED_ROUNDS} turns of {turn}s each)"
     );
-    let (saturated, _, sat_wall) = pipeline(
-        &sims.nodes,
-        Duration::from_millis(1),
-        Duration::from_secs(2),
-        seconds.min(15),
-        url,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let bare_rate = bare(&sims.nodes, seconds.min(15)).await;
-    let pipeline_rate = saturated.polls as f64 / sat_wall;
+    let sat = saturated(&sims, turn, SATURATED_ROUNDS, url).await;
+    let (pipeline_rate, bare_rate) = (sat.pipeline.rate(), sat.bare.rate());
     json!({
         "targets": n,
         "scheduled_polls_per_s": polls as f64 / wall,
@@ -488,6 +620,10 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
         "lateness_p99_ms": percentile(&lateness, 0.99),
         "pipeline_polls_per_s": pipeline_rate,
         "bare_polls_per_s": bare_rate,
+        "saturated_pipeline_cpu_us_per_poll": sat.pipeline.us_per_poll(sat.pipeline.cpu),
+        "saturated_bare_cpu_us_per_poll": sat.bare.us_per_poll(sat.bare.cpu),
+        "saturated_pipeline_simulators_us_per_poll": sat.pipeline.us_per_poll(sat.pipeline.simulators_cpu),
+        "saturated_bare_simulators_us_per_poll": sat.bare.us_per_poll(sat.bare.simulators_cpu),
         "ratio": if bare_rate > 0.0 { pipeline_rate / bare_rate } else { 0.0 },
     })
 }

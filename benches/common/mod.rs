@@ -49,6 +49,11 @@ impl SimulatorProcess {
         }
     }
 
+    /// The simulator process's id (to read its CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// [`SimulatorProcess::start`] with the bench's own `kco` binary and a
     /// control port chosen by the system.
     pub fn start_here(first: Ipv4Addr, count: usize) -> Self {
