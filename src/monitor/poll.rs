@@ -7,6 +7,7 @@
 //! is counted while reading, before anything is parsed). All bodies being read
 //! together are bounded too, per tenant and per replica ([`super::inflight`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -317,26 +318,31 @@ impl Poller {
         if let Some((name, value)) = &self.header {
             request = request.header(name.clone(), value.clone());
         }
-        let sent = tokio::time::timeout_at(deadline, request.send()).await;
-        let response = match sent {
-            Ok(response) => response.map_err(classify)?,
-            Err(_) => return Err(PollFailure::Timeout(timeout)),
-        };
-        let status = response.status();
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(PollFailure::RateLimited(retry_after(response.headers())));
-        }
-        if status.is_redirection() {
-            return Err(PollFailure::Redirect(status.as_u16()));
-        }
-        if !status.is_success() {
-            return Err(PollFailure::Status(status.as_u16()));
-        }
-        match tokio::time::timeout_at(deadline, self.read_body(response)).await {
+        // One timer for the whole exchange (a timer costs a lock of the runtime's
+        // timer wheel to set and to clear); whether the answer's head had come
+        // says where it struck.
+        let answered = AtomicBool::new(false);
+        let exchange = async {
+            let response = request.send().await.map_err(classify)?;
+            answered.store(true, Ordering::Relaxed);
+            let status = response.status();
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                return Err(PollFailure::RateLimited(retry_after(response.headers())));
+            }
+            if status.is_redirection() {
+                return Err(PollFailure::Redirect(status.as_u16()));
+            }
+            if !status.is_success() {
+                return Err(PollFailure::Status(status.as_u16()));
+            }
             // The bytes stay taken until the body is parsed.
-            Ok(Ok((bytes, _held))) => parse_response(&bytes),
-            Ok(Err(failure)) => Err(failure),
-            Err(_) => Err(PollFailure::SlowBody(timeout)),
+            let (bytes, _held) = self.read_body(response).await?;
+            parse_response(&bytes)
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) if answered.load(Ordering::Relaxed) => Err(PollFailure::SlowBody(timeout)),
+            Err(_) => Err(PollFailure::Timeout(timeout)),
         }
     }
 

@@ -289,6 +289,32 @@ impl<M> Loop<M> {
     }
 }
 
+/// When the poll scheduled for `next` is due: the first beat at or after
+/// `next`, or when `poke` is notified (a pod's readiness changed). A poll
+/// already due (behind schedule: a slow poll, a busy runtime) is due at once,
+/// without a timer: the runtime is awake anyway. None once `cancel` is.
+async fn due(
+    next: Instant,
+    interval: Duration,
+    poke: Option<&tokio::sync::Notify>,
+    cancel: &CancellationToken,
+) -> Option<Instant> {
+    if next <= Instant::now() {
+        return (!cancel.is_cancelled()).then_some(next);
+    }
+    let wake = on_beat(next, interval);
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        _ = tokio::time::sleep_until(wake) => Some(wake),
+        _ = async {
+            match poke {
+                Some(poke) => poke.notified().await,
+                None => std::future::pending().await,
+            }
+        } => Some(Instant::now()),
+    }
+}
+
 async fn run<M: From<Report>>(l: Box<Loop<M>>) {
     let Polled {
         target, url, poke, ..
@@ -303,20 +329,10 @@ async fn run<M: From<Report>>(l: Box<Loop<M>>) {
     // The schedule, jittered; each poll waits for the first beat at or after it.
     let mut next = Instant::now() + first;
     loop {
-        let wake = on_beat(next, interval);
-        let due = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => wake,
-            _ = async {
-                match poke {
-                    Some(poke) => poke.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                next = Instant::now();
-                next
-            }
+        let Some(due) = due(next, interval, poke.as_deref(), cancel).await else {
+            return;
         };
+        next = next.min(due);
         if let Some(gate) = &l.gate {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -372,9 +388,7 @@ async fn run<M: From<Report>>(l: Box<Loop<M>>) {
             next.checked_sub(jitter).unwrap_or(next)
         };
         // Behind schedule (a slow poll, a busy runtime): poll now rather than in a burst.
-        if next < Instant::now() {
-            next = Instant::now();
-        }
+        next = next.max(Instant::now());
         if let Some(after) = asked {
             next = next.max(Instant::now() + after);
         }
@@ -420,5 +434,39 @@ mod tests {
         let origin = Instant::now() + Duration::from_secs(5);
         let at = Instant::now() + Duration::from_secs(1);
         assert_eq!(beat_after(at, origin, Duration::from_millis(100)), at);
+    }
+
+    #[tokio::test]
+    async fn a_poll_behind_schedule_is_due_at_once_and_one_ahead_waits_for_its_beat() {
+        use futures::FutureExt;
+        let cancel = CancellationToken::new();
+        let interval = Duration::from_secs(10);
+        // The process's beats start before the instants below.
+        on_beat(Instant::now(), interval);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Behind: due as it was scheduled, on the first try, with no timer.
+        let behind = Instant::now() - Duration::from_millis(1);
+        assert_eq!(
+            due(behind, interval, None, &cancel).now_or_never(),
+            Some(Some(behind))
+        );
+        // Ahead: not before the first beat at or after it.
+        let ahead = Instant::now() + Duration::from_millis(200);
+        assert_eq!(due(ahead, interval, None, &cancel).now_or_never(), None);
+        let woke = due(ahead, interval, None, &cancel).await;
+        assert_eq!(woke, Some(on_beat(ahead, interval)));
+        assert!(Instant::now() >= ahead);
+        // A poke makes it due now; a cancelled loop is due never.
+        let poke = tokio::sync::Notify::new();
+        poke.notify_one();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let poked = due(far, interval, Some(&poke), &cancel).await;
+        assert!(poked.is_some_and(|at| at < far));
+        cancel.cancel();
+        assert_eq!(
+            due(behind, interval, None, &cancel).now_or_never(),
+            Some(None)
+        );
+        assert_eq!(due(far, interval, None, &cancel).now_or_never(), Some(None));
     }
 }
