@@ -268,8 +268,8 @@ fn rules() -> Vec<kco::triggers::Rule> {
     kco::triggers::compile(&raw).unwrap()
 }
 
-/// Runs the pipeline over `nodes` with `interval` for `seconds`; returns what
-/// was taken in while measuring, CPU seconds and wall seconds.
+/// Runs the pipeline over the simulators' nodes with `interval` for `seconds`; returns what
+/// was taken in while measuring and what the measured stretch took.
 async fn pipeline(
     sims: &Simulators,
     interval: Duration,
