@@ -60,7 +60,11 @@ prune_cache() {
 cargo_tool() {
   local root="$cache_root/cargo"
   export PATH="$root/bin:$PATH"
-  if ! { "$root/bin/$1" "${1#cargo-}" --version 2>/dev/null; "$root/bin/$1" --version 2>/dev/null; } | grep -q "$2"; then
+  local have
+  # Read whole before matching: under pipefail, `| grep -q` would fail the check
+  # whenever grep stopped reading before the tool finished writing.
+  have="$({ "$root/bin/$1" "${1#cargo-}" --version; "$root/bin/$1" --version; } 2>/dev/null || true)"
+  if ! grep -qF "$2" <<<"$have"; then
     step "installing $1 $2 into $root (once)"
     cargo install --locked --quiet "$1" --version "$2" --root "$root"
   fi
