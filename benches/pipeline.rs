@@ -161,15 +161,15 @@ fn main() {
             r["bare_polls_per_s"].as_f64().unwrap(),
             r["ratio"].as_f64().unwrap(),
         );
-        let cpu = r["cpu_us_per_poll"].as_f64().unwrap_or(0.0);
-        let parse = r["parse_us_per_poll"].as_f64().unwrap_or(0.0);
-        let observe = r["observe_us_per_poll"].as_f64().unwrap_or(0.0);
+        let us = |key: &str| r[key].as_f64().unwrap_or(0.0);
+        let cpu = us("cpu_us_per_poll");
+        let parse = us("parse_us_per_poll");
+        let observe = us("observe_us_per_poll");
         costs.push(format!(
             "| {} | {cpu:.0} | {parse:.1} | {observe:.1} | {:.0} |",
             r["targets"],
             (cpu - parse - observe).max(0.0)
         ));
-        let us = |key: &str| r[key].as_f64().unwrap_or(0.0);
         saturated.push(format!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
             r["targets"],
@@ -538,11 +538,16 @@ impl Side {
     }
 
     fn us_per_poll(&self, cpu: f64) -> f64 {
-        if self.polls > 0 {
-            cpu / self.polls as f64 * 1e6
-        } else {
-            0.0
-        }
+        us_per_poll(cpu, self.polls)
+    }
+}
+
+/// `seconds` spread over `polls`, in µs per poll.
+fn us_per_poll(seconds: f64, polls: u64) -> f64 {
+    if polls > 0 {
+        seconds / polls as f64 * 1e6
+    } else {
+        0.0
     }
 }
 
@@ -591,13 +596,6 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     let polls = scheduled.polls;
     let mut lateness = scheduled.lateness;
     lateness.sort_by(f64::total_cmp);
-    let per_poll_us = |d: f64| {
-        if polls > 0 {
-            d / polls as f64 * 1e6
-        } else {
-            0.0
-        }
-    };
     let parse_us = parse_cost(&sims.nodes[0]).await;
     let rss_scheduled = proc_field("/proc/self/status", "VmHWM:") / 1024.0;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -610,11 +608,11 @@ async fn run(n: usize, interval: u64, seconds: u64, url: bool) -> serde_json::Va
     json!({
         "targets": n,
         "scheduled_polls_per_s": polls as f64 / wall,
-        "cpu_s_per_1k_polls": if polls > 0 { cpu / polls as f64 * 1000.0 } else { 0.0 },
+        "cpu_s_per_1k_polls": us_per_poll(cpu, polls) / 1000.0,
         "cpu_percent_of_core": cpu / wall * 100.0,
-        "cpu_us_per_poll": per_poll_us(cpu),
+        "cpu_us_per_poll": us_per_poll(cpu, polls),
         "parse_us_per_poll": parse_us,
-        "observe_us_per_poll": per_poll_us(scheduled.observe.as_secs_f64()),
+        "observe_us_per_poll": us_per_poll(scheduled.observe.as_secs_f64(), polls),
         "peak_rss_mib": rss_scheduled,
         "lateness_p50_ms": percentile(&lateness, 0.5),
         "lateness_p99_ms": percentile(&lateness, 0.99),

@@ -326,7 +326,8 @@ async fn run<M: From<Report>>(l: Box<Loop<M>>) {
     let first = interval
         .min(Duration::from_secs(2))
         .mul_f64(fastrand::f64());
-    // The schedule, jittered; each poll waits for the first beat at or after it.
+    // The schedule, jittered; each poll waits for the first beat at or after it,
+    // unless it is already late (`due`).
     let mut next = Instant::now() + first;
     loop {
         let Some(due) = due(next, interval, poke.as_deref(), cancel).await else {
