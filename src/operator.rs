@@ -132,9 +132,14 @@ pub async fn start(
     }
     let mut membership = None;
     if let Some(m) = roles.membership {
-        let stop = leases.child_token();
-        let run = m.run(roles.ownership_tx, stop.clone(), ctx.listed.clone());
-        membership = Some((stop, tokio::spawn(run)));
+        let leave = CancellationToken::new();
+        let run = m.run(
+            roles.ownership_tx,
+            leave.clone(),
+            leases.child_token(),
+            ctx.listed.clone(),
+        );
+        membership = Some((leave, tokio::spawn(run)));
     }
     let monitoring = monitor::run(
         ctx.clone(),
@@ -365,8 +370,8 @@ async fn serve_admin(
     Ok((admin_addr, async move { admin.await }))
 }
 
-/// The lease tasks, the shard membership's apart: it is stopped first when this
-/// replica leaves on purpose.
+/// The lease tasks, the shard membership's apart: it is told first when this
+/// replica leaves on purpose (the token), and stops with the others.
 struct Tasks {
     leases: Vec<(&'static str, JoinHandle<()>)>,
     membership: Option<(CancellationToken, JoinHandle<()>)>,
@@ -462,23 +467,19 @@ async fn task_ended(tasks: &mut Tasks) -> String {
 /// Leaves the shard while still monitoring: the other members take this
 /// replica's namespaces over, and it runs on until it holds no TargetApp (those
 /// with subscriptions are let go once their new owners hold them), monitoring
-/// ends, or [`monitor::HANDOVER_LIMIT`] has passed.
+/// ends, or [`monitor::HANDOVER_LIMIT`] has passed. Its membership Lease stays,
+/// marked as leaving, until it stops: the others know that the firings it
+/// recorded are under way here, not to be resumed.
 async fn hand_over(
     ctx: &Context,
     monitoring: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     tasks: &mut Tasks,
 ) {
-    let Some((stop, task)) = tasks.membership.as_mut() else {
+    let Some((leave, _)) = tasks.membership.as_ref() else {
         return;
     };
     tracing::info!("leaving the shard: handing TargetApps over before stopping");
-    stop.cancel();
-    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut *task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the shard membership did not stop within 5 s");
-    }
+    leave.cancel();
     let held = || ctx.shard.read().map_or(0, |view| view.held);
     let drained = async {
         while held() > 0 {

@@ -22,8 +22,26 @@ use tokio_util::sync::CancellationToken;
 use crate::election::{Held, Leadership, Observations, seconds};
 use crate::metrics::Metrics;
 
-/// The label every membership Lease carries.
+/// The label every membership Lease carries: `true` while its replica is a
+/// member, `leaving` while it hands its namespaces over before it stops. Replicas
+/// that know only `true` see a leaving member as gone, as they did when it deleted
+/// its Lease at once.
 pub const MEMBER_LABEL: &str = "operator.kco.local/shard-member";
+
+/// [`MEMBER_LABEL`]'s value while a replica is a member.
+const MEMBER: &str = "true";
+
+/// [`MEMBER_LABEL`]'s value while a replica leaves.
+const LEAVING: &str = "leaving";
+
+/// A membership Lease as this replica has read it.
+#[derive(Debug, Clone)]
+pub struct MemberLease {
+    pub name: String,
+    pub held: Held,
+    /// Its replica is leaving: it owns nothing, but still runs what it started.
+    pub leaving: bool,
+}
 
 /// The membership Lease of `instance`.
 pub fn member_lease(instance: &str) -> String {
@@ -36,6 +54,9 @@ pub struct Ownership {
     me: String,
     /// Live members, sorted (this replica among them when it is a member).
     members: Vec<String>,
+    /// Live replicas leaving the shard, sorted: they own nothing, but firings they
+    /// started are still theirs to finish (not to be resumed elsewhere).
+    leaving: Vec<String>,
     /// False until membership is first known; a replica that is not a live member
     /// owns nothing.
     known: bool,
@@ -49,6 +70,7 @@ impl Ownership {
         Self {
             me: me.to_owned(),
             members: vec![me.to_owned()],
+            leaving: Vec::new(),
             known: true,
             everything: true,
         }
@@ -59,6 +81,7 @@ impl Ownership {
         Self {
             me: me.to_owned(),
             members: Vec::new(),
+            leaving: Vec::new(),
             known: false,
             everything: false,
         }
@@ -70,9 +93,25 @@ impl Ownership {
         Self {
             me: me.to_owned(),
             members: members.into_iter().collect(),
+            leaving: Vec::new(),
             known: true,
             everything: false,
         }
+    }
+
+    /// The same, with `leaving` as the live replicas that are leaving.
+    pub fn with_leaving(mut self, leaving: impl IntoIterator<Item = String>) -> Self {
+        let leaving: BTreeSet<String> = leaving.into_iter().collect();
+        self.leaving = leaving.into_iter().collect();
+        self
+    }
+
+    /// This ownership once this replica leaves: the other members own everything,
+    /// and this replica is among the leaving.
+    pub fn left(&self) -> Self {
+        let others = self.members.iter().filter(|m| **m != self.me).cloned();
+        let leaving = self.leaving.iter().cloned().chain([self.me.clone()]);
+        Self::of(&self.me, others).with_leaving(leaving)
     }
 
     pub fn known(&self) -> bool {
@@ -81,6 +120,10 @@ impl Ownership {
 
     pub fn members(&self) -> &[String] {
         &self.members
+    }
+
+    pub fn leaving(&self) -> &[String] {
+        &self.leaving
     }
 
     /// Whether this replica polls `namespace`.
@@ -123,7 +166,7 @@ fn score(namespace: &str, member: &str) -> u64 {
 /// lease duration to renew before its namespaces move. A deleted Lease (a member
 /// that left) never counts.
 pub fn live_members(
-    leases: &[(String, Held)],
+    leases: &[MemberLease],
     me: &str,
     alive: bool,
     known: &[String],
@@ -131,7 +174,7 @@ pub fn live_members(
 ) -> Vec<String> {
     leases
         .iter()
-        .filter_map(|(_, held)| {
+        .filter_map(|MemberLease { held, .. }| {
             let member = held.holder.clone()?;
             // This replica knows best whether it renews: a slow apiserver can make
             // its own Lease look stale to itself when the list arrives.
@@ -145,6 +188,27 @@ pub fn live_members(
         .collect()
 }
 
+/// The ownership among the `live` members: those whose Lease says they are
+/// leaving (and this replica, when it is `leaving`) own nothing.
+pub fn ownership_of(
+    me: &str,
+    live: Vec<String>,
+    leases: &[MemberLease],
+    leaving: bool,
+) -> Ownership {
+    let is_leaving = |member: &String| {
+        if member == me {
+            leaving
+        } else {
+            leases
+                .iter()
+                .any(|l| l.leaving && l.held.holder.as_deref() == Some(member.as_str()))
+        }
+    };
+    let (going, staying): (Vec<String>, Vec<String>) = live.into_iter().partition(is_leaving);
+    Ownership::of(me, staying).with_leaving(going)
+}
+
 /// Timing of membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
@@ -155,7 +219,9 @@ pub struct Timing {
 }
 
 /// This replica's membership: renews its Lease, follows the others', publishes
-/// the ownership; deletes its Lease on shutdown so that its namespaces move at once.
+/// the ownership. When it leaves, its Lease says so while it hands its namespaces
+/// over (they move at once; it is still known to run); it deletes its Lease when it
+/// stops.
 pub struct Membership {
     api: Api<Lease>,
     me: String,
@@ -197,16 +263,19 @@ impl Membership {
     /// Joins the shard once `listed` is set (the monitor knows every TargetApp, so
     /// it polls what it owns at once: a replica restarting under the same name
     /// would otherwise renew its Lease and own namespaces it cannot poll yet),
-    /// then renews and follows the membership until `cancel`.
+    /// then renews and follows the membership; from `leave` on, owns nothing and
+    /// renews its Lease as leaving (the others take its namespaces over, and know
+    /// it still finishes the firings it started); deletes its Lease at `stop`.
     pub async fn run(
         self,
         ownership: watch::Sender<Ownership>,
-        cancel: CancellationToken,
+        leave: CancellationToken,
+        stop: CancellationToken,
         listed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) {
         while !listed.load(std::sync::atomic::Ordering::Acquire) {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
@@ -224,8 +293,9 @@ impl Membership {
         // moments before the others appear (and hands most of them off again, its
         // monitors starting and stopping while the new owners start theirs).
         let mut settling = Some((0u32, None::<Vec<String>>));
+        let mut leaving = false;
         loop {
-            let renewed_now = match self.renew().await {
+            let renewed_now = match self.renew(leaving).await {
                 Ok(()) => {
                     renewed = Some(Instant::now());
                     if let Some(health) = &self.health {
@@ -289,7 +359,7 @@ impl Membership {
                         }
                     }
                     if settling.is_none() {
-                        let next = Ownership::of(&self.me, live);
+                        let next = ownership_of(&self.me, live, &leases, leaving);
                         self.metrics.shard_members.set(next.members().len() as i64);
                         ownership.send_if_modified(|current| {
                             if *current == next {
@@ -316,21 +386,21 @@ impl Membership {
                 }
             }
             tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = stop.cancelled() => break,
+                _ = leave.cancelled(), if !leaving => {
+                    // The others own everything now, as they compute once they
+                    // read this Lease as leaving, renewed at once (TargetApps with
+                    // subscriptions run on here until their new owners hold them).
+                    tracing::info!("leaving the shard");
+                    leaving = true;
+                    ownership.send_modify(|current| *current = current.left());
+                }
                 _ = tokio::time::sleep(self.timing.renew_period) => {}
             }
         }
-        // Leaving: the others own everything now, as they will compute once this
-        // Lease is gone (TargetApps with subscriptions run on here until their
-        // new owners hold them).
-        let others: Vec<String> = ownership
-            .borrow()
-            .members()
-            .iter()
-            .filter(|m| **m != self.me)
-            .cloned()
-            .collect();
-        let _ = ownership.send(Ownership::of(&self.me, others));
+        // Stopping: this replica owns nothing any more.
+        let left = ownership.borrow().left();
+        let _ = ownership.send(left);
         match self
             .api
             .delete(&member_lease(&self.me), &DeleteParams::default())
@@ -343,14 +413,16 @@ impl Membership {
         }
     }
 
-    async fn renew(&self) -> Result<(), kube::Error> {
+    /// Renews this replica's Lease, marked as `leaving` or not.
+    async fn renew(&self, leaving: bool) -> Result<(), kube::Error> {
         let now = Timestamp::now();
+        let mark = if leaving { LEAVING } else { MEMBER };
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(member_lease(&self.me)),
                 labels: Some(
                     [
-                        (MEMBER_LABEL.to_owned(), "true".to_owned()),
+                        (MEMBER_LABEL.to_owned(), mark.to_owned()),
                         ("app.kubernetes.io/name".to_owned(), "kco".to_owned()),
                     ]
                     .into(),
@@ -375,10 +447,11 @@ impl Membership {
             .map(|_| ())
     }
 
-    async fn members(&self) -> Result<Vec<(String, Held)>, kube::Error> {
+    async fn members(&self) -> Result<Vec<MemberLease>, kube::Error> {
+        let selector = format!("{MEMBER_LABEL} in ({MEMBER},{LEAVING})");
         let list = self
             .api
-            .list(&ListParams::default().labels(&format!("{MEMBER_LABEL}=true")))
+            .list(&ListParams::default().labels(&selector))
             .await?;
         let now = std::time::Instant::now();
         let mut seen = self
@@ -397,15 +470,25 @@ impl Membership {
             .map(|l| {
                 let name = l.metadata.name.clone().unwrap_or_default();
                 let held = seen.observe(&name, l.spec.as_ref(), now);
-                (name, held)
+                let leaving = l
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(MEMBER_LABEL))
+                    .is_some_and(|mark| mark == LEAVING);
+                MemberLease {
+                    name,
+                    held,
+                    leaving,
+                }
             })
             .collect())
     }
 
     /// Leader-only cleanup: membership Leases of replicas gone for ten durations
     /// (pods replaced by a rollout) are deleted.
-    async fn collect_expired(&self, leases: &[(String, Held)]) {
-        for (name, held) in leases {
+    async fn collect_expired(&self, leases: &[MemberLease]) {
+        for MemberLease { name, held, .. } in leases {
             let stale = held.unchanged_for > self.timing.lease_duration * 10;
             if !stale || held.holder.as_deref() == Some(self.me.as_str()) {
                 continue;
@@ -478,15 +561,16 @@ mod tests {
         assert_ne!(score("ab", "c"), score("a", "bc"), "the separator counts");
     }
 
-    fn lease(holder: &str, unchanged_for: Duration) -> (String, Held) {
-        (
-            member_lease(holder),
-            Held {
+    fn lease(holder: &str, unchanged_for: Duration) -> MemberLease {
+        MemberLease {
+            name: member_lease(holder),
+            held: Held {
                 holder: Some(holder.to_owned()),
                 duration_seconds: Some(3),
                 unchanged_for,
             },
-        )
+            leaving: false,
+        }
     }
 
     #[test]
@@ -529,6 +613,39 @@ mod tests {
             live_members(&leases, "kco-0", false, &known, true),
             vec!["kco-1".to_owned(), "kco-2".to_owned()]
         );
+    }
+
+    #[test]
+    fn a_leaving_member_owns_nothing_and_is_known_to_run() {
+        let now = Duration::ZERO;
+        let mut leases = vec![
+            lease("kco-0", now),
+            lease("kco-1", now),
+            lease("kco-2", now),
+        ];
+        leases[1].leaving = true;
+        let live = live_members(&leases, "kco-0", true, &[], false);
+        assert_eq!(live, names(3), "a leaving member's Lease is live");
+        let seen = ownership_of("kco-0", live.clone(), &leases, false);
+        assert_eq!(seen.members(), ["kco-0", "kco-2"]);
+        assert_eq!(seen.leaving(), ["kco-1"]);
+        // Its namespaces move as if it were gone; the others' stay.
+        for i in 0..300 {
+            let ns = format!("tenant-{i}");
+            let owners = [&names(3)[..1], &names(3)[2..]].concat();
+            assert_eq!(owner(&ns, seen.members()), owner(&ns, &owners), "{ns}");
+            assert_ne!(owner(&ns, seen.members()), Some("kco-1"));
+        }
+        // The leaving replica itself owns nothing, whatever its Lease read.
+        leases[1].leaving = false;
+        let mine = ownership_of("kco-1", live, &leases, true);
+        assert_eq!(mine.members(), ["kco-0", "kco-2"]);
+        assert_eq!(mine.leaving(), ["kco-1"]);
+        assert!((0..300).all(|i| !mine.owns(&format!("tenant-{i}"))));
+        // Leaving at once, before its Lease is read again.
+        let left = Ownership::of("kco-2", names(3)).left();
+        assert_eq!(left.members(), ["kco-0", "kco-1"]);
+        assert_eq!(left.leaving(), ["kco-2"]);
     }
 
     #[test]

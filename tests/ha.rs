@@ -226,6 +226,31 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
         replicas.wait_ready(victim).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+
+    // A replica asked to stop finishes the firings it has under way: the receiver
+    // answers slowly, so they are still under way when the replicas taking its
+    // namespaces over poll and see the condition hold. Those leave the firings
+    // to it rather than resume them (which would send them twice, same key).
+    receiver.answer_after(Duration::from_secs(6));
+    let before = receiver.count();
+    flips += flip_all(&fleet, SyncStatus::Catchup).await;
+    while receiver.count() < before + fleet.nodes.len() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = fleet.nodes.keys().next().unwrap();
+    let app = Api::<TargetApp>::namespaced(client.clone(), first)
+        .get("mina")
+        .await
+        .unwrap();
+    let firings = app.status.unwrap_or_default().firings;
+    let acting = firings.iter().max_by_key(|f| f.time.0).unwrap();
+    let victim = acting.by.as_deref().unwrap().strip_prefix("kco-").unwrap();
+    let victim: usize = victim.parse().unwrap();
+    replicas.kill(victim, "TERM");
+    let exit = replicas.wait_exit(victim).await;
+    println!("kco-{victim} stopped with its firings under way ({exit})");
+    receiver.answer_after(Duration::ZERO);
+
     let keys = deliveries(&receiver, flips).await;
     let duplicates: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
     println!(

@@ -90,6 +90,8 @@ pub struct Context {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShardView {
     pub members: Vec<String>,
+    /// Replicas leaving the shard: they own nothing, but finish what they started.
+    pub leaving: Vec<String>,
     /// Namespaces with TargetApps that this replica polls.
     pub owned: BTreeSet<String>,
     /// TargetApps this replica runs, those handed over but not let go yet
@@ -182,7 +184,7 @@ impl Context {
         let view = shard.clone();
         let alive: crate::actions::Alive = Arc::new(move |replica: &str| {
             view.read()
-                .is_ok_and(|v| v.members.iter().any(|m| m == replica))
+                .is_ok_and(|v| v.members.iter().chain(&v.leaving).any(|m| m == replica))
         });
         let dispatcher = dispatcher.with_replica(settings.instance.clone(), alive);
         let pods = pods::PodWatches::new(watch_clients, client.clone(), metrics.clone());
@@ -635,6 +637,7 @@ impl Shard {
         ctx.metrics.shard_namespaces.set(owned.len() as i64);
         if let Ok(mut view) = ctx.shard.write() {
             view.members = self.owns.members().to_vec();
+            view.leaving = self.owns.leaving().to_vec();
             view.owned = owned;
             view.held = self.running.len() + self.releasing.len();
         }

@@ -1,9 +1,11 @@
-//! A local HTTPS webhook receiver: records every request (headers and body) and
-//! answers 200, or a chosen status for the next few requests.
+//! A local HTTPS webhook receiver: records every request (headers and body) as it
+//! arrives and answers 200, or a chosen status for the next few requests, at once
+//! or after a chosen delay.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -29,6 +31,8 @@ pub struct Receiver {
     pub ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
     failures: Arc<AtomicU32>,
+    /// How long each answer waits, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,16 +62,18 @@ impl Receiver {
         let addr = listener.local_addr().expect("an address");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let failures = Arc::new(AtomicU32::new(0));
-        let (log, fail) = (received.clone(), failures.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (log, fail, delay) = (received.clone(), failures.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, log, fail) = (acceptor.clone(), log.clone(), fail.clone());
+                let (acceptor, log, fail, delay) =
+                    (acceptor.clone(), log.clone(), fail.clone(), delay.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (log, fail) = (log.clone(), fail.clone());
+                        let (log, fail, delay) = (log.clone(), fail.clone(), delay.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -87,6 +93,8 @@ impl Receiver {
                                 })
                                 .is_ok();
                             let status = if failing { 503 } else { 200 };
+                            let wait = delay.load(Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
                             Ok::<_, std::convert::Infallible>(
                                 Response::builder()
                                     .status(status)
@@ -106,8 +114,15 @@ impl Receiver {
             ca_pem: ca.cert_pem.clone(),
             received,
             failures,
+            delay_ms,
             task,
         }
+    }
+
+    /// Every answer from now on comes `delay` after its request (recorded at once).
+    pub fn answer_after(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// The next `n` requests get 503.
