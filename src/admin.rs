@@ -124,6 +124,7 @@ async fn stats(
         "leader": ctx.leadership.is_leader(),
         "sharding": ctx.settings.sharding.is_some(),
         "members": shard.members,
+        "leaving": shard.leaving,
         "ownedNamespaces": shard.owned,
         "targets": targets,
         "targetApps": apps,

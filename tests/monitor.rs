@@ -686,6 +686,7 @@ async fn the_kco_run_command_serves_until_terminated_and_refuses_bad_settings() 
     assert_eq!(stats["instance"], "kco-cli");
     // Alone, it is the only shard member, and it comes to lead.
     assert_eq!(stats["members"], json!(["kco-cli"]));
+    assert_eq!(stats["leaving"], json!([]), "no replica leaving");
     let leases: Api<Lease> = Api::namespaced(cp.admin().await, "default");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
