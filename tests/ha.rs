@@ -234,7 +234,9 @@ async fn kills_and_restarts_never_duplicate_or_miss_an_action() {
     receiver.answer_after(Duration::from_secs(6));
     let before = receiver.count();
     flips += flip_all(&fleet, SyncStatus::Catchup).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     while receiver.count() < before + fleet.nodes.len() {
+        assert!(Instant::now() < deadline, "the firings were not sent");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first = fleet.nodes.keys().next().unwrap();
